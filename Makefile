@@ -1,0 +1,25 @@
+# mvp: the two commands of the README are `make run` and `make test`; both set up what is missing.
+# MVP_CUDA=1 selects the CUDA build of libtorch (GPU machines).
+CARGO ?= cargo
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup build run test clean-setup
+
+## setup: install libtorch 2.13.0 into .libtorch/ from PyPI (idempotent)
+setup:
+	@scripts/setup-libtorch.sh
+
+## build: release build of the `mvp` binary
+build: setup
+	$(CARGO) build --release
+
+## run: the main job (for now the JVP micro-benchmark)
+run: build
+	target/release/mvp bench jvp
+
+## test: every test of the workspace, release profile, one libtorch thread
+test: setup
+	$(CARGO) test --release --workspace
+
+clean-setup:
+	rm -rf .libtorch

@@ -1,0 +1,128 @@
+//! The `mvp` command-line tool: training, evaluation, data generation, benchmarks, export.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Mean velocity policy: one-step generative RL, offline-to-online.
+#[derive(Debug, Parser)]
+#[command(name = "mvp", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `info`, `debug`, `mvp=trace`.
+    #[arg(long, global = true, default_value = "info", env = "MVP_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train an agent (offline, online, or offline-to-online).
+    Train {
+        /// TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config value, e.g. `--set agent.num_samples=8` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Continue the run in this directory from its latest checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+    },
+    /// Evaluate a run's latest checkpoint.
+    Eval {
+        /// Run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Number of evaluation episodes.
+        #[arg(long, default_value_t = 50)]
+        episodes: usize,
+    },
+    /// Generate datasets with scripted demonstrators.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Export a trained actor for deployment.
+    Export {
+        /// Run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the libtorch build, devices and thread settings.
+    Info,
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// An OGBench play dataset (npz) from the scripted oracles.
+    Ogbench {
+        /// Environment name, e.g. cube-double-play-v0.
+        #[arg(long)]
+        env: String,
+        /// Number of episodes.
+        #[arg(long)]
+        episodes: usize,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A robomimic-format dataset (HDF5) from scripted demonstrators.
+    Robomimic {
+        /// lift, can or square.
+        #[arg(long)]
+        task: String,
+        /// Number of episodes.
+        #[arg(long)]
+        episodes: usize,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Says that a command exists in the interface but not yet in the code, and which issue
+/// tracks it.
+fn not_implemented(what: &str, issue: u32) -> anyhow::Result<()> {
+    anyhow::bail!("`mvp {what}` is not implemented yet (tracked in issue #{issue})")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train { .. } => not_implemented("train", 4),
+        Command::Eval { .. } => not_implemented("eval", 4),
+        Command::Data(DataCommand::Ogbench { .. }) => not_implemented("data ogbench", 5),
+        Command::Data(DataCommand::Robomimic { .. }) => not_implemented("data robomimic", 6),
+        Command::Export { .. } => not_implemented("export", 7),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Info => {
+            println!("mvp {}", env!("CARGO_PKG_VERSION"));
+            println!("libtorch threads: {}", tch::get_num_threads());
+            println!("cuda available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
+            println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

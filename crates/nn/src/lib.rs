@@ -1,0 +1,23 @@
+//! Tensor building blocks on tch for the mvp framework.
+//!
+//! Everything above this crate (actors, critics, the agent) builds its networks from these
+//! pieces: [`Mlp`] and its batched sibling [`EnsembleMlp`], [`TimeFeatures`] for flow times,
+//! exact Jacobian-vector products ([`ForwardJvp`], [`jvp_autograd`]), an [`Adam`] whose
+//! state can be saved, [`polyak_update`], atomic [`checkpoint`]s, and the [`Runtime`]
+//! settings (device, thread count). Depends only on tch and serde.
+#![warn(missing_docs)]
+
+mod adam;
+pub mod checkpoint;
+mod ensemble;
+mod jvp;
+mod mlp;
+mod runtime;
+mod time;
+
+pub use adam::{polyak_update, Adam, AdamConfig};
+pub use ensemble::EnsembleMlp;
+pub use jvp::{jvp_autograd, ForwardJvp};
+pub use mlp::{Activation, Mlp, MlpConfig};
+pub use runtime::{DeviceChoice, Runtime};
+pub use time::TimeFeatures;

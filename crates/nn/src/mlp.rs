@@ -1,0 +1,221 @@
+//! Multi-layer perceptron with a hand-written forward-mode JVP.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::jvp::ForwardJvp;
+
+/// Nonlinearity between layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Exact (erf) GELU, the default of FQL/QC and of the MVP paper.
+    #[default]
+    Gelu,
+    /// SiLU / swish.
+    Silu,
+    /// ReLU.
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation.
+    pub fn forward(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::Silu => x.silu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+
+    /// The derivative σ'(x), elementwise.
+    pub fn derivative(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => {
+                // d/dx x·Φ(x) = Φ(x) + x·φ(x)
+                let cdf = ((x * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5;
+                let pdf = (x.square() * -0.5).exp() * (1.0 / (2.0 * std::f64::consts::PI).sqrt());
+                cdf + x * pdf
+            }
+            Activation::Silu => {
+                let s = x.sigmoid();
+                &s * (x * (1.0 - &s) + 1.0)
+            }
+            Activation::Relu => x.gt(0.0).to_kind(x.kind()),
+        }
+    }
+}
+
+/// Shape of an MLP's hidden part; input and output widths are given at construction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MlpConfig {
+    /// Widths of the hidden layers (paper: four layers of 512).
+    pub hidden: Vec<usize>,
+    /// Nonlinearity after each hidden layer.
+    pub activation: Activation,
+    /// LayerNorm after each hidden activation (critics: yes; actors: no).
+    pub layer_norm: bool,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        Self { hidden: vec![512; 4], activation: Activation::Gelu, layer_norm: false }
+    }
+}
+
+pub(crate) const LN_EPS: f64 = 1e-5;
+
+/// One affine layer; the weight is stored `[in, out]` so that `y = x·W + b`.
+#[derive(Debug)]
+struct Layer {
+    weight: Tensor,
+    bias: Tensor,
+    /// LayerNorm scale and shift, present on hidden layers when enabled.
+    norm: Option<(Tensor, Tensor)>,
+}
+
+/// Xavier-uniform (fan-average) initialisation, as in FQL/QC's MLPs; biases start at zero.
+pub(crate) fn xavier_uniform(fan_in: usize, fan_out: usize) -> nn::Init {
+    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    nn::Init::Uniform { lo: -bound, up: bound }
+}
+
+/// A fully connected network: `Linear → act → [LayerNorm]` per hidden layer, then a final
+/// `Linear`. Parameters live in the [`nn::Path`] it was built on, named `l{i}.weight`,
+/// `l{i}.bias`, `l{i}.ln_scale`, `l{i}.ln_shift`.
+#[derive(Debug)]
+pub struct Mlp {
+    layers: Vec<Layer>,
+    activation: Activation,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+impl Mlp {
+    /// Builds an MLP from `in_dim` to `out_dim` with the hidden layers of `config`.
+    pub fn new(path: &nn::Path, in_dim: usize, out_dim: usize, config: &MlpConfig) -> Self {
+        let mut widths = vec![in_dim];
+        widths.extend(&config.hidden);
+        widths.push(out_dim);
+        let n = widths.len() - 1;
+        let layers = (0..n)
+            .map(|i| {
+                let (fi, fo) = (widths[i], widths[i + 1]);
+                let p = path / format!("l{i}");
+                let weight = p.var("weight", &[fi as i64, fo as i64], xavier_uniform(fi, fo));
+                let bias = p.var("bias", &[fo as i64], nn::Init::Const(0.0));
+                let norm = (config.layer_norm && i + 1 < n).then(|| {
+                    (
+                        p.var("ln_scale", &[fo as i64], nn::Init::Const(1.0)),
+                        p.var("ln_shift", &[fo as i64], nn::Init::Const(0.0)),
+                    )
+                });
+                Layer { weight, bias, norm }
+            })
+            .collect();
+        Self { layers, activation: config.activation, in_dim, out_dim }
+    }
+
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// The `[in, out]` weight, `[out]` bias and optional LayerNorm (scale, shift) of layer `i`.
+    pub fn layer(&self, i: usize) -> (&Tensor, &Tensor, Option<(&Tensor, &Tensor)>) {
+        let l = &self.layers[i];
+        (&l.weight, &l.bias, l.norm.as_ref().map(|(s, b)| (s, b)))
+    }
+
+    /// Number of affine layers (hidden layers + 1).
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Forward pass on `[..., in]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut h = affine(x, &self.layers[0]);
+        for (i, layer) in self.layers.iter().enumerate().skip(1) {
+            h = self.activation.forward(&h);
+            if let Some((s, b)) = &self.layers[i - 1].norm {
+                h = h.layer_norm([h.size()[h.dim() - 1]], Some(s), Some(b), LN_EPS, false);
+            }
+            h = affine(&h, layer);
+        }
+        h
+    }
+
+    fn jvp_impl(&self, x: &Tensor, dx: &Tensor, tangent_grad: bool) -> (Tensor, Tensor) {
+        let mut h = affine(x, &self.layers[0]);
+        let mut dh = tangent(tangent_grad, || dx.matmul(&self.layers[0].weight));
+        for (i, layer) in self.layers.iter().enumerate().skip(1) {
+            let pre = h;
+            h = self.activation.forward(&pre);
+            dh = tangent(tangent_grad, || self.activation.derivative(&pre) * &dh);
+            if let Some((s, b)) = &self.layers[i - 1].norm {
+                let (y, dy) = layer_norm_jvp(&h, &dh, s, b, tangent_grad);
+                h = y;
+                dh = dy;
+            }
+            h = affine(&h, layer);
+            dh = tangent(tangent_grad, || dh.matmul(&layer.weight));
+        }
+        (h, dh)
+    }
+}
+
+fn affine(x: &Tensor, layer: &Layer) -> Tensor {
+    if x.dim() == 2 {
+        layer.bias.addmm(x, &layer.weight)
+    } else {
+        x.matmul(&layer.weight) + &layer.bias
+    }
+}
+
+/// Runs a tangent computation with or without building an autograd graph.
+pub(crate) fn tangent(with_grad: bool, f: impl FnOnce() -> Tensor) -> Tensor {
+    if with_grad {
+        f()
+    } else {
+        tch::no_grad(f)
+    }
+}
+
+/// LayerNorm over the last dimension with its tangent:
+/// `dx̂ = (dx − mean(dx) − x̂·mean(x̂·dx)) / σ`, `dy = scale·dx̂`.
+pub(crate) fn layer_norm_jvp(
+    x: &Tensor,
+    dx: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    tangent_grad: bool,
+) -> (Tensor, Tensor) {
+    let mu = x.mean_dim(-1, true, x.kind());
+    let centered = x - &mu;
+    let sigma = (centered.square().mean_dim(-1, true, x.kind()) + LN_EPS).sqrt();
+    let xhat = &centered / &sigma;
+    let y = &xhat * scale + shift;
+    // Inside no_grad the tangent ops record nothing, even on tensors that require grad.
+    let dy = tangent(tangent_grad, || {
+        let mean_dx = dx.mean_dim(-1, true, dx.kind());
+        let mean_xdx = (&xhat * dx).mean_dim(-1, true, dx.kind());
+        (dx - mean_dx - &xhat * mean_xdx) / &sigma * scale
+    });
+    (y, dy)
+}
+
+impl ForwardJvp for Mlp {
+    fn forward_jvp(&self, x: &Tensor, dx: &Tensor) -> (Tensor, Tensor) {
+        self.jvp_impl(x, dx, true)
+    }
+
+    fn forward_jvp_sg(&self, x: &Tensor, dx: &Tensor) -> (Tensor, Tensor) {
+        self.jvp_impl(x, dx, false)
+    }
+}
