@@ -13,9 +13,9 @@ setup:
 build: setup
 	$(CARGO) build --release
 
-## run: the main job (for now the JVP micro-benchmark)
+## run: the main job (for now offline-to-online MVP on the Rust-native task; OGBench arrives with #5/#8)
 run: build
-	target/release/mvp bench jvp
+	target/release/mvp train --config configs/native-quick.toml
 
 ## test: every test of the workspace, release profile, one libtorch thread
 test: setup

@@ -38,3 +38,27 @@ fn jvp_benchmark_reports_every_method_and_writes_json() {
         assert!(ms > 0.0, "{key} = {ms}");
     }
 }
+
+#[test]
+fn mvp_learns_the_native_task_offline_to_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/native-quick.toml");
+    let out_dir = format!("run.out_dir=\"{}\"", dir.path().display());
+    let out = mvp(&["train", "--config", config, "--set", &out_dir, "--set", "run.name=\"ci\""]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rate: f64 = stdout
+        .split("success rate ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no success rate in:\n{stdout}"));
+    assert!(rate >= 0.9, "MVP reached a success rate of only {rate}");
+    let run = dir.path().join("ci");
+    assert!(run.join("checkpoints/latest").exists() && run.join("tb").is_dir() && run.join("metrics.csv").exists());
+    // `mvp eval` evaluates the saved checkpoint.
+    let out = mvp(&["eval", "--run", run.to_str().unwrap(), "--episodes", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["episodes"], 5);
+}

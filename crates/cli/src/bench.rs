@@ -39,7 +39,7 @@ pub enum BenchCommand {
     /// Environment steps per second through the Python bridge.
     Env,
     /// Behaviour-cloning quality on known multimodal distributions.
-    Expressiveness,
+    Expressiveness(crate::expressiveness::Args),
 }
 
 /// Runs a benchmark subcommand.
@@ -56,7 +56,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Latency => super::not_implemented("bench latency", 7),
         BenchCommand::Train => super::not_implemented("bench train", 7),
         BenchCommand::Env => super::not_implemented("bench env", 5),
-        BenchCommand::Expressiveness => super::not_implemented("bench expressiveness", 3),
+        BenchCommand::Expressiveness(args) => crate::expressiveness::run(args),
     }
 }
 

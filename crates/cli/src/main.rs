@@ -1,6 +1,7 @@
 //! The `mvp` command-line tool: training, evaluation, data generation, benchmarks, export.
 
 mod bench;
+mod expressiveness;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,9 +23,9 @@ struct Cli {
 enum Command {
     /// Train an agent (offline, online, or offline-to-online).
     Train {
-        /// TOML config file.
-        #[arg(long)]
-        config: PathBuf,
+        /// TOML config file (optional with --resume: the run's own config is used).
+        #[arg(long, required_unless_present = "resume")]
+        config: Option<PathBuf>,
         /// Override a config value, e.g. `--set agent.num_samples=8` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -94,10 +95,39 @@ fn not_implemented(what: &str, issue: u32) -> anyhow::Result<()> {
     anyhow::bail!("`mvp {what}` is not implemented yet (tracked in issue #{issue})")
 }
 
+fn train(config: Option<PathBuf>, overrides: Vec<String>, resume: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut trainer = match resume {
+        Some(dir) => {
+            if config.is_some() {
+                anyhow::bail!("--resume uses the run's own config.toml; pass changes with --set instead of --config");
+            }
+            mvp_agent::Trainer::resume(&dir, &overrides)?
+        }
+        None => mvp_agent::Trainer::new(mvp_agent::TrainConfig::load(config.as_deref(), &overrides)?)?,
+    };
+    let summary = trainer.run()?;
+    match &summary.eval {
+        Some(e) => println!(
+            "evaluation after {} steps: success rate {:.3} over {} episodes (mean return {:.2})",
+            summary.steps, e.success_rate, e.episodes, e.mean_return
+        ),
+        None => println!("stopped after {} steps", summary.steps),
+    }
+    println!("run directory: {}", summary.run_dir.display());
+    Ok(())
+}
+
+fn eval(run: PathBuf, episodes: usize) -> anyhow::Result<()> {
+    let mut trainer = mvp_agent::Trainer::resume(&run, &[format!("schedule.eval_episodes={episodes}")])?;
+    let r = trainer.evaluate()?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { .. } => not_implemented("train", 4),
-        Command::Eval { .. } => not_implemented("eval", 4),
+        Command::Train { config, overrides, resume } => train(config, overrides, resume),
+        Command::Eval { run, episodes } => eval(run, episodes),
         Command::Data(DataCommand::Ogbench { .. }) => not_implemented("data ogbench", 5),
         Command::Data(DataCommand::Robomimic { .. }) => not_implemented("data robomimic", 6),
         Command::Export { .. } => not_implemented("export", 7),

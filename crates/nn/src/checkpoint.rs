@@ -68,10 +68,22 @@ pub fn load_varstore(vs: &VarStore, tensors: &HashMap<String, Tensor>, prefix: &
 /// Writes checkpoint `name` under `root` atomically and points `latest` at it.
 /// Returns the checkpoint's directory.
 pub fn save<M: Serialize>(root: &Path, name: &str, tensors: &[(String, Tensor)], meta: &M) -> Result<PathBuf> {
+    save_with(root, name, tensors, meta, |_| Ok(()))
+}
+
+/// Like [`save`], with `extra` writing more files (e.g. a replay buffer) into the checkpoint's
+/// temporary directory before it is committed; they are part of the same atomic step.
+pub fn save_with<M: Serialize>(
+    root: &Path,
+    name: &str,
+    tensors: &[(String, Tensor)],
+    meta: &M,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     fs::create_dir_all(root).with_context(|| format!("creating checkpoint directory {}", root.display()))?;
     remove_stale_temporaries(root);
     let tmp = root.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
-    let result = write_dir(&tmp, tensors, meta).and_then(|()| {
+    let result = write_dir(&tmp, tensors, meta).and_then(|()| extra(&tmp)).and_then(|()| {
         let dst = root.join(name);
         // Saving a name that already exists (e.g. the final save at a step just saved):
         // move the old copy aside, put the new one in place, then delete the old one.

@@ -1,0 +1,148 @@
+//! Conditional generative policies over flattened action chunks.
+//!
+//! Three implementations of one interface, [`GenerativePolicy`]:
+//! - [`MeanVelocityPolicy`] (MVP): one-step generation from a mean-velocity network trained with
+//!   the MeanFlow identity plus the instantaneous velocity constraint (IVC);
+//! - [`FlowPolicy`]: flow matching with K Euler steps (QC and BFN use K = 10);
+//! - [`DiffusionPolicy`]: DDPM ε-prediction with K denoising steps.
+//!
+//! All share one conditional network shape ([`CondNet`]: an MLP on `[s, z, time features]`) and
+//! the noise convention of MeanFlow: `z_t = (1 − t)·x + t·ε`, data at t = 0, noise at t = 1.
+//! Samples are clipped to [−1, 1]. Depends on `mvp-nn` and tch.
+#![warn(missing_docs)]
+
+mod diffusion;
+pub mod expressiveness;
+mod flow;
+mod mvp;
+mod net;
+
+pub use diffusion::{DiffusionConfig, DiffusionPolicy};
+pub use flow::{FlowConfig, FlowPolicy};
+pub use mvp::{MeanVelocityPolicy, MvpConfig};
+pub use net::CondNet;
+
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+/// Scalars a loss reports, as detached 0-d tensors (read them only when logging).
+pub type Metrics = Vec<(&'static str, Tensor)>;
+
+/// The shape of what a policy generates: a chunk of `horizon` actions of `action_dim` each,
+/// flattened to `horizon · action_dim` numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkShape {
+    /// Steps per chunk (h).
+    pub horizon: usize,
+    /// Dimensions per action.
+    pub action_dim: usize,
+}
+
+impl ChunkShape {
+    /// `horizon · action_dim`.
+    pub fn flat_dim(&self) -> usize {
+        self.horizon * self.action_dim
+    }
+}
+
+/// A conditional generative policy `π(a | s)` over flattened action chunks.
+pub trait GenerativePolicy {
+    /// The behaviour-cloning loss on a batch: `obs [B, S]`, `actions [B, h·A]` and an optional
+    /// per-step `valid [B, h]` mask (steps after an episode end inside a chunk do not count).
+    /// The loss trains only this policy's network; no critic gradient is involved.
+    fn loss(&self, obs: &Tensor, actions: &Tensor, valid: Option<&Tensor>) -> (Tensor, Metrics);
+
+    /// Generates one chunk per row of `obs [B, S]` from the starting noise `noise [B, h·A]`,
+    /// clipped to [−1, 1]. Runs without building an autograd graph.
+    fn sample(&self, obs: &Tensor, noise: &Tensor) -> Tensor;
+
+    /// Network evaluations per generated chunk.
+    fn network_calls(&self) -> usize;
+
+    /// The chunk shape generated.
+    fn shape(&self) -> ChunkShape;
+}
+
+/// Which policy to build, with its settings. In TOML: `kind = "mvp" | "flow" | "diffusion"`
+/// next to the kind's own fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ActorConfig {
+    /// Mean velocity policy with IVC.
+    Mvp(MvpConfig),
+    /// Flow matching, K Euler steps.
+    Flow(FlowConfig),
+    /// DDPM diffusion, K steps.
+    Diffusion(DiffusionConfig),
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        ActorConfig::Mvp(MvpConfig::default())
+    }
+}
+
+impl ActorConfig {
+    /// Builds the policy's network under `path`.
+    pub fn build(&self, path: &nn::Path, obs_dim: usize, shape: ChunkShape) -> Box<dyn GenerativePolicy> {
+        match self {
+            ActorConfig::Mvp(c) => Box::new(MeanVelocityPolicy::new(path, obs_dim, shape, c.clone())),
+            ActorConfig::Flow(c) => Box::new(FlowPolicy::new(path, obs_dim, shape, c.clone())),
+            ActorConfig::Diffusion(c) => Box::new(DiffusionPolicy::new(path, obs_dim, shape, c.clone())),
+        }
+    }
+
+    /// A short name for tables: `mvp(λ=1)`, `flow(K=10)`, `diffusion(K=10)`.
+    pub fn label(&self) -> String {
+        match self {
+            ActorConfig::Mvp(c) if c.sampling_steps == 1 => format!("mvp(λ={})", c.ivc_weight),
+            ActorConfig::Mvp(c) => format!("mvp(λ={}, K={})", c.ivc_weight, c.sampling_steps),
+            ActorConfig::Flow(c) => format!("flow(K={})", c.steps),
+            ActorConfig::Diffusion(c) => format!("diffusion(K={})", c.steps),
+        }
+    }
+}
+
+/// How flow times are drawn during training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TimeSampler {
+    /// `sigmoid(N(mean, std))` (MeanFlow's logit-normal).
+    LogitNormal {
+        /// Mean of the normal before the sigmoid.
+        mean: f64,
+        /// Standard deviation of the normal before the sigmoid.
+        std: f64,
+    },
+    /// Uniform on [0, 1].
+    Uniform,
+}
+
+impl TimeSampler {
+    /// `n` draws as `[n, 1]`, on the device and kind of `like`.
+    pub fn sample(&self, n: i64, like: &Tensor) -> Tensor {
+        let opts = (like.kind(), like.device());
+        match *self {
+            TimeSampler::LogitNormal { mean, std } => (Tensor::randn([n, 1], opts) * std + mean).sigmoid(),
+            TimeSampler::Uniform => Tensor::rand([n, 1], opts),
+        }
+    }
+}
+
+/// Masked mean of squared errors, QC-style: `err [B, h·A]`, `valid [B, h]` expanded over the
+/// action dimensions; the mean runs over all B·h·A entries (masked ones count as zero), as in
+/// QC's actor loss. Returns the per-sample sums too, for adaptive weighting.
+pub(crate) fn masked_sq_err(err: &Tensor, valid: Option<&Tensor>, shape: ChunkShape) -> (Tensor, Tensor) {
+    let sq = err.square();
+    let sq = match valid {
+        Some(v) => {
+            let b = sq.size()[0];
+            let m = v.to_kind(sq.kind()).unsqueeze(-1).expand([b, shape.horizon as i64, shape.action_dim as i64], false);
+            sq * m.reshape([b, -1])
+        }
+        None => sq,
+    };
+    let per_sample = sq.sum_dim_intlist(-1, false, sq.kind());
+    (sq.mean(sq.kind()), per_sample)
+}

@@ -1,0 +1,186 @@
+//! The MVP agent: a generative actor improved only by generate-and-select, and a Q-ensemble.
+//!
+//! Paper: "Mean Flow Policy with Instantaneous Velocity Constraint for One-step Action
+//! Generation", arXiv 2602.13810; the experimental frame (chunks, best-of-N, critic ensemble,
+//! offline-to-online) is Q-chunking's, arXiv 2507.07969. The same agent runs QC (flow actor,
+//! K = 10, N = 32, h = 5) and BFN (N = 4, h = 1) by configuration.
+//!
+//! Gradient flow, in one place:
+//! - the **critic** gets the TD loss; its target (selected chunk valued by the target critic)
+//!   is detached;
+//! - the **actor** gets only its behaviour-cloning generative loss on buffer chunks (MeanFlow +
+//!   IVC for MVP). **No Q-gradient reaches the actor**: improvement comes from selection.
+//! - target networks get no gradient, only Polyak averaging.
+//!
+//! Deliberate differences from the paper's code: none known in the update; the regression target
+//! is the stored chunk (re-selected targets are not implemented).
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use mvp_actor::{ChunkShape, GenerativePolicy};
+use mvp_critic::Critic;
+use mvp_nn::{checkpoint, Adam};
+use mvp_replay::ChunkBatch;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::config::AgentConfig;
+
+/// Scalars of one update, as detached 0-d tensors.
+pub type Metrics = Vec<(&'static str, Tensor)>;
+
+/// A batch of chunks as tensors on the agent's device (the QC/FQL batch contract).
+#[derive(Debug)]
+pub struct TensorBatch {
+    /// s_k `[B, S]`.
+    pub observations: Tensor,
+    /// a_k..a_{k+h−1} flattened `[B, h·A]`.
+    pub actions: Tensor,
+    /// Discounted chunk reward R `[B]`.
+    pub rewards: Tensor,
+    /// Bootstrap mask m `[B]` (0 after a true terminal state; truncation keeps 1).
+    pub masks: Tensor,
+    /// Per-step validity `[B, h]` (0 after the episode ended inside the chunk).
+    pub valid: Tensor,
+    /// s_{k+h} `[B, S]`.
+    pub next_observations: Tensor,
+}
+
+impl TensorBatch {
+    /// Copies a host batch to `device`.
+    pub fn from_chunks(b: &ChunkBatch, device: Device) -> Self {
+        let t = |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+        let (n, h) = (b.batch as i64, b.h as i64);
+        Self {
+            observations: t(&b.observations, &[n, b.obs_dim as i64]),
+            actions: t(&b.actions, &[n, h * b.act_dim as i64]),
+            rewards: t(&b.rewards, &[n]),
+            masks: t(&b.masks, &[n]),
+            valid: t(&b.valid, &[n, h]),
+            next_observations: t(&b.next_observations, &[n, b.obs_dim as i64]),
+        }
+    }
+}
+
+/// Actor, critic, their optimisers, and the selection rule.
+pub struct Agent {
+    /// Actor parameters.
+    pub actor_vs: VarStore,
+    actor: Box<dyn GenerativePolicy>,
+    /// Critic ensemble with its target.
+    pub critic: Critic,
+    actor_opt: Adam,
+    critic_opt: Adam,
+    num_samples: usize,
+    shape: ChunkShape,
+    device: Device,
+}
+
+impl Agent {
+    /// Builds networks and optimisers for `obs_dim` observations and `action_dim` actions.
+    pub fn new(obs_dim: usize, action_dim: usize, config: &AgentConfig, device: Device) -> Self {
+        let shape = ChunkShape { horizon: config.horizon, action_dim };
+        let actor_vs = VarStore::new(device);
+        let actor = config.actor.build(&actor_vs.root(), obs_dim, shape);
+        let critic = Critic::new(device, obs_dim, shape.flat_dim(), config.critic.clone());
+        let actor_opt = Adam::new(&actor_vs, config.actor_optim.clone());
+        let critic_opt = Adam::new(&critic.vs, config.critic_optim.clone());
+        Self { actor_vs, actor, critic, actor_opt, critic_opt, num_samples: config.num_samples, shape, device }
+    }
+
+    /// The chunk shape the actor generates.
+    pub fn shape(&self) -> ChunkShape {
+        self.shape
+    }
+
+    /// The device of the networks.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The actor.
+    pub fn actor(&self) -> &dyn GenerativePolicy {
+        self.actor.as_ref()
+    }
+
+    /// Generate-and-select: for each row of `obs [B, S]`, draws `n` candidate chunks in one
+    /// actor call over `B·n` rows, scores them with the online critic (aggregated over the
+    /// ensemble) and returns the best, `[B, h·A]`. With `n = 1` the critic is not consulted.
+    pub fn sample_actions(&self, obs: &Tensor, n: usize) -> Tensor {
+        tch::no_grad(|| {
+            let (b, d) = (obs.size()[0], self.shape.flat_dim() as i64);
+            if n <= 1 {
+                let noise = Tensor::randn([b, d], (obs.kind(), obs.device()));
+                return self.actor.sample(obs, &noise);
+            }
+            let n = n as i64;
+            let obs_rep = obs.repeat_interleave_self_int(n, 0, None); // [B·n, S]
+            let noise = Tensor::randn([b * n, d], (obs.kind(), obs.device()));
+            let candidates = self.actor.sample(&obs_rep, &noise); // [B·n, D]
+            let scores = self.critic.score(&obs_rep, &candidates).view([b, n]);
+            let best = scores.argmax(1, false); // [B]
+            let index = (Tensor::arange(b, (Kind::Int64, obs.device())) * n + best).view([-1]);
+            candidates.index_select(0, &index)
+        })
+    }
+
+    /// The selection rule with the configured number of candidates.
+    pub fn act(&self, obs: &Tensor) -> Tensor {
+        self.sample_actions(obs, self.num_samples)
+    }
+
+    /// The critic's TD loss. The target selects `a*` at `s_{k+h}` with the online critic (as in
+    /// acting) and values it with the target critic; it is detached.
+    pub fn critic_loss(&self, b: &TensorBatch) -> (Tensor, Metrics) {
+        let target = tch::no_grad(|| {
+            let next_chunk = self.sample_actions(&b.next_observations, self.num_samples);
+            let next_q = self.critic.q_target(&b.next_observations, &next_chunk);
+            let next_v = self.critic.config().aggregate.apply(&next_q);
+            self.critic.td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon)
+        });
+        let last_valid = b.valid.select(1, self.shape.horizon as i64 - 1);
+        self.critic.td_loss(&b.observations, &b.actions, &target, &last_valid)
+    }
+
+    /// The actor's loss: its own generative loss on the buffer's chunks, masked by `valid`.
+    pub fn actor_loss(&self, b: &TensorBatch) -> (Tensor, Metrics) {
+        self.actor.loss(&b.observations, &b.actions, Some(&b.valid))
+    }
+
+    /// One update of critic and actor, then the target networks.
+    pub fn update(&mut self, b: &TensorBatch) -> Result<Metrics> {
+        let (critic_loss, mut metrics) = self.critic_loss(b);
+        let (actor_loss, actor_metrics) = self.actor_loss(b);
+        let (cl, al) = (critic_loss.double_value(&[]), actor_loss.double_value(&[]));
+        if !cl.is_finite() || !al.is_finite() {
+            anyhow::bail!("non-finite loss (critic {cl}, actor {al}); stopping, the last checkpoint is kept");
+        }
+        self.critic_opt.backward_step(&critic_loss);
+        self.actor_opt.backward_step(&actor_loss);
+        self.critic.soft_update();
+        metrics.extend(actor_metrics);
+        Ok(metrics)
+    }
+
+    /// Every tensor of the agent's state, named, for a checkpoint, and the optimiser steps.
+    pub fn state(&self) -> (Vec<(String, Tensor)>, [u64; 2]) {
+        let mut t = checkpoint::varstore_tensors(&self.actor_vs, "actor/");
+        t.extend(checkpoint::varstore_tensors(&self.critic.vs, "critic/"));
+        t.extend(checkpoint::varstore_tensors(&self.critic.target_vs, "critic_target/"));
+        let (a, a_steps) = self.actor_opt.state("actor_opt/");
+        let (c, c_steps) = self.critic_opt.state("critic_opt/");
+        t.extend(a);
+        t.extend(c);
+        (t, [a_steps, c_steps])
+    }
+
+    /// Restores what [`Agent::state`] wrote.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: [u64; 2]) -> Result<()> {
+        checkpoint::load_varstore(&self.actor_vs, tensors, "actor/")?;
+        checkpoint::load_varstore(&self.critic.vs, tensors, "critic/")?;
+        checkpoint::load_varstore(&self.critic.target_vs, tensors, "critic_target/")?;
+        self.actor_opt.load_state(tensors, "actor_opt/", steps[0])?;
+        self.critic_opt.load_state(tensors, "critic_opt/", steps[1])?;
+        Ok(())
+    }
+}

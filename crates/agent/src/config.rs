@@ -1,0 +1,245 @@
+//! The training configuration: serde structs with defaults in code, TOML files on top, and
+//! `--set a.b=c` overrides on top of that. Validation happens once, in [`TrainConfig::load`],
+//! and names the offending key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use mvp_actor::ActorConfig;
+use mvp_critic::CriticConfig;
+use mvp_nn::{AdamConfig, Runtime};
+use serde::{Deserialize, Serialize};
+
+/// Everything a training run needs. Each section is a TOML table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Naming, seeding and output.
+    pub run: RunConfig,
+    /// Device and libtorch threads.
+    pub runtime: Runtime,
+    /// The environment.
+    pub env: EnvConfig,
+    /// The offline dataset.
+    pub data: DataConfig,
+    /// The agent: chunking, selection, actor and critic.
+    pub agent: AgentConfig,
+    /// Phases and intervals.
+    pub schedule: ScheduleConfig,
+}
+
+/// Naming, seeding and output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seed of everything (network init, sampling, environments as `seed + i`).
+    pub seed: u64,
+    /// Parent directory of run directories.
+    pub out_dir: PathBuf,
+    /// Run directory name; empty = `{env}__{actor}__{seed}__{unix time}`.
+    pub name: String,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self { seed: 0, out_dir: PathBuf::from("runs"), name: String::new() }
+    }
+}
+
+/// The environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnvConfig {
+    /// Environment id, e.g. `branch-reach-v0` (native) or an OGBench task.
+    pub name: String,
+    /// Map every non-zero reward to −1 (OGBench's `sparse` option).
+    pub sparse: bool,
+    /// Seed offset of evaluation environments, so they never share seeds with training's.
+    pub eval_seed_offset: u64,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        Self { name: "branch-reach-v0".into(), sparse: false, eval_seed_offset: 1_000_000 }
+    }
+}
+
+/// The offline dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Dataset file; empty = generate one with the native environment's demonstrator, or none
+    /// for pure online training (`demo_episodes = 0`).
+    pub path: PathBuf,
+    /// Episodes of the native demonstrator when no file is given.
+    pub demo_episodes: usize,
+    /// Action noise of the native demonstrator.
+    pub demo_noise: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::new(), demo_episodes: 200, demo_noise: 0.3 }
+    }
+}
+
+/// The agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Action chunk length h (paper: 5).
+    pub horizon: usize,
+    /// Candidates per selection N (paper: 32; BFN: 4; 1 = no selection).
+    pub num_samples: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// The generative actor (`kind = "mvp" | "flow" | "diffusion"` and its fields).
+    pub actor: ActorConfig,
+    /// The critic ensemble.
+    pub critic: CriticConfig,
+    /// Adam for the actor.
+    pub actor_optim: AdamConfig,
+    /// Adam for the critic.
+    pub critic_optim: AdamConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            horizon: 5,
+            num_samples: 32,
+            batch_size: 256,
+            actor: ActorConfig::default(),
+            critic: CriticConfig::default(),
+            actor_optim: AdamConfig::default(),
+            critic_optim: AdamConfig::default(),
+        }
+    }
+}
+
+/// Phases and intervals, in gradient steps (offline) and environment steps (online).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Gradient steps on the dataset before going online (paper: 1M).
+    pub offline_steps: u64,
+    /// Environment steps online (paper: 1M).
+    pub online_steps: u64,
+    /// Online steps before updates start (paper: 5000); with no dataset these act at random.
+    pub warmup_steps: u64,
+    /// Updates per online environment step.
+    pub utd: usize,
+    /// Steps between evaluations (0 = only at the end).
+    pub eval_interval: u64,
+    /// Episodes per evaluation (paper: 50).
+    pub eval_episodes: usize,
+    /// Steps between metric logs.
+    pub log_interval: u64,
+    /// Steps between checkpoints (0 = only at the end).
+    pub checkpoint_interval: u64,
+    /// Checkpoints kept on disk.
+    pub keep_checkpoints: usize,
+    /// Save the replay buffer with each checkpoint, for an exact resume of the online phase.
+    pub save_buffer: bool,
+    /// Replay capacity in transitions (the dataset plus online data).
+    pub buffer_capacity: usize,
+    /// Stop after this many steps of the whole schedule (offline + online), as if
+    /// interrupted; 0 = run to the end. Used to test resume.
+    pub stop_after: u64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            offline_steps: 1_000_000,
+            online_steps: 1_000_000,
+            warmup_steps: 5_000,
+            utd: 1,
+            eval_interval: 100_000,
+            eval_episodes: 50,
+            log_interval: 1_000,
+            checkpoint_interval: 100_000,
+            keep_checkpoints: 2,
+            save_buffer: true,
+            buffer_capacity: 3_000_000,
+            stop_after: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads `file` (if any), applies `KEY=VALUE` overrides, deserialises and validates.
+    /// Errors name the key: unknown keys list the allowed ones.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut value: toml::Value = match file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).with_context(|| format!("reading config {}", f.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", f.display()))?
+            }
+            None => toml::Value::Table(Default::default()),
+        };
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let config: TrainConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow::anyhow!("config key `{path}`: {}", e.into_inner())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that types alone do not express.
+    pub fn validate(&self) -> Result<()> {
+        let a = &self.agent;
+        let check = |ok: bool, key: &str, allowed: &str| -> Result<()> {
+            if ok {
+                Ok(())
+            } else {
+                bail!("config key `{key}` is out of range: allowed {allowed}")
+            }
+        };
+        check(a.horizon >= 1, "agent.horizon", "an integer ≥ 1")?;
+        check(a.num_samples >= 1, "agent.num_samples", "an integer ≥ 1")?;
+        check(a.batch_size >= 1, "agent.batch_size", "an integer ≥ 1")?;
+        check(a.critic.ensemble >= 1, "agent.critic.ensemble", "an integer ≥ 1")?;
+        check((0.0..=1.0).contains(&a.critic.tau), "agent.critic.tau", "0 ≤ τ ≤ 1")?;
+        check((0.0..1.0).contains(&a.critic.gamma), "agent.critic.gamma", "0 ≤ γ < 1")?;
+        check(a.actor_optim.lr > 0.0, "agent.actor_optim.lr", "> 0")?;
+        check(a.critic_optim.lr > 0.0, "agent.critic_optim.lr", "> 0")?;
+        if let ActorConfig::Mvp(m) = &a.actor {
+            check(m.ivc_weight >= 0.0, "agent.actor.ivc_weight", "λ ≥ 0")?;
+            check((0.0..=1.0).contains(&m.equal_time_fraction), "agent.actor.equal_time_fraction", "[0, 1]")?;
+        }
+        let s = &self.schedule;
+        check(s.utd >= 1, "schedule.utd", "an integer ≥ 1")?;
+        check(s.eval_episodes >= 1, "schedule.eval_episodes", "an integer ≥ 1")?;
+        check(s.log_interval >= 1, "schedule.log_interval", "an integer ≥ 1")?;
+        check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;
+        check(s.buffer_capacity >= a.batch_size + a.horizon, "schedule.buffer_capacity", "≥ batch_size + horizon")?;
+        check(self.runtime.threads >= 1, "runtime.threads", "an integer ≥ 1")?;
+        Ok(())
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML tree; the value is parsed as TOML (numbers, booleans,
+/// strings in quotes, arrays) and taken as a bare string otherwise.
+fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .with_context(|| format!("override `{assignment}` is not KEY=VALUE"))?;
+    let key = key.trim();
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim()))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = root;
+    for p in &parts[..parts.len() - 1] {
+        let table = node.as_table_mut().with_context(|| format!("override `{key}`: `{p}` is not a table"))?;
+        node = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    let table = node.as_table_mut().with_context(|| format!("override `{key}`: parent is not a table"))?;
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! The MVP agent and everything that drives it: generate-and-select, the update step, the
+//! offline-to-online trainer with evaluation, logging and checkpoints, and the training config.
+//!
+//! Depends on every crate below it: `nn`, `actor`, `critic`, `replay`, `envs`, `logging`.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod config;
+pub mod eval;
+pub mod trainer;
+
+pub use agent::{Agent, TensorBatch};
+pub use config::TrainConfig;
+pub use eval::{evaluate, EvalResult};
+pub use trainer::{Summary, Trainer};

@@ -1,0 +1,385 @@
+//! The offline-to-online training loop, flat (CleanRL/FQL style):
+//! offline updates on the dataset → online: act (one chunk per query, executed open-loop) →
+//! insert → (warm-up gate) → update × UTD → log / evaluate / checkpoint on named intervals.
+//!
+//! Steps are counted on one axis: `0..offline_steps` are gradient steps on the dataset, then
+//! `offline_steps..offline_steps + online_steps` are environment steps. All randomness of step
+//! `i` is derived from `(seed, i)` (libtorch's generator is re-seeded, the host generator is
+//! created per step), so a resumed run repeats an uninterrupted one bit for bit on CPU.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use mvp_envs::Env;
+use mvp_logging::Logger;
+use mvp_nn::checkpoint;
+use mvp_replay::{ChunkBatch, Dataset, ReplayBuffer};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::agent::{Agent, TensorBatch};
+use crate::config::TrainConfig;
+use crate::eval::{evaluate, EvalResult};
+
+const CHECKPOINTS: &str = "checkpoints";
+const BUFFER_FILE: &str = "buffer.bin";
+const CONFIG_FILE: &str = "config.toml";
+
+/// Counters and rollout state saved with each checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Next step to run on the global axis.
+    pub step: u64,
+    /// Optimiser steps of actor and critic.
+    pub optimizer_steps: [u64; 2],
+    /// Online episodes started so far (environment seeds are `seed + episodes`).
+    pub episodes: u64,
+    /// Current observation of the online episode.
+    pub obs: Vec<f32>,
+    /// Actions left of the chunk being executed.
+    pub queue: Vec<Vec<f32>>,
+    /// Return and length of the current online episode.
+    pub episode_return: f64,
+    /// Steps into the current online episode.
+    pub episode_length: u64,
+    /// The environment's own state for an exact mid-episode resume, when it can give one.
+    pub env_state: Option<Vec<u8>>,
+    /// The last evaluation.
+    pub last_eval: Option<EvalResult>,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Steps completed.
+    pub steps: u64,
+    /// The final evaluation, if one ran.
+    pub eval: Option<EvalResult>,
+}
+
+/// Derives a 64-bit seed for step `i` of run `seed` (SplitMix64 finaliser).
+pub fn step_seed(seed: u64, i: u64) -> u64 {
+    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_add(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Loads the offline dataset the config names, or generates one with the native demonstrator.
+pub fn load_dataset(config: &TrainConfig, env: &dyn Env) -> Result<Option<Dataset>> {
+    let d = &config.data;
+    let spec = env.spec();
+    let data = if !d.path.as_os_str().is_empty() {
+        bail!(
+            "dataset files are read by the OGBench/robomimic readers, which are not built yet (issues #5, #6); \
+             leave data.path empty to use the native demonstrator"
+        );
+    } else if d.demo_episodes == 0 {
+        return Ok(None);
+    } else {
+        let (data, stats) = mvp_envs::generate_dataset(&spec.name, d.demo_episodes, d.demo_noise as f32, config.run.seed)?;
+        tracing::info!(
+            "generated {} transitions from {} demonstrator episodes (success rate {:.2})",
+            data.len(),
+            d.demo_episodes,
+            stats.success_rate()
+        );
+        data
+    };
+    check_dataset(&data, spec)?;
+    Ok(Some(data))
+}
+
+/// A dataset must match the environment's observation and action sizes; the error shows both.
+pub fn check_dataset(data: &Dataset, spec: &mvp_envs::EnvSpec) -> Result<()> {
+    if data.obs_dim != spec.obs_dim || data.act_dim != spec.action_dim {
+        bail!(
+            "dataset shapes do not match the environment: dataset observations [{}, {}] and actions [{}, {}], \
+             environment {} observations [{}] and actions [{}]; was the dataset made for another environment?",
+            data.len(),
+            data.obs_dim,
+            data.len(),
+            data.act_dim,
+            spec.name,
+            spec.obs_dim,
+            spec.action_dim
+        );
+    }
+    Ok(())
+}
+
+/// A training run: the agent, its data, its environment and its outputs.
+pub struct Trainer {
+    config: TrainConfig,
+    run_dir: PathBuf,
+    agent: Agent,
+    buffer: ReplayBuffer,
+    has_dataset: bool,
+    env: Box<dyn Env>,
+    eval_env: Box<dyn Env>,
+    logger: Logger,
+    progress: Progress,
+    batch: ChunkBatch,
+    device: Device,
+}
+
+impl Trainer {
+    /// Starts a new run in a fresh run directory.
+    pub fn new(config: TrainConfig) -> Result<Self> {
+        let device = config.runtime.apply()?;
+        let env = mvp_envs::make_native(&config.env.name)?;
+        let name = if config.run.name.is_empty() {
+            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            format!("{}__{}__{}__{secs}", config.env.name, config.agent.actor.label().replace(['(', ')', '=', ',', ' '], ""), config.run.seed)
+        } else {
+            config.run.name.clone()
+        };
+        let run_dir = config.run.out_dir.join(name);
+        if run_dir.join(CONFIG_FILE).exists() {
+            bail!("run directory {} already holds a run; resume it with `mvp train --resume {}` or choose another run.name", run_dir.display(), run_dir.display());
+        }
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        write_run_files(&run_dir, &config)?;
+        let mut t = Self::assemble(config, run_dir, env, device)?;
+        let (obs, _) = t.env.reset(Some(t.config.run.seed))?;
+        t.progress.obs = obs;
+        Ok(t)
+    }
+
+    /// Reopens `run_dir` and restores its latest checkpoint.
+    pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Self> {
+        let config = TrainConfig::load(Some(&run_dir.join(CONFIG_FILE)), overrides)
+            .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
+        let device = config.runtime.apply()?;
+        let env = mvp_envs::make_native(&config.env.name)?;
+        let mut t = Self::assemble(config, run_dir.to_path_buf(), env, device)?;
+        let loaded: checkpoint::Loaded<Progress> = checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
+        t.agent.load_state(&loaded.tensors, loaded.meta.optimizer_steps)?;
+        let buffer_path = loaded.dir.join(BUFFER_FILE);
+        if buffer_path.exists() {
+            t.buffer.restore(&buffer_path)?;
+        } else {
+            tracing::warn!("checkpoint has no replay buffer; online data before it is lost");
+        }
+        t.progress = loaded.meta;
+        if t.progress.step > t.config.schedule.offline_steps {
+            match &t.progress.env_state {
+                Some(state) => t.env.restore(state)?,
+                None => {
+                    // The environment cannot resume mid-episode: start a new one (the old
+                    // episode's stored transitions end without a terminal flag, which the
+                    // sampler treats like a time limit).
+                    let (obs, _) = t.env.reset(Some(t.config.run.seed + t.progress.episodes))?;
+                    t.progress.obs = obs;
+                    t.progress.queue.clear();
+                }
+            }
+        }
+        tracing::info!("resumed {} at step {}", run_dir.display(), t.progress.step);
+        Ok(t)
+    }
+
+    fn assemble(config: TrainConfig, run_dir: PathBuf, env: Box<dyn Env>, device: Device) -> Result<Self> {
+        let eval_env = mvp_envs::make_native(&config.env.name)?;
+        let spec = env.spec().clone();
+        tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
+        let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device);
+        let mut buffer = ReplayBuffer::new(config.schedule.buffer_capacity, spec.obs_dim, spec.action_dim)?;
+        let dataset = load_dataset(&config, env.as_ref())?;
+        let has_dataset = dataset.is_some();
+        if let Some(d) = &dataset {
+            buffer.extend_from_dataset(d)?;
+        }
+        if !has_dataset && config.schedule.offline_steps > 0 {
+            bail!("schedule.offline_steps = {} but there is no dataset (data.demo_episodes = 0 and no data.path)", config.schedule.offline_steps);
+        }
+        let logger = Logger::for_run_dir(&run_dir)?;
+        let a = &config.agent;
+        let batch = ChunkBatch::new(a.batch_size, a.horizon, spec.obs_dim, spec.action_dim);
+        Ok(Self { config, run_dir, agent, buffer, has_dataset, env, eval_env, logger, progress: Progress::default(), batch, device })
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// The replay buffer.
+    pub fn buffer(&self) -> &ReplayBuffer {
+        &self.buffer
+    }
+
+    /// Runs the schedule to its end (or to `schedule.stop_after`), then checkpoints.
+    pub fn run(&mut self) -> Result<Summary> {
+        let s = self.config.schedule.clone();
+        let total = s.offline_steps + s.online_steps;
+        let end = if s.stop_after > 0 { s.stop_after.min(total) } else { total };
+        tracing::info!(
+            "run {}: {} offline steps, {} online steps, evaluation every {} steps over {} episodes \
+             (greedy generate-and-select, N = {}, seeds from {})",
+            self.run_dir.display(),
+            s.offline_steps,
+            s.online_steps,
+            s.eval_interval,
+            s.eval_episodes,
+            self.config.agent.num_samples,
+            self.config.env.eval_seed_offset
+        );
+        let bar = ProgressBar::new(total).with_position(self.progress.step);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}")
+                .expect("static template"),
+        );
+        let started = Instant::now();
+        let first = self.progress.step;
+        while self.progress.step < end {
+            let i = self.progress.step;
+            tch::manual_seed((step_seed(self.config.run.seed, i) >> 1) as i64);
+            let mut rng = StdRng::seed_from_u64(step_seed(self.config.run.seed, i));
+            let mut metrics: Vec<(&'static str, Tensor)> = Vec::new();
+            if i < s.offline_steps {
+                metrics = self.update(&mut rng)?;
+            } else {
+                let online = i - s.offline_steps;
+                let mut scalars = self.env_step(online, &mut rng)?;
+                if online >= s.warmup_steps {
+                    for _ in 0..s.utd {
+                        metrics = self.update(&mut rng)?;
+                    }
+                }
+                let log_now = (i + 1) % s.log_interval == 0;
+                if log_now && !scalars.is_empty() {
+                    self.logger.log(i + 1, &scalars)?;
+                }
+                scalars.clear();
+            }
+            self.progress.step = i + 1;
+            let step = i + 1;
+            if step % s.log_interval == 0 && !metrics.is_empty() {
+                let mut scalars: Vec<(&str, f64)> = metrics.iter().map(|(n, t)| (*n, t.double_value(&[]))).collect();
+                let sps = (step - first) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                scalars.push(("time/sps", sps));
+                scalars.push(("buffer/size", self.buffer.len() as f64));
+                self.logger.log(step, &scalars)?;
+            }
+            let is_end = step == total;
+            if (s.eval_interval > 0 && step % s.eval_interval == 0) || is_end {
+                let r = self.evaluate()?;
+                bar.set_message(format!("success {:.2}", r.success_rate));
+                self.logger.log(step, &[("eval/success", r.success_rate), ("eval/return", r.mean_return), ("eval/length", r.mean_length)])?;
+                self.progress.last_eval = Some(r);
+            }
+            if (s.checkpoint_interval > 0 && step % s.checkpoint_interval == 0) || is_end || step == end {
+                self.save_checkpoint()?;
+            }
+            bar.set_position(step);
+        }
+        bar.finish_and_clear();
+        // Closing joins TensorBoard's writer thread: only then is the event file complete.
+        self.logger.close()?;
+        Ok(Summary { run_dir: self.run_dir.clone(), steps: self.progress.step, eval: self.progress.last_eval.clone() })
+    }
+
+    fn update(&mut self, rng: &mut StdRng) -> Result<Vec<(&'static str, Tensor)>> {
+        let a = &self.config.agent;
+        self.buffer.sample_chunks(rng, a.batch_size, a.horizon, a.critic.gamma as f32, &mut self.batch)?;
+        let batch = TensorBatch::from_chunks(&self.batch, self.device);
+        self.agent.update(&batch)
+    }
+
+    /// One online environment step; returns episode metrics when an episode ended.
+    fn env_step(&mut self, online_step: u64, rng: &mut StdRng) -> Result<Vec<(&'static str, f64)>> {
+        let h = self.config.agent.horizon;
+        let spec = self.env.spec().clone();
+        if self.progress.queue.is_empty() {
+            let chunk: Vec<f32> = if !self.has_dataset && online_step < self.config.schedule.warmup_steps {
+                (0..h * spec.action_dim).map(|_| rng.random_range(-1.0f32..=1.0)).collect()
+            } else {
+                let obs = Tensor::from_slice(&self.progress.obs).view([1, -1]).to_device(self.device).to_kind(Kind::Float);
+                Vec::<f32>::try_from(self.agent.act(&obs).view([-1]).to_device(Device::Cpu))?
+            };
+            self.progress.queue = chunk.chunks(spec.action_dim).map(|c| c.to_vec()).collect();
+        }
+        let action = self.progress.queue.remove(0);
+        let step = self.env.step(&action)?;
+        let reward = if self.config.env.sparse && step.reward != 0.0 { -1.0 } else { step.reward };
+        self.buffer.push(&self.progress.obs, &action, reward, &step.obs, step.done(), step.mask())?;
+        self.progress.episode_return += reward as f64;
+        self.progress.episode_length += 1;
+        let mut out = Vec::new();
+        if step.done() {
+            out.push(("train/episode_return", self.progress.episode_return));
+            out.push(("train/episode_length", self.progress.episode_length as f64));
+            out.push(("train/episode_success", step.info.success as u8 as f64));
+            self.progress.episodes += 1;
+            self.progress.episode_return = 0.0;
+            self.progress.episode_length = 0;
+            self.progress.queue.clear();
+            let (obs, _) = self.env.reset(Some(self.config.run.seed + self.progress.episodes))?;
+            self.progress.obs = obs;
+        } else {
+            self.progress.obs = step.obs;
+        }
+        Ok(out)
+    }
+
+    /// Runs the evaluation protocol on the evaluation environment.
+    pub fn evaluate(&mut self) -> Result<EvalResult> {
+        let seed = self.config.env.eval_seed_offset + self.config.run.seed * 10_000;
+        evaluate(&self.agent, self.eval_env.as_mut(), self.config.schedule.eval_episodes, seed)
+    }
+
+    fn save_checkpoint(&mut self) -> Result<()> {
+        let (tensors, steps) = self.agent.state();
+        // A diverged update can leave non-finite parameters before any loss shows it: never
+        // let such a state replace the last good checkpoint.
+        if let Some((name, _)) = tensors.iter().find(|(_, t)| t.isfinite().all().int64_value(&[]) == 0) {
+            bail!(
+                "non-finite values in `{name}` at step {}; stopping, the last good checkpoint is kept",
+                self.progress.step
+            );
+        }
+        self.progress.optimizer_steps = steps;
+        self.progress.env_state = self.env.snapshot();
+        let root = self.run_dir.join(CHECKPOINTS);
+        let name = format!("step_{:010}", self.progress.step);
+        let buffer = self.config.schedule.save_buffer.then_some(&self.buffer);
+        checkpoint::save_with(&root, &name, &tensors, &self.progress, |dir| match buffer {
+            Some(b) => Ok(b.save(dir.join(BUFFER_FILE))?),
+            None => Ok(()),
+        })?;
+        checkpoint::prune(&root, self.config.schedule.keep_checkpoints)?;
+        Ok(())
+    }
+}
+
+fn write_run_files(run_dir: &Path, config: &TrainConfig) -> Result<()> {
+    let text = toml::to_string_pretty(config).context("serialising the resolved config")?;
+    let rev = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let header = format!("# Resolved config of this run. seed = {}, git revision {rev}\n", config.run.seed);
+    checkpoint::write_atomically(&run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())?;
+    let meta = serde_json::json!({
+        "seed": config.run.seed,
+        "git_revision": rev,
+        "command": std::env::args().collect::<Vec<_>>(),
+        "started_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    });
+    checkpoint::write_atomically(&run_dir.join("run.json"), serde_json::to_vec_pretty(&meta)?.as_slice())?;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Trainer behaviour: exact resume, logging, bad input, non-finite losses (CPU, one thread).
+
+use std::path::Path;
+
+use mvp_agent::{trainer, TrainConfig, Trainer};
+
+/// libtorch's RNG is global: runs in one test process must not interleave.
+static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A tiny offline-to-online run on the native task.
+fn tiny(out: &Path, name: &str, extra: &[&str]) -> TrainConfig {
+    let mut o: Vec<String> = [
+        "agent.batch_size=32",
+        "agent.num_samples=4",
+        "agent.actor.kind=\"mvp\"",
+        "agent.actor.network.hidden=[32, 32]",
+        "agent.critic.network.hidden=[32, 32]",
+        "data.demo_episodes=20",
+        "data.demo_noise=1.0",
+        "schedule.offline_steps=40",
+        "schedule.online_steps=60",
+        "schedule.warmup_steps=10",
+        "schedule.eval_interval=0",
+        "schedule.eval_episodes=2",
+        "schedule.log_interval=5",
+        "schedule.checkpoint_interval=0",
+        "schedule.buffer_capacity=5000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    o.push(format!("run.out_dir=\"{}\"", out.display()));
+    o.push(format!("run.name=\"{name}\""));
+    o.extend(extra.iter().map(|s| s.to_string()));
+    TrainConfig::load(None, &o).unwrap()
+}
+
+fn latest_checkpoint(run: &Path) -> std::path::PathBuf {
+    let root = run.join("checkpoints");
+    root.join(mvp_nn::checkpoint::latest(&root).expect("a checkpoint"))
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let full = Trainer::new(tiny(dir.path(), "full", &[])).unwrap().run().unwrap();
+    // Stop in the middle of the online phase (step 57 = 17 environment steps, inside a chunk).
+    let part = Trainer::new(tiny(dir.path(), "part", &["schedule.stop_after=57"])).unwrap().run().unwrap();
+    assert_eq!(part.steps, 57);
+    let resumed = Trainer::resume(&part.run_dir, &["schedule.stop_after=0".into()]).unwrap().run().unwrap();
+    assert_eq!(resumed.steps, full.steps);
+
+    let (a, b) = (latest_checkpoint(&full.run_dir), latest_checkpoint(&resumed.run_dir));
+    let ta: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&a).unwrap();
+    let tb: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&b).unwrap();
+    assert_eq!(ta.tensors.len(), tb.tensors.len());
+    for (name, t) in &ta.tensors {
+        assert!(t.equal(&tb.tensors[name]), "{name} differs between the uninterrupted and the resumed run");
+    }
+    let (ba, bb) = (std::fs::read(a.join("buffer.bin")).unwrap(), std::fs::read(b.join("buffer.bin")).unwrap());
+    assert!(ba == bb, "replay buffers differ");
+    assert_eq!(full.eval, resumed.eval);
+}
+
+#[test]
+fn tensorboard_file_of_a_run_holds_the_logged_scalars() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Trainer::new(tiny(dir.path(), "tb", &[])).unwrap().run().unwrap();
+    let events = mvp_logging::read_scalars_in_dir(&s.run_dir.join("tb")).unwrap();
+    let jsonl = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for tag in ["critic/loss", "actor/mf_loss", "actor/ivc_loss", "eval/success", "time/sps"] {
+        let from_tb: Vec<(i64, f32)> = events.iter().filter(|e| e.tag == tag).map(|e| (e.step, e.value)).collect();
+        let from_jsonl: Vec<(i64, f32)> = rows
+            .iter()
+            .filter_map(|r| Some((r["step"].as_i64()?, r.get(tag)?.as_f64()? as f32)))
+            .collect();
+        assert!(!from_tb.is_empty(), "no `{tag}` in the event file");
+        assert_eq!(from_tb, from_jsonl, "`{tag}` differs between TensorBoard and JSONL");
+    }
+    for f in ["config.toml", "run.json", "metrics.csv"] {
+        assert!(s.run_dir.join(f).exists(), "{f} missing from the run directory");
+    }
+    let config = std::fs::read_to_string(s.run_dir.join("config.toml")).unwrap();
+    assert!(config.contains("git revision") && config.contains("num_samples = 4"));
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_allowed_values() {
+    let err = TrainConfig::load(None, &["agent.num_sample=3".into()]).unwrap_err().to_string();
+    assert!(err.contains("agent") && err.contains("num_sample") && err.contains("num_samples"), "{err}");
+    let err = TrainConfig::load(None, &["agent.horizon=0".into()]).unwrap_err().to_string();
+    assert!(err.contains("agent.horizon") && err.contains("≥ 1"), "{err}");
+    let err = TrainConfig::load(None, &["agent.actor.kind=\"gan\"".into()]).unwrap_err().to_string();
+    assert!(err.contains("agent.actor") && err.contains("mvp"), "{err}");
+    let err = TrainConfig::load(None, &["runtime.device=\"tpu\"".into()]).unwrap_err().to_string();
+    assert!(err.contains("runtime.device") && err.contains("cuda"), "{err}");
+}
+
+#[test]
+fn a_dataset_for_another_environment_is_refused_with_both_shapes() {
+    let (data, _) = mvp_envs::generate_dataset("branch-reach-v0", 2, 0.1, 0).unwrap();
+    let mut spec = mvp_envs::make_native("branch-reach-v0").unwrap().spec().clone();
+    spec.obs_dim = 37;
+    let err = trainer::check_dataset(&data, &spec).unwrap_err().to_string();
+    assert!(err.contains(&format!("[{}, 2]", data.len())) && err.contains("[37]"), "{err}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let good = Trainer::new(tiny(dir.path(), "nan", &["schedule.stop_after=20"])).unwrap().run().unwrap();
+    let before = latest_checkpoint(&good.run_dir);
+    // Continue with a learning rate that makes the critic diverge at once.
+    let mut t = Trainer::resume(&good.run_dir, &["schedule.stop_after=0".into(), "agent.critic_optim.lr=1e38".into(), "schedule.checkpoint_interval=1".into()]).unwrap();
+    let err = t.run().unwrap_err().to_string();
+    assert!(err.contains("non-finite"), "{err}");
+    // Checkpoints written before the divergence showed stay; none holds a non-finite value.
+    let last = latest_checkpoint(&good.run_dir);
+    assert!(last >= before);
+    let loaded: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&last).unwrap();
+    for (name, v) in &loaded.tensors {
+        assert!(v.isfinite().all().int64_value(&[]) == 1, "checkpoint tensor {name} is not finite");
+    }
+}

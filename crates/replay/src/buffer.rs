@@ -1,0 +1,388 @@
+//! The episode-aware ring buffer and its chunked sampler.
+
+use rand::Rng;
+
+use crate::{check_shape, ChunkBatch, Dataset, ReplayError, Result};
+
+/// A fixed-capacity ring of single-step transitions (s, a, r, s', terminal, mask), stored as
+/// contiguous row-major `f32` arrays that grow up to `capacity` rows and are then overwritten
+/// oldest first.
+///
+/// Episodes are stored back to back, each closed by a transition with `terminal = true`
+/// (a caller that drops an episode without closing it lets windows run on into the next one).
+/// The write head (the boundary between the oldest and the newest data) is treated as one
+/// more episode boundary: no sampled window ever straddles it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayBuffer {
+    pub(crate) capacity: usize,
+    pub(crate) obs_dim: usize,
+    pub(crate) act_dim: usize,
+    /// Rows stored, at most `capacity`.
+    pub(crate) len: usize,
+    /// Row the next push writes (equals `len` until the ring is full).
+    pub(crate) pos: usize,
+    pub(crate) obs: Vec<f32>,
+    pub(crate) next_obs: Vec<f32>,
+    pub(crate) actions: Vec<f32>,
+    pub(crate) rewards: Vec<f32>,
+    /// 1.0 at an episode end (success or time limit), else 0.0.
+    pub(crate) terminals: Vec<f32>,
+    /// Bootstrap mask: 0.0 only when s' is a true terminal state.
+    pub(crate) masks: Vec<f32>,
+}
+
+impl ReplayBuffer {
+    /// An empty buffer for `capacity` transitions (memory grows as it fills).
+    pub fn new(capacity: usize, obs_dim: usize, act_dim: usize) -> Result<Self> {
+        if capacity == 0 {
+            return Err(ReplayError::Invalid("replay capacity must be at least 1".into()));
+        }
+        Ok(Self {
+            capacity,
+            obs_dim,
+            act_dim,
+            len: 0,
+            pos: 0,
+            obs: Vec::new(),
+            next_obs: Vec::new(),
+            actions: Vec::new(),
+            rewards: Vec::new(),
+            terminals: Vec::new(),
+            masks: Vec::new(),
+        })
+    }
+
+    /// Number of transitions stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no transition is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Maximum number of transitions held; beyond it the oldest are overwritten.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Width of one observation.
+    pub fn obs_dim(&self) -> usize {
+        self.obs_dim
+    }
+
+    /// Width of one action.
+    pub fn act_dim(&self) -> usize {
+        self.act_dim
+    }
+
+    /// Appends one transition, overwriting the oldest when full. `terminal`: the episode ends
+    /// here (success or time limit); `mask`: bootstrap mask in [0, 1], 0 only when `next_obs`
+    /// is a true terminal state (1 at a time-limit truncation). The buffer does not require
+    /// `mask = 0` to come with `terminal`; sampling treats the two independently.
+    pub fn push(
+        &mut self,
+        obs: &[f32],
+        action: &[f32],
+        reward: f32,
+        next_obs: &[f32],
+        terminal: bool,
+        mask: f32,
+    ) -> Result<()> {
+        check_shape("obs", obs.len(), &[self.obs_dim])?;
+        check_shape("action", action.len(), &[self.act_dim])?;
+        check_shape("next_obs", next_obs.len(), &[self.obs_dim])?;
+        if !(0.0..=1.0).contains(&mask) {
+            return Err(ReplayError::Invalid(format!("bootstrap mask must lie in [0, 1], got {mask}")));
+        }
+        self.store(obs, action, reward, next_obs, terminal, mask);
+        Ok(())
+    }
+
+    /// Appends every transition of `data` in order (if it holds more than `capacity`, only
+    /// its last `capacity` transitions remain).
+    pub fn extend_from_dataset(&mut self, data: &Dataset) -> Result<()> {
+        data.validate()?;
+        check_shape("dataset observations", data.observations.len(), &[data.len(), self.obs_dim])?;
+        check_shape("dataset actions", data.actions.len(), &[data.len(), self.act_dim])?;
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        for t in data.len().saturating_sub(self.capacity)..data.len() {
+            let (o, a) = (&data.observations[t * od..][..od], &data.actions[t * ad..][..ad]);
+            let next = &data.next_observations[t * od..][..od];
+            self.store(o, a, data.rewards[t], next, data.terminals[t] != 0.0, data.masks[t]);
+        }
+        Ok(())
+    }
+
+    fn store(&mut self, obs: &[f32], action: &[f32], reward: f32, next_obs: &[f32], terminal: bool, mask: f32) {
+        let terminal = if terminal { 1.0 } else { 0.0 };
+        if self.len < self.capacity {
+            self.obs.extend_from_slice(obs);
+            self.next_obs.extend_from_slice(next_obs);
+            self.actions.extend_from_slice(action);
+            self.rewards.push(reward);
+            self.terminals.push(terminal);
+            self.masks.push(mask);
+            self.len += 1;
+        } else {
+            let (i, od, ad) = (self.pos, self.obs_dim, self.act_dim);
+            self.obs[i * od..][..od].copy_from_slice(obs);
+            self.next_obs[i * od..][..od].copy_from_slice(next_obs);
+            self.actions[i * ad..][..ad].copy_from_slice(action);
+            (self.rewards[i], self.terminals[i], self.masks[i]) = (reward, terminal, mask);
+        }
+        self.pos = (self.pos + 1) % self.capacity;
+    }
+
+    /// Row of the oldest stored transition (the write head once the ring is full).
+    fn oldest(&self) -> usize {
+        (self.pos + self.capacity - self.len) % self.capacity
+    }
+
+    /// Number of windows of `h` steps that do not straddle the write head.
+    pub fn num_starts(&self, h: usize) -> usize {
+        (self.len + 1).saturating_sub(h)
+    }
+
+    /// Fills `out` with `batch` windows of `h` steps whose starts are drawn uniformly among
+    /// all windows that do not straddle the write head, with QC's semantics (see
+    /// [`ChunkBatch`] for each field); `gamma` discounts the chunk reward. `out` is resized
+    /// if its shape differs, so one batch can be reused without allocating.
+    pub fn sample_chunks<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        batch: usize,
+        h: usize,
+        gamma: f32,
+        out: &mut ChunkBatch,
+    ) -> Result<()> {
+        let starts = self.prepare(batch, h, gamma, out)?;
+        for b in 0..batch {
+            self.fill(b, rng.random_range(0..starts), gamma, out);
+        }
+        Ok(())
+    }
+
+    /// Like [`ReplayBuffer::sample_chunks`] at chosen starts: `starts[b]` counts from the
+    /// oldest stored transition (0) and must be below [`ReplayBuffer::num_starts`]`(h)`.
+    pub fn chunks_at(&self, starts: &[usize], h: usize, gamma: f32, out: &mut ChunkBatch) -> Result<()> {
+        let n = self.prepare(starts.len(), h, gamma, out)?;
+        if let Some(&s) = starts.iter().find(|&&s| s >= n) {
+            return Err(ReplayError::Invalid(format!("window start {s} out of range 0..{n} for h = {h}")));
+        }
+        for (b, &s) in starts.iter().enumerate() {
+            self.fill(b, s, gamma, out);
+        }
+        Ok(())
+    }
+
+    /// Checks the arguments, shapes `out`, and returns the number of possible starts.
+    fn prepare(&self, batch: usize, h: usize, gamma: f32, out: &mut ChunkBatch) -> Result<usize> {
+        if h == 0 {
+            return Err(ReplayError::Invalid("chunk length h must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&gamma) {
+            return Err(ReplayError::Invalid(format!("discount gamma must lie in [0, 1], got {gamma}")));
+        }
+        if self.len < h {
+            return Err(ReplayError::NotEnoughData { len: self.len, h });
+        }
+        out.resize(batch, h, self.obs_dim, self.act_dim);
+        Ok(self.num_starts(h))
+    }
+
+    /// Writes window `b` of `out` from the window starting `start` rows after the oldest.
+    fn fill(&self, b: usize, start: usize, gamma: f32, out: &mut ChunkBatch) {
+        let (od, ad, h) = (self.obs_dim, self.act_dim, out.h);
+        let k = (self.oldest() + start) % self.capacity;
+        out.observations[b * od..][..od].copy_from_slice(&self.obs[k * od..][..od]);
+        let (mut ret, mut discount, mut mask, mut ended) = (0.0, 1.0, 1.0f32, false);
+        let mut j = k;
+        for i in 0..h {
+            j = (k + i) % self.capacity;
+            out.actions[(b * h + i) * ad..][..ad].copy_from_slice(&self.actions[j * ad..][..ad]);
+            out.valid[b * h + i] = if ended { 0.0 } else { 1.0 };
+            // Steps after the episode end belong to another episode: they add no reward and
+            // do not touch the bootstrap mask.
+            if !ended {
+                ret += discount * self.rewards[j];
+                mask = mask.min(self.masks[j]);
+                ended = self.terminals[j] != 0.0;
+            }
+            discount *= gamma;
+        }
+        out.rewards[b] = ret;
+        out.masks[b] = mask;
+        out.terminals[b] = if ended { 1.0 } else { 0.0 };
+        out.next_observations[b * od..][..od].copy_from_slice(&self.next_obs[j * od..][..od]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    /// Pushes one episode of `rewards.len()` steps; observation t of the buffer's life is
+    /// `[t]`, its next observation `[t + 0.5]`, its action `[10 t]`. `success`: the last step
+    /// is a true terminal (mask 0); otherwise it is a time-limit truncation (mask 1).
+    fn push_episode(buf: &mut ReplayBuffer, t0: &mut usize, rewards: &[f32], success: bool) {
+        for (i, &r) in rewards.iter().enumerate() {
+            let t = *t0 as f32;
+            let last = i + 1 == rewards.len();
+            let mask = if last && success { 0.0 } else { 1.0 };
+            buf.push(&[t], &[10.0 * t], r, &[t + 0.5], last, mask).unwrap();
+            *t0 += 1;
+        }
+    }
+
+    fn chunk(buf: &ReplayBuffer, start: usize, h: usize, gamma: f32) -> ChunkBatch {
+        let mut out = ChunkBatch::new(1, h, 1, 1);
+        buf.chunks_at(&[start], h, gamma, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn len_counts_pushes_up_to_capacity() {
+        let mut buf = ReplayBuffer::new(3, 1, 1).unwrap();
+        assert!(buf.is_empty());
+        push_episode(&mut buf, &mut 0, &[0.0; 2], true);
+        assert_eq!((buf.len(), buf.capacity()), (2, 3));
+        push_episode(&mut buf, &mut 2, &[0.0; 5], true);
+        assert_eq!(buf.len(), 3);
+    }
+
+    #[test]
+    fn ring_buffer_overwrites_oldest() {
+        let mut buf = ReplayBuffer::new(4, 1, 1).unwrap();
+        push_episode(&mut buf, &mut 0, &[0.0; 6], false);
+        // Transitions 0 and 1 were overwritten; the oldest is now 2, in row 2.
+        assert_eq!(buf.obs, vec![4.0, 5.0, 2.0, 3.0]);
+        assert_eq!(chunk(&buf, 0, 1, 0.9).observations, vec![2.0]);
+        assert_eq!(chunk(&buf, 3, 1, 0.9).observations, vec![5.0]);
+    }
+
+    #[test]
+    fn windows_never_straddle_the_write_head() {
+        let mut buf = ReplayBuffer::new(5, 1, 1).unwrap();
+        push_episode(&mut buf, &mut 0, &[0.0; 7], false); // rows hold 5 6 2 3 4, head at row 2
+        assert_eq!(buf.num_starts(3), 3);
+        let mut out = ChunkBatch::new(64, 3, 1, 1);
+        buf.sample_chunks(&mut StdRng::seed_from_u64(0), 64, 3, 0.9, &mut out).unwrap();
+        let mut seen = [false; 3];
+        for (b, a) in out.actions.chunks(3).enumerate() {
+            let s = out.observations[b];
+            assert_eq!(a, [10.0 * s, 10.0 * (s + 1.0), 10.0 * (s + 2.0)], "window crosses the head");
+            seen[s as usize - 2] = true;
+        }
+        assert_eq!(seen, [true; 3], "every start 2, 3, 4 is drawn");
+        assert!(buf.chunks_at(&[3], 3, 0.9, &mut out).is_err());
+    }
+
+    #[test]
+    fn chunk_stops_reward_at_episode_end() {
+        let mut buf = ReplayBuffer::new(16, 1, 1).unwrap();
+        let mut t = 0;
+        push_episode(&mut buf, &mut t, &[-1.0, -1.0, 0.0], true);
+        push_episode(&mut buf, &mut t, &[-5.0, -5.0, -5.0], false);
+        let c = chunk(&buf, 1, 4, 0.5); // steps 1, 2 (success) | 3, 4 of the next episode
+        assert_eq!(c.rewards, vec![-1.0]);
+        assert_eq!(c.valid, vec![1.0, 1.0, 0.0, 0.0]);
+        assert_eq!((c.terminals[0], c.masks[0]), (1.0, 0.0));
+        assert_eq!(c.actions, vec![10.0, 20.0, 30.0, 40.0], "invalid actions are still copied");
+        assert_eq!(c.next_observations, vec![4.5], "s_{{k+h}} is the next obs of step k+h-1");
+        assert_eq!(c.last_valid().collect::<Vec<_>>(), vec![0.0]);
+    }
+
+    #[test]
+    fn chunk_inside_one_episode_sums_discounted_rewards() {
+        let mut buf = ReplayBuffer::new(16, 1, 1).unwrap();
+        push_episode(&mut buf, &mut 0, &[1.0, 2.0, 4.0, 8.0, 0.0], false);
+        let c = chunk(&buf, 1, 3, 0.5);
+        assert_eq!(c.rewards, vec![2.0 + 0.5 * 4.0 + 0.25 * 8.0]);
+        assert_eq!((c.valid.as_slice(), c.masks[0], c.terminals[0]), (&[1.0; 3][..], 1.0, 0.0));
+        assert_eq!((c.observations[0], c.next_observations[0]), (1.0, 3.5));
+    }
+
+    #[test]
+    fn bootstrap_mask_is_zero_at_true_terminal_but_one_at_truncation() {
+        let mut buf = ReplayBuffer::new(16, 1, 1).unwrap();
+        let mut t = 0;
+        push_episode(&mut buf, &mut t, &[0.0; 3], true); // success at step 2
+        push_episode(&mut buf, &mut t, &[0.0; 3], false); // time limit at step 5
+        let success = chunk(&buf, 1, 2, 0.9);
+        assert_eq!((success.terminals[0], success.masks[0]), (1.0, 0.0));
+        let truncated = chunk(&buf, 4, 2, 0.9);
+        assert_eq!((truncated.terminals[0], truncated.masks[0]), (1.0, 1.0));
+        assert_eq!(truncated.last_valid().collect::<Vec<_>>(), vec![1.0]);
+    }
+
+    #[test]
+    fn mask_ignores_terminals_after_a_truncation() {
+        let mut buf = ReplayBuffer::new(16, 1, 1).unwrap();
+        let mut t = 0;
+        push_episode(&mut buf, &mut t, &[0.0; 2], false); // truncated at step 1
+        push_episode(&mut buf, &mut t, &[0.0; 1], true); // success at step 2, next episode
+        let c = chunk(&buf, 0, 3, 0.9);
+        assert_eq!((c.valid.as_slice(), c.masks[0]), (&[1.0, 1.0, 0.0][..], 1.0));
+    }
+
+    #[test]
+    fn sampling_reuses_and_reshapes_the_batch() {
+        let mut buf = ReplayBuffer::new(8, 2, 3).unwrap();
+        for t in 0..8 {
+            buf.push(&[t as f32; 2], &[0.0; 3], 0.0, &[0.0; 2], t % 4 == 3, 1.0).unwrap();
+        }
+        let mut out = ChunkBatch::new(4, 2, 2, 3);
+        let mut rng = StdRng::seed_from_u64(1);
+        buf.sample_chunks(&mut rng, 5, 3, 0.99, &mut out).unwrap();
+        assert_eq!((out.actions.len(), out.valid.len(), out.observations.len()), (5 * 9, 15, 10));
+    }
+
+    #[test]
+    fn push_rejects_bad_shapes_and_masks() {
+        let mut buf = ReplayBuffer::new(4, 3, 2).unwrap();
+        let err = buf.push(&[0.0; 3], &[0.0; 3], 0.0, &[0.0; 3], false, 1.0).unwrap_err();
+        assert_eq!(err.to_string(), "`action`: expected shape [2], got [3]");
+        assert!(buf.push(&[0.0; 2], &[0.0; 2], 0.0, &[0.0; 3], false, 1.0).is_err());
+        assert!(buf.push(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 4], false, 1.0).is_err());
+        assert!(buf.push(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 3], true, 2.0).is_err());
+        assert!(buf.is_empty());
+        assert!(ReplayBuffer::new(0, 3, 2).is_err());
+    }
+
+    #[test]
+    fn sampling_rejects_bad_arguments() {
+        let mut buf = ReplayBuffer::new(4, 1, 1).unwrap();
+        push_episode(&mut buf, &mut 0, &[0.0; 2], true);
+        let (mut out, mut rng) = (ChunkBatch::default(), StdRng::seed_from_u64(0));
+        let err = buf.sample_chunks(&mut rng, 2, 3, 0.9, &mut out).unwrap_err();
+        assert!(matches!(err, ReplayError::NotEnoughData { len: 2, h: 3 }));
+        assert!(buf.sample_chunks(&mut rng, 2, 0, 0.9, &mut out).is_err());
+        assert!(buf.sample_chunks(&mut rng, 2, 1, 1.5, &mut out).is_err());
+        assert!(buf.sample_chunks(&mut rng, 2, 2, 0.9, &mut out).is_ok());
+    }
+
+    #[test]
+    fn extend_from_dataset_copies_rows_and_keeps_the_newest() {
+        let n = 6;
+        let obs: Vec<f32> = (0..2 * n).map(|v| v as f32).collect();
+        let next: Vec<f32> = obs.iter().map(|v| v + 100.0).collect();
+        let terminals = vec![0.0, 0.0, 1.0, 0.0, 0.0, 1.0];
+        let masks = vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
+        let rewards: Vec<f32> = (0..n).map(|v| v as f32).collect();
+        let d = Dataset::new(2, 1, obs, rewards.clone(), rewards, terminals, masks, next).unwrap();
+        let mut buf = ReplayBuffer::new(4, 2, 1).unwrap();
+        buf.extend_from_dataset(&d).unwrap();
+        assert_eq!(buf.len(), 4);
+        assert_eq!(buf.obs, (4..12).map(|v| v as f32).collect::<Vec<_>>());
+        assert_eq!(buf.next_obs[0], 104.0);
+        assert_eq!(
+            (buf.terminals.as_slice(), buf.masks.as_slice()),
+            (&[1.0, 0.0, 0.0, 1.0][..], &[0.0, 1.0, 1.0, 1.0][..])
+        );
+        let mut wrong = ReplayBuffer::new(4, 3, 1).unwrap();
+        assert!(wrong.extend_from_dataset(&d).is_err());
+    }
+}
