@@ -133,8 +133,10 @@ fn actor_config_reads_toml_and_names_unknown_keys() {
 fn one_step_mvp_covers_both_modes_where_a_regressor_falls_between() {
     let _g = lock();
     let task = Task::Bimodal1d;
-    let budget = Budget { steps: 1500, batch: 256, lr: 1e-3, eval_states: 32, samples_per_state: 128 };
-    let net = MlpConfig { hidden: vec![128, 128, 128], ..MlpConfig::default() };
+    // About 10 s on one core. One-step MVP needs more steps than a 10-step flow to make its
+    // noise-to-action map steep enough between the modes (see the expressiveness benchmark).
+    let budget = Budget { steps: 5000, batch: 256, lr: 1e-3, eval_states: 32, samples_per_state: 128 };
+    let net = MlpConfig { hidden: vec![64, 64, 64], ..MlpConfig::default() };
     let mvp = ActorConfig::Mvp(MvpConfig { network: net.clone(), ..MvpConfig::default() });
     let r = expressiveness::run(task, &mvp, 1, &budget, Device::Cpu);
     assert!(r.quality.coverage >= 0.99, "MVP covers {:.2} of the modes", r.quality.coverage);

@@ -49,6 +49,8 @@ pub struct Progress {
     pub env_state: Option<Vec<u8>>,
     /// The last evaluation.
     pub last_eval: Option<EvalResult>,
+    /// Every evaluation so far as (step, success rate), for the learning curve.
+    pub eval_history: Vec<(u64, f64)>,
 }
 
 /// What a finished (or stopped) run reports.
@@ -171,9 +173,14 @@ impl Trainer {
             match &t.progress.env_state {
                 Some(state) => t.env.restore(state)?,
                 None => {
-                    // The environment cannot resume mid-episode: start a new one (the old
-                    // episode's stored transitions end without a terminal flag, which the
-                    // sampler treats like a time limit).
+                    // The environment cannot resume mid-episode: the stored part of the
+                    // episode ends as a truncation, and a new episode starts.
+                    if t.progress.episode_length > 0 {
+                        t.buffer.end_episode();
+                        t.progress.episodes += 1;
+                        t.progress.episode_return = 0.0;
+                        t.progress.episode_length = 0;
+                    }
                     let (obs, _) = t.env.reset(Some(t.config.run.seed + t.progress.episodes))?;
                     t.progress.obs = obs;
                     t.progress.queue.clear();
@@ -277,7 +284,9 @@ impl Trainer {
                 let r = self.evaluate()?;
                 bar.set_message(format!("success {:.2}", r.success_rate));
                 self.logger.log(step, &[("eval/success", r.success_rate), ("eval/return", r.mean_return), ("eval/length", r.mean_length)])?;
+                self.progress.eval_history.push((step, r.success_rate));
                 self.progress.last_eval = Some(r);
+                self.plot_learning_curve();
             }
             if (s.checkpoint_interval > 0 && step % s.checkpoint_interval == 0) || is_end || step == end {
                 self.save_checkpoint()?;
@@ -337,6 +346,18 @@ impl Trainer {
     pub fn evaluate(&mut self) -> Result<EvalResult> {
         let seed = self.config.env.eval_seed_offset + self.config.run.seed * 10_000;
         evaluate(&self.agent, self.eval_env.as_mut(), self.config.schedule.eval_episodes, seed)
+    }
+
+    /// Writes `learning_curve.png` (evaluation success against steps); a plotting failure is
+    /// reported but does not stop training.
+    fn plot_learning_curve(&self) {
+        let points: Vec<(f64, f64)> = self.progress.eval_history.iter().map(|&(s, r)| (s as f64, r)).collect();
+        let label = self.config.agent.actor.label();
+        let title = format!("{} on {} (offline until step {})", label, self.config.env.name, self.config.schedule.offline_steps);
+        let path = self.run_dir.join("learning_curve.png");
+        if let Err(e) = mvp_logging::plot_curves(&path, &title, &[(label.as_str(), points)], "step", "evaluation success rate") {
+            tracing::warn!("could not plot {}: {e:#}", path.display());
+        }
     }
 
     fn save_checkpoint(&mut self) -> Result<()> {

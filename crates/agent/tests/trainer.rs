@@ -130,3 +130,25 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         assert!(v.isfinite().all().int64_value(&[]) == 1, "checkpoint tensor {name} is not finite");
     }
 }
+
+#[test]
+fn pure_online_runs_and_qc_and_diffusion_actors_share_the_loop() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    // From scratch: no dataset, random warm-up actions, then learning online.
+    let online = tiny(dir.path(), "online", &["data.demo_episodes=0", "schedule.offline_steps=0"]);
+    let s = Trainer::new(online).unwrap().run().unwrap();
+    assert_eq!(s.steps, 60);
+    assert!(s.run_dir.join("learning_curve.png").exists());
+    // QC (flow, K = 10) and a diffusion actor run through the same trainer.
+    for (name, kind) in [("qc", "agent.actor.kind=\"flow\""), ("diffusion", "agent.actor.kind=\"diffusion\"")] {
+        let cfg = tiny(dir.path(), name, &[kind, "schedule.online_steps=10"]);
+        let s = Trainer::new(cfg).unwrap().run().unwrap();
+        assert_eq!(s.steps, 50, "{name}");
+        assert!(s.eval.is_some());
+    }
+    // Offline steps without any dataset are a configuration error that says why.
+    let cfg = tiny(dir.path(), "bad", &["data.demo_episodes=0"]);
+    let err = Trainer::new(cfg).err().expect("offline steps without a dataset must fail").to_string();
+    assert!(err.contains("offline_steps") && err.contains("no dataset"), "{err}");
+}

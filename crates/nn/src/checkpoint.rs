@@ -56,7 +56,9 @@ pub fn varstore_tensors(vs: &VarStore, prefix: &str) -> Vec<(String, Tensor)> {
 /// Copies `{prefix}{name}` tensors into every variable of `vs`; a missing name or a shape
 /// mismatch is an error that names the tensor.
 pub fn load_varstore(vs: &VarStore, tensors: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
-    for (name, mut var) in vs.variables() {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, mut var) in vars {
         let key = format!("{prefix}{name}");
         let src = tensors.get(&key).with_context(|| format!("checkpoint has no tensor '{key}'"))?;
         let src = src.to_device(var.device()).to_kind(var.kind());

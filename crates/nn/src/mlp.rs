@@ -68,11 +68,50 @@ pub(crate) const LN_EPS: f64 = 1e-5;
 
 /// One affine layer; the weight is stored `[in, out]` so that `y = x·W + b`.
 #[derive(Debug)]
-struct Layer {
-    weight: Tensor,
-    bias: Tensor,
+pub(crate) struct Layer {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
     /// LayerNorm scale and shift, present on hidden layers when enabled.
-    norm: Option<(Tensor, Tensor)>,
+    pub(crate) norm: Option<(Tensor, Tensor)>,
+}
+
+/// Creates the parameters of every layer under `path` (`l{i}.weight`, ...). With
+/// `members = Some(E)`, each tensor gets a leading ensemble dimension: weights `[E, in, out]`,
+/// biases and LayerNorm parameters `[E, 1, out]` (broadcast over the batch).
+pub(crate) fn build_layers(
+    path: &nn::Path,
+    in_dim: usize,
+    out_dim: usize,
+    config: &MlpConfig,
+    members: Option<usize>,
+) -> Vec<Layer> {
+    let mut widths = vec![in_dim];
+    widths.extend(&config.hidden);
+    widths.push(out_dim);
+    let n = widths.len() - 1;
+    let lead: Vec<i64> = members.map(|e| vec![e as i64]).unwrap_or_default();
+    let vec_shape = |fo: usize| -> Vec<i64> {
+        match members {
+            Some(e) => vec![e as i64, 1, fo as i64],
+            None => vec![fo as i64],
+        }
+    };
+    (0..n)
+        .map(|i| {
+            let (fi, fo) = (widths[i], widths[i + 1]);
+            let p = path / format!("l{i}");
+            let w_shape: Vec<i64> = lead.iter().copied().chain([fi as i64, fo as i64]).collect();
+            let weight = p.var("weight", &w_shape, xavier_uniform(fi, fo));
+            let bias = p.var("bias", &vec_shape(fo), nn::Init::Const(0.0));
+            let norm = (config.layer_norm && i + 1 < n).then(|| {
+                (
+                    p.var("ln_scale", &vec_shape(fo), nn::Init::Const(1.0)),
+                    p.var("ln_shift", &vec_shape(fo), nn::Init::Const(0.0)),
+                )
+            });
+            Layer { weight, bias, norm }
+        })
+        .collect()
 }
 
 /// Xavier-uniform (fan-average) initialisation, as in FQL/QC's MLPs; biases start at zero.
@@ -95,25 +134,7 @@ pub struct Mlp {
 impl Mlp {
     /// Builds an MLP from `in_dim` to `out_dim` with the hidden layers of `config`.
     pub fn new(path: &nn::Path, in_dim: usize, out_dim: usize, config: &MlpConfig) -> Self {
-        let mut widths = vec![in_dim];
-        widths.extend(&config.hidden);
-        widths.push(out_dim);
-        let n = widths.len() - 1;
-        let layers = (0..n)
-            .map(|i| {
-                let (fi, fo) = (widths[i], widths[i + 1]);
-                let p = path / format!("l{i}");
-                let weight = p.var("weight", &[fi as i64, fo as i64], xavier_uniform(fi, fo));
-                let bias = p.var("bias", &[fo as i64], nn::Init::Const(0.0));
-                let norm = (config.layer_norm && i + 1 < n).then(|| {
-                    (
-                        p.var("ln_scale", &[fo as i64], nn::Init::Const(1.0)),
-                        p.var("ln_shift", &[fo as i64], nn::Init::Const(0.0)),
-                    )
-                });
-                Layer { weight, bias, norm }
-            })
-            .collect();
+        let layers = build_layers(path, in_dim, out_dim, config, None);
         Self { layers, activation: config.activation, in_dim, out_dim }
     }
 

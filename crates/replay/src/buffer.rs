@@ -136,6 +136,17 @@ impl ReplayBuffer {
     }
 
     /// Row of the oldest stored transition (the write head once the ring is full).
+    /// Marks the newest transition as an episode end (a truncation: its bootstrap mask is
+    /// left as it is). For episodes cut short from outside, e.g. a run resumed with an
+    /// environment that cannot restore its state, or a crashed environment worker, so that no
+    /// sampled window joins two episodes. Does nothing on an empty buffer.
+    pub fn end_episode(&mut self) {
+        if self.len > 0 {
+            let newest = (self.pos + self.capacity - 1) % self.capacity;
+            self.terminals[newest] = 1.0;
+        }
+    }
+
     fn oldest(&self) -> usize {
         (self.pos + self.capacity - self.len) % self.capacity
     }
@@ -384,5 +395,20 @@ mod tests {
         );
         let mut wrong = ReplayBuffer::new(4, 3, 1).unwrap();
         assert!(wrong.extend_from_dataset(&d).is_err());
+    }
+
+    #[test]
+    fn end_episode_cuts_windows_at_the_newest_transition() {
+        let mut buf = ReplayBuffer::new(16, 1, 1).unwrap();
+        for i in 0..6 {
+            buf.push(&[i as f32], &[0.0], -1.0, &[i as f32 + 1.0], false, 1.0).unwrap();
+        }
+        buf.end_episode();
+        buf.push(&[100.0], &[0.0], -1.0, &[101.0], false, 1.0).unwrap();
+        let mut out = ChunkBatch::new(1, 3, 1, 1);
+        buf.chunks_at(&[4], 3, 1.0, &mut out).unwrap();
+        assert_eq!(out.valid, vec![1.0, 1.0, 0.0], "the window crossed the cut");
+        assert_eq!(out.masks, vec![1.0], "a cut is a truncation: it keeps the bootstrap mask");
+        assert_eq!(out.rewards, vec![-2.0]);
     }
 }
