@@ -62,3 +62,20 @@ fn mvp_learns_the_native_task_offline_to_online() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["episodes"], 5);
 }
+
+#[test]
+fn speed_benchmarks_compare_every_method_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("latency.json");
+    let out = mvp(&["bench", "latency", "--hidden", "16,16", "--calls", "5", "--envs", "2", "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["method"].as_str()).collect();
+    for m in ["MVP", "QC", "BFN", "diffusion (K=10", "diffusion (K=50"] {
+        assert!(names.iter().any(|n| n.starts_with(m)), "{m} missing from {names:?}");
+    }
+    assert!(rows.iter().all(|r| r["median_ms"].as_f64().unwrap() > 0.0 && r["mflop_per_action"].as_f64().unwrap() > 0.0));
+    let out = mvp(&["bench", "train", "--hidden", "16,16", "--batch", "8", "--iters", "2", "--only", "MVP"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("iterations / s"), "{text}");
+}

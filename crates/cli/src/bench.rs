@@ -33,9 +33,9 @@ pub enum BenchCommand {
         json: Option<std::path::PathBuf>,
     },
     /// Action latency of MVP against flow and diffusion policies.
-    Latency,
+    Latency(crate::speed::LatencyArgs),
     /// Training iterations per second.
-    Train,
+    Train(crate::speed::TrainArgs),
     /// Environment steps per second through the Python bridge.
     Env,
     /// Behaviour-cloning quality on known multimodal distributions.
@@ -53,8 +53,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             }
             Ok(())
         }
-        BenchCommand::Latency => super::not_implemented("bench latency", 7),
-        BenchCommand::Train => super::not_implemented("bench train", 7),
+        BenchCommand::Latency(args) => crate::speed::latency(args),
+        BenchCommand::Train(args) => crate::speed::train(args),
         BenchCommand::Env => super::not_implemented("bench env", 5),
         BenchCommand::Expressiveness(args) => crate::expressiveness::run(args),
     }

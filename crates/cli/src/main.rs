@@ -2,6 +2,7 @@
 
 mod bench;
 mod expressiveness;
+mod speed;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
