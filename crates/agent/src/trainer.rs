@@ -258,17 +258,16 @@ impl Trainer {
                 metrics = self.update(&mut rng)?;
             } else {
                 let online = i - s.offline_steps;
-                let mut scalars = self.env_step(online, &mut rng)?;
+                let episode = self.env_step(online, &mut rng)?;
                 if online >= s.warmup_steps {
                     for _ in 0..s.utd {
                         metrics = self.update(&mut rng)?;
                     }
                 }
-                let log_now = (i + 1) % s.log_interval == 0;
-                if log_now && !scalars.is_empty() {
-                    self.logger.log(i + 1, &scalars)?;
+                // Episode statistics are logged when an episode ends, whatever the interval.
+                if !episode.is_empty() {
+                    self.logger.log(i + 1, &episode)?;
                 }
-                scalars.clear();
             }
             self.progress.step = i + 1;
             let step = i + 1;
@@ -283,6 +282,12 @@ impl Trainer {
             if (s.eval_interval > 0 && step % s.eval_interval == 0) || is_end {
                 let r = self.evaluate()?;
                 bar.set_message(format!("success {:.2}", r.success_rate));
+                tracing::info!(
+                    "step {step}: evaluation success {:.3}, return {:.2} over {} episodes",
+                    r.success_rate,
+                    r.mean_return,
+                    r.episodes
+                );
                 self.logger.log(step, &[("eval/success", r.success_rate), ("eval/return", r.mean_return), ("eval/length", r.mean_length)])?;
                 self.progress.eval_history.push((step, r.success_rate));
                 self.progress.last_eval = Some(r);
