@@ -137,7 +137,15 @@ impl Trainer {
         let env = mvp_envs::make_native(&config.env.name)?;
         let name = if config.run.name.is_empty() {
             let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            format!("{}__{}__{}__{secs}", config.env.name, config.agent.actor.label().replace(['(', ')', '=', ',', ' '], ""), config.run.seed)
+            let actor: String = config
+                .agent
+                .actor
+                .label()
+                .replace('λ', "lambda")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+                .collect();
+            format!("{}__{actor}__{}__{secs}", config.env.name, config.run.seed)
         } else {
             config.run.name.clone()
         };
