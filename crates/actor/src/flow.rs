@@ -74,7 +74,7 @@ impl GenerativePolicy for FlowPolicy {
             for i in (1..=k).rev() {
                 let t = Tensor::full([b, 1], i as f64 / k as f64, (noise.kind(), noise.device()));
                 let v = self.velocity(obs, &z, &t);
-                z = z - v * (1.0 / k as f64);
+                z -= v * (1.0 / k as f64);
             }
             z.clamp(-1.0, 1.0)
         })

@@ -152,7 +152,7 @@ impl GenerativePolicy for MeanVelocityPolicy {
                 let t = Tensor::full([b, 1], (i + 1) as f64 / k as f64, (noise.kind(), noise.device()));
                 let r = Tensor::full([b, 1], i as f64 / k as f64, (noise.kind(), noise.device()));
                 let u = self.mean_velocity(obs, &z, &r, &t);
-                z = z - u * (1.0 / k as f64);
+                z -= u * (1.0 / k as f64);
             }
             z.clamp(-1.0, 1.0)
         })

@@ -279,7 +279,7 @@ impl Trainer {
             }
             self.progress.step = i + 1;
             let step = i + 1;
-            if step % s.log_interval == 0 && !metrics.is_empty() {
+            if step.is_multiple_of(s.log_interval) && !metrics.is_empty() {
                 let mut scalars: Vec<(&str, f64)> = metrics.iter().map(|(n, t)| (*n, t.double_value(&[]))).collect();
                 let sps = (step - first) as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 scalars.push(("time/sps", sps));
@@ -287,7 +287,7 @@ impl Trainer {
                 self.logger.log(step, &scalars)?;
             }
             let is_end = step == total;
-            if (s.eval_interval > 0 && step % s.eval_interval == 0) || is_end {
+            if (s.eval_interval > 0 && step.is_multiple_of(s.eval_interval)) || is_end {
                 let r = self.evaluate()?;
                 bar.set_message(format!("success {:.2}", r.success_rate));
                 tracing::info!(
@@ -301,7 +301,7 @@ impl Trainer {
                 self.progress.last_eval = Some(r);
                 self.plot_learning_curve();
             }
-            if (s.checkpoint_interval > 0 && step % s.checkpoint_interval == 0) || is_end || step == end {
+            if (s.checkpoint_interval > 0 && step.is_multiple_of(s.checkpoint_interval)) || is_end || step == end {
                 self.save_checkpoint()?;
             }
             bar.set_position(step);

@@ -72,7 +72,7 @@ fn tensorboard_file_of_a_run_holds_the_logged_scalars() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
     let s = Trainer::new(tiny(dir.path(), "tb", &[])).unwrap().run().unwrap();
-    let events = mvp_logging::read_scalars_in_dir(&s.run_dir.join("tb")).unwrap();
+    let events = mvp_logging::read_scalars_in_dir(s.run_dir.join("tb")).unwrap();
     let jsonl = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for tag in ["critic/loss", "actor/mf_loss", "actor/ivc_loss", "eval/success", "time/sps"] {

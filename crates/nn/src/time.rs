@@ -6,8 +6,10 @@ use tch::Tensor;
 /// How each scalar time column is turned into network inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[derive(Default)]
 pub enum TimeFeatures {
     /// The scalar itself (1 feature per column). The MVP default.
+    #[default]
     Raw,
     /// `[t, sin(2π f_k t), cos(2π f_k t)]` for `n` frequencies `f_k` spaced geometrically
     /// from 1 to `max_freq` (1 + 2n features per column).
@@ -19,11 +21,6 @@ pub enum TimeFeatures {
     },
 }
 
-impl Default for TimeFeatures {
-    fn default() -> Self {
-        TimeFeatures::Raw
-    }
-}
 
 impl TimeFeatures {
     /// Features produced per scalar column.

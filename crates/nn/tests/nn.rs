@@ -10,7 +10,6 @@ use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 /// so seeded sequences are not interleaved with another test's draws.
 static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[must_use]
 fn one_thread() -> std::sync::MutexGuard<'static, ()> {
     let guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
     tch::set_num_threads(1);
