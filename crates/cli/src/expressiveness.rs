@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use mvp_actor::expressiveness::{self, Budget, RunResult, Task};
 use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig, TimeSampler};
-use mvp_nn::{MlpConfig, Runtime};
+use mvp_nn::{MlpConfig, Runtime, TimeFeatures};
 use serde::Serialize;
 
 /// Options of `mvp bench expressiveness`.
@@ -41,6 +41,9 @@ pub struct Args {
     /// Adaptive loss-weighting power p of the MVP rows (0 = off).
     #[arg(long, default_value_t = 0.0)]
     mvp_adaptive_p: f64,
+    /// Fourier time features for the MVP rows: number of frequencies (0 = raw times).
+    #[arg(long, default_value_t = 0)]
+    mvp_fourier: usize,
     /// Only rows whose label contains this text.
     #[arg(long)]
     only: Option<String>,
@@ -74,9 +77,11 @@ fn parse_task(s: &str) -> Result<Task> {
 }
 
 /// The benchmark's rows: MVP λ = 1 and 0, flow K = 1 and 10, diffusion K = 10 and large K.
-fn rows(net: &MlpConfig, large_k: usize, sampler: TimeSampler, adaptive_p: f64) -> Vec<ActorConfig> {
+fn rows(net: &MlpConfig, large_k: usize, sampler: TimeSampler, adaptive_p: f64, fourier: usize) -> Vec<ActorConfig> {
+    let time_features =
+        if fourier == 0 { TimeFeatures::Raw } else { TimeFeatures::Fourier { n: fourier, max_freq: 2f64.powi(fourier as i32 - 1) } };
     let mvp = |l: f64| {
-        ActorConfig::Mvp(MvpConfig { network: net.clone(), ivc_weight: l, time_sampler: sampler, adaptive_p, ..MvpConfig::default() })
+        ActorConfig::Mvp(MvpConfig { network: net.clone(), ivc_weight: l, time_sampler: sampler, adaptive_p, time_features, ..MvpConfig::default() })
     };
     let flow = |k| ActorConfig::Flow(FlowConfig { network: net.clone(), steps: k, ..FlowConfig::default() });
     let diff = |k| ActorConfig::Diffusion(DiffusionConfig { network: net.clone(), steps: k, ..DiffusionConfig::default() });
@@ -166,7 +171,7 @@ pub fn run(args: Args) -> Result<()> {
     let tasks = args.tasks.iter().map(|t| parse_task(t)).collect::<Result<Vec<_>>>()?;
     let net = MlpConfig { hidden: args.hidden.clone(), ..MlpConfig::default() };
     let budget = Budget { steps: args.steps, batch: args.batch, lr: args.lr, ..Budget::default() };
-    let configs: Vec<ActorConfig> = rows(&net, args.diffusion_large_k, parse_sampler(&args.mvp_time_sampler)?, args.mvp_adaptive_p)
+    let configs: Vec<ActorConfig> = rows(&net, args.diffusion_large_k, parse_sampler(&args.mvp_time_sampler)?, args.mvp_adaptive_p, args.mvp_fourier)
         .into_iter()
         .filter(|c| args.only.as_ref().is_none_or(|o| c.label().contains(o.as_str())))
         .collect();
