@@ -5,9 +5,11 @@ export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup build run test clean-setup
 
-## setup: install libtorch 2.13.0 into .libtorch/ from PyPI (idempotent)
+## setup: install libtorch 2.13.0 into .libtorch/ and the environment workers' Python venv
+## into .venv/, both from PyPI (idempotent)
 setup:
 	@scripts/setup-libtorch.sh
+	@scripts/setup-venv.sh
 
 ## build: release build of the `mvp` binary
 build: setup

@@ -124,6 +124,14 @@ impl Agent {
         })
     }
 
+    /// Converts the networks used for acting (actor and online critic) to `kind`, e.g.
+    /// `Kind::BFloat16` for a deployment-only agent; observations must then have that kind.
+    /// Training afterwards is not supported (the optimiser moments stay in f32).
+    pub fn set_acting_kind(&mut self, kind: Kind) {
+        self.actor_vs.set_kind(kind);
+        self.critic.vs.set_kind(kind);
+    }
+
     /// The selection rule with the configured number of candidates.
     pub fn act(&self, obs: &Tensor) -> Tensor {
         self.sample_actions(obs, self.num_samples)

@@ -54,6 +54,9 @@ pub struct LatencyArgs {
     /// Environments served per call in the batched measurement.
     #[arg(long, default_value_t = 16)]
     envs: i64,
+    /// Run the acting networks in bfloat16 (AVX-512 bf16 on recent CPUs).
+    #[arg(long)]
+    bf16: bool,
 }
 
 /// Options of `mvp bench train`.
@@ -166,9 +169,11 @@ pub fn latency(args: LatencyArgs) -> Result<()> {
     let mut rows = Vec::new();
     for m in methods(c) {
         tch::manual_seed(0);
-        let agent = Agent::new(c.obs_dim, c.action_dim, &m.config, device);
-        let one = Tensor::randn([1, c.obs_dim as i64], (Kind::Float, device));
-        let many = Tensor::randn([args.envs, c.obs_dim as i64], (Kind::Float, device));
+        let mut agent = Agent::new(c.obs_dim, c.action_dim, &m.config, device);
+        let kind = if args.bf16 { Kind::BFloat16 } else { Kind::Float };
+        agent.set_acting_kind(kind);
+        let one = Tensor::randn([1, c.obs_dim as i64], (kind, device));
+        let many = Tensor::randn([args.envs, c.obs_dim as i64], (kind, device));
         let (median, p90, p99) = percentiles(time_calls(args.calls, || {
             let _ = agent.act(&one);
             sync(device);
@@ -194,9 +199,15 @@ pub fn latency(args: LatencyArgs) -> Result<()> {
     }
     let base = rows.iter().find(|r| r.method.starts_with("MVP")).map(|r| r.median_ms);
     println!(
-        "Action latency (generate-and-select for one observation), {} thread(s), {:?}, obs {}, action {}, \
+        "Action latency (generate-and-select for one observation), {} thread(s), {:?}, {}, obs {}, action {}, \
          networks {:?}, {} timed calls after warm-up\n",
-        c.threads, device, c.obs_dim, c.action_dim, c.hidden, args.calls
+        c.threads,
+        device,
+        if args.bf16 { "bf16" } else { "fp32" },
+        c.obs_dim,
+        c.action_dim,
+        c.hidden,
+        args.calls
     );
     println!("| method | net calls | MFLOP/action | median ms | p90 ms | p99 ms | GFLOP/s | × MVP | {} envs: median ms |", args.envs);
     println!("|---|---|---|---|---|---|---|---|---|");

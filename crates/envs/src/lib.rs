@@ -2,7 +2,7 @@
 //! Rust-native test environments, and scripted demonstrators that produce offline datasets.
 //!
 //! - [`Env`], [`EnvSpec`], [`Step`], [`Info`]: what every environment offers, whether it is
-//!   native Rust or (later) a real Gymnasium environment behind a Python worker. The contract
+//!   native Rust or a real Gymnasium environment behind a Python worker. The contract
 //!   is Gymnasium's: `reset(seed) -> (obs, info)`, `step(action) -> (obs, reward, terminated,
 //!   truncated, info)`.
 //! - [`BranchReach`] (`"branch-reach-v0"`): a 2-D point mass that must pass an obstacle on the
@@ -10,21 +10,29 @@
 //!   environments by name with [`make_native`].
 //! - [`generate_dataset`]: rolls out a noisy scripted demonstrator ([`BranchReachDemo`]) and
 //!   returns a [`mvp_replay::Dataset`] together with [`DemoStats`].
+//! - [`PythonWorker`], [`WorkerEnv`]: real Gymnasium environments (OGBench, MuJoCo, ...) hosted
+//!   by Python worker processes (`envs/mvp_envs/worker.py`) and driven over pipes with a
+//!   versioned binary protocol (`envs/README.md`).
 //!
 //! Two flags, never to be confused: `terminated` means the new state is a true terminal state
 //! (success: the bootstrap mask is 0); `truncated` means the time limit ended the episode (the
 //! state is not terminal: the bootstrap mask stays 1). Either one ends the episode.
 //!
-//! Pure Rust: this crate depends on `mvp-replay`, `rand`, `rand_distr`, `serde`, `anyhow` and
-//! `thiserror` only — never on tch — so that data generation and environment benchmarks need
-//! no libtorch.
+//! Pure Rust: this crate depends on `mvp-replay`, `rand`, `rand_distr`, `serde`, `serde_json`,
+//! `libc` (poll for read deadlines), `anyhow` and `thiserror` only — never on tch — so that
+//! data generation and environment benchmarks need no libtorch.
 #![warn(missing_docs)]
 
 mod branch_reach;
 mod demo;
+mod worker;
 
 pub use branch_reach::{BranchReach, BranchReachDemo, Route};
 pub use demo::{generate_dataset, DemoStats, DEFAULT_DEMO_NOISE_STD};
+pub use worker::{
+    project_root, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
+    WorkerInfo, PROTOCOL_VERSION,
+};
 
 use serde::{Deserialize, Serialize};
 

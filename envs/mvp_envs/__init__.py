@@ -1,0 +1,9 @@
+"""Python side of mvp: environment worker processes driven by the Rust trainer.
+
+- `mvp_envs.worker`: the worker server (`python -m mvp_envs.worker`), protocol in envs/README.md.
+- `mvp_envs.protocol`: message tags, version and the binary layouts shared with
+  crates/envs/src/worker.rs.
+- `mvp_envs.make`: builds an environment from an id (OGBench singletask names, any Gymnasium id).
+- `mvp_envs.testing`: tiny environments that fail on purpose (exceptions, hangs, crashes) for
+  the bridge's tests.
+"""

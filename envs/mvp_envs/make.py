@@ -1,0 +1,78 @@
+"""Builds one environment from an id: OGBench singletask names or any registered Gymnasium id.
+
+Accepted ids:
+- OGBench singletask names with the dataset word, as OGBench's own loader spells them:
+  `cube-double-play-singletask-task2-v0` (built by `ogbench.make_env_and_datasets(...,
+  env_only=True)`, which drops the dataset word).
+- Any id in Gymnasium's registry once `ogbench` and `mvp_envs.testing` are imported:
+  `cube-double-singletask-task2-v0`, `HalfCheetah-v5`, `mvp_envs/Faulty-v0`, ...
+"""
+
+import gymnasium
+import numpy as np
+
+# Registering imports: OGBench's ids and our test environments join Gymnasium's registry.
+import ogbench
+import mvp_envs.testing  # noqa: F401
+from mvp_envs.protocol import UserError
+
+
+def _ogbench_base_id(env_id):
+    """`cube-single-play-singletask-task1-v0` -> `cube-single-singletask-task1-v0`, else None."""
+    splits = env_id.split("-")
+    if "singletask" not in splits:
+        return None
+    pos = splits.index("singletask")
+    if pos < 2:
+        return None
+    return "-".join(splits[: pos - 1] + splits[pos:])
+
+
+def make_env(env_id, max_episode_steps=None, env_kwargs=None):
+    """Returns a Gymnasium env for `env_id` with a time limit, or raises UserError.
+
+    `max_episode_steps` overrides the registered time limit; an environment without one must
+    be given it. `env_kwargs` go to the environment's constructor.
+    """
+    kwargs = dict(env_kwargs or {})
+    if max_episode_steps:
+        kwargs["max_episode_steps"] = int(max_episode_steps)
+    base = _ogbench_base_id(env_id)
+    if env_id in gymnasium.registry:
+        env = gymnasium.make(env_id, **kwargs)
+    elif base is not None and base in gymnasium.registry:
+        env = ogbench.make_env_and_datasets(env_id, env_only=True, **kwargs)
+    else:
+        raise UserError(
+            f"unknown environment id '{env_id}': neither an OGBench singletask name such as "
+            "'cube-double-play-singletask-task2-v0' nor a registered Gymnasium id such as "
+            "'HalfCheetah-v5'; check the spelling (list the ids with `.venv/bin/python -c "
+            "\"import ogbench, gymnasium; print(*gymnasium.registry, sep=chr(10))\"`)"
+        )
+    check_spaces(env_id, env)
+    if env.spec is None or not env.spec.max_episode_steps:
+        env.close()
+        raise UserError(
+            f"environment '{env_id}' has no time limit; pass max_episode_steps in the handshake"
+        )
+    return env
+
+
+def check_spaces(env_id, env):
+    """Only flat Box observations and actions with finite action bounds travel over the bridge."""
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, gymnasium.spaces.Box) or len(obs_space.shape) != 1:
+        raise UserError(
+            f"environment '{env_id}' has observation space {obs_space}; the worker supports flat "
+            "Box observations only (wrap it with gymnasium.wrappers.FlattenObservation)"
+        )
+    if not isinstance(act_space, gymnasium.spaces.Box) or len(act_space.shape) != 1:
+        raise UserError(
+            f"environment '{env_id}' has action space {act_space}; the worker supports flat Box "
+            "actions only"
+        )
+    if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
+        raise UserError(
+            f"environment '{env_id}' has unbounded actions ({act_space}); the policies need "
+            "finite action bounds"
+        )

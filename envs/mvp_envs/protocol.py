@@ -1,0 +1,41 @@
+"""Wire format of the worker protocol (mirror of crates/envs/src/worker.rs; see envs/README.md).
+
+Every message, in both directions, is one frame: a u32 little-endian payload length followed by
+the payload; the payload's first byte is the message tag. Numbers are little-endian; arrays are
+packed row-major without padding.
+"""
+
+import struct
+
+
+class UserError(Exception):
+    """A mistake of the caller (bad id, bad request): reported as one line (ERR_USER), no traceback."""
+
+
+# Bump on any change to a layout below; the Rust side and the worker refuse a mismatch.
+PROTOCOL_VERSION = 1
+
+# A frame longer than this is refused (protects against reading garbage as a length).
+MAX_FRAME = 1 << 30
+
+# Parent -> worker.
+HELLO = 0x01  # JSON: {"protocol", "env_id", "num_envs", "seeds", "max_episode_steps", "env_kwargs"}
+RESET = 0x02  # u32 K, K x (u32 index, u8 has_seed, u64 seed)
+STEP = 0x03  # u32 K, u32 index[K], f32 action[K*A]
+PING = 0x04  # empty
+CLOSE = 0x05  # empty
+
+# Worker -> parent.
+READY = 0x81  # JSON: {"protocol", "env_id", "num_envs", "obs_dim", "action_dim", ...}
+RESET_OK = 0x82  # u32 K, f32 obs[K*O], u8 success[K]
+STEP_OK = 0x83  # u32 K, f32 obs[K*O], f32 reward[K], u8 terminated[K], u8 truncated[K], u8 success[K]
+PONG = 0x84  # empty
+CLOSED = 0x85  # empty
+ERROR = 0xFF  # u8 kind, utf-8 message (rest of the payload)
+
+# Error kinds.
+ERR_USER = 0  # a one-line message that says what to do (bad id, bad request)
+ERR_EXCEPTION = 1  # a Python exception: message plus the full traceback
+
+U32 = struct.Struct("<I")
+RESET_ITEM = struct.Struct("<IBQ")

@@ -1,0 +1,261 @@
+"""Environment worker server: hosts M environments in one process for a Rust parent.
+
+Run as `python -m mvp_envs.worker` with `envs/` on PYTHONPATH; the parent writes requests to
+its stdin and reads replies from its stdout (the protocol is in envs/README.md and
+mvp_envs/protocol.py). Anything else that writes to stdout (a stray `print`, C libraries) is
+sent to stderr instead, so it cannot corrupt the stream; stderr is free-form log text.
+
+The worker never resets an environment on its own: after `terminated` or `truncated` the
+parent sends a reset. It exits on CLOSE, on end of input (the parent closed the pipe or died),
+and when its parent process disappears (a watchdog thread, for a worker stuck in a step).
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+
+import numpy as np
+
+from mvp_envs import protocol as P
+
+
+class Channel:
+    """Length-prefixed frames over two raw file descriptors."""
+
+    def __init__(self, fd_in, fd_out):
+        self._in = os.fdopen(fd_in, "rb", buffering=0)
+        self._fd_out = fd_out
+
+    def _read_exact(self, n):
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self._in.readinto(view[got:])
+            if not k:
+                return None
+            got += k
+        return buf
+
+    def recv(self):
+        """The next payload, or None at end of input."""
+        head = self._read_exact(4)
+        if head is None:
+            return None
+        (n,) = P.U32.unpack(head)
+        if n == 0 or n > P.MAX_FRAME:
+            raise RuntimeError(f"bad frame length {n} from the parent")
+        return self._read_exact(n)
+
+    def send(self, tag, *parts):
+        body = b"".join(bytes(p) if not isinstance(p, bytes) else p for p in parts)
+        data = P.U32.pack(len(body) + 1) + bytes((tag,)) + body
+        view = memoryview(data)
+        while view:
+            k = os.write(self._fd_out, view)
+            view = view[k:]
+
+    def send_error(self, kind, message):
+        self.send(P.ERROR, bytes((kind,)), message.encode("utf-8", "replace"))
+
+
+class Worker:
+    """The M environments of this process and the request handlers."""
+
+    def __init__(self, hello):
+        from mvp_envs.make import make_env  # imports gymnasium, ogbench: failures reach the parent
+
+        version = hello.get("protocol")
+        if version != P.PROTOCOL_VERSION:
+            raise P.UserError(
+                f"protocol version mismatch: the Rust side speaks {version}, this worker speaks "
+                f"{P.PROTOCOL_VERSION}; the binary and envs/ come from different checkouts "
+                "(rebuild, or point MVP_ROOT at the matching checkout)"
+            )
+        self.env_id = str(hello["env_id"])
+        num_envs = int(hello.get("num_envs", 1))
+        if num_envs < 1:
+            raise P.UserError(f"num_envs must be at least 1, got {num_envs}")
+        seeds = hello.get("seeds")
+        if seeds is not None and len(seeds) != num_envs:
+            raise P.UserError(f"{len(seeds)} seeds for {num_envs} environments")
+        self.seeds = seeds
+        self.envs = []
+        try:
+            for _ in range(num_envs):
+                self.envs.append(
+                    make_env(self.env_id, hello.get("max_episode_steps"), hello.get("env_kwargs"))
+                )
+        except BaseException:
+            self.close()
+            raise
+        env = self.envs[0]
+        self.obs_dim = int(env.observation_space.shape[0])
+        self.action_dim = int(env.action_space.shape[0])
+        self.max_episode_steps = int(env.spec.max_episode_steps)
+        self.action_low = [float(x) for x in env.action_space.low]
+        self.action_high = [float(x) for x in env.action_space.high]
+        # Whether env i has been reset once: its first unseeded reset uses seeds[i].
+        self.was_reset = [False] * num_envs
+
+    def ready(self):
+        import importlib.metadata as md
+
+        versions = {}
+        for pkg in ("gymnasium", "mujoco", "numpy", "ogbench"):
+            try:
+                versions[pkg] = md.version(pkg)
+            except md.PackageNotFoundError:
+                pass
+        return {
+            "protocol": P.PROTOCOL_VERSION,
+            "env_id": self.env_id,
+            "num_envs": len(self.envs),
+            "obs_dim": self.obs_dim,
+            "action_dim": self.action_dim,
+            "action_low": self.action_low,
+            "action_high": self.action_high,
+            "max_episode_steps": self.max_episode_steps,
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "versions": versions,
+        }
+
+    def _index(self, i):
+        if not 0 <= i < len(self.envs):
+            raise P.UserError(f"environment index {i} out of range 0..{len(self.envs)}")
+        return i
+
+    def reset(self, body):
+        (k,) = P.U32.unpack_from(body, 0)
+        obs = np.empty((k, self.obs_dim), dtype="<f4")
+        success = np.zeros(k, dtype=np.uint8)
+        off = 4
+        for j in range(k):
+            i, has_seed, seed = P.RESET_ITEM.unpack_from(body, off)
+            off += P.RESET_ITEM.size
+            i = self._index(i)
+            if has_seed:
+                s = seed
+            elif not self.was_reset[i] and self.seeds is not None:
+                s = self.seeds[i]
+            else:
+                s = None
+            ob, info = self.envs[i].reset(seed=s)
+            self.was_reset[i] = True
+            obs[j] = ob
+            success[j] = bool(info.get("success", False))
+        return P.RESET_OK, (P.U32.pack(k), obs.tobytes(), success.tobytes())
+
+    def step(self, body):
+        (k,) = P.U32.unpack_from(body, 0)
+        idx = np.frombuffer(body, dtype="<u4", count=k, offset=4)
+        actions = np.frombuffer(body, dtype="<f4", count=k * self.action_dim, offset=4 + 4 * k)
+        # A writable copy: some environments modify the action they are given.
+        actions = actions.reshape(k, self.action_dim).copy()
+        obs = np.empty((k, self.obs_dim), dtype="<f4")
+        reward = np.empty(k, dtype="<f4")
+        terminated = np.zeros(k, dtype=np.uint8)
+        truncated = np.zeros(k, dtype=np.uint8)
+        success = np.zeros(k, dtype=np.uint8)
+        for j in range(k):
+            i = self._index(int(idx[j]))
+            ob, r, te, tr, info = self.envs[i].step(actions[j])
+            obs[j] = ob
+            reward[j] = r
+            terminated[j] = bool(te)
+            truncated[j] = bool(tr)
+            success[j] = bool(info.get("success", False))
+        return P.STEP_OK, (
+            P.U32.pack(k),
+            obs.tobytes(),
+            reward.tobytes(),
+            terminated.tobytes(),
+            truncated.tobytes(),
+            success.tobytes(),
+        )
+
+    def close(self):
+        for env in self.envs:
+            try:
+                env.close()
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
+        self.envs = []
+
+
+def _watch_parent(parent_pid):
+    """Exits when the parent is gone, even while the main thread is stuck in a step."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+
+def serve(channel):
+    """Answers requests until CLOSE or end of input. Returns the process exit status."""
+    worker = None
+    while True:
+        payload = channel.recv()
+        if payload is None:
+            break
+        tag, body = payload[0], memoryview(payload)[1:]
+        try:
+            if tag == P.HELLO:
+                if worker is not None:
+                    channel.send_error(P.ERR_USER, "HELLO sent twice; one worker serves one handshake")
+                    continue
+                worker = Worker(json.loads(bytes(body).decode("utf-8")))
+                channel.send(P.READY, json.dumps(worker.ready()).encode("utf-8"))
+            elif tag == P.PING:
+                channel.send(P.PONG)
+            elif tag == P.CLOSE:
+                if worker is not None:
+                    worker.close()
+                channel.send(P.CLOSED)
+                return 0
+            elif worker is None:
+                channel.send_error(P.ERR_USER, f"request {tag:#04x} before the HELLO handshake")
+            elif tag == P.RESET:
+                channel.send(*_flat(worker.reset(body)))
+            elif tag == P.STEP:
+                channel.send(*_flat(worker.step(body)))
+            else:
+                channel.send_error(P.ERR_USER, f"unknown request tag {tag:#04x}")
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
+            if isinstance(exc, P.UserError):
+                channel.send_error(P.ERR_USER, str(exc))
+            else:
+                channel.send_error(P.ERR_EXCEPTION, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            if worker is None and tag == P.HELLO:
+                return 2  # the handshake failed: nothing to serve
+    if worker is not None:
+        worker.close()
+    return 0
+
+
+def _flat(reply):
+    tag, parts = reply
+    return (tag, *parts)
+
+
+def main():
+    # Keep the protocol stream private: fd 1 goes to a new descriptor, and fd 1 itself (and
+    # sys.stdout) then points at stderr, so prints from any library cannot corrupt the stream.
+    proto_out = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    proto_in = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    channel = Channel(proto_in, proto_out)
+    sys.exit(serve(channel))
+
+
+if __name__ == "__main__":
+    main()
