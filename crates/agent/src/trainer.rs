@@ -83,6 +83,12 @@ pub fn load_dataset(config: &TrainConfig, env: &dyn Env) -> Result<Option<Datase
         );
     } else if d.demo_episodes == 0 {
         return Ok(None);
+    } else if !mvp_envs::NATIVE_ENVS.contains(&spec.name.as_str()) {
+        bail!(
+            "no offline dataset for `{}`: dataset files and `mvp data ogbench` arrive with issue #5; \
+             for pure online training set data.demo_episodes=0 and schedule.offline_steps=0",
+            spec.name
+        );
     } else {
         let (data, stats) = mvp_envs::generate_dataset(&spec.name, d.demo_episodes, d.demo_noise as f32, config.run.seed)?;
         tracing::info!(
@@ -134,7 +140,7 @@ impl Trainer {
     /// Starts a new run in a fresh run directory.
     pub fn new(config: TrainConfig) -> Result<Self> {
         let device = config.runtime.apply()?;
-        let env = mvp_envs::make_native(&config.env.name)?;
+        let env = mvp_envs::make(&config.env.name)?;
         let name = if config.run.name.is_empty() {
             let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let actor: String = config
@@ -166,7 +172,7 @@ impl Trainer {
         let config = TrainConfig::load(Some(&run_dir.join(CONFIG_FILE)), overrides)
             .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
         let device = config.runtime.apply()?;
-        let env = mvp_envs::make_native(&config.env.name)?;
+        let env = mvp_envs::make(&config.env.name)?;
         let mut t = Self::assemble(config, run_dir.to_path_buf(), env, device)?;
         let loaded: checkpoint::Loaded<Progress> = checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
         t.agent.load_state(&loaded.tensors, loaded.meta.optimizer_steps)?;
@@ -200,7 +206,7 @@ impl Trainer {
     }
 
     fn assemble(config: TrainConfig, run_dir: PathBuf, env: Box<dyn Env>, device: Device) -> Result<Self> {
-        let eval_env = mvp_envs::make_native(&config.env.name)?;
+        let eval_env = mvp_envs::make(&config.env.name)?;
         let spec = env.spec().clone();
         tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
         let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device);

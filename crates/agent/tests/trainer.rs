@@ -152,3 +152,21 @@ fn pure_online_runs_and_qc_and_diffusion_actors_share_the_loop() {
     let err = Trainer::new(cfg).err().expect("offline steps without a dataset must fail").to_string();
     assert!(err.contains("offline_steps") && err.contains("no dataset"), "{err}");
 }
+
+#[test]
+fn pure_online_training_runs_on_a_real_ogbench_environment() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let env = "cube-single-play-singletask-task1-v0";
+    let name = format!("env.name=\"{env}\"");
+    let cfg = tiny(dir.path(), "ogbench", &[&name, "data.demo_episodes=0", "schedule.offline_steps=0", "schedule.online_steps=30", "schedule.eval_episodes=1"]);
+    let s = Trainer::new(cfg).unwrap().run().unwrap();
+    assert_eq!(s.steps, 30);
+    let e = s.eval.unwrap();
+    assert_eq!(e.episodes, 1);
+    assert!(e.mean_return <= 0.0 && e.mean_length >= 1.0, "{e:?}");
+    // Asking for a demonstrator dataset on OGBench says what to do instead.
+    let cfg = tiny(dir.path(), "ogbench-offline", &[&name]);
+    let err = Trainer::new(cfg).err().expect("no dataset for OGBench yet").to_string();
+    assert!(err.contains("data.demo_episodes=0"), "{err}");
+}
