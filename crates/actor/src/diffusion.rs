@@ -35,8 +35,10 @@ pub struct DiffusionPolicy {
     net: CondNet,
     shape: ChunkShape,
     config: DiffusionConfig,
-    /// ᾱ_k for k = 0..=K (ᾱ_0 = 1).
+    /// ᾱ_k for k = 0..=K (ᾱ_0 = 1), on the host for sampling.
     alpha_bar: Vec<f64>,
+    /// The same as a tensor on the network's device, for training batches.
+    alpha_bar_t: Tensor,
 }
 
 /// Cosine schedule: ᾱ_k for k = 0..=K, with each β_k = 1 − ᾱ_k/ᾱ_{k−1} capped at 0.999.
@@ -57,7 +59,8 @@ impl DiffusionPolicy {
     pub fn new(path: &nn::Path, obs_dim: usize, shape: ChunkShape, config: DiffusionConfig) -> Self {
         let net = CondNet::new(path, obs_dim, shape.flat_dim(), 1, config.time_features, &config.network);
         let alpha_bar = cosine_alpha_bar(config.steps.max(1));
-        Self { net, shape, config, alpha_bar }
+        let alpha_bar_t = Tensor::from_slice(&alpha_bar).to_kind(Kind::Float).to_device(path.device());
+        Self { net, shape, config, alpha_bar, alpha_bar_t }
     }
 
     fn eps_hat(&self, obs: &Tensor, xk: &Tensor, k: usize) -> Tensor {
@@ -72,7 +75,7 @@ impl GenerativePolicy for DiffusionPolicy {
         let (b, dev) = (actions.size()[0], actions.device());
         let k_max = self.config.steps.max(1) as i64;
         let k = Tensor::randint_low(1, k_max + 1, [b, 1], (Kind::Int64, dev));
-        let ab = Tensor::from_slice(&self.alpha_bar).to_kind(actions.kind()).to_device(dev).index_select(0, &k.view([-1])).view([b, 1]);
+        let ab = self.alpha_bar_t.index_select(0, &k.view([-1])).view([b, 1]).to_kind(actions.kind());
         let eps = actions.randn_like();
         let xk = ab.sqrt() * actions + (-&ab + 1.0).sqrt() * &eps;
         let tau = k.to_kind(actions.kind()) / k_max as f64;

@@ -39,8 +39,10 @@ pub struct Progress {
     pub episodes: u64,
     /// Current observation of the online episode.
     pub obs: Vec<f32>,
-    /// Actions left of the chunk being executed.
-    pub queue: Vec<Vec<f32>>,
+    /// The chunk being executed, flattened `[h·A]`, and the index of its next action.
+    pub chunk: Vec<f32>,
+    /// Index of the next action of `chunk` to execute.
+    pub next_action: usize,
     /// Return and length of the current online episode.
     pub episode_return: f64,
     /// Steps into the current online episode.
@@ -197,7 +199,7 @@ impl Trainer {
                     }
                     let (obs, _) = t.env.reset(Some(t.config.run.seed + t.progress.episodes))?;
                     t.progress.obs = obs;
-                    t.progress.queue.clear();
+                    t.progress.chunk.clear();
                 }
             }
         }
@@ -327,21 +329,23 @@ impl Trainer {
 
     /// One online environment step; returns episode metrics when an episode ended.
     fn env_step(&mut self, online_step: u64, rng: &mut StdRng) -> Result<Vec<(&'static str, f64)>> {
-        let h = self.config.agent.horizon;
-        let spec = self.env.spec().clone();
-        if self.progress.queue.is_empty() {
-            let chunk: Vec<f32> = if !self.has_dataset && online_step < self.config.schedule.warmup_steps {
-                (0..h * spec.action_dim).map(|_| rng.random_range(-1.0f32..=1.0)).collect()
+        let a_dim = self.env.spec().action_dim;
+        if self.progress.next_action * a_dim >= self.progress.chunk.len() {
+            self.progress.chunk = if !self.has_dataset && online_step < self.config.schedule.warmup_steps {
+                let n = self.config.agent.horizon * a_dim;
+                (0..n).map(|_| rng.random_range(-1.0f32..=1.0)).collect()
             } else {
                 let obs = Tensor::from_slice(&self.progress.obs).view([1, -1]).to_device(self.device).to_kind(Kind::Float);
                 Vec::<f32>::try_from(self.agent.act(&obs).view([-1]).to_device(Device::Cpu))?
             };
-            self.progress.queue = chunk.chunks(spec.action_dim).map(|c| c.to_vec()).collect();
+            self.progress.next_action = 0;
         }
-        let action = self.progress.queue.remove(0);
-        let step = self.env.step(&action)?;
+        let at = self.progress.next_action * a_dim;
+        self.progress.next_action += 1;
+        let action = &self.progress.chunk[at..at + a_dim];
+        let step = self.env.step(action)?;
         let reward = if self.config.env.sparse && step.reward != 0.0 { -1.0 } else { step.reward };
-        self.buffer.push(&self.progress.obs, &action, reward, &step.obs, step.done(), step.mask())?;
+        self.buffer.push(&self.progress.obs, action, reward, &step.obs, step.done(), step.mask())?;
         self.progress.episode_return += reward as f64;
         self.progress.episode_length += 1;
         let mut out = Vec::new();
@@ -352,7 +356,7 @@ impl Trainer {
             self.progress.episodes += 1;
             self.progress.episode_return = 0.0;
             self.progress.episode_length = 0;
-            self.progress.queue.clear();
+            self.progress.chunk.clear();
             let (obs, _) = self.env.reset(Some(self.config.run.seed + self.progress.episodes))?;
             self.progress.obs = obs;
         } else {

@@ -1,7 +1,5 @@
 //! `mvp bench ...`: micro-benchmarks and, later, latency / training-speed comparisons.
 
-use std::time::Instant;
-
 use anyhow::Result;
 use clap::Subcommand;
 use mvp_nn::{jvp_autograd, ForwardJvp, Mlp, MlpConfig, Runtime};
@@ -93,19 +91,8 @@ impl JvpReport {
     }
 }
 
-fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut t: Vec<f64> = (0..iters)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+fn median_ms(iters: usize, f: impl FnMut()) -> f64 {
+    crate::speed::percentiles(crate::speed::time_calls(3, iters, f)).0
 }
 
 fn jvp(batch: i64, input: i64, output: i64, iters: usize, threads: usize) -> Result<JvpReport> {

@@ -1,7 +1,6 @@
 //! `mvp bench expressiveness`: every policy trained with the same network and budget on the
 //! synthetic multimodal tasks of [`mvp_actor::expressiveness`], over several seeds.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -109,18 +108,16 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 fn summarise(runs: &[RunResult]) -> Vec<Summary> {
-    let mut groups: BTreeMap<(usize, usize), Vec<&RunResult>> = BTreeMap::new();
-    let mut order: Vec<(Task, String)> = Vec::new();
+    // Runs of one (task, policy) are adjacent; keep their order of appearance.
+    let mut groups: Vec<Vec<&RunResult>> = Vec::new();
     for r in runs {
-        let key = (r.task, r.policy.clone());
-        let i = order.iter().position(|k| *k == key).unwrap_or_else(|| {
-            order.push(key.clone());
-            order.len() - 1
-        });
-        groups.entry((i, 0)).or_default().push(r);
+        match groups.last_mut() {
+            Some(g) if g[0].task == r.task && g[0].policy == r.policy => g.push(r),
+            _ => groups.push(vec![r]),
+        }
     }
     groups
-        .into_values()
+        .into_iter()
         .map(|g| {
             let f = |pick: fn(&RunResult) -> f64| mean_std(&g.iter().map(|r| pick(r)).collect::<Vec<_>>());
             Summary {

@@ -137,14 +137,16 @@ struct LatencyRow {
     batch_median_ms: f64,
 }
 
-fn percentiles(mut t: Vec<f64>) -> (f64, f64, f64) {
+/// Median, p90 and p99 of `t`.
+pub(crate) fn percentiles(mut t: Vec<f64>) -> (f64, f64, f64) {
     t.sort_by(f64::total_cmp);
     let at = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.9), at(0.99))
 }
 
-fn time_calls(n: usize, mut f: impl FnMut()) -> Vec<f64> {
-    for _ in 0..20 {
+/// Milliseconds of each of `n` calls of `f`, after `warmup` untimed calls.
+pub(crate) fn time_calls(warmup: usize, n: usize, mut f: impl FnMut()) -> Vec<f64> {
+    for _ in 0..warmup {
         f();
     }
     (0..n)
@@ -174,11 +176,11 @@ pub fn latency(args: LatencyArgs) -> Result<()> {
         agent.set_acting_kind(kind);
         let one = Tensor::randn([1, c.obs_dim as i64], (kind, device));
         let many = Tensor::randn([args.envs, c.obs_dim as i64], (kind, device));
-        let (median, p90, p99) = percentiles(time_calls(args.calls, || {
+        let (median, p90, p99) = percentiles(time_calls(20, args.calls, || {
             let _ = agent.act(&one);
             sync(device);
         }));
-        let (batch_median, _, _) = percentiles(time_calls((args.calls / 4).max(10), || {
+        let (batch_median, _, _) = percentiles(time_calls(20, (args.calls / 4).max(10), || {
             let _ = agent.act(&many);
             sync(device);
         }));

@@ -148,17 +148,6 @@ impl Mlp {
         self.out_dim
     }
 
-    /// The `[in, out]` weight, `[out]` bias and optional LayerNorm (scale, shift) of layer `i`.
-    pub fn layer(&self, i: usize) -> (&Tensor, &Tensor, Option<(&Tensor, &Tensor)>) {
-        let l = &self.layers[i];
-        (&l.weight, &l.bias, l.norm.as_ref().map(|(s, b)| (s, b)))
-    }
-
-    /// Number of affine layers (hidden layers + 1).
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
     /// Forward pass on `[..., in]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let mut h = affine(x, &self.layers[0]);
