@@ -53,6 +53,12 @@ pub struct Progress {
     pub last_eval: Option<EvalResult>,
     /// Every evaluation so far as (step, success rate), for the learning curve.
     pub eval_history: Vec<(u64, f64)>,
+    /// Times the training environment failed (a worker died, hung or raised) and was restarted.
+    #[serde(default)]
+    pub env_restarts: u64,
+    /// Failures since the last good environment step (three in a row stop the run).
+    #[serde(default)]
+    pub env_failures_in_row: u32,
 }
 
 /// What a finished (or stopped) run reports.
@@ -164,8 +170,7 @@ impl Trainer {
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         write_run_files(&run_dir, &config)?;
         let mut t = Self::assemble(config, run_dir, env, device)?;
-        let (obs, _) = t.env.reset(Some(t.config.run.seed))?;
-        t.progress.obs = obs;
+        t.start_episode()?;
         Ok(t)
     }
 
@@ -197,8 +202,7 @@ impl Trainer {
                         t.progress.episode_return = 0.0;
                         t.progress.episode_length = 0;
                     }
-                    let (obs, _) = t.env.reset(Some(t.config.run.seed + t.progress.episodes))?;
-                    t.progress.obs = obs;
+                    t.start_episode()?;
                     t.progress.chunk.clear();
                 }
             }
@@ -343,7 +347,11 @@ impl Trainer {
         let at = self.progress.next_action * a_dim;
         self.progress.next_action += 1;
         let action = &self.progress.chunk[at..at + a_dim];
-        let step = self.env.step(action)?;
+        let step = match self.env.step(action) {
+            Ok(step) => step,
+            Err(err) => return self.lose_episode(err),
+        };
+        self.progress.env_failures_in_row = 0;
         let reward = if self.config.env.sparse && step.reward != 0.0 { -1.0 } else { step.reward };
         self.buffer.push(&self.progress.obs, action, reward, &step.obs, step.done(), step.mask())?;
         self.progress.episode_return += reward as f64;
@@ -357,12 +365,57 @@ impl Trainer {
             self.progress.episode_return = 0.0;
             self.progress.episode_length = 0;
             self.progress.chunk.clear();
-            let (obs, _) = self.env.reset(Some(self.config.run.seed + self.progress.episodes))?;
-            self.progress.obs = obs;
+            self.start_episode()?;
         } else {
             self.progress.obs = step.obs;
         }
         Ok(out)
+    }
+
+    /// Resets the training environment for episode `progress.episodes` (seed `seed +
+    /// episodes`), restarting a failed worker once if needed.
+    fn start_episode(&mut self) -> Result<()> {
+        let seed = self.config.run.seed + self.progress.episodes;
+        let (obs, _) = match self.env.reset(Some(seed)) {
+            Ok(r) => r,
+            Err(err) if self.env.recover()? => {
+                tracing::warn!("environment reset failed ({err:#}); retrying after a restart");
+                self.progress.env_restarts += 1;
+                self.env.reset(Some(seed))?
+            }
+            Err(err) => return Err(err),
+        };
+        self.progress.obs = obs;
+        Ok(())
+    }
+
+    /// A failed environment step: restart the environment (its worker), end the stored part
+    /// of the episode as a truncation (so that no sampled window joins it to the next
+    /// episode), count the restart and start a new episode. Three failures in a row, or an
+    /// environment that cannot recover, stop the run with the error.
+    fn lose_episode(&mut self, err: anyhow::Error) -> Result<Vec<(&'static str, f64)>> {
+        self.progress.env_failures_in_row += 1;
+        if self.progress.env_failures_in_row >= 3 || !self.env.recover()? {
+            return Err(err.context(format!(
+                "environment step failed at online episode {} ({} failures in a row)",
+                self.progress.episodes, self.progress.env_failures_in_row
+            )));
+        }
+        self.progress.env_restarts += 1;
+        tracing::warn!(
+            "environment failed ({}); restarted (restart {}), the episode ends as truncated",
+            format!("{err:#}").lines().next().unwrap_or_default(),
+            self.progress.env_restarts
+        );
+        if self.progress.episode_length > 0 {
+            self.buffer.end_episode();
+        }
+        self.progress.episodes += 1;
+        self.progress.episode_return = 0.0;
+        self.progress.episode_length = 0;
+        self.progress.chunk.clear();
+        self.start_episode()?;
+        Ok(vec![("env/restarts", self.progress.env_restarts as f64)])
     }
 
     /// Runs the evaluation protocol on the evaluation environment.

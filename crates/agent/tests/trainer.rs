@@ -170,3 +170,66 @@ fn pure_online_training_runs_on_a_real_ogbench_environment() {
     let err = Trainer::new(cfg).err().expect("no dataset for OGBench yet").to_string();
     assert!(err.contains("data.demo_episodes=0"), "{err}");
 }
+
+/// Pids of this process's children that run the Python env worker, lowest first.
+fn env_worker_children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 4 (after the parenthesised command) is the parent pid.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).unwrap_or("");
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == me && String::from_utf8_lossy(&cmd).contains("mvp_envs.worker")
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+#[test]
+fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let name = "env.name=\"cube-single-play-singletask-task1-v0\"";
+    let cfg = tiny(dir.path(), "fault", &[name, "data.demo_episodes=0", "schedule.offline_steps=0", "schedule.online_steps=3000", "schedule.warmup_steps=1000", "schedule.eval_episodes=1"]);
+    let before = env_worker_children();
+    let mut trainer = Trainer::new(cfg).unwrap();
+    // The training environment's worker starts first, the evaluation one second.
+    let workers: Vec<i32> = env_worker_children().into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(workers.len(), 2, "expected a training and an evaluation worker: {workers:?}");
+    let victim = workers[0];
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // SAFETY: sending a signal to a child process of ours.
+        unsafe { libc::kill(victim, libc::SIGKILL) }
+    });
+    let summary = trainer.run().unwrap();
+    assert_eq!(killer.join().unwrap(), 0, "kill -9 of the training worker failed");
+    assert_eq!(summary.steps, 3000, "the run must finish");
+
+    let ckpt: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&latest_checkpoint(&summary.run_dir)).unwrap();
+    assert!(ckpt.meta["env_restarts"].as_u64().unwrap() >= 1, "the restart is counted: {}", ckpt.meta);
+    let log = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
+    assert!(log.contains("env/restarts"), "the restart is logged");
+
+    // Every stored transition that does not end an episode is followed by the next step of
+    // the same episode: its next observation is the following observation.
+    let buffer = trainer.buffer();
+    let n = buffer.num_starts(1);
+    let mut one = mvp_replay::ChunkBatch::new(n, 1, buffer.obs_dim(), buffer.act_dim());
+    buffer.chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut one).unwrap();
+    let d = buffer.obs_dim();
+    let mut ends = 0;
+    for k in 0..n - 1 {
+        if one.terminals[k] == 1.0 {
+            ends += 1;
+            continue;
+        }
+        assert_eq!(&one.next_observations[k * d..(k + 1) * d], &one.observations[(k + 1) * d..(k + 2) * d], "transition {k} joins two episodes");
+    }
+    // 3000 steps of 200-step episodes, plus the one cut by the kill.
+    assert!(ends >= 15, "{ends} episode ends");
+}

@@ -10,6 +10,8 @@
 //!   environments by name with [`make_native`].
 //! - [`generate_dataset`]: rolls out a noisy scripted demonstrator ([`BranchReachDemo`]) and
 //!   returns a [`mvp_replay::Dataset`] together with [`DemoStats`].
+//! - [`VecEnv`]: W worker processes × M environments stepped in parallel, restarting workers
+//!   that die or hang (their episodes end as [`Outcome::Lost`]).
 //! - [`PythonWorker`], [`WorkerEnv`]: real Gymnasium environments (OGBench, MuJoCo, ...) hosted
 //!   by Python worker processes (`envs/mvp_envs/worker.py`) and driven over pipes with a
 //!   versioned binary protocol (`envs/README.md`).
@@ -19,16 +21,18 @@
 //! state is not terminal: the bootstrap mask stays 1). Either one ends the episode.
 //!
 //! Pure Rust: this crate depends on `mvp-replay`, `rand`, `rand_distr`, `serde`, `serde_json`,
-//! `libc` (poll for read deadlines), `anyhow` and `thiserror` only — never on tch — so that
+//! `libc` (poll for read deadlines), `anyhow`, `thiserror` and `tracing` only — never on tch — so that
 //! data generation and environment benchmarks need no libtorch.
 #![warn(missing_docs)]
 
 mod branch_reach;
 mod demo;
+mod vector;
 mod worker;
 
 pub use branch_reach::{BranchReach, BranchReachDemo, Route};
 pub use demo::{generate_dataset, DemoStats, DEFAULT_DEMO_NOISE_STD};
+pub use vector::{Outcome, VecEnv, VecEnvConfig};
 pub use worker::{
     project_root, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
     WorkerInfo, PROTOCOL_VERSION,
@@ -120,6 +124,14 @@ pub trait Env: Send {
 
     /// Applies `action` (length `spec().action_dim`) and returns the transition.
     fn step(&mut self, action: &[f32]) -> anyhow::Result<Step>;
+
+    /// After a failed [`step`](Env::step) or [`reset`](Env::reset), tries to make the
+    /// environment usable again, e.g. by restarting a worker process that died or hung.
+    /// `Ok(true)`: it did; the running episode is lost and the next call must be `reset`.
+    /// `Ok(false)` (the default): the failure cannot be recovered from.
+    fn recover(&mut self) -> anyhow::Result<bool> {
+        Ok(false)
+    }
 
     /// Releases resources (worker processes, files). The default does nothing.
     fn close(&mut self) -> anyhow::Result<()> {

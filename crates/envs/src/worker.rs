@@ -482,6 +482,8 @@ pub struct PythonWorker {
     restarts: u64,
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
+    /// Indices of a step sent and not yet received.
+    pending_step: Option<Vec<usize>>,
 }
 
 impl std::fmt::Debug for PythonWorker {
@@ -536,6 +538,7 @@ impl PythonWorker {
             restarts: 0,
             send_buf: Vec::new(),
             recv_buf: Vec::new(),
+            pending_step: None,
         })
     }
 
@@ -630,6 +633,7 @@ impl PythonWorker {
             proc.shutdown(Duration::ZERO);
         }
         self.running.iter_mut().for_each(|r| *r = false);
+        self.pending_step = None;
         let (proc, info) = Self::start(&self.config)?;
         if info.obs_dim != self.info.obs_dim || info.action_dim != self.info.action_dim {
             let mut proc = proc;
@@ -654,6 +658,7 @@ impl PythonWorker {
             proc.shutdown(Duration::ZERO);
         }
         self.running.iter_mut().for_each(|r| *r = false);
+        self.pending_step = None;
         self.broken.get_or_insert_with(|| "killed".to_string());
     }
 
@@ -721,6 +726,17 @@ impl PythonWorker {
     /// Each listed environment must have a running episode; an environment whose step ends
     /// the episode must be reset before it steps again. Actions are clipped to the bounds.
     pub fn step_envs(&mut self, indices: &[usize], actions: &[f32]) -> anyhow::Result<BatchStep> {
+        self.send_step(indices, actions)?;
+        self.receive_step()
+    }
+
+    /// The first half of [`step_envs`](Self::step_envs): checks and sends the request and
+    /// returns at once, so that several workers step in parallel; [`receive_step`]
+    /// (Self::receive_step) reads the reply. No other request may come in between.
+    pub fn send_step(&mut self, indices: &[usize], actions: &[f32]) -> anyhow::Result<()> {
+        if self.pending_step.is_some() {
+            return Err(EnvError::Invalid("send_step called twice without receive_step".into()).into());
+        }
         let a = self.info.action_dim;
         if actions.len() != indices.len() * a {
             return Err(EnvError::ActionDim {
@@ -761,9 +777,20 @@ impl PythonWorker {
         for &i in indices {
             self.running[i] = false;
         }
+        self.send("step")?;
+        self.pending_step = Some(indices.to_vec());
+        Ok(())
+    }
+
+    /// The second half of [`step_envs`](Self::step_envs): the reply to the last
+    /// [`send_step`](Self::send_step), rows in its order.
+    pub fn receive_step(&mut self) -> anyhow::Result<BatchStep> {
+        let Some(indices) = self.pending_step.take() else {
+            return Err(EnvError::Invalid("receive_step without send_step".into()).into());
+        };
         let k = indices.len();
         let obs_dim = self.info.obs_dim;
-        let body = self.request("step", tag::STEP_OK)?;
+        let body = self.receive("step", tag::STEP_OK)?;
         let mut r = Cursor::new(body, "STEP_OK");
         r.count(k)?;
         let obs = r.f32s(k * obs_dim)?;
@@ -842,6 +869,13 @@ impl PythonWorker {
     /// Sends `self.send_buf` (a frame begun with [`begin_frame`]) and returns the body of
     /// the `want` reply. Marks the worker broken on transport failures.
     fn request(&mut self, what: &'static str, want: u8) -> anyhow::Result<&[u8]> {
+        self.send(what)?;
+        self.receive(what, want)
+    }
+
+    /// Writes `self.send_buf` without waiting for the reply ([`receive`](Self::receive) reads
+    /// it): W workers can then compute in parallel.
+    fn send(&mut self, what: &'static str) -> anyhow::Result<()> {
         if self.closed {
             return Err(WorkerError::Closed(self.config.env_id.clone()).into());
         }
@@ -856,34 +890,39 @@ impl PythonWorker {
             .proc
             .as_mut()
             .expect("a worker that is neither closed nor broken has a process");
-        let result = exchange(
-            proc,
-            &self.config,
-            &self.send_buf,
-            &mut self.recv_buf,
-            self.config.timeout,
-            what,
-        )
-        .and_then(|_| expect_reply(proc, &self.config, &self.recv_buf, want).map(|_| ()));
+        let result = write_frame(proc, &self.config, &self.send_buf, what);
+        result.map_err(|err| self.fail(err))
+    }
+
+    /// Reads the reply to the request sent last; returns the body of the `want` reply.
+    fn receive(&mut self, what: &'static str, want: u8) -> anyhow::Result<&[u8]> {
+        let Some(proc) = self.proc.as_mut() else {
+            return Err(WorkerError::Broken {
+                env_id: self.config.env_id.clone(),
+                reason: self.broken.clone().unwrap_or_else(|| "no process".into()),
+            }
+            .into());
+        };
+        let result = read_frame(proc, &self.config, &mut self.recv_buf, self.config.timeout, what)
+            .and_then(|_| expect_reply(proc, &self.config, &self.recv_buf, want).map(|_| ()));
         match result {
             Ok(()) => Ok(&self.recv_buf[1..]),
-            Err(err) => {
-                if !matches!(err, WorkerError::Exception { .. } | WorkerError::User(_)) {
-                    // The stream can no longer be trusted: end the process now.
-                    let first_line = err
-                        .to_string()
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    self.broken = Some(first_line);
-                    if let Some(mut proc) = self.proc.take() {
-                        proc.shutdown(Duration::ZERO);
-                    }
-                }
-                Err(err.into())
+            Err(err) => Err(self.fail(err)),
+        }
+    }
+
+    /// Records a failed request: transport failures make the worker broken (and end its
+    /// process); a Python exception or a caller's mistake leaves it usable.
+    fn fail(&mut self, err: WorkerError) -> anyhow::Error {
+        if !matches!(err, WorkerError::Exception { .. } | WorkerError::User(_)) {
+            // The stream can no longer be trusted: end the process now.
+            let first_line = err.to_string().lines().next().unwrap_or_default().to_string();
+            self.broken = Some(first_line);
+            if let Some(mut proc) = self.proc.take() {
+                proc.shutdown(Duration::ZERO);
             }
         }
+        err.into()
     }
 }
 
@@ -914,20 +953,37 @@ fn exchange(
     timeout: Duration,
     what: &'static str,
 ) -> Result<(), WorkerError> {
+    write_frame(proc, config, frame, what)?;
+    read_frame(proc, config, buf, timeout, what)
+}
+
+/// Writes `frame` (a frame begun with [`begin_frame`]), patching its length.
+fn write_frame(
+    proc: &mut Proc,
+    config: &WorkerConfig,
+    frame: &[u8],
+    what: &'static str,
+) -> Result<(), WorkerError> {
     let len = (frame.len() - 4) as u32;
-    let mut head = [0u8; 4];
-    head.copy_from_slice(&len.to_le_bytes());
     let stdin = proc
         .stdin
         .as_mut()
         .expect("stdin open while the worker runs");
     let written = stdin
-        .write_all(&head)
+        .write_all(&len.to_le_bytes())
         .and_then(|_| stdin.write_all(&frame[4..]))
         .and_then(|_| stdin.flush());
-    if let Err(e) = written {
-        return Err(died(proc, config, what, format!("write failed: {e}")));
-    }
+    written.map_err(|e| died(proc, config, what, format!("write failed: {e}")))
+}
+
+/// Reads one reply payload into `buf`, waiting at most `timeout`.
+fn read_frame(
+    proc: &mut Proc,
+    config: &WorkerConfig,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), WorkerError> {
     let deadline = Instant::now() + timeout;
     let fail = |proc: &mut Proc, f: ReadFail| match f {
         ReadFail::Timeout => WorkerError::Timeout {
@@ -1108,6 +1164,16 @@ impl Env for WorkerEnv {
             return Err(EnvError::NoEpisode.into());
         }
         Ok(self.worker.step_envs(&[0], action)?.get(0))
+    }
+
+    fn recover(&mut self) -> anyhow::Result<bool> {
+        tracing::warn!(
+            "restarting env worker `{}` after: {}",
+            self.worker.spec().name,
+            self.worker.broken().unwrap_or("a Python exception")
+        );
+        self.worker.restart()?;
+        Ok(true)
     }
 
     fn close(&mut self) -> anyhow::Result<()> {
