@@ -34,8 +34,8 @@ pub enum BenchCommand {
     Latency(crate::speed::LatencyArgs),
     /// Training iterations per second.
     Train(crate::speed::TrainArgs),
-    /// Environment steps per second through the Python bridge.
-    Env,
+    /// Environment steps per second through the Python bridge against plain Python.
+    Env(crate::bench_env::EnvArgs),
     /// Behaviour-cloning quality on known multimodal distributions.
     Expressiveness(crate::expressiveness::Args),
 }
@@ -53,7 +53,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         }
         BenchCommand::Latency(args) => crate::speed::latency(args),
         BenchCommand::Train(args) => crate::speed::train(args),
-        BenchCommand::Env => super::not_implemented("bench env", 5),
+        BenchCommand::Env(args) => crate::bench_env::run(args),
         BenchCommand::Expressiveness(args) => crate::expressiveness::run(args),
     }
 }

@@ -1,6 +1,7 @@
 //! The `mvp` command-line tool: training, evaluation, data generation, benchmarks, export.
 
 mod bench;
+mod bench_env;
 mod expressiveness;
 mod speed;
 

@@ -278,6 +278,44 @@ pub fn project_root() -> PathBuf {
     cwd
 }
 
+/// A command that runs the project's Python (`python` if given, else `$MVP_PYTHON`, else
+/// `<root>/.venv/bin/python`) in `root` with `envs/` on `PYTHONPATH` and one numerical
+/// thread (unless the caller set `OMP_NUM_THREADS` & co.); add `-m module args...`. Also
+/// returns the interpreter's path.
+///
+/// Errors: [`WorkerError::VenvMissing`] ("run `make setup`") and
+/// [`WorkerError::PackageMissing`].
+pub fn python_command(root: &Path, python: Option<&Path>) -> anyhow::Result<(Command, PathBuf)> {
+    let python = match (python, std::env::var_os("MVP_PYTHON")) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => root.join(".venv/bin/python"),
+    };
+    if !python.exists() {
+        let venv = python.parent().and_then(Path::parent).unwrap_or(&python).to_path_buf();
+        return Err(WorkerError::VenvMissing(venv).into());
+    }
+    let envs_dir = root.join("envs");
+    if !envs_dir.join("mvp_envs/worker.py").is_file() {
+        return Err(WorkerError::PackageMissing(envs_dir.join("mvp_envs")).into());
+    }
+    let mut pythonpath = envs_dir.into_os_string();
+    if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        pythonpath.push(":");
+        pythonpath.push(old);
+    }
+    let mut cmd = Command::new(&python);
+    cmd.current_dir(root).env("PYTHONPATH", pythonpath);
+    // One numerical thread per process unless the caller chose otherwise: workers are
+    // many and cores are few (DESIGN.md §3.1 on OpenMP stalls).
+    for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, "1");
+        }
+    }
+    Ok((cmd, python))
+}
+
 /// Keeps the last lines of the worker's stderr (and optionally copies them to ours).
 type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
@@ -294,42 +332,11 @@ struct Proc {
 impl Proc {
     fn spawn(config: &WorkerConfig) -> anyhow::Result<Proc> {
         let root = config.root.clone().unwrap_or_else(project_root);
-        let python = match (&config.python, std::env::var_os("MVP_PYTHON")) {
-            (Some(p), _) => p.clone(),
-            (None, Some(p)) => PathBuf::from(p),
-            (None, None) => root.join(".venv/bin/python"),
-        };
-        if !python.exists() {
-            let venv = python
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(&python)
-                .to_path_buf();
-            return Err(WorkerError::VenvMissing(venv).into());
-        }
-        let envs_dir = root.join("envs");
-        if !envs_dir.join("mvp_envs/worker.py").is_file() {
-            return Err(WorkerError::PackageMissing(envs_dir.join("mvp_envs")).into());
-        }
-        let mut pythonpath = envs_dir.into_os_string();
-        if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
-            pythonpath.push(":");
-            pythonpath.push(old);
-        }
-        let mut cmd = Command::new(&python);
+        let (mut cmd, python) = python_command(&root, config.python.as_deref())?;
         cmd.args(["-m", "mvp_envs.worker"])
-            .current_dir(&root)
-            .env("PYTHONPATH", pythonpath)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // One numerical thread per worker unless the caller chose otherwise: workers are
-        // many and cores are few (DESIGN.md §3.1 on OpenMP stalls).
-        for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
-            if std::env::var_os(var).is_none() {
-                cmd.env(var, "1");
-            }
-        }
         let mut child = cmd.spawn().map_err(|e| WorkerError::Spawn {
             python: python.clone(),
             reason: e.to_string(),

@@ -1,0 +1,138 @@
+//! `mvp bench env`: environment steps per second through the Python bridge (a [`VecEnv`] of
+//! W workers) against a plain Python loop stepping the same environment in W processes.
+//!
+//! Both sides use uniform random actions and reset at episode ends; neither counts process
+//! start-up. The plain loop is `envs/mvp_envs/bench_plain.py`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use mvp_envs::{Outcome, VecEnv, VecEnvConfig};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// Options of `mvp bench env`.
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// Environment id (any id the worker accepts).
+    #[arg(long, default_value = "cube-double-play-singletask-task2-v0")]
+    env: String,
+    /// Worker counts to measure, e.g. 1,2.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<usize>,
+    /// Environments per worker process.
+    #[arg(long, default_value_t = 1)]
+    envs_per_worker: usize,
+    /// Timed steps per environment.
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    /// Write results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct EnvRow {
+    workers: usize,
+    envs_per_worker: usize,
+    bridge_steps_per_s: f64,
+    plain_steps_per_s: f64,
+    overhead: f64,
+}
+
+/// Steps a [`VecEnv`] of `w` workers for `steps` steps per environment; returns steps/s.
+fn bridge(args: &EnvArgs, w: usize) -> Result<f64> {
+    let mut venv = VecEnv::new(VecEnvConfig::new(&args.env, w, args.envs_per_worker, 0))?;
+    let n = venv.num_envs();
+    let a = venv.spec().action_dim;
+    let all: Vec<usize> = (0..n).collect();
+    venv.reset(&all)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut actions = vec![0.0f32; n * a];
+    let mut done = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        actions.iter_mut().for_each(|x| *x = rng.random_range(-1.0..=1.0));
+        done.clear();
+        for (i, o) in venv.step(&all, &actions)?.into_iter().enumerate() {
+            match o {
+                Outcome::Step(s) if !s.done() => {}
+                _ => done.push(i),
+            }
+        }
+        if !done.is_empty() {
+            venv.reset(&done)?;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    venv.close()?;
+    Ok((args.steps * n) as f64 / secs)
+}
+
+/// Runs `w` plain Python loops at once, each stepping one environment for
+/// `steps × envs_per_worker` steps; returns their summed steps/s.
+fn plain(args: &EnvArgs, w: usize) -> Result<f64> {
+    let root = mvp_envs::project_root();
+    let steps = (args.steps * args.envs_per_worker).to_string();
+    let children = (0..w)
+        .map(|i| {
+            let (mut cmd, _) = mvp_envs::python_command(&root, None)?;
+            cmd.args(["-m", "mvp_envs.bench_plain", &args.env, &steps, &i.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().context("starting the plain Python loop")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut total = 0.0;
+    for child in children {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("plain Python loop failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default());
+        }
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the plain loop's JSON line")?;
+        total += line["steps_per_s"].as_f64().context("steps_per_s missing")?;
+    }
+    Ok(total)
+}
+
+/// Runs `mvp bench env`.
+pub fn run(args: EnvArgs) -> Result<()> {
+    let mut rows = Vec::new();
+    for &w in &args.workers {
+        let plain = plain(&args, w)?;
+        let bridge = bridge(&args, w)?;
+        let row = EnvRow {
+            workers: w,
+            envs_per_worker: args.envs_per_worker,
+            bridge_steps_per_s: bridge,
+            plain_steps_per_s: plain,
+            overhead: 1.0 - bridge / plain,
+        };
+        tracing::info!("{w} worker(s): bridge {bridge:.0} steps/s, plain Python {plain:.0} steps/s");
+        rows.push(row);
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "Environment steps per second, `{}`, random actions, {} steps per environment, {} envs per worker, {cores} cores\n",
+        args.env, args.steps, args.envs_per_worker
+    );
+    println!("| workers | bridge steps/s | plain Python steps/s (same number of processes) | bridge overhead | bridge scaling vs 1 worker |");
+    println!("|---|---|---|---|---|");
+    let base = rows.first().map(|r| r.bridge_steps_per_s / r.workers as f64);
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.1}% | {:.2}× |",
+            r.workers,
+            r.bridge_steps_per_s,
+            r.plain_steps_per_s,
+            100.0 * r.overhead,
+            base.map(|b| r.bridge_steps_per_s / b).unwrap_or(f64::NAN)
+        );
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&rows)?)?;
+    }
+    Ok(())
+}
