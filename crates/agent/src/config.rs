@@ -56,11 +56,15 @@ pub struct EnvConfig {
     pub sparse: bool,
     /// Seed offset of evaluation environments, so they never share seeds with training's.
     pub eval_seed_offset: u64,
+    /// Evaluation environments run at once (their chunks come from one batched policy call).
+    pub eval_envs: usize,
+    /// Python worker processes that host the evaluation environments (at most `eval_envs`).
+    pub eval_workers: usize,
 }
 
 impl Default for EnvConfig {
     fn default() -> Self {
-        Self { name: "branch-reach-v0".into(), sparse: false, eval_seed_offset: 1_000_000 }
+        Self { name: "branch-reach-v0".into(), sparse: false, eval_seed_offset: 1_000_000, eval_envs: 1, eval_workers: 1 }
     }
 }
 
@@ -218,6 +222,8 @@ impl TrainConfig {
         check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;
         check(s.buffer_capacity >= a.batch_size + a.horizon, "schedule.buffer_capacity", "≥ batch_size + horizon")?;
         check(self.runtime.threads >= 1, "runtime.threads", "an integer ≥ 1")?;
+        check(self.env.eval_envs >= 1, "env.eval_envs", "an integer ≥ 1")?;
+        check(self.env.eval_workers >= 1, "env.eval_workers", "an integer ≥ 1")?;
         Ok(())
     }
 }

@@ -1,10 +1,12 @@
 //! The evaluation protocol: greedy generate-and-select with the online critic, one query per
 //! chunk executed open-loop (stopping at the episode's end), success read from the
 //! environment's `info.success` at the end of each episode. Episode `i` is reset with seed
-//! `seed + i`, a stream kept apart from training's.
+//! `seed + i`, a stream kept apart from training's. The episodes are spread over the
+//! environments of a pool ([`mvp_rollout::evaluate`]); every environment that needs a chunk
+//! is served by one batched call of the agent.
 
 use anyhow::Result;
-use mvp_envs::Env;
+use mvp_rollout::EnvPool;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -23,27 +25,19 @@ pub struct EvalResult {
     pub mean_length: f64,
 }
 
-/// Runs `episodes` evaluation episodes of `agent` in `env`.
-pub fn evaluate(agent: &Agent, env: &mut dyn Env, episodes: usize, seed: u64) -> Result<EvalResult> {
-    let (mut successes, mut ret, mut len) = (0usize, 0.0f64, 0usize);
-    let a_dim = env.spec().action_dim;
-    for e in 0..episodes {
-        let (mut obs, _) = env.reset(Some(seed + e as u64))?;
-        'episode: loop {
-            let o = Tensor::from_slice(&obs).view([1, -1]).to_kind(Kind::Float).to_device(agent.device());
-            let chunk = Vec::<f32>::try_from(agent.act(&o).view([-1]).to_device(Device::Cpu))?;
-            for action in chunk.chunks(a_dim) {
-                let step = env.step(action)?;
-                ret += step.reward as f64;
-                len += 1;
-                if step.done() {
-                    successes += step.info.success as usize;
-                    break 'episode;
-                }
-                obs = step.obs;
-            }
-        }
-    }
+/// Runs `episodes` evaluation episodes of `agent` over the environments of `pool`.
+pub fn evaluate(agent: &Agent, pool: &mut dyn EnvPool, episodes: usize, seed: u64) -> Result<EvalResult> {
+    let h = agent.shape().horizon;
+    let mut policy = |obs: &[f32], k: usize| -> Result<Vec<f32>> {
+        let o = Tensor::from_slice(obs).view([k as i64, -1]).to_kind(Kind::Float).to_device(agent.device());
+        Ok(Vec::<f32>::try_from(agent.act(&o).view([-1]).to_device(Device::Cpu))?)
+    };
+    let eps = mvp_rollout::evaluate(pool, h, episodes, seed, &mut policy)?;
     let n = episodes.max(1) as f64;
-    Ok(EvalResult { episodes, success_rate: successes as f64 / n, mean_return: ret / n, mean_length: len as f64 / n })
+    Ok(EvalResult {
+        episodes,
+        success_rate: eps.iter().filter(|e| e.success).count() as f64 / n,
+        mean_return: eps.iter().map(|e| e.ret).sum::<f64>() / n,
+        mean_length: eps.iter().map(|e| e.length as f64).sum::<f64>() / n,
+    })
 }

@@ -137,7 +137,7 @@ pub struct Trainer {
     buffer: ReplayBuffer,
     has_dataset: bool,
     env: Box<dyn Env>,
-    eval_env: Box<dyn Env>,
+    eval_pool: Box<dyn mvp_rollout::EnvPool>,
     logger: Logger,
     progress: Progress,
     batch: ChunkBatch,
@@ -212,7 +212,8 @@ impl Trainer {
     }
 
     fn assemble(config: TrainConfig, run_dir: PathBuf, env: Box<dyn Env>, device: Device) -> Result<Self> {
-        let eval_env = mvp_envs::make(&config.env.name)?;
+        let e = &config.env;
+        let eval_pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset)?;
         let spec = env.spec().clone();
         tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
         let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device);
@@ -228,7 +229,7 @@ impl Trainer {
         let logger = Logger::for_run_dir(&run_dir)?;
         let a = &config.agent;
         let batch = ChunkBatch::new(a.batch_size, a.horizon, spec.obs_dim, spec.action_dim);
-        Ok(Self { config, run_dir, agent, buffer, has_dataset, env, eval_env, logger, progress: Progress::default(), batch, device })
+        Ok(Self { config, run_dir, agent, buffer, has_dataset, env, eval_pool, logger, progress: Progress::default(), batch, device })
     }
 
     /// The run directory.
@@ -421,7 +422,7 @@ impl Trainer {
     /// Runs the evaluation protocol on the evaluation environment.
     pub fn evaluate(&mut self) -> Result<EvalResult> {
         let seed = self.config.env.eval_seed_offset + self.config.run.seed * 10_000;
-        evaluate(&self.agent, self.eval_env.as_mut(), self.config.schedule.eval_episodes, seed)
+        evaluate(&self.agent, self.eval_pool.as_mut(), self.config.schedule.eval_episodes, seed)
     }
 
     /// Writes `learning_curve.png` (evaluation success against steps); a plotting failure is

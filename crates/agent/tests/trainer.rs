@@ -159,11 +159,12 @@ fn pure_online_training_runs_on_a_real_ogbench_environment() {
     let dir = tempfile::tempdir().unwrap();
     let env = "cube-single-play-singletask-task1-v0";
     let name = format!("env.name=\"{env}\"");
-    let cfg = tiny(dir.path(), "ogbench", &[&name, "data.demo_episodes=0", "schedule.offline_steps=0", "schedule.online_steps=30", "schedule.eval_episodes=1"]);
+    let cfg = tiny(dir.path(), "ogbench", &[&name, "data.demo_episodes=0", "schedule.offline_steps=0", "schedule.online_steps=30", "schedule.eval_episodes=3", "env.eval_envs=2", "env.eval_workers=2"]);
     let s = Trainer::new(cfg).unwrap().run().unwrap();
     assert_eq!(s.steps, 30);
+    // Three evaluation episodes over two environments in two worker processes.
     let e = s.eval.unwrap();
-    assert_eq!(e.episodes, 1);
+    assert_eq!(e.episodes, 3);
     assert!(e.mean_return <= 0.0 && e.mean_length >= 1.0, "{e:?}");
     // Asking for a demonstrator dataset on OGBench says what to do instead.
     let cfg = tiny(dir.path(), "ogbench-offline", &[&name]);

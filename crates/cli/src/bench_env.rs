@@ -48,7 +48,7 @@ fn bridge(args: &EnvArgs, w: usize) -> Result<f64> {
     let n = venv.num_envs();
     let a = venv.spec().action_dim;
     let all: Vec<usize> = (0..n).collect();
-    venv.reset(&all)?;
+    venv.reset(&all, &[])?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut actions = vec![0.0f32; n * a];
     let mut done = Vec::with_capacity(n);
@@ -63,7 +63,7 @@ fn bridge(args: &EnvArgs, w: usize) -> Result<f64> {
             }
         }
         if !done.is_empty() {
-            venv.reset(&done)?;
+            venv.reset(&done, &[])?;
         }
     }
     let secs = start.elapsed().as_secs_f64();

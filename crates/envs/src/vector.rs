@@ -152,8 +152,13 @@ impl VecEnv {
     }
 
     /// Resets the listed environments and returns their first observations and infos in
-    /// request order. A worker that fails during the reset is restarted and asked again.
-    pub fn reset(&mut self, envs: &[usize]) -> anyhow::Result<Vec<(Vec<f32>, Info)>> {
+    /// request order. `seeds[k]` seeds environment `envs[k]`; `None` (or an empty `seeds`)
+    /// follows the vector env's own seeding (see the module documentation). A worker that
+    /// fails during the reset is restarted and asked again.
+    pub fn reset(&mut self, envs: &[usize], seeds: &[Option<u64>]) -> anyhow::Result<Vec<(Vec<f32>, Info)>> {
+        if !seeds.is_empty() && seeds.len() != envs.len() {
+            return Err(EnvError::Invalid(format!("{} seeds for {} environments", seeds.len(), envs.len())).into());
+        }
         let mut out = vec![(Vec::new(), Info::default()); envs.len()];
         for w in 0..self.workers.len() {
             let rows: Vec<usize> = (0..envs.len()).filter(|&r| envs[r] / self.config.envs_per_worker == w).collect();
@@ -166,14 +171,15 @@ impl VecEnv {
                 for &r in &rows {
                     let (_, j) = self.locate(envs[r])?;
                     let i = envs[r];
-                    let seed = self.reseed[i].then(|| {
+                    let given = seeds.get(r).copied().flatten();
+                    let seed = given.or_else(|| self.reseed[i].then(|| {
                         let base = self.config.seed + i as u64;
                         if self.episodes[i] == 0 {
                             base
                         } else {
                             derived_seed(base, self.episodes[i])
                         }
-                    });
+                    }));
                     items.push((j, seed));
                 }
                 match self.workers[w].reset_envs(&items) {

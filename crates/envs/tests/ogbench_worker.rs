@@ -237,7 +237,7 @@ fn vector_env_steps_workers_in_parallel_and_restarts_a_killed_one() {
     let mut venv = VecEnv::new(VecEnvConfig::new(CUBE_SINGLE, 2, 2, 100)).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(venv.num_envs(), 4);
     let all: Vec<usize> = (0..4).collect();
-    let first = venv.reset(&all).unwrap();
+    let first = venv.reset(&all, &[]).unwrap();
     // Environment i is seeded seed + i: the same first state as a lone env seeded so.
     let mut lone = env(CUBE_SINGLE);
     let (obs1, _) = lone.reset(Some(101)).unwrap();
@@ -262,7 +262,7 @@ fn vector_env_steps_workers_in_parallel_and_restarts_a_killed_one() {
     assert_eq!(venv.restarts(), 1);
     assert_ne!(venv.workers_mut()[1].pid(), Some(pid));
     // After a reset the restarted environments step again.
-    venv.reset(&[2, 3]).unwrap();
+    venv.reset(&[2, 3], &[]).unwrap();
     let actions: Vec<f32> = (0..4).flat_map(|_| random_action(&mut rng, 5)).collect();
     assert!(venv.step(&all, &actions).unwrap().iter().all(|o| matches!(o, Outcome::Step(_))));
     venv.close().unwrap();

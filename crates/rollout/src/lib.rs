@@ -1,0 +1,283 @@
+//! Parallel rollouts for the mvp framework: pools of environments stepped together, with a
+//! chunk queue per environment and **one batched policy query** for all environments that
+//! need a new action chunk.
+//!
+//! - [`EnvPool`]: E environments behind one interface: [`VecEnv`] (W Python worker processes
+//!   × M environments, stepping in parallel) or [`LocalPool`] (native Rust environments).
+//!   Build one by name with [`make_pool`]. A failed environment reports [`Outcome::Lost`]: its
+//!   episode is over, it was restarted and needs a reset.
+//! - [`evaluate`]: the evaluation protocol (one query per chunk, executed open-loop, success
+//!   from `info.success` at the episode's end; episode `e` seeded `seed + e`) spread over the
+//!   pool's environments. An episode lost to a crashed worker is run again with its seed.
+//!
+//! Pure Rust, no tensors: the policy is a closure from a batch of observations to a batch of
+//! flattened chunks, so that this crate serves any actor on any device.
+
+use std::collections::VecDeque;
+
+use anyhow::{bail, Result};
+use mvp_envs::{Env, EnvSpec, Outcome, VecEnv, VecEnvConfig};
+use serde::{Deserialize, Serialize};
+
+/// A policy query: observations `[k, obs_dim]` (row-major) and `k` → chunks `[k, h·action_dim]`.
+pub type Policy<'a> = dyn FnMut(&[f32], usize) -> Result<Vec<f32>> + 'a;
+
+/// E environments of one kind, reset and stepped in batches.
+pub trait EnvPool: Send {
+    /// The environments' description.
+    fn spec(&self) -> &EnvSpec;
+    /// Number of environments E.
+    fn num_envs(&self) -> usize;
+    /// Resets `envs` (seeded with `seeds[k]`; `None` continues the environment's generator)
+    /// and returns their first observations in request order.
+    fn reset(&mut self, envs: &[usize], seeds: &[Option<u64>]) -> Result<Vec<Vec<f32>>>;
+    /// Steps `envs` with `actions` (`[envs.len(), action_dim]`); outcomes in request order.
+    fn step(&mut self, envs: &[usize], actions: &[f32]) -> Result<Vec<Outcome>>;
+    /// How many times an environment (worker) failed and was restarted.
+    fn restarts(&self) -> u64;
+    /// Releases the environments.
+    fn close(&mut self) -> Result<()>;
+}
+
+impl EnvPool for VecEnv {
+    fn spec(&self) -> &EnvSpec {
+        VecEnv::spec(self)
+    }
+    fn num_envs(&self) -> usize {
+        VecEnv::num_envs(self)
+    }
+    fn reset(&mut self, envs: &[usize], seeds: &[Option<u64>]) -> Result<Vec<Vec<f32>>> {
+        Ok(VecEnv::reset(self, envs, seeds)?.into_iter().map(|(obs, _)| obs).collect())
+    }
+    fn step(&mut self, envs: &[usize], actions: &[f32]) -> Result<Vec<Outcome>> {
+        VecEnv::step(self, envs, actions)
+    }
+    fn restarts(&self) -> u64 {
+        VecEnv::restarts(self)
+    }
+    fn close(&mut self) -> Result<()> {
+        VecEnv::close(self)
+    }
+}
+
+/// Environments of this process (native Rust ones, or any [`Env`]), stepped one after the
+/// other. A failed step asks the environment to [`recover`](Env::recover); if it does, the
+/// outcome is [`Outcome::Lost`].
+pub struct LocalPool {
+    envs: Vec<Box<dyn Env>>,
+    spec: EnvSpec,
+    restarts: u64,
+}
+
+impl LocalPool {
+    /// A pool over `envs` (at least one, all of the same spec).
+    pub fn new(envs: Vec<Box<dyn Env>>) -> Result<Self> {
+        let Some(first) = envs.first() else { bail!("a pool needs at least one environment") };
+        let spec = first.spec().clone();
+        if envs.iter().any(|e| e.spec() != &spec) {
+            bail!("every environment of a pool must have the same spec");
+        }
+        Ok(Self { envs, spec, restarts: 0 })
+    }
+}
+
+impl EnvPool for LocalPool {
+    fn spec(&self) -> &EnvSpec {
+        &self.spec
+    }
+    fn num_envs(&self) -> usize {
+        self.envs.len()
+    }
+    fn reset(&mut self, envs: &[usize], seeds: &[Option<u64>]) -> Result<Vec<Vec<f32>>> {
+        envs.iter()
+            .enumerate()
+            .map(|(k, &i)| Ok(self.envs[i].reset(seeds.get(k).copied().flatten())?.0))
+            .collect()
+    }
+    fn step(&mut self, envs: &[usize], actions: &[f32]) -> Result<Vec<Outcome>> {
+        let a = self.spec.action_dim;
+        let mut out = Vec::with_capacity(envs.len());
+        for (k, &i) in envs.iter().enumerate() {
+            match self.envs[i].step(&actions[k * a..(k + 1) * a]) {
+                Ok(step) => out.push(Outcome::Step(step)),
+                Err(err) => {
+                    if !self.envs[i].recover()? {
+                        return Err(err);
+                    }
+                    self.restarts += 1;
+                    out.push(Outcome::Lost(format!("{err:#}").lines().next().unwrap_or_default().to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+    fn restarts(&self) -> u64 {
+        self.restarts
+    }
+    fn close(&mut self) -> Result<()> {
+        self.envs.iter_mut().try_for_each(|e| e.close())
+    }
+}
+
+/// A pool of `num_envs` environments called `name`: native ones in this process, or Python
+/// workers (as many as `max_workers` processes, the environments spread evenly; the pool
+/// may round `num_envs` up to a multiple of the worker count). Environment `i` is seeded
+/// `seed + i` at its first unseeded reset.
+pub fn make_pool(name: &str, num_envs: usize, max_workers: usize, seed: u64) -> Result<Box<dyn EnvPool>> {
+    let num_envs = num_envs.max(1);
+    if mvp_envs::NATIVE_ENVS.contains(&name) {
+        let envs = (0..num_envs).map(|_| mvp_envs::make_native(name)).collect::<Result<Vec<_>>>()?;
+        return Ok(Box::new(LocalPool::new(envs)?));
+    }
+    let workers = max_workers.clamp(1, num_envs);
+    let per_worker = num_envs.div_ceil(workers);
+    Ok(Box::new(VecEnv::new(VecEnvConfig::new(name, workers, per_worker, seed))?))
+}
+
+/// What one finished episode gave.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeStats {
+    /// Undiscounted return.
+    pub ret: f64,
+    /// Steps.
+    pub length: usize,
+    /// `info.success` at the episode's last step.
+    pub success: bool,
+}
+
+/// One environment's running episode during [`evaluate`].
+struct Slot {
+    episode: usize,
+    obs: Vec<f32>,
+    /// Actions of the current chunk still to execute, flattened.
+    queue: VecDeque<f32>,
+    ret: f64,
+    length: usize,
+}
+
+/// Runs `episodes` evaluation episodes of `policy` (chunks of `h` actions executed open-loop)
+/// over the pool's environments; episode `e` is reset with seed `seed + e`. Returns the
+/// episodes in order of `e`. Every environment that needs a chunk is served by one policy
+/// call.
+pub fn evaluate(pool: &mut dyn EnvPool, h: usize, episodes: usize, seed: u64, policy: &mut Policy<'_>) -> Result<Vec<EpisodeStats>> {
+    let (o_dim, a_dim) = (pool.spec().obs_dim, pool.spec().action_dim);
+    let mut results: Vec<Option<EpisodeStats>> = vec![None; episodes];
+    let mut slots: Vec<Option<Slot>> = (0..pool.num_envs()).map(|_| None).collect();
+    let mut next = 0usize;
+    // Environments to (re)start, with the episode each one runs.
+    let mut starts: Vec<(usize, usize)> = Vec::new();
+    for i in 0..slots.len().min(episodes) {
+        starts.push((i, next));
+        next += 1;
+    }
+    loop {
+        if !starts.is_empty() {
+            let envs: Vec<usize> = starts.iter().map(|&(i, _)| i).collect();
+            let seeds: Vec<Option<u64>> = starts.iter().map(|&(_, e)| Some(seed + e as u64)).collect();
+            for ((i, episode), obs) in starts.drain(..).zip(pool.reset(&envs, &seeds)?) {
+                slots[i] = Some(Slot { episode, obs, queue: VecDeque::new(), ret: 0.0, length: 0 });
+            }
+        }
+        let active: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
+        if active.is_empty() {
+            break;
+        }
+        // One policy call for every environment whose chunk is used up.
+        let need: Vec<usize> = active.iter().copied().filter(|&i| slots[i].as_ref().is_some_and(|s| s.queue.is_empty())).collect();
+        if !need.is_empty() {
+            let obs: Vec<f32> = need.iter().flat_map(|&i| slots[i].as_ref().map(|s| s.obs.clone()).unwrap_or_default()).collect();
+            debug_assert_eq!(obs.len(), need.len() * o_dim);
+            let chunks = policy(&obs, need.len())?;
+            if chunks.len() != need.len() * h * a_dim {
+                bail!("policy returned {} values for {} chunks of {h}×{a_dim}", chunks.len(), need.len());
+            }
+            for (k, &i) in need.iter().enumerate() {
+                if let Some(s) = slots[i].as_mut() {
+                    s.queue.extend(&chunks[k * h * a_dim..(k + 1) * h * a_dim]);
+                }
+            }
+        }
+        let mut actions = Vec::with_capacity(active.len() * a_dim);
+        for &i in &active {
+            let s = slots[i].as_mut().expect("active");
+            actions.extend(s.queue.drain(..a_dim));
+        }
+        for (&i, outcome) in active.iter().zip(pool.step(&active, &actions)?) {
+            let s = slots[i].as_mut().expect("active");
+            match outcome {
+                Outcome::Step(step) => {
+                    s.ret += step.reward as f64;
+                    s.length += 1;
+                    if step.done() {
+                        results[s.episode] = Some(EpisodeStats { ret: s.ret, length: s.length, success: step.info.success });
+                        slots[i] = None;
+                        if next < episodes {
+                            starts.push((i, next));
+                            next += 1;
+                        }
+                    } else {
+                        s.obs = step.obs;
+                    }
+                }
+                Outcome::Lost(why) => {
+                    tracing::warn!("evaluation episode {} lost ({why}); running it again", s.episode);
+                    let episode = s.episode;
+                    slots[i] = None;
+                    starts.push((i, episode));
+                }
+            }
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every episode finished")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native_pool(n: usize) -> Box<dyn EnvPool> {
+        make_pool("branch-reach-v0", n, 1, 0).unwrap()
+    }
+
+    /// A policy that always pushes towards +x, +y, counting its calls and rows.
+    fn constant(h: usize, a: usize, calls: &mut Vec<usize>) -> impl FnMut(&[f32], usize) -> Result<Vec<f32>> + '_ {
+        move |_obs, k| {
+            calls.push(k);
+            Ok(vec![0.5; k * h * a])
+        }
+    }
+
+    #[test]
+    fn evaluation_is_the_same_on_one_or_many_environments() {
+        let h = 4;
+        let mut calls1 = Vec::new();
+        let mut pool = native_pool(1);
+        let a = pool.spec().action_dim;
+        let one = evaluate(pool.as_mut(), h, 5, 7, &mut constant(h, a, &mut calls1)).unwrap();
+        let mut calls3 = Vec::new();
+        let mut pool = native_pool(3);
+        let three = evaluate(pool.as_mut(), h, 5, 7, &mut constant(h, a, &mut calls3)).unwrap();
+        // A deterministic policy: episode e depends only on its seed, not on the pool.
+        assert_eq!(one, three);
+        assert_eq!(one.len(), 5);
+        // Batched queries: fewer calls, several rows each; the same total number of chunks.
+        assert!(calls3.len() < calls1.len(), "{} vs {}", calls3.len(), calls1.len());
+        assert!(calls3.iter().any(|&k| k > 1));
+        assert_eq!(calls1.iter().sum::<usize>(), calls3.iter().sum::<usize>());
+        // Each episode asks for ceil(length / h) chunks.
+        let chunks: usize = one.iter().map(|e| e.length.div_ceil(h)).sum();
+        assert_eq!(calls1.iter().sum::<usize>(), chunks);
+    }
+
+    #[test]
+    fn every_episode_finishes_and_a_wrongly_sized_policy_output_is_an_error() {
+        let mut pool = native_pool(2);
+        let a = pool.spec().action_dim;
+        let mut calls = Vec::new();
+        let eps = evaluate(pool.as_mut(), 5, 4, 0, &mut constant(5, a, &mut calls)).unwrap();
+        assert!(eps.iter().all(|e| e.length > 0 && e.ret.is_finite()));
+        let mut policy_bad = |_: &[f32], k: usize| Ok(vec![0.0; k]);
+        let err = evaluate(pool.as_mut(), 5, 1, 0, &mut policy_bad).unwrap_err().to_string();
+        assert!(err.contains("policy returned"), "{err}");
+    }
+}
