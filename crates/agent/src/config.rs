@@ -56,6 +56,13 @@ pub struct EnvConfig {
     pub sparse: bool,
     /// Seed offset of evaluation environments, so they never share seeds with training's.
     pub eval_seed_offset: u64,
+    /// Training environments E. 1 (the paper's setting) steps one environment in the training
+    /// loop and resumes exactly; E > 1 steps E environments together every E steps (one
+    /// batched policy call, episodes staged and stored whole; `schedule.utd` stays per
+    /// environment step). A resumed E > 1 run starts new episodes.
+    pub num_envs: usize,
+    /// Python worker processes hosting the training environments (at most `num_envs`).
+    pub workers: usize,
     /// Evaluation environments run at once (their chunks come from one batched policy call).
     pub eval_envs: usize,
     /// Python worker processes that host the evaluation environments (at most `eval_envs`).
@@ -64,7 +71,7 @@ pub struct EnvConfig {
 
 impl Default for EnvConfig {
     fn default() -> Self {
-        Self { name: "branch-reach-v0".into(), sparse: false, eval_seed_offset: 1_000_000, eval_envs: 1, eval_workers: 1 }
+        Self { name: "branch-reach-v0".into(), sparse: false, eval_seed_offset: 1_000_000, num_envs: 1, workers: 1, eval_envs: 1, eval_workers: 1 }
     }
 }
 
@@ -222,6 +229,8 @@ impl TrainConfig {
         check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;
         check(s.buffer_capacity >= a.batch_size + a.horizon, "schedule.buffer_capacity", "≥ batch_size + horizon")?;
         check(self.runtime.threads >= 1, "runtime.threads", "an integer ≥ 1")?;
+        check(self.env.num_envs >= 1, "env.num_envs", "an integer ≥ 1")?;
+        check(self.env.workers >= 1, "env.workers", "an integer ≥ 1")?;
         check(self.env.eval_envs >= 1, "env.eval_envs", "an integer ≥ 1")?;
         check(self.env.eval_workers >= 1, "env.eval_workers", "an integer ≥ 1")?;
         Ok(())

@@ -16,6 +16,7 @@ use mvp_envs::Env;
 use mvp_logging::Logger;
 use mvp_nn::checkpoint;
 use mvp_replay::{ChunkBatch, Dataset, ReplayBuffer};
+use mvp_rollout::Collector;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -81,9 +82,8 @@ pub fn step_seed(seed: u64, i: u64) -> u64 {
 }
 
 /// Loads the offline dataset the config names, or generates one with the native demonstrator.
-pub fn load_dataset(config: &TrainConfig, env: &dyn Env) -> Result<Option<Dataset>> {
+pub fn load_dataset(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Option<Dataset>> {
     let d = &config.data;
-    let spec = env.spec();
     let data = if !d.path.as_os_str().is_empty() {
         bail!(
             "dataset files are read by the OGBench/robomimic readers, which are not built yet (issues #5, #6); \
@@ -129,6 +129,13 @@ pub fn check_dataset(data: &Dataset, spec: &mvp_envs::EnvSpec) -> Result<()> {
     Ok(())
 }
 
+/// Where online data comes from: one environment stepped in this loop (exact resume), or E
+/// environments of a [`Collector`] (`env.num_envs > 1`).
+enum Online {
+    Single(Box<dyn Env>),
+    Vector(Collector),
+}
+
 /// A training run: the agent, its data, its environment and its outputs.
 pub struct Trainer {
     config: TrainConfig,
@@ -136,7 +143,9 @@ pub struct Trainer {
     agent: Agent,
     buffer: ReplayBuffer,
     has_dataset: bool,
-    env: Box<dyn Env>,
+    /// The training environment(s).
+    online: Online,
+    spec: mvp_envs::EnvSpec,
     eval_pool: Box<dyn mvp_rollout::EnvPool>,
     logger: Logger,
     progress: Progress,
@@ -148,7 +157,7 @@ impl Trainer {
     /// Starts a new run in a fresh run directory.
     pub fn new(config: TrainConfig) -> Result<Self> {
         let device = config.runtime.apply()?;
-        let env = mvp_envs::make(&config.env.name)?;
+        let online = make_online(&config, 0)?;
         let name = if config.run.name.is_empty() {
             let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let actor: String = config
@@ -169,7 +178,7 @@ impl Trainer {
         }
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         write_run_files(&run_dir, &config)?;
-        let mut t = Self::assemble(config, run_dir, env, device)?;
+        let mut t = Self::assemble(config, run_dir, online, device)?;
         t.start_episode()?;
         Ok(t)
     }
@@ -179,9 +188,11 @@ impl Trainer {
         let config = TrainConfig::load(Some(&run_dir.join(CONFIG_FILE)), overrides)
             .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
         let device = config.runtime.apply()?;
-        let env = mvp_envs::make(&config.env.name)?;
-        let mut t = Self::assemble(config, run_dir.to_path_buf(), env, device)?;
         let loaded: checkpoint::Loaded<Progress> = checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
+        // A vector collector restarts its episodes (with fresh seeds): the transitions it had
+        // staged in unfinished episodes are not in the checkpoint.
+        let online = make_online(&config, loaded.meta.episodes)?;
+        let mut t = Self::assemble(config, run_dir.to_path_buf(), online, device)?;
         t.agent.load_state(&loaded.tensors, loaded.meta.optimizer_steps)?;
         let buffer_path = loaded.dir.join(BUFFER_FILE);
         if buffer_path.exists() {
@@ -190,9 +201,9 @@ impl Trainer {
             tracing::warn!("checkpoint has no replay buffer; online data before it is lost");
         }
         t.progress = loaded.meta;
-        if t.progress.step > t.config.schedule.offline_steps {
-            match &t.progress.env_state {
-                Some(state) => t.env.restore(state)?,
+        if t.progress.step > t.config.schedule.offline_steps && matches!(t.online, Online::Single(_)) {
+            match t.progress.env_state.clone() {
+                Some(state) => t.single().restore(&state)?,
                 None => {
                     // The environment cannot resume mid-episode: the stored part of the
                     // episode ends as a truncation, and a new episode starts.
@@ -211,14 +222,17 @@ impl Trainer {
         Ok(t)
     }
 
-    fn assemble(config: TrainConfig, run_dir: PathBuf, env: Box<dyn Env>, device: Device) -> Result<Self> {
+    fn assemble(config: TrainConfig, run_dir: PathBuf, online: Online, device: Device) -> Result<Self> {
         let e = &config.env;
         let eval_pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset)?;
-        let spec = env.spec().clone();
+        let spec = match &online {
+            Online::Single(env) => env.spec().clone(),
+            Online::Vector(c) => c.pool().spec().clone(),
+        };
         tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
         let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device);
         let mut buffer = ReplayBuffer::new(config.schedule.buffer_capacity, spec.obs_dim, spec.action_dim)?;
-        let dataset = load_dataset(&config, env.as_ref())?;
+        let dataset = load_dataset(&config, &spec)?;
         let has_dataset = dataset.is_some();
         if let Some(d) = &dataset {
             buffer.extend_from_dataset(d)?;
@@ -229,7 +243,7 @@ impl Trainer {
         let logger = Logger::for_run_dir(&run_dir)?;
         let a = &config.agent;
         let batch = ChunkBatch::new(a.batch_size, a.horizon, spec.obs_dim, spec.action_dim);
-        Ok(Self { config, run_dir, agent, buffer, has_dataset, env, eval_pool, logger, progress: Progress::default(), batch, device })
+        Ok(Self { config, run_dir, agent, buffer, has_dataset, online, spec, eval_pool, logger, progress: Progress::default(), batch, device })
     }
 
     /// The run directory.
@@ -279,7 +293,12 @@ impl Trainer {
                 metrics = self.update(&mut rng)?;
             } else {
                 let online = i - s.offline_steps;
-                let episode = self.env_step(online, &mut rng)?;
+                let episode = match &self.online {
+                    Online::Single(_) => self.env_step(online, &mut rng)?,
+                    // E environments step together every E steps of the axis.
+                    Online::Vector(c) if online.is_multiple_of(c.num_envs() as u64) => self.collect(online, &mut rng)?,
+                    Online::Vector(_) => Vec::new(),
+                };
                 if online >= s.warmup_steps {
                     for _ in 0..s.utd {
                         metrics = self.update(&mut rng)?;
@@ -334,7 +353,7 @@ impl Trainer {
 
     /// One online environment step; returns episode metrics when an episode ended.
     fn env_step(&mut self, online_step: u64, rng: &mut StdRng) -> Result<Vec<(&'static str, f64)>> {
-        let a_dim = self.env.spec().action_dim;
+        let a_dim = self.spec.action_dim;
         if self.progress.next_action * a_dim >= self.progress.chunk.len() {
             self.progress.chunk = if !self.has_dataset && online_step < self.config.schedule.warmup_steps {
                 let n = self.config.agent.horizon * a_dim;
@@ -348,7 +367,8 @@ impl Trainer {
         let at = self.progress.next_action * a_dim;
         self.progress.next_action += 1;
         let action = &self.progress.chunk[at..at + a_dim];
-        let step = match self.env.step(action) {
+        let Online::Single(env) = &mut self.online else { unreachable!("env_step needs a single environment") };
+        let step = match env.step(action) {
             Ok(step) => step,
             Err(err) => return self.lose_episode(err),
         };
@@ -376,13 +396,16 @@ impl Trainer {
     /// Resets the training environment for episode `progress.episodes` (seed `seed +
     /// episodes`), restarting a failed worker once if needed.
     fn start_episode(&mut self) -> Result<()> {
+        if matches!(self.online, Online::Vector(_)) {
+            return Ok(()); // the collector starts its own episodes
+        }
         let seed = self.config.run.seed + self.progress.episodes;
-        let (obs, _) = match self.env.reset(Some(seed)) {
+        let (obs, _) = match self.single().reset(Some(seed)) {
             Ok(r) => r,
-            Err(err) if self.env.recover()? => {
+            Err(err) if self.single().recover()? => {
                 tracing::warn!("environment reset failed ({err:#}); retrying after a restart");
                 self.progress.env_restarts += 1;
-                self.env.reset(Some(seed))?
+                self.single().reset(Some(seed))?
             }
             Err(err) => return Err(err),
         };
@@ -396,7 +419,7 @@ impl Trainer {
     /// environment that cannot recover, stop the run with the error.
     fn lose_episode(&mut self, err: anyhow::Error) -> Result<Vec<(&'static str, f64)>> {
         self.progress.env_failures_in_row += 1;
-        if self.progress.env_failures_in_row >= 3 || !self.env.recover()? {
+        if self.progress.env_failures_in_row >= 3 || !self.single().recover()? {
             return Err(err.context(format!(
                 "environment step failed at online episode {} ({} failures in a row)",
                 self.progress.episodes, self.progress.env_failures_in_row
@@ -417,6 +440,50 @@ impl Trainer {
         self.progress.chunk.clear();
         self.start_episode()?;
         Ok(vec![("env/restarts", self.progress.env_restarts as f64)])
+    }
+
+    /// The single training environment (`env.num_envs = 1`).
+    fn single(&mut self) -> &mut dyn Env {
+        match &mut self.online {
+            Online::Single(env) => env.as_mut(),
+            Online::Vector(_) => unreachable!("single-environment path used with env.num_envs > 1"),
+        }
+    }
+
+    /// One step of the E environments of the collector (`env.num_envs > 1`): released
+    /// episodes go into the buffer whole; returns episode metrics (means over the episodes
+    /// that ended).
+    fn collect(&mut self, online_step: u64, rng: &mut StdRng) -> Result<Vec<(&'static str, f64)>> {
+        let Online::Vector(collector) = &mut self.online else { unreachable!("collect needs a collector") };
+        let random = !self.has_dataset && online_step < self.config.schedule.warmup_steps;
+        let (agent, device) = (&self.agent, self.device);
+        let width = self.config.agent.horizon * self.spec.action_dim;
+        let mut policy = |obs: &[f32], k: usize| -> Result<Vec<f32>> {
+            if random {
+                return Ok((0..k * width).map(|_| rng.random_range(-1.0f32..=1.0)).collect());
+            }
+            let o = Tensor::from_slice(obs).view([k as i64, -1]).to_device(device).to_kind(Kind::Float);
+            Ok(Vec::<f32>::try_from(agent.act(&o).view([-1]).to_device(Device::Cpu))?)
+        };
+        let got = collector.step(&mut policy)?;
+        let sparse = self.config.env.sparse;
+        for t in &got.ready {
+            let reward = if sparse && t.reward != 0.0 { -1.0 } else { t.reward };
+            self.buffer.push(&t.obs, &t.action, reward, &t.next_obs, t.terminal, t.mask)?;
+        }
+        let mut out = Vec::new();
+        if got.lost > 0 {
+            self.progress.env_restarts += got.lost as u64;
+            out.push(("env/restarts", self.progress.env_restarts as f64));
+        }
+        if !got.finished.is_empty() {
+            let n = got.finished.len() as f64;
+            out.push(("train/episode_return", got.finished.iter().map(|e| e.ret).sum::<f64>() / n));
+            out.push(("train/episode_length", got.finished.iter().map(|e| e.length as f64).sum::<f64>() / n));
+            out.push(("train/episode_success", got.finished.iter().filter(|e| e.success).count() as f64 / n));
+            self.progress.episodes += got.finished.len() as u64;
+        }
+        Ok(out)
     }
 
     /// Runs the evaluation protocol on the evaluation environment.
@@ -448,7 +515,10 @@ impl Trainer {
             );
         }
         self.progress.optimizer_steps = steps;
-        self.progress.env_state = self.env.snapshot();
+        self.progress.env_state = match &self.online {
+            Online::Single(env) => env.snapshot(),
+            Online::Vector(_) => None,
+        };
         let root = self.run_dir.join(CHECKPOINTS);
         let name = format!("step_{:010}", self.progress.step);
         let buffer = self.config.schedule.save_buffer.then_some(&self.buffer);
@@ -459,6 +529,19 @@ impl Trainer {
         checkpoint::prune(&root, self.config.schedule.keep_checkpoints)?;
         Ok(())
     }
+}
+
+/// The training environment(s) of `config`: one (the exact-resume path), or a collector over
+/// `env.num_envs` environments in up to `env.workers` processes, seeded from `run.seed +
+/// episodes_before`.
+fn make_online(config: &TrainConfig, episodes_before: u64) -> Result<Online> {
+    let e = &config.env;
+    if e.num_envs <= 1 {
+        return Ok(Online::Single(mvp_envs::make(&e.name)?));
+    }
+    let seed = config.run.seed + episodes_before;
+    let pool = mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed)?;
+    Ok(Online::Vector(Collector::new(pool, config.agent.horizon, seed)?))
 }
 
 fn write_run_files(run_dir: &Path, config: &TrainConfig) -> Result<()> {

@@ -216,9 +216,15 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
     let log = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
     assert!(log.contains("env/restarts"), "the restart is logged");
 
-    // Every stored transition that does not end an episode is followed by the next step of
-    // the same episode: its next observation is the following observation.
-    let buffer = trainer.buffer();
+    // 3000 steps of 200-step episodes, plus the one cut by the kill.
+    let ends = assert_no_transition_joins_two_episodes(trainer.buffer());
+    assert!(ends >= 15, "{ends} episode ends");
+}
+
+/// Every stored transition that does not end an episode is followed by the next step of the
+/// same episode (its next observation is the following observation). Returns the number of
+/// episode ends.
+fn assert_no_transition_joins_two_episodes(buffer: &mvp_replay::ReplayBuffer) -> usize {
     let n = buffer.num_starts(1);
     let mut one = mvp_replay::ChunkBatch::new(n, 1, buffer.obs_dim(), buffer.act_dim());
     buffer.chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut one).unwrap();
@@ -231,6 +237,22 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
         }
         assert_eq!(&one.next_observations[k * d..(k + 1) * d], &one.observations[(k + 1) * d..(k + 2) * d], "transition {k} joins two episodes");
     }
-    // 3000 steps of 200-step episodes, plus the one cut by the kill.
-    assert!(ends >= 15, "{ends} episode ends");
+    ends
+}
+
+#[test]
+fn several_training_environments_store_whole_episodes_and_train() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(dir.path(), "vector", &["env.num_envs=4", "schedule.online_steps=400", "env.eval_envs=3"]);
+    let mut trainer = Trainer::new(cfg).unwrap();
+    let dataset_len = trainer.buffer().len();
+    let s = trainer.run().unwrap();
+    assert_eq!(s.steps, 440);
+    // 400 environment steps: 100 collector steps of 4 environments; finished episodes only.
+    let online = trainer.buffer().len() - dataset_len;
+    assert!(online > 0 && online <= 400, "{online} online transitions");
+    assert_no_transition_joins_two_episodes(trainer.buffer());
+    let log = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
+    assert!(log.contains("train/episode_return") && log.contains("eval/success"));
 }

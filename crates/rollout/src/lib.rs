@@ -6,6 +6,8 @@
 //!   × M environments, stepping in parallel) or [`LocalPool`] (native Rust environments).
 //!   Build one by name with [`make_pool`]. A failed environment reports [`Outcome::Lost`]: its
 //!   episode is over, it was restarted and needs a reset.
+//! - [`Collector`]: online data collection over a pool; each environment's episode is staged
+//!   and released whole, so that a replay buffer never interleaves two episodes.
 //! - [`evaluate`]: the evaluation protocol (one query per chunk, executed open-loop, success
 //!   from `info.success` at the episode's end; episode `e` seeded `seed + e`) spread over the
 //!   pool's environments. An episode lost to a crashed worker is run again with its seed.
@@ -231,6 +233,156 @@ pub fn evaluate(pool: &mut dyn EnvPool, h: usize, episodes: usize, seed: u64, po
     Ok(results.into_iter().map(|r| r.expect("every episode finished")).collect())
 }
 
+/// One stored transition of a [`Collector`]: (s, a, r, s'), whether the episode ends here
+/// (success or time limit, or a lost episode's last stored step) and the bootstrap mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// Environment that produced it.
+    pub env: usize,
+    /// s_t.
+    pub obs: Vec<f32>,
+    /// a_t.
+    pub action: Vec<f32>,
+    /// r_t as the environment gave it.
+    pub reward: f32,
+    /// s_{t+1}.
+    pub next_obs: Vec<f32>,
+    /// The episode ends with this transition.
+    pub terminal: bool,
+    /// Bootstrap mask: 0 only when s_{t+1} is a true terminal state.
+    pub mask: f32,
+}
+
+/// What one [`Collector::step`] produced.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Transitions ready for a replay buffer: whole episodes, each contiguous and closed by
+    /// a `terminal` transition (an episode is released when it ends).
+    pub ready: Vec<Transition>,
+    /// Episodes that ended in this step.
+    pub finished: Vec<EpisodeStats>,
+    /// Episodes lost to a failed environment in this step (their stored part ends as a
+    /// truncation).
+    pub lost: usize,
+}
+
+/// One environment's running episode in a [`Collector`].
+struct Lane {
+    obs: Vec<f32>,
+    queue: VecDeque<f32>,
+    ret: f64,
+    length: usize,
+    staged: Vec<Transition>,
+}
+
+/// Online data collection over the E environments of a pool: each environment executes its
+/// chunk open-loop; environments whose chunk is used up are served by one policy call; each
+/// environment's transitions are staged until its episode ends and then released together,
+/// so that episodes from different environments never interleave in a replay buffer.
+/// Environment `i` starts with seed `seed + i`; later episodes continue its generator.
+pub struct Collector {
+    pool: Box<dyn EnvPool>,
+    h: usize,
+    lanes: Vec<Lane>,
+}
+
+impl Collector {
+    /// Resets every environment of `pool` (environment `i` with seed `seed + i`).
+    pub fn new(mut pool: Box<dyn EnvPool>, h: usize, seed: u64) -> Result<Self> {
+        let n = pool.num_envs();
+        let envs: Vec<usize> = (0..n).collect();
+        let seeds: Vec<Option<u64>> = (0..n).map(|i| Some(seed + i as u64)).collect();
+        let lanes = pool
+            .reset(&envs, &seeds)?
+            .into_iter()
+            .map(|obs| Lane { obs, queue: VecDeque::new(), ret: 0.0, length: 0, staged: Vec::new() })
+            .collect();
+        Ok(Self { pool, h, lanes })
+    }
+
+    /// Number of environments E (transitions per [`step`](Self::step)).
+    pub fn num_envs(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The pool (restarts, spec).
+    pub fn pool(&self) -> &dyn EnvPool {
+        self.pool.as_ref()
+    }
+
+    /// Transitions staged in running episodes (not yet released).
+    pub fn staged(&self) -> usize {
+        self.lanes.iter().map(|l| l.staged.len()).sum()
+    }
+
+    /// Steps every environment once.
+    pub fn step(&mut self, policy: &mut Policy<'_>) -> Result<Collected> {
+        let (o_dim, a_dim) = (self.pool.spec().obs_dim, self.pool.spec().action_dim);
+        let n = self.lanes.len();
+        let need: Vec<usize> = (0..n).filter(|&i| self.lanes[i].queue.is_empty()).collect();
+        if !need.is_empty() {
+            let obs: Vec<f32> = need.iter().flat_map(|&i| self.lanes[i].obs.iter().copied()).collect();
+            debug_assert_eq!(obs.len(), need.len() * o_dim);
+            let chunks = policy(&obs, need.len())?;
+            let w = self.h * a_dim;
+            if chunks.len() != need.len() * w {
+                bail!("policy returned {} values for {} chunks of {}×{a_dim}", chunks.len(), need.len(), self.h);
+            }
+            for (k, &i) in need.iter().enumerate() {
+                self.lanes[i].queue.extend(&chunks[k * w..(k + 1) * w]);
+            }
+        }
+        let envs: Vec<usize> = (0..n).collect();
+        let actions: Vec<f32> = self.lanes.iter_mut().flat_map(|l| l.queue.drain(..a_dim).collect::<Vec<_>>()).collect();
+        let mut out = Collected::default();
+        let mut restart = Vec::new();
+        for (i, outcome) in self.pool.step(&envs, &actions)?.into_iter().enumerate() {
+            let lane = &mut self.lanes[i];
+            match outcome {
+                Outcome::Step(step) => {
+                    let done = step.done();
+                    lane.ret += step.reward as f64;
+                    lane.length += 1;
+                    lane.staged.push(Transition {
+                        env: i,
+                        obs: std::mem::take(&mut lane.obs),
+                        action: actions[i * a_dim..(i + 1) * a_dim].to_vec(),
+                        reward: step.reward,
+                        next_obs: step.obs.clone(),
+                        terminal: done,
+                        mask: step.mask(),
+                    });
+                    if done {
+                        out.finished.push(EpisodeStats { ret: lane.ret, length: lane.length, success: step.info.success });
+                        out.ready.append(&mut lane.staged);
+                        restart.push(i);
+                    } else {
+                        lane.obs = step.obs;
+                    }
+                }
+                Outcome::Lost(why) => {
+                    tracing::warn!("training episode of environment {i} lost ({why}); its stored part ends as a truncation");
+                    if let Some(last) = lane.staged.last_mut() {
+                        last.terminal = true;
+                    }
+                    out.ready.append(&mut lane.staged);
+                    out.lost += 1;
+                    restart.push(i);
+                }
+            }
+        }
+        if !restart.is_empty() {
+            let seeds = vec![None; restart.len()];
+            for (&i, obs) in restart.iter().zip(self.pool.reset(&restart, &seeds)?) {
+                let lane = &mut self.lanes[i];
+                (lane.obs, lane.ret, lane.length) = (obs, 0.0, 0);
+                lane.queue.clear();
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +431,36 @@ mod tests {
         let mut policy_bad = |_: &[f32], k: usize| Ok(vec![0.0; k]);
         let err = evaluate(pool.as_mut(), 5, 1, 0, &mut policy_bad).unwrap_err().to_string();
         assert!(err.contains("policy returned"), "{err}");
+    }
+
+    #[test]
+    fn collector_releases_whole_contiguous_episodes() {
+        let h = 3;
+        let pool = native_pool(3);
+        let a = pool.spec().action_dim;
+        let mut c = Collector::new(pool, h, 11).unwrap();
+        let mut calls = Vec::new();
+        let mut policy = constant(h, a, &mut calls);
+        let mut released = Vec::new();
+        let mut finished = 0;
+        for _ in 0..400 {
+            let got = c.step(&mut policy).unwrap();
+            finished += got.finished.len();
+            released.extend(got.ready);
+        }
+        assert!(finished >= 3, "{finished} episodes");
+        assert_eq!(released.iter().filter(|t| t.terminal).count(), finished);
+        // Inside the released stream, every non-terminal transition is followed by the next
+        // step of the same environment's episode.
+        for w in released.windows(2) {
+            if !w[0].terminal {
+                assert_eq!(w[0].env, w[1].env);
+                assert_eq!(w[0].next_obs, w[1].obs);
+            }
+        }
+        assert!(released.last().unwrap().terminal);
+        assert_eq!(released.len() + c.staged(), 400 * 3);
+        drop(policy);
+        assert!(calls.iter().any(|&k| k > 1), "batched queries");
     }
 }
