@@ -79,3 +79,35 @@ fn speed_benchmarks_compare_every_method_in_one_run() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("iterations / s"), "{text}");
 }
+
+#[test]
+fn report_tabulates_groups_of_runs_and_plots_their_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    // Two seeds of one method, one of another; tiny native runs with two evaluations.
+    for (name, n) in [("mvp__seed0", "32"), ("mvp__seed1", "32"), ("mvp-N1__seed0", "1")] {
+        let out = mvp(&[
+            "--log", "warn", "train", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/native-quick.toml"),
+            "--set", &format!("run.out_dir=\"{}\"", runs.display()), "--set", &format!("run.name=\"{name}\""),
+            "--set", &format!("agent.num_samples={n}"), "--set", "agent.batch_size=16", "--set", "data.demo_episodes=10",
+            "--set", "schedule.offline_steps=20", "--set", "schedule.online_steps=20", "--set", "schedule.warmup_steps=5",
+            "--set", "schedule.eval_interval=20", "--set", "schedule.eval_episodes=2",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = mvp(&["report", "--runs", runs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = std::fs::read_to_string(runs.join("summary.md")).unwrap();
+    assert!(summary.contains("| mvp | 2 |") && summary.contains("| mvp-N1 | 1 |"), "{summary}");
+    let results = std::fs::read_to_string(runs.join("results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 4, "{results}");
+    let curves = std::fs::read_to_string(runs.join("curves.csv")).unwrap();
+    // Evaluations at steps 20 and 40 for both groups.
+    assert!(curves.contains("mvp,20,") && curves.contains("mvp,40,") && curves.contains("mvp-N1,40,"), "{curves}");
+    let png = std::fs::read(runs.join("learning_curves.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    // A folder without runs is a one-line error.
+    let out = mvp(&["report", "--runs", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no run under"));
+}

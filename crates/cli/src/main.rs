@@ -3,6 +3,7 @@
 mod bench;
 mod bench_env;
 mod expressiveness;
+mod report;
 mod speed;
 
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A results table and learning curves (PNG) from a folder of runs.
+    Report(report::ReportArgs),
     /// Print the libtorch build, devices and thread settings.
     Info,
 }
@@ -134,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(DataCommand::Robomimic { .. }) => not_implemented("data robomimic", 6),
         Command::Export { .. } => not_implemented("export", 7),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Report(args) => report::run(args),
         Command::Info => {
             println!("mvp {}", env!("CARGO_PKG_VERSION"));
             println!("libtorch threads: {}", tch::get_num_threads());
