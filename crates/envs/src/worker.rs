@@ -278,6 +278,61 @@ pub fn project_root() -> PathBuf {
     cwd
 }
 
+/// A command that runs `python -m <module>` from the project's venv, as the env workers are
+/// started: interpreter `$MVP_PYTHON`, else `<root>/.venv/bin/python` (root: [`project_root`]),
+/// `envs/` on `PYTHONPATH`, the project root as working directory, and one numerical thread
+/// (`OMP_NUM_THREADS` etc. = 1 unless already set). Use it for the Python tools, e.g.
+/// `python_module_command("mvp_envs.data_ogbench")?.args([...])`.
+///
+/// Errors: [`WorkerError::VenvMissing`] (says to run `make setup`) or
+/// [`WorkerError::PackageMissing`].
+pub fn python_module_command(module: &str) -> anyhow::Result<Command> {
+    python_module_command_in(module, None, None)
+}
+
+/// [`python_module_command`] with an explicit root and interpreter (`None`: the defaults).
+pub(crate) fn python_module_command_in(
+    module: &str,
+    root: Option<&Path>,
+    python: Option<&Path>,
+) -> anyhow::Result<Command> {
+    let root = root.map(Path::to_path_buf).unwrap_or_else(project_root);
+    let python = match (python, std::env::var_os("MVP_PYTHON")) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => root.join(".venv/bin/python"),
+    };
+    if !python.exists() {
+        let venv = python
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(&python)
+            .to_path_buf();
+        return Err(WorkerError::VenvMissing(venv).into());
+    }
+    let envs_dir = root.join("envs");
+    if !envs_dir.join("mvp_envs/worker.py").is_file() {
+        return Err(WorkerError::PackageMissing(envs_dir.join("mvp_envs")).into());
+    }
+    let mut pythonpath = envs_dir.into_os_string();
+    if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        pythonpath.push(":");
+        pythonpath.push(old);
+    }
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", module])
+        .current_dir(&root)
+        .env("PYTHONPATH", pythonpath);
+    // One numerical thread per process unless the caller chose otherwise: workers are
+    // many and cores are few (DESIGN.md §3.1 on OpenMP stalls).
+    for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, "1");
+        }
+    }
+    Ok(cmd)
+}
+
 /// Keeps the last lines of the worker's stderr (and optionally copies them to ours).
 type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
@@ -293,43 +348,15 @@ struct Proc {
 
 impl Proc {
     fn spawn(config: &WorkerConfig) -> anyhow::Result<Proc> {
-        let root = config.root.clone().unwrap_or_else(project_root);
-        let python = match (&config.python, std::env::var_os("MVP_PYTHON")) {
-            (Some(p), _) => p.clone(),
-            (None, Some(p)) => PathBuf::from(p),
-            (None, None) => root.join(".venv/bin/python"),
-        };
-        if !python.exists() {
-            let venv = python
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(&python)
-                .to_path_buf();
-            return Err(WorkerError::VenvMissing(venv).into());
-        }
-        let envs_dir = root.join("envs");
-        if !envs_dir.join("mvp_envs/worker.py").is_file() {
-            return Err(WorkerError::PackageMissing(envs_dir.join("mvp_envs")).into());
-        }
-        let mut pythonpath = envs_dir.into_os_string();
-        if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
-            pythonpath.push(":");
-            pythonpath.push(old);
-        }
-        let mut cmd = Command::new(&python);
-        cmd.args(["-m", "mvp_envs.worker"])
-            .current_dir(&root)
-            .env("PYTHONPATH", pythonpath)
-            .stdin(Stdio::piped())
+        let mut cmd = python_module_command_in(
+            "mvp_envs.worker",
+            config.root.as_deref(),
+            config.python.as_deref(),
+        )?;
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // One numerical thread per worker unless the caller chose otherwise: workers are
-        // many and cores are few (DESIGN.md §3.1 on OpenMP stalls).
-        for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
-            if std::env::var_os(var).is_none() {
-                cmd.env(var, "1");
-            }
-        }
+        let python = PathBuf::from(cmd.get_program());
         let mut child = cmd.spawn().map_err(|e| WorkerError::Spawn {
             python: python.clone(),
             reason: e.to_string(),
