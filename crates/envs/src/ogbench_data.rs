@@ -424,7 +424,7 @@ impl OgbenchNpz {
         timing: RewardTiming,
     ) -> Result<Dataset, OgbenchDataError> {
         self.check_task(task)?;
-        if self.rows == 0 || !self.terminals[self.rows - 1] {
+        if self.rows > 0 && !self.terminals[self.rows - 1] {
             return Err(bad(&self.path, "the last row does not end an episode (`terminals` is 0 there); the file is truncated".into()));
         }
         let (o, a, q, b) = (self.obs_dim, self.act_dim, self.nq, self.num_buttons);

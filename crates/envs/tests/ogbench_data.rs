@@ -320,3 +320,22 @@ fn generator_rejects_bad_arguments_in_one_line() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+/// Reading speed of a large file: `MVP_OGBENCH_FILE=path/cube-double-play-v0.npz cargo test
+/// --release -p mvp-envs --test ogbench_data -- --ignored --nocapture load_speed`.
+#[test]
+#[ignore]
+fn load_speed() {
+    let path = PathBuf::from(std::env::var("MVP_OGBENCH_FILE").expect("set MVP_OGBENCH_FILE"));
+    let env_id = std::env::var("MVP_OGBENCH_ENV").unwrap_or("cube-double-play-singletask-task2-v0".into());
+    let task = OgbenchTask::query(&env_id).unwrap();
+    let start = std::time::Instant::now();
+    let d = load_ogbench_dataset(&path, &task, RewardTiming::Next).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}: {} transitions in {secs:.2} s ({:.0} transitions/s)",
+        path.display(),
+        d.len(),
+        d.len() as f64 / secs
+    );
+}
