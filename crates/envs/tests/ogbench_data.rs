@@ -327,7 +327,8 @@ fn generator_rejects_bad_arguments_in_one_line() {
 #[ignore]
 fn load_speed() {
     let path = PathBuf::from(std::env::var("MVP_OGBENCH_FILE").expect("set MVP_OGBENCH_FILE"));
-    let env_id = std::env::var("MVP_OGBENCH_ENV").unwrap_or("cube-double-play-singletask-task2-v0".into());
+    let env_id =
+        std::env::var("MVP_OGBENCH_ENV").unwrap_or("cube-double-play-singletask-task2-v0".into());
     let task = OgbenchTask::query(&env_id).unwrap();
     let start = std::time::Instant::now();
     let d = load_ogbench_dataset(&path, &task, RewardTiming::Next).unwrap();
