@@ -6,6 +6,15 @@ Accepted ids:
   env_only=True)`, which drops the dataset word).
 - Any id in Gymnasium's registry once `ogbench` and `mvp_envs.testing` are imported:
   `cube-double-singletask-task2-v0`, `HalfCheetah-v5`, `mvp_envs/Faulty-v0`, ...
+
+Reward timing. OGBench registers its singletask environments with `success_timing='pre'`:
+`step(a_t)` returns s_{t+1} but the reward, `terminated` and `info['success']` of s_t, the
+state *before* the action (so an episode ends one step after the goal is reached). Our
+convention is the usual one: the transition (s_t, a_t, r_t, s_{t+1}) carries the reward and
+success of s_{t+1}, and `terminated` is set when s_{t+1} is a success. `make_env` therefore
+builds OGBench singletask environments with `success_timing='post'` (unless `env_kwargs`
+says otherwise), and the Rust dataset reader relabels datasets from the next state's qpos to
+match (crates/envs/src/ogbench_data.rs, `RewardTiming::Next`).
 """
 
 import gymnasium
@@ -28,9 +37,19 @@ def _ogbench_base_id(env_id):
     return "-".join(splits[: pos - 1] + splits[pos:])
 
 
+def _is_ogbench_singletask(gym_id):
+    """Whether `gym_id` is registered by OGBench with a `success_timing` argument."""
+    spec = gymnasium.registry.get(gym_id)
+    if spec is None or not isinstance(spec.entry_point, str):
+        return False
+    return spec.entry_point.startswith("ogbench.") and "success_timing" in (spec.kwargs or {})
+
+
 def make_env(env_id, max_episode_steps=None, env_kwargs=None):
     """Returns a Gymnasium env for `env_id` with a time limit, or raises UserError.
 
+    OGBench singletask environments get `success_timing='post'` (module doc) unless
+    `env_kwargs` sets `success_timing`.
     `max_episode_steps` overrides the registered time limit; an environment without one must
     be given it. `env_kwargs` go to the environment's constructor.
     """
@@ -38,6 +57,9 @@ def make_env(env_id, max_episode_steps=None, env_kwargs=None):
     if max_episode_steps:
         kwargs["max_episode_steps"] = int(max_episode_steps)
     base = _ogbench_base_id(env_id)
+    gym_id = env_id if env_id in gymnasium.registry else base
+    if gym_id is not None and _is_ogbench_singletask(gym_id):
+        kwargs.setdefault("success_timing", "post")  # reward of s_{t+1}: see the module doc
     if env_id in gymnasium.registry:
         env = gymnasium.make(env_id, **kwargs)
     elif base is not None and base in gymnasium.registry:

@@ -74,12 +74,11 @@ fn bridge(args: &EnvArgs, w: usize) -> Result<f64> {
 /// Runs `w` plain Python loops at once, each stepping one environment for
 /// `steps × envs_per_worker` steps; returns their summed steps/s.
 fn plain(args: &EnvArgs, w: usize) -> Result<f64> {
-    let root = mvp_envs::project_root();
     let steps = (args.steps * args.envs_per_worker).to_string();
     let children = (0..w)
         .map(|i| {
-            let (mut cmd, _) = mvp_envs::python_command(&root, None)?;
-            cmd.args(["-m", "mvp_envs.bench_plain", &args.env, &steps, &i.to_string()])
+            let mut cmd = mvp_envs::python_module_command("mvp_envs.bench_plain")?;
+            cmd.args([&args.env, &steps, &i.to_string()])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
             cmd.spawn().context("starting the plain Python loop")

@@ -15,26 +15,35 @@
 //! - [`PythonWorker`], [`WorkerEnv`]: real Gymnasium environments (OGBench, MuJoCo, ...) hosted
 //!   by Python worker processes (`envs/mvp_envs/worker.py`) and driven over pipes with a
 //!   versioned binary protocol (`envs/README.md`).
+//! - [`load_ogbench_dataset`]: OGBench `.npz` datasets (official files, or ones made by
+//!   [`OgbenchGenerate`] = `python -m mvp_envs.data_ogbench`) as a [`mvp_replay::Dataset`],
+//!   with the singletask reward/mask relabelling for an [`OgbenchTask`] at a chosen
+//!   [`RewardTiming`].
 //!
 //! Two flags, never to be confused: `terminated` means the new state is a true terminal state
 //! (success: the bootstrap mask is 0); `truncated` means the time limit ended the episode (the
 //! state is not terminal: the bootstrap mask stays 1). Either one ends the episode.
 //!
 //! Pure Rust: this crate depends on `mvp-replay`, `rand`, `rand_distr`, `serde`, `serde_json`,
-//! `libc` (poll for read deadlines), `anyhow`, `thiserror` and `tracing` only — never on tch — so that
+//! `libc` (poll for read deadlines), `zip` (npz files), `anyhow`, `thiserror` and `tracing` only — never on tch — so that
 //! data generation and environment benchmarks need no libtorch.
 #![warn(missing_docs)]
 
 mod branch_reach;
 mod demo;
+mod ogbench_data;
 mod vector;
 mod worker;
 
 pub use branch_reach::{BranchReach, BranchReachDemo, Route};
 pub use demo::{generate_dataset, DemoStats, DEFAULT_DEMO_NOISE_STD};
+pub use ogbench_data::{
+    load_ogbench_dataset, ogbench_val_path, OgbenchDataError, OgbenchGenerate, OgbenchNpz,
+    OgbenchTask, RewardTiming, GOAL_TOLERANCE,
+};
 pub use vector::{Outcome, VecEnv, VecEnvConfig};
 pub use worker::{
-    project_root, python_command, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
+    project_root, python_module_command, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
     WorkerInfo, PROTOCOL_VERSION,
 };
 

@@ -278,21 +278,36 @@ pub fn project_root() -> PathBuf {
     cwd
 }
 
-/// A command that runs the project's Python (`python` if given, else `$MVP_PYTHON`, else
-/// `<root>/.venv/bin/python`) in `root` with `envs/` on `PYTHONPATH` and one numerical
-/// thread (unless the caller set `OMP_NUM_THREADS` & co.); add `-m module args...`. Also
-/// returns the interpreter's path.
+/// A command that runs `python -m <module>` from the project's venv, as the env workers are
+/// started: interpreter `$MVP_PYTHON`, else `<root>/.venv/bin/python` (root: [`project_root`]),
+/// `envs/` on `PYTHONPATH`, the project root as working directory, and one numerical thread
+/// (`OMP_NUM_THREADS` etc. = 1 unless already set). Use it for the Python tools, e.g.
+/// `python_module_command("mvp_envs.data_ogbench")?.args([...])`.
 ///
-/// Errors: [`WorkerError::VenvMissing`] ("run `make setup`") and
+/// Errors: [`WorkerError::VenvMissing`] (says to run `make setup`) or
 /// [`WorkerError::PackageMissing`].
-pub fn python_command(root: &Path, python: Option<&Path>) -> anyhow::Result<(Command, PathBuf)> {
+pub fn python_module_command(module: &str) -> anyhow::Result<Command> {
+    python_module_command_in(module, None, None)
+}
+
+/// [`python_module_command`] with an explicit root and interpreter (`None`: the defaults).
+pub(crate) fn python_module_command_in(
+    module: &str,
+    root: Option<&Path>,
+    python: Option<&Path>,
+) -> anyhow::Result<Command> {
+    let root = root.map(Path::to_path_buf).unwrap_or_else(project_root);
     let python = match (python, std::env::var_os("MVP_PYTHON")) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some(p)) => PathBuf::from(p),
         (None, None) => root.join(".venv/bin/python"),
     };
     if !python.exists() {
-        let venv = python.parent().and_then(Path::parent).unwrap_or(&python).to_path_buf();
+        let venv = python
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(&python)
+            .to_path_buf();
         return Err(WorkerError::VenvMissing(venv).into());
     }
     let envs_dir = root.join("envs");
@@ -305,7 +320,9 @@ pub fn python_command(root: &Path, python: Option<&Path>) -> anyhow::Result<(Com
         pythonpath.push(old);
     }
     let mut cmd = Command::new(&python);
-    cmd.current_dir(root).env("PYTHONPATH", pythonpath);
+    cmd.args(["-m", module])
+        .current_dir(&root)
+        .env("PYTHONPATH", pythonpath);
     // One numerical thread per process unless the caller chose otherwise: workers are
     // many and cores are few (DESIGN.md §3.1 on OpenMP stalls).
     for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
@@ -313,7 +330,7 @@ pub fn python_command(root: &Path, python: Option<&Path>) -> anyhow::Result<(Com
             cmd.env(var, "1");
         }
     }
-    Ok((cmd, python))
+    Ok(cmd)
 }
 
 /// Keeps the last lines of the worker's stderr (and optionally copies them to ours).
@@ -331,12 +348,15 @@ struct Proc {
 
 impl Proc {
     fn spawn(config: &WorkerConfig) -> anyhow::Result<Proc> {
-        let root = config.root.clone().unwrap_or_else(project_root);
-        let (mut cmd, python) = python_command(&root, config.python.as_deref())?;
-        cmd.args(["-m", "mvp_envs.worker"])
-            .stdin(Stdio::piped())
+        let mut cmd = python_module_command_in(
+            "mvp_envs.worker",
+            config.root.as_deref(),
+            config.python.as_deref(),
+        )?;
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let python = PathBuf::from(cmd.get_program());
         let mut child = cmd.spawn().map_err(|e| WorkerError::Spawn {
             python: python.clone(),
             reason: e.to_string(),

@@ -1,0 +1,962 @@
+//! OGBench dataset files (`.npz`) read into a [`Dataset`], with the singletask reward and mask
+//! relabelling of OGBench's own loader.
+//!
+//! # File format
+//!
+//! `np.savez_compressed` (a zip of `.npy` arrays), as OGBench publishes them and as
+//! `python -m mvp_envs.data_ogbench` writes them: `observations` f32 `[R, O]`, `actions` f32
+//! `[R, A]`, `terminals` bool `[R]` (1 on the last row of each episode), `qpos` f32 `[R, nq]`,
+//! `qvel` f32 and, for scene and puzzle, `button_states` i64 `[R, buttons]`. Row j of an
+//! episode holds the state s_j *before* action a_j, and its qpos and button states.
+//! The validation split sits beside it as `<name>-val.npz`. Other numeric dtypes are
+//! converted; only the keys above are read (`qvel` is not needed).
+//!
+//! # What the loader builds (`ogbench.utils.load_dataset`, `compact_dataset=False`)
+//!
+//! The last row of each episode has no next state, so it is dropped: every row j with
+//! `terminals[j] = 0` becomes the transition (s_j, a_j, s_{j+1}), and the new `terminals` is
+//! the old flag of row j+1 (1 on the last transition of each episode). An episode of R rows
+//! gives R − 1 transitions.
+//!
+//! # Singletask relabelling (`ogbench.relabel_utils.relabel_dataset`)
+//!
+//! For `<env>-<dataset>-singletask-task<k>-v0` the loader computes per state a list of
+//! subgoal successes against the task's goal ([`OgbenchTask`], read from the environment):
+//! cube i is placed when ‖qpos[14 + 7i .. +3] − goal_i‖ ≤ 0.04 (in f64); scene adds the
+//! button states (equal to the goal's), the drawer (|qpos[d] − goal| ≤ 0.04, in f32) and the
+//! window (qpos[d + 1], same test), with d = 14 + 7·cubes + buttons; puzzle uses the button
+//! states only. reward = successes − subgoals (0 when solved, else negative), mask =
+//! 1 − all(successes).
+//!
+//! # Reward timing ([`RewardTiming`])
+//!
+//! OGBench's loader evaluates the state s_j of the transition (s_j, a_j, s_{j+1}): the reward
+//! and mask of the state *before* the action ([`RewardTiming::Current`]). Its singletask
+//! environments do the same online (`success_timing='pre'`). Our convention — the one the
+//! [`Dataset`] and [`crate::Step`] document — is that a transition carries the reward and
+//! success of s_{j+1}, with mask 0 when s_{j+1} is a success: [`RewardTiming::Next`] (the
+//! default) relabels from the qpos of row j+1, and our env worker builds OGBench singletask
+//! environments with `success_timing='post'` (`envs/mvp_envs/make.py`), so both paths agree
+//! (tested in `tests/ogbench_data.rs`).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mvp_replay::Dataset;
+use serde::{Deserialize, Serialize};
+
+use crate::worker::python_module_command;
+
+/// Distance within which a cube (or the drawer, or the window) counts as placed.
+pub const GOAL_TOLERANCE: f64 = 0.04;
+/// Index in qpos of the first object (after the arm's joints).
+const QPOS_OBJ_START: usize = 14;
+/// qpos entries per cube (position 3 + quaternion 4).
+const QPOS_CUBE_LEN: usize = 7;
+
+/// Errors of the OGBench dataset reader (one line each).
+#[derive(Debug, thiserror::Error)]
+pub enum OgbenchDataError {
+    /// The dataset file does not exist.
+    #[error("OGBench dataset not found at {}; make it with `mvp data ogbench --env {dataset} --out {}` (OGBench's own files also work: put them there)", path.display(), path.display())]
+    Missing {
+        /// The file looked for.
+        path: PathBuf,
+        /// The dataset name to generate (e.g. `cube-double-play-v0`).
+        dataset: String,
+    },
+    /// The file holds no array of this name.
+    #[error("{}: no array `{key}` in the file (it holds: {}); is it an OGBench dataset?", path.display(), present.join(", "))]
+    MissingKey {
+        /// The file.
+        path: PathBuf,
+        /// The missing key.
+        key: String,
+        /// The keys the file has.
+        present: Vec<String>,
+    },
+    /// An array's shape does not fit the environment (a dataset of another environment).
+    #[error("{}: `{key}` has shape {got:?} but environment `{env_id}` needs {expected:?}; the file belongs to another environment", path.display())]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// The array.
+        key: String,
+        /// The environment the dataset was loaded for.
+        env_id: String,
+        /// The shape the environment needs (`N` = rows in the file).
+        expected: Vec<usize>,
+        /// The shape in the file.
+        got: Vec<usize>,
+    },
+    /// The file is not a readable npz/npy or its contents are inconsistent.
+    #[error("{}: {reason}", path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// When the relabelled reward and mask of a transition (s_t, a_t, s_{t+1}) are evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RewardTiming {
+    /// On s_{t+1} (our convention, matching our online envs): r_t = reward(s_{t+1}),
+    /// mask_t = 0 iff s_{t+1} is a success.
+    #[default]
+    Next,
+    /// On s_t, exactly as OGBench's loader (`relabel_dataset`) does.
+    Current,
+}
+
+/// The goal of one OGBench singletask manipulation environment and its dimensions: what the
+/// relabelling needs. Get it from the environment with [`OgbenchTask::query`]
+/// (`python -m mvp_envs.task_info ENV_ID`); it serialises to the same JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OgbenchTask {
+    /// The id asked for, e.g. `cube-double-play-singletask-task2-v0`.
+    pub env_id: String,
+    /// The Gymnasium id, e.g. `cube-double-singletask-task2-v0`.
+    pub env_name: String,
+    /// The dataset the id names (`cube-double-play-v0`); `None` for an id without the dataset
+    /// word.
+    pub dataset: Option<String>,
+    /// `cube`, `scene` or `puzzle`.
+    pub family: String,
+    /// The task number (the default task resolved).
+    pub task_id: u32,
+    /// Observation width.
+    pub obs_dim: usize,
+    /// Action width.
+    pub action_dim: usize,
+    /// Width of qpos.
+    pub nq: usize,
+    /// Width of qvel.
+    pub nv: usize,
+    /// Time limit of the online environment.
+    pub max_episode_steps: usize,
+    /// Number of cubes.
+    pub num_cubes: usize,
+    /// Number of buttons (scene, puzzle).
+    pub num_buttons: usize,
+    /// Target position of each cube.
+    pub cube_goals: Vec<[f64; 3]>,
+    /// Target state (0/1) of each button.
+    pub button_goals: Vec<i64>,
+    /// Target drawer position (scene).
+    pub drawer_goal: Option<f64>,
+    /// Target window position (scene).
+    pub window_goal: Option<f64>,
+}
+
+impl OgbenchTask {
+    /// Asks the environment for its task (runs `python -m mvp_envs.task_info ENV_ID` in the
+    /// project's venv, about 2 s). Fails with the tool's one-line message for an id that is
+    /// not an OGBench manipulation singletask id.
+    pub fn query(env_id: &str) -> anyhow::Result<Self> {
+        let out = python_module_command("mvp_envs.task_info")?
+            .arg(env_id)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let line = stderr
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("error: "))
+                .map(|l| l.trim_start_matches("error: ").to_string());
+            match line {
+                Some(msg) => anyhow::bail!("{msg}"),
+                None => anyhow::bail!(
+                    "mvp_envs.task_info {env_id} failed ({}):\n{stderr}",
+                    out.status
+                ),
+            }
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("");
+        Self::from_json(json).map_err(|e| anyhow::anyhow!("mvp_envs.task_info {env_id}: {e}"))
+    }
+
+    /// Parses the JSON of `mvp_envs.task_info` and checks that it is consistent.
+    pub fn from_json(json: &str) -> anyhow::Result<Self> {
+        let task: Self = serde_json::from_str(json)?;
+        task.check()?;
+        Ok(task)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            matches!(self.family.as_str(), "cube" | "scene" | "puzzle"),
+            "family `{}` is not cube, scene or puzzle",
+            self.family
+        );
+        anyhow::ensure!(
+            self.cube_goals.len() == self.num_cubes,
+            "{} cube goals for {} cubes",
+            self.cube_goals.len(),
+            self.num_cubes
+        );
+        anyhow::ensure!(
+            self.button_goals.len() == self.num_buttons,
+            "{} button goals for {} buttons",
+            self.button_goals.len(),
+            self.num_buttons
+        );
+        let scene = self.family == "scene";
+        anyhow::ensure!(
+            self.drawer_goal.is_some() == scene && self.window_goal.is_some() == scene,
+            "drawer and window goals must be given for scene only"
+        );
+        anyhow::ensure!(
+            self.qpos_needed() <= self.nq,
+            "qpos of width {} is too short for the objects",
+            self.nq
+        );
+        Ok(())
+    }
+
+    /// qpos entries that the relabelling reads.
+    fn qpos_needed(&self) -> usize {
+        let mut n = QPOS_OBJ_START + QPOS_CUBE_LEN * self.num_cubes;
+        if self.family == "scene" {
+            n += self.num_buttons + 2;
+        }
+        n
+    }
+
+    /// Whether the relabelling needs `button_states` (scene, puzzle).
+    pub fn uses_buttons(&self) -> bool {
+        self.num_buttons > 0
+    }
+
+    /// Number of subgoals (the most negative reward is minus this).
+    pub fn num_subgoals(&self) -> usize {
+        match self.family.as_str() {
+            "scene" => self.num_cubes + self.num_buttons + 2,
+            "puzzle" => self.num_buttons,
+            _ => self.num_cubes,
+        }
+    }
+
+    /// Number of subgoals achieved in one state, given its qpos row (length `nq`) and its
+    /// button states (length `num_buttons`; empty for cube) — OGBench's arithmetic.
+    pub fn achieved(&self, qpos: &[f32], buttons: &[i64]) -> usize {
+        let mut n = 0;
+        if self.family != "puzzle" {
+            for (i, goal) in self.cube_goals.iter().enumerate() {
+                let at = QPOS_OBJ_START + QPOS_CUBE_LEN * i;
+                // numpy: norm(f64 goal − f32 qpos) = sqrt of the sum of squares, in f64.
+                let mut sq = 0.0f64;
+                for (k, g) in goal.iter().enumerate() {
+                    let d = g - f64::from(qpos[at + k]);
+                    sq += d * d;
+                }
+                n += usize::from(sq.sqrt() <= GOAL_TOLERANCE);
+            }
+        }
+        if self.family != "cube" {
+            n += buttons
+                .iter()
+                .zip(&self.button_goals)
+                .filter(|(b, g)| b == g)
+                .count();
+        }
+        if let (Some(drawer), Some(window)) = (self.drawer_goal, self.window_goal) {
+            let d = QPOS_OBJ_START + QPOS_CUBE_LEN * self.num_cubes + self.num_buttons;
+            // numpy 1.x: f32 array − Python float stays f32, and so does the comparison.
+            let tol = GOAL_TOLERANCE as f32;
+            n += usize::from((qpos[d] - drawer as f32).abs() <= tol);
+            n += usize::from((qpos[d + 1] - window as f32).abs() <= tol);
+        }
+        n
+    }
+
+    /// Reward and success of one state: (achieved − subgoals, all achieved).
+    pub fn reward_and_success(&self, qpos: &[f32], buttons: &[i64]) -> (f32, bool) {
+        let total = self.num_subgoals();
+        let got = self.achieved(qpos, buttons);
+        (got as f32 - total as f32, got == total)
+    }
+
+    /// Default place of this task's dataset in `dir`: `<dir>/<dataset>.npz`, as OGBench
+    /// names its files (`~/.ogbench/data/cube-double-play-v0.npz`). `None` when the id has
+    /// no dataset word.
+    pub fn dataset_path(&self, dir: &Path) -> Option<PathBuf> {
+        self.dataset.as_ref().map(|d| dir.join(format!("{d}.npz")))
+    }
+}
+
+/// The arrays of an OGBench `.npz` file as stored (rows = states, episodes back to back).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OgbenchNpz {
+    /// The file.
+    pub path: PathBuf,
+    /// Number of rows R.
+    pub rows: usize,
+    /// Observation width.
+    pub obs_dim: usize,
+    /// Action width.
+    pub act_dim: usize,
+    /// qpos width.
+    pub nq: usize,
+    /// Button count (0 without `button_states`).
+    pub num_buttons: usize,
+    /// `[R, obs_dim]`.
+    pub observations: Vec<f32>,
+    /// `[R, act_dim]`.
+    pub actions: Vec<f32>,
+    /// `[R]`: the episode ends with this row.
+    pub terminals: Vec<bool>,
+    /// `[R, nq]`.
+    pub qpos: Vec<f32>,
+    /// `[R, num_buttons]`, empty when the file has none.
+    pub button_states: Vec<i64>,
+}
+
+impl OgbenchNpz {
+    /// Reads `observations`, `actions`, `terminals`, `qpos` and, when `buttons` is true (or
+    /// the file has it), `button_states`.
+    pub fn read(path: &Path, buttons: bool) -> Result<Self, OgbenchDataError> {
+        let mut zip = NpzFile::open(path)?;
+        let obs = zip.array("observations")?;
+        let rows = obs.rows(path, "observations")?;
+        let obs_dim = obs.width();
+        let actions = zip.array("actions")?;
+        let terminals = zip.array("terminals")?;
+        let qpos = zip.array("qpos")?;
+        let want_buttons = buttons || zip.has("button_states");
+        let button_states = if want_buttons {
+            Some(zip.array("button_states")?)
+        } else {
+            None
+        };
+        for (key, a) in [
+            ("actions", &actions),
+            ("terminals", &terminals),
+            ("qpos", &qpos),
+        ]
+        .into_iter()
+        .chain(button_states.as_ref().map(|b| ("button_states", b)))
+        {
+            if a.rows(path, key)? != rows {
+                return Err(OgbenchDataError::BadFile {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "`{key}` has {} rows but `observations` has {rows}",
+                        a.shape[0]
+                    ),
+                });
+            }
+        }
+        if terminals.shape.len() != 1 {
+            return Err(bad(
+                path,
+                format!(
+                    "`terminals` has shape {:?}, expected [{rows}]",
+                    terminals.shape
+                ),
+            ));
+        }
+        let (num_buttons, button_states) = match button_states {
+            Some(b) => (b.width(), b.to_i64(path, "button_states")?),
+            None => (0, Vec::new()),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            rows,
+            obs_dim,
+            act_dim: actions.width(),
+            nq: qpos.width(),
+            num_buttons,
+            observations: obs.to_f32(path, "observations")?,
+            actions: actions.to_f32(path, "actions")?,
+            terminals: terminals.to_bool(path, "terminals")?,
+            qpos: qpos.to_f32(path, "qpos")?,
+            button_states,
+        })
+    }
+
+    /// Checks the widths against `task`; the error names the array and both shapes.
+    pub fn check_task(&self, task: &OgbenchTask) -> Result<(), OgbenchDataError> {
+        let mut checks = vec![
+            ("observations", self.obs_dim, task.obs_dim),
+            ("actions", self.act_dim, task.action_dim),
+            ("qpos", self.nq, task.nq),
+        ];
+        if task.uses_buttons() {
+            checks.push(("button_states", self.num_buttons, task.num_buttons));
+        }
+        for (key, got, want) in checks {
+            if got != want {
+                return Err(OgbenchDataError::Shape {
+                    path: self.path.clone(),
+                    key: key.to_string(),
+                    env_id: task.env_id.clone(),
+                    expected: vec![self.rows, want],
+                    got: vec![self.rows, got],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The transitions as OGBench's loader builds them, relabelled for `task` with `timing`.
+    pub fn to_dataset(
+        &self,
+        task: &OgbenchTask,
+        timing: RewardTiming,
+    ) -> Result<Dataset, OgbenchDataError> {
+        self.check_task(task)?;
+        if self.rows > 0 && !self.terminals[self.rows - 1] {
+            return Err(bad(&self.path, "the last row does not end an episode (`terminals` is 0 there); the file is truncated".into()));
+        }
+        let (o, a, q, b) = (self.obs_dim, self.act_dim, self.nq, self.num_buttons);
+        let n = self.terminals.iter().filter(|t| !**t).count();
+        let mut d = Dataset {
+            obs_dim: o,
+            act_dim: a,
+            observations: Vec::with_capacity(n * o),
+            actions: Vec::with_capacity(n * a),
+            rewards: Vec::with_capacity(n),
+            terminals: Vec::with_capacity(n),
+            masks: Vec::with_capacity(n),
+            next_observations: Vec::with_capacity(n * o),
+        };
+        for j in (0..self.rows).filter(|&j| !self.terminals[j]) {
+            d.observations
+                .extend_from_slice(&self.observations[j * o..(j + 1) * o]);
+            d.actions
+                .extend_from_slice(&self.actions[j * a..(j + 1) * a]);
+            d.next_observations
+                .extend_from_slice(&self.observations[(j + 1) * o..(j + 2) * o]);
+            d.terminals
+                .push(if self.terminals[j + 1] { 1.0 } else { 0.0 });
+            let s = match timing {
+                RewardTiming::Current => j,
+                RewardTiming::Next => j + 1,
+            };
+            let buttons = if task.uses_buttons() {
+                &self.button_states[s * b..(s + 1) * b]
+            } else {
+                &[][..]
+            };
+            let (reward, success) =
+                task.reward_and_success(&self.qpos[s * q..(s + 1) * q], buttons);
+            d.rewards.push(reward);
+            d.masks.push(if success { 0.0 } else { 1.0 });
+        }
+        d.validate().map_err(|e| bad(&self.path, e.to_string()))?;
+        Ok(d)
+    }
+}
+
+/// Loads an OGBench dataset file for `task`: the transitions as OGBench's loader builds
+/// them (observations, actions, next_observations, terminals = episode ends) with rewards and
+/// masks relabelled for the task at `timing` ([`RewardTiming::Next`] for our convention).
+///
+/// Errors (one line each): a missing file names the `mvp data ogbench` command that makes it;
+/// a dataset of another environment names the array and both shapes; a missing array names
+/// the key.
+pub fn load_ogbench_dataset(
+    path: &Path,
+    task: &OgbenchTask,
+    timing: RewardTiming,
+) -> Result<Dataset, OgbenchDataError> {
+    if !path.exists() {
+        let dataset = task.dataset.clone().unwrap_or_else(|| {
+            // `cube-double-singletask-task2-v0` names no dataset: suggest the play dataset.
+            let s: Vec<&str> = task.env_name.split('-').collect();
+            let pos = s
+                .iter()
+                .position(|w| *w == "singletask")
+                .unwrap_or(s.len() - 1);
+            format!("{}-play-{}", s[..pos].join("-"), s[s.len() - 1])
+        });
+        return Err(OgbenchDataError::Missing {
+            path: path.to_path_buf(),
+            dataset,
+        });
+    }
+    OgbenchNpz::read(path, task.uses_buttons())?.to_dataset(task, timing)
+}
+
+/// The validation split beside a dataset file: `x/name.npz` → `x/name-val.npz`.
+pub fn ogbench_val_path(path: &Path) -> PathBuf {
+    let s = path.to_string_lossy();
+    match s.strip_suffix(".npz") {
+        Some(stem) => PathBuf::from(format!("{stem}-val.npz")),
+        None => PathBuf::from(format!("{s}-val.npz")),
+    }
+}
+
+/// Arguments of the dataset generator `python -m mvp_envs.data_ogbench` (see
+/// `envs/README.md`). Build with [`OgbenchGenerate::new`] and adjust the fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OgbenchGenerate {
+    /// Dataset name, e.g. `cube-double-play-v0` (`play`: plan oracles; `noisy`: Markov
+    /// oracles); a singletask id also works.
+    pub env: String,
+    /// Training episodes.
+    pub episodes: usize,
+    /// Output file `FILE.npz` (the validation split goes to `FILE-val.npz`).
+    pub out: PathBuf,
+    /// Parallel processes.
+    pub workers: usize,
+    /// Seed of the whole run (worker w gets child w of numpy's `SeedSequence(seed)`).
+    pub seed: u64,
+    /// Rows per episode (`None`: 1001, OGBench's value: 1000 transitions per episode).
+    pub episode_length: Option<usize>,
+    /// Validation episodes (`None`: max(1, episodes / 10)).
+    pub val_episodes: Option<usize>,
+}
+
+impl OgbenchGenerate {
+    /// `episodes` episodes of `env` into `out`, one worker, seed 0, OGBench's defaults.
+    pub fn new(env: impl Into<String>, episodes: usize, out: impl Into<PathBuf>) -> Self {
+        Self {
+            env: env.into(),
+            episodes,
+            out: out.into(),
+            workers: 1,
+            seed: 0,
+            episode_length: None,
+            val_episodes: None,
+        }
+    }
+
+    /// The command (venv interpreter, `envs/` on `PYTHONPATH`). Progress lines go to its
+    /// stderr, a JSON summary to its stdout; exit status 2 is a usage error (one line).
+    pub fn command(&self) -> anyhow::Result<Command> {
+        let mut cmd = python_module_command("mvp_envs.data_ogbench")?;
+        // The generator runs in the project root: make the output path absolute first.
+        let out = std::path::absolute(&self.out)?;
+        cmd.arg("--env").arg(&self.env);
+        cmd.arg("--episodes").arg(self.episodes.to_string());
+        cmd.arg("--workers").arg(self.workers.to_string());
+        cmd.arg("--seed").arg(self.seed.to_string());
+        cmd.arg("--out").arg(out);
+        if let Some(l) = self.episode_length {
+            cmd.arg("--episode-length").arg(l.to_string());
+        }
+        if let Some(v) = self.val_episodes {
+            cmd.arg("--val-episodes").arg(v.to_string());
+        }
+        Ok(cmd)
+    }
+}
+
+fn bad(path: &Path, reason: String) -> OgbenchDataError {
+    OgbenchDataError::BadFile {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// An `.npz` file: a zip of `.npy` arrays.
+struct NpzFile {
+    path: PathBuf,
+    zip: zip::ZipArchive<File>,
+    names: BTreeMap<String, String>,
+}
+
+impl NpzFile {
+    fn open(path: &Path) -> Result<Self, OgbenchDataError> {
+        let file = File::open(path).map_err(|source| OgbenchDataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let zip = zip::ZipArchive::new(file)
+            .map_err(|e| bad(path, format!("not an npz (zip) file: {e}")))?;
+        let names = zip
+            .file_names()
+            .map(|n| {
+                (
+                    n.strip_suffix(".npy").unwrap_or(n).to_string(),
+                    n.to_string(),
+                )
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            zip,
+            names,
+        })
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.names.contains_key(key)
+    }
+
+    fn array(&mut self, key: &str) -> Result<NpyArray, OgbenchDataError> {
+        let Some(name) = self.names.get(key).cloned() else {
+            return Err(OgbenchDataError::MissingKey {
+                path: self.path.clone(),
+                key: key.to_string(),
+                present: self.names.keys().cloned().collect(),
+            });
+        };
+        let mut entry = self
+            .zip
+            .by_name(&name)
+            .map_err(|e| bad(&self.path, format!("`{key}`: {e}")))?;
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(&self.path, format!("`{key}`: cannot decompress: {e}")))?;
+        NpyArray::parse(bytes).map_err(|reason| bad(&self.path, format!("`{key}`: {reason}")))
+    }
+}
+
+/// One `.npy` array: its shape, its element type and its raw (C-order) data.
+struct NpyArray {
+    shape: Vec<usize>,
+    kind: char,
+    size: usize,
+    little: bool,
+    data: Vec<u8>,
+}
+
+impl NpyArray {
+    /// Parses the `.npy` format (versions 1–3): magic, header dict, data.
+    fn parse(bytes: Vec<u8>) -> Result<Self, String> {
+        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+            return Err("not an .npy array".into());
+        }
+        let (header_len, start) = match bytes[6] {
+            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+            2 | 3 if bytes.len() >= 12 => (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            ),
+            v => return Err(format!("unsupported .npy version {v}")),
+        };
+        let header = bytes
+            .get(start..start + header_len)
+            .ok_or("truncated .npy header")?;
+        let header = std::str::from_utf8(header).map_err(|_| "bad .npy header")?;
+        let descr = dict_value(header, "descr").ok_or("no `descr` in the .npy header")?;
+        let descr = descr.trim_matches(|c| c == '\'' || c == '"');
+        let fortran =
+            dict_value(header, "fortran_order").ok_or("no `fortran_order` in the .npy header")?;
+        let shape = dict_value(header, "shape").ok_or("no `shape` in the .npy header")?;
+        let shape: Vec<usize> = shape
+            .trim_matches(|c| c == '(' || c == ')')
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<usize>()
+                    .map_err(|_| format!("bad shape entry `{s}`"))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut chars = descr.chars();
+        let order = chars.next().ok_or("empty dtype")?;
+        let kind = chars.next().ok_or("bad dtype")?;
+        let size: usize = chars
+            .as_str()
+            .parse()
+            .map_err(|_| format!("unsupported dtype `{descr}`"))?;
+        let little = match order {
+            '<' | '|' | '=' => true,
+            '>' => false,
+            _ => return Err(format!("unsupported dtype `{descr}`")),
+        };
+        let count: usize = shape.iter().product();
+        if fortran.starts_with("True") && shape.len() > 1 && count > 0 {
+            return Err("Fortran-ordered arrays are not supported".into());
+        }
+        if !matches!(
+            (kind, size),
+            ('f', 4 | 8) | ('i' | 'u', 1 | 2 | 4 | 8) | ('b', 1)
+        ) {
+            return Err(format!("unsupported dtype `{descr}`"));
+        }
+        let data_start = start + header_len;
+        if bytes.len() - data_start != count * size {
+            return Err(format!(
+                "{} data bytes for shape {shape:?} of `{descr}`",
+                bytes.len() - data_start
+            ));
+        }
+        let mut data = bytes;
+        data.drain(..data_start);
+        Ok(Self {
+            shape,
+            kind,
+            size,
+            little,
+            data,
+        })
+    }
+
+    fn rows(&self, path: &Path, key: &str) -> Result<usize, OgbenchDataError> {
+        self.shape
+            .first()
+            .copied()
+            .ok_or_else(|| bad(path, format!("`{key}` is a scalar, expected an array")))
+    }
+
+    /// Row width (1 for a 1-D array).
+    fn width(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+
+    /// Each element's bytes in little-endian order, zero-padded to 8 bytes.
+    fn chunks(&self) -> impl Iterator<Item = [u8; 8]> + '_ {
+        let (size, little) = (self.size, self.little);
+        self.data.chunks_exact(size).map(move |c| {
+            let mut b = [0u8; 8];
+            if little {
+                b[..size].copy_from_slice(c);
+            } else {
+                for (k, x) in c.iter().rev().enumerate() {
+                    b[k] = *x;
+                }
+            }
+            b
+        })
+    }
+
+    fn to_f32(&self, path: &Path, key: &str) -> Result<Vec<f32>, OgbenchDataError> {
+        Ok(match (self.kind, self.size) {
+            ('f', 4) => self
+                .chunks()
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            ('f', 8) => self
+                .chunks()
+                .map(|b| f64::from_le_bytes(b) as f32)
+                .collect(),
+            ('b', _) => self
+                .chunks()
+                .map(|b| f32::from(u8::from(b[0] != 0)))
+                .collect(),
+            ('i' | 'u', _) => self
+                .to_i64(path, key)?
+                .into_iter()
+                .map(|x| x as f32)
+                .collect(),
+            _ => {
+                return Err(bad(
+                    path,
+                    format!(
+                        "`{key}`: cannot convert dtype {}{} to f32",
+                        self.kind, self.size
+                    ),
+                ))
+            }
+        })
+    }
+
+    fn to_i64(&self, path: &Path, key: &str) -> Result<Vec<i64>, OgbenchDataError> {
+        let (kind, size) = (self.kind, self.size);
+        match kind {
+            'i' | 'u' | 'b' => Ok(self
+                .chunks()
+                .map(|b| {
+                    let u = u64::from_le_bytes(b);
+                    if kind == 'i' && size < 8 {
+                        // Sign-extend.
+                        let shift = 64 - 8 * size as u32;
+                        ((u << shift) as i64) >> shift
+                    } else {
+                        u as i64
+                    }
+                })
+                .collect()),
+            'f' => Err(bad(
+                path,
+                format!("`{key}` holds floats (f{size}); expected integers"),
+            )),
+            _ => Err(bad(path, format!("`{key}`: unsupported dtype"))),
+        }
+    }
+
+    fn to_bool(&self, path: &Path, key: &str) -> Result<Vec<bool>, OgbenchDataError> {
+        Ok(match self.kind {
+            'f' => self
+                .to_f32(path, key)?
+                .into_iter()
+                .map(|x| x != 0.0)
+                .collect(),
+            _ => self
+                .to_i64(path, key)?
+                .into_iter()
+                .map(|x| x != 0)
+                .collect(),
+        })
+    }
+}
+
+/// The text of `key`'s value in a Python dict literal (`{'descr': '<f4', 'shape': (3, 2), }`).
+fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let at = header
+        .find(&format!("'{key}'"))
+        .or_else(|| header.find(&format!("\"{key}\"")))?;
+    let rest = header[at + key.len() + 2..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
+    let end = if rest.starts_with('(') {
+        rest.find(')')? + 1
+    } else {
+        rest.find([',', '}']).unwrap_or(rest.len())
+    };
+    Some(rest[..end].trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn npy_parses_shapes_and_converts_dtypes() {
+        let data: Vec<u8> = [1.5f32, -2.0, 3.0, 4.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let a = NpyArray::parse(npy("<f4", "(3, 2)", &data)).unwrap();
+        assert_eq!((a.shape.clone(), a.width()), (vec![3, 2], 2));
+        assert_eq!(
+            a.to_f32(Path::new("x"), "k").unwrap(),
+            vec![1.5, -2.0, 3.0, 4.0, 5.0, 6.0]
+        );
+
+        let b = NpyArray::parse(npy("|b1", "(3,)", &[1, 0, 1])).unwrap();
+        assert_eq!(
+            b.to_bool(Path::new("x"), "k").unwrap(),
+            vec![true, false, true]
+        );
+
+        let data: Vec<u8> = [-1i32, 7].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let c = NpyArray::parse(npy("<i4", "(2,)", &data)).unwrap();
+        assert_eq!(c.to_i64(Path::new("x"), "k").unwrap(), vec![-1, 7]);
+
+        let data: Vec<u8> = [0.25f64].iter().flat_map(|x| x.to_be_bytes()).collect();
+        let d = NpyArray::parse(npy(">f8", "(1, 1)", &data)).unwrap();
+        assert_eq!(d.to_f32(Path::new("x"), "k").unwrap(), vec![0.25]);
+    }
+
+    #[test]
+    fn npy_rejects_wrong_lengths_and_float_buttons() {
+        let err = NpyArray::parse(npy("<f4", "(3, 2)", &[0; 20]))
+            .err()
+            .unwrap();
+        assert!(err.contains("20 data bytes"), "{err}");
+        let a = NpyArray::parse(npy("<f4", "(1,)", &[0; 4])).unwrap();
+        let err = a
+            .to_i64(Path::new("f.npz"), "button_states")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "f.npz: `button_states` holds floats (f4); expected integers"
+        );
+    }
+
+    fn cube_task() -> OgbenchTask {
+        OgbenchTask::from_json(
+            r#"{"env_id": "cube-double-play-singletask-task2-v0", "env_name": "cube-double-singletask-task2-v0",
+            "dataset": "cube-double-play-v0", "family": "cube", "task_id": 2, "obs_dim": 37, "action_dim": 5,
+            "nq": 28, "nv": 26, "max_episode_steps": 500, "num_cubes": 2, "num_buttons": 0,
+            "cube_goals": [[0.35, 0.1, 0.02], [0.5, 0.1, 0.02]], "button_goals": [],
+            "drawer_goal": null, "window_goal": null}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn cube_reward_counts_cubes_within_tolerance() {
+        let task = cube_task();
+        let mut qpos = vec![0.0f32; 28];
+        qpos[14..17].copy_from_slice(&[0.35, 0.1, 0.02]);
+        qpos[21..24].copy_from_slice(&[0.5, 0.1 + 0.05, 0.02]);
+        assert_eq!(task.reward_and_success(&qpos, &[]), (-1.0, false));
+        qpos[22] = 0.1 + 0.039;
+        assert_eq!(task.reward_and_success(&qpos, &[]), (0.0, true));
+        qpos[14] = 0.0;
+        assert_eq!(task.reward_and_success(&qpos, &[]), (-1.0, false));
+    }
+
+    #[test]
+    fn scene_reward_counts_cube_buttons_drawer_and_window() {
+        let task = OgbenchTask::from_json(
+            r#"{"env_id": "scene-play-singletask-task3-v0", "env_name": "scene-singletask-task3-v0",
+            "dataset": "scene-play-v0", "family": "scene", "task_id": 3, "obs_dim": 40, "action_dim": 5,
+            "nq": 25, "nv": 24, "max_episode_steps": 750, "num_cubes": 1, "num_buttons": 2,
+            "cube_goals": [[0.4, 0.15, 0.02]], "button_goals": [1, 1], "drawer_goal": -0.16, "window_goal": 0.0}"#,
+        )
+        .unwrap();
+        assert_eq!(task.num_subgoals(), 5);
+        let mut qpos = vec![0.0f32; 25];
+        qpos[14..17].copy_from_slice(&[0.4, 0.15, 0.02]);
+        qpos[14 + 7 + 2] = -0.13; // drawer within 0.04 of −0.16
+        qpos[14 + 7 + 3] = 0.05; // window too far from 0.0
+        assert_eq!(task.reward_and_success(&qpos, &[1, 0]), (-2.0, false));
+        qpos[24] = 0.0;
+        assert_eq!(task.reward_and_success(&qpos, &[1, 1]), (0.0, true));
+    }
+
+    #[test]
+    fn task_json_must_be_consistent() {
+        let bad = r#"{"env_id": "x", "env_name": "x", "dataset": null, "family": "cube", "task_id": 1,
+            "obs_dim": 28, "action_dim": 5, "nq": 21, "nv": 20, "max_episode_steps": 200, "num_cubes": 2,
+            "num_buttons": 0, "cube_goals": [[0, 0, 0]], "button_goals": [], "drawer_goal": null, "window_goal": null}"#;
+        let err = OgbenchTask::from_json(bad).unwrap_err().to_string();
+        assert_eq!(err, "1 cube goals for 2 cubes");
+    }
+
+    #[test]
+    fn val_path_inserts_val_before_the_extension() {
+        assert_eq!(
+            ogbench_val_path(Path::new("/d/cube-double-play-v0.npz")),
+            PathBuf::from("/d/cube-double-play-v0-val.npz")
+        );
+    }
+
+    #[test]
+    fn dict_value_reads_numpy_headers() {
+        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (600, 37), }";
+        assert_eq!(dict_value(h, "descr"), Some("'<f4'"));
+        assert_eq!(dict_value(h, "fortran_order"), Some("False"));
+        assert_eq!(dict_value(h, "shape"), Some("(600, 37)"));
+        assert_eq!(
+            dict_value(
+                "{'descr': '|b1', 'fortran_order': False, 'shape': (5,), }",
+                "shape"
+            ),
+            Some("(5,)")
+        );
+    }
+}
