@@ -79,9 +79,16 @@ impl Default for EnvConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// Dataset file; empty = generate one with the native environment's demonstrator, or none
-    /// for pure online training (`demo_episodes = 0`).
+    /// Dataset file: an OGBench `.npz` (official or from `mvp data ogbench`; singletask
+    /// rewards and masks are relabelled for `env.name`) or a robomimic `.hdf5`. Empty: the
+    /// native environment's demonstrator makes one, or none for pure online training
+    /// (`demo_episodes = 0`).
     pub path: PathBuf,
+    /// When `path` does not exist: 0 = stop with an error that gives the command making it;
+    /// N > 0 = make it now with N episodes (OGBench: the scripted oracles).
+    pub generate_episodes: usize,
+    /// Processes that generate a missing dataset in parallel.
+    pub generate_workers: usize,
     /// Episodes of the native demonstrator when no file is given.
     pub demo_episodes: usize,
     /// Action noise of the native demonstrator.
@@ -90,7 +97,7 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { path: PathBuf::new(), demo_episodes: 200, demo_noise: 0.3 }
+        Self { path: PathBuf::new(), generate_episodes: 0, generate_workers: 2, demo_episodes: 200, demo_noise: 0.3 }
     }
 }
 
@@ -229,6 +236,7 @@ impl TrainConfig {
         check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;
         check(s.buffer_capacity >= a.batch_size + a.horizon, "schedule.buffer_capacity", "≥ batch_size + horizon")?;
         check(self.runtime.threads >= 1, "runtime.threads", "an integer ≥ 1")?;
+        check(self.data.generate_workers >= 1, "data.generate_workers", "an integer ≥ 1")?;
         check(self.env.num_envs >= 1, "env.num_envs", "an integer ≥ 1")?;
         check(self.env.workers >= 1, "env.workers", "an integer ≥ 1")?;
         check(self.env.eval_envs >= 1, "env.eval_envs", "an integer ≥ 1")?;

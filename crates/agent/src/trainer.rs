@@ -85,16 +85,14 @@ pub fn step_seed(seed: u64, i: u64) -> u64 {
 pub fn load_dataset(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Option<Dataset>> {
     let d = &config.data;
     let data = if !d.path.as_os_str().is_empty() {
-        bail!(
-            "dataset files are read by the OGBench/robomimic readers, which are not built yet (issues #5, #6); \
-             leave data.path empty to use the native demonstrator"
-        );
+        load_dataset_file(config, spec)?
     } else if d.demo_episodes == 0 {
         return Ok(None);
     } else if !mvp_envs::NATIVE_ENVS.contains(&spec.name.as_str()) {
         bail!(
-            "no offline dataset for `{}`: dataset files and `mvp data ogbench` arrive with issue #5; \
-             for pure online training set data.demo_episodes=0 and schedule.offline_steps=0",
+            "no offline dataset for `{}`: set data.path to an OGBench .npz (made by `mvp data ogbench`, or set \
+             data.generate_episodes to make it) or a robomimic .hdf5; for pure online training set \
+             data.demo_episodes=0 and schedule.offline_steps=0",
             spec.name
         );
     } else {
@@ -109,6 +107,45 @@ pub fn load_dataset(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Op
     };
     check_dataset(&data, spec)?;
     Ok(Some(data))
+}
+
+/// Reads `data.path` (OGBench `.npz`; robomimic `.hdf5`), making it first when it is missing
+/// and `data.generate_episodes > 0`.
+fn load_dataset_file(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Dataset> {
+    let d = &config.data;
+    let path = &d.path;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npz") => {
+            let task = mvp_envs::OgbenchTask::query(&spec.name)
+                .with_context(|| format!("data.path {} is an OGBench file, but env.name `{}` is not an OGBench singletask id", path.display(), spec.name))?;
+            if !path.exists() && d.generate_episodes > 0 {
+                let Some(dataset) = task.dataset.clone() else {
+                    bail!("cannot generate a dataset for `{}`: the id names no dataset (use e.g. cube-double-play-singletask-task2-v0)", spec.name);
+                };
+                generate_ogbench(&dataset, d.generate_episodes, d.generate_workers, config.run.seed, path)?;
+            }
+            let data = mvp_envs::load_ogbench_dataset(path, &task, mvp_envs::RewardTiming::Next)?;
+            tracing::info!("loaded {} transitions from {} (rewards relabelled for task {})", data.len(), path.display(), task.task_id);
+            Ok(data)
+        }
+        _ => bail!("data.path {}: unknown dataset format; expected an OGBench `.npz` or a robomimic `.hdf5` file", path.display()),
+    }
+}
+
+/// Runs `mvp data ogbench` for a missing dataset (progress on stderr).
+pub fn generate_ogbench(dataset: &str, episodes: usize, workers: usize, seed: u64, out: &Path) -> Result<()> {
+    tracing::info!("{} does not exist: generating {episodes} episodes of {dataset} with {workers} processes", out.display());
+    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut g = mvp_envs::OgbenchGenerate::new(dataset, episodes, out);
+    g.workers = workers;
+    g.seed = seed;
+    let status = g.command()?.stdout(std::process::Stdio::null()).status().context("starting the OGBench generator")?;
+    if !status.success() {
+        bail!("generating {} failed ({status}); see the generator's messages above", out.display());
+    }
+    Ok(())
 }
 
 /// A dataset must match the environment's observation and action sizes; the error shows both.

@@ -256,3 +256,31 @@ fn several_training_environments_store_whole_episodes_and_train() {
     let log = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
     assert!(log.contains("train/episode_return") && log.contains("eval/success"));
 }
+
+#[test]
+fn offline_to_online_on_ogbench_with_a_generated_dataset_and_clear_errors() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/cube-single-play-v0.npz");
+    let env = "env.name=\"cube-single-play-singletask-task1-v0\"";
+    let path = format!("data.path=\"{}\"", data.display());
+    // A missing dataset names the command that makes it.
+    let cfg = tiny(dir.path(), "missing", &[env, &path]);
+    let err = format!("{:#}", Trainer::new(cfg).err().expect("missing dataset"));
+    assert!(err.contains("mvp data ogbench --env cube-single-play-v0"), "{err}");
+    // With data.generate_episodes the run makes it (two episodes, two processes), trains
+    // offline on it, then online.
+    let cfg = tiny(dir.path(), "ogbench", &[env, &path, "data.generate_episodes=2", "schedule.eval_episodes=1"]);
+    let mut trainer = Trainer::new(cfg).unwrap();
+    assert!(data.exists() && mvp_envs::ogbench_val_path(&data).exists());
+    // 2 episodes of 1000 transitions (OGBench's 1001-row episodes).
+    assert_eq!(trainer.buffer().len(), 2000);
+    let s = trainer.run().unwrap();
+    assert_eq!(s.steps, 100);
+    // Every online transition is stored (one environment).
+    assert_eq!(trainer.buffer().len(), 2000 + 60);
+    // A dataset made for another environment is refused with both shapes.
+    let cfg = tiny(dir.path(), "other", &["env.name=\"cube-double-play-singletask-task2-v0\"", &path]);
+    let err = format!("{:#}", Trainer::new(cfg).err().expect("wrong dataset"));
+    assert!(err.contains("28") && err.contains("37"), "{err}");
+}

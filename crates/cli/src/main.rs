@@ -70,15 +70,27 @@ enum Command {
 enum DataCommand {
     /// An OGBench play dataset (npz) from the scripted oracles.
     Ogbench {
-        /// Environment name, e.g. cube-double-play-v0.
+        /// Dataset name, e.g. cube-double-play-v0 (play: plan oracles; noisy: Markov oracles).
         #[arg(long)]
         env: String,
-        /// Number of episodes.
+        /// Training episodes (OGBench's official play datasets: 1000 of 1000 steps).
         #[arg(long)]
         episodes: usize,
-        /// Output file.
+        /// Output file FILE.npz; the validation split goes to FILE-val.npz.
         #[arg(long)]
         out: PathBuf,
+        /// Parallel processes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Rows per episode (OGBench: 1001).
+        #[arg(long)]
+        episode_length: Option<usize>,
+        /// Validation episodes (default: a tenth of --episodes, at least 1).
+        #[arg(long)]
+        val_episodes: Option<usize>,
     },
     /// A robomimic-format dataset (HDF5) from scripted demonstrators.
     Robomimic {
@@ -133,7 +145,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train { config, overrides, resume } => train(config, overrides, resume),
         Command::Eval { run, episodes } => eval(run, episodes),
-        Command::Data(DataCommand::Ogbench { .. }) => not_implemented("data ogbench", 5),
+        Command::Data(DataCommand::Ogbench { env, episodes, out, workers, seed, episode_length, val_episodes }) => {
+            let mut g = mvp_envs::OgbenchGenerate::new(env, episodes, out);
+            (g.workers, g.seed, g.episode_length, g.val_episodes) = (workers, seed, episode_length, val_episodes);
+            // Progress goes to stderr; the generator's JSON summary is our stdout.
+            let status = g.command()?.status()?;
+            if !status.success() {
+                anyhow::bail!("the OGBench generator failed ({status})");
+            }
+            Ok(())
+        }
         Command::Data(DataCommand::Robomimic { .. }) => not_implemented("data robomimic", 6),
         Command::Export { .. } => not_implemented("export", 7),
         Command::Bench(cmd) => bench::run(cmd),
