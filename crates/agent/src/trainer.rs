@@ -320,6 +320,7 @@ impl Trainer {
                 .expect("static template"),
         );
         let started = Instant::now();
+        let mut last_status = started;
         let first = self.progress.step;
         while self.progress.step < end {
             let i = self.progress.step;
@@ -354,6 +355,14 @@ impl Trainer {
                 scalars.push(("time/sps", sps));
                 scalars.push(("buffer/size", self.buffer.len() as f64));
                 self.logger.log(step, &scalars)?;
+                // Metrics files are readable while the run goes on.
+                self.logger.flush()?;
+                if bar.is_hidden() && last_status.elapsed().as_secs() >= 30 {
+                    // No terminal for the progress bar (a log file, CI): a status line instead.
+                    last_status = Instant::now();
+                    let eta = (end - step) as f64 / sps.max(1e-9);
+                    tracing::info!("step {step}/{end}: {sps:.1} steps/s, about {:.0} min left", eta / 60.0);
+                }
             }
             let is_end = step == total;
             if (s.eval_interval > 0 && step.is_multiple_of(s.eval_interval)) || is_end {
@@ -368,6 +377,7 @@ impl Trainer {
                 self.logger.log(step, &[("eval/success", r.success_rate), ("eval/return", r.mean_return), ("eval/length", r.mean_length)])?;
                 self.progress.eval_history.push((step, r.success_rate));
                 self.progress.last_eval = Some(r);
+                self.logger.flush()?;
                 self.plot_learning_curve();
             }
             if (s.checkpoint_interval > 0 && step.is_multiple_of(s.checkpoint_interval)) || is_end || step == end {

@@ -74,7 +74,7 @@ enum DataCommand {
         #[arg(long)]
         env: String,
         /// Training episodes (OGBench's official play datasets: 1000 of 1000 steps).
-        #[arg(long)]
+        #[arg(long, default_value_t = 1000)]
         episodes: usize,
         /// Output file FILE.npz; the validation split goes to FILE-val.npz.
         #[arg(long)]
