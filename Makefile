@@ -15,9 +15,10 @@ setup:
 build: setup
 	$(CARGO) build --release
 
-## run: the main job (for now offline-to-online MVP on the Rust-native task; OGBench arrives with #5/#8)
+## run: the main job: MVP offline-to-online on OGBench cube-double task2 at a CPU budget
+## (generates the 100-episode dataset on first use; about 15 minutes on 2 cores)
 run: build
-	target/release/mvp train --config configs/native-quick.toml
+	target/release/mvp train --config configs/cpu/cube-double-task2.toml
 
 ## test: every test of the workspace, release profile, one libtorch thread
 test: setup

@@ -130,7 +130,12 @@ fn train(config: Option<PathBuf>, overrides: Vec<String>, resume: Option<PathBuf
         ),
         None => println!("stopped after {} steps", summary.steps),
     }
-    println!("run directory: {}", summary.run_dir.display());
+    let d = summary.run_dir.display();
+    println!("run directory: {d}");
+    println!("  learning curve  {d}/learning_curve.png");
+    println!("  metrics         {d}/metrics.csv (and metrics.jsonl)");
+    println!("  TensorBoard     tensorboard --logdir {d}/tb");
+    println!("  checkpoints     {d}/checkpoints (resume: mvp train --resume {d}; evaluate: mvp eval --run {d})");
     Ok(())
 }
 
