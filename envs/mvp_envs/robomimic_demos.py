@@ -79,11 +79,18 @@ class Servo:
         finger = finger - finger[2] * np.array([0.0, 0.0, 1.0])
         self.finger_local = rot.T @ (finger / np.linalg.norm(finger))
         self.down_local = rot.T @ np.array([0.0, 0.0, -1.0])
+        self._yaw = None
+        self._yaw = self.finger_yaw(obs)
 
     def finger_yaw(self, obs):
-        """Current yaw of the finger axis (defined modulo π: the gripper is symmetric)."""
+        """Current yaw of the finger axis, unwrapped (continuous over the episode, so that
+        it counts whole turns of the wrist); physically defined modulo π."""
         f = quat_to_mat(obs["robot0_eef_quat"]) @ self.finger_local
-        return math.atan2(f[1], f[0])
+        raw = math.atan2(f[1], f[0])
+        if self._yaw is not None:
+            raw = self._yaw + wrap(raw - self._yaw, 2 * math.pi)
+        self._yaw = raw
+        return raw
 
     def action(self, obs, target_pos, target_yaw, grip, period=math.pi):
         """Action moving towards `target_pos` with finger yaw `target_yaw` (mod `period`)."""
@@ -208,13 +215,14 @@ class CanDemo(Demonstrator):
             a = self.servo.action(obs, can + np.array([0.0, 0.0, 0.01]), y, CLOSED)
             if self.steps_in_phase >= 8:
                 self.go("lift")
+                self.lift_xy = eef[:2].copy()
             return a
         holding = np.linalg.norm(can - eef) < 0.04
         if self.phase in ("lift", "carry", "lower") and self.steps_in_phase > 5 and not holding:
             self.go("approach")  # dropped on the way: pick it up again
             return self.servo.action(obs, eef, y, OPEN)
         if self.phase == "lift":
-            target = np.array([eef[0], eef[1], self.CARRY_Z])
+            target = np.array([self.lift_xy[0], self.lift_xy[1], self.CARRY_Z])
             a = self.servo.action(obs, target, y, CLOSED)
             if eef[2] > self.CARRY_Z - 0.03:
                 self.go("carry")
@@ -244,7 +252,9 @@ class CanDemo(Demonstrator):
 class SquareDemo(Demonstrator):
     """Pick the square nut by its handle and drop it over the square peg."""
 
-    HANDLE = np.array([0.054, 0.0, 0.0])  # handle centre in the nut's frame (square-nut.xml)
+    # Grasp point in the nut's frame: the handle spans x 0.029..0.079 (square-nut.xml) and the
+    # nut's wall reaches x 0.044; grasp the free part so the fingers do not touch the wall.
+    HANDLE = np.array([0.065, 0.0, 0.0])
 
     def scene(self, obs):
         env = self.env
@@ -254,19 +264,34 @@ class SquareDemo(Demonstrator):
         self.table_z = float(env.table_offset[2])
         self.stuck = 0
         self.target_psi = None
-        self.yaw0 = self.servo.finger_yaw(obs)
+        self.grasp_yaw = None
+        self.flip = False  # toggled by a stall: grasp the other way round
+        self.best_shift = math.inf
 
-    def choose_psi(self, psi, obs):
-        """Nut yaw for the placement: a quarter turn (the square fits the peg in all four)
-        whose handle does not point away from the robot (+x: the arm would be stretched), and
-        that leaves the gripper's total turn since the episode start smallest (wrist limits)."""
-        turned = wrap(self.servo.finger_yaw(obs) - self.yaw0, 2 * math.pi)
-        best = None
-        for cand in (math.pi / 2, math.pi, -math.pi / 2):
-            total = abs(turned + wrap(cand - psi, 2 * math.pi))
-            if best is None or total < best[0]:
-                best = (total, cand)
-        return best[1]
+    def plan_turns(self, psi, obs):
+        """Chooses the grasp yaw and the nut's placement yaw (once per approach).
+
+        The fingers go across the handle (finger yaw ψ ± π/2: two choices, half a turn
+        apart) and the nut is placed at a quarter turn (the square fits the peg in all four)
+        whose handle does not point away from the robot (+x: a stretched arm). Among these,
+        the plan with the least total wrist turn whose last joint (which turns opposite to the
+        finger yaw) stays within ±2.4 rad of its range [−2.9, 2.9]. After a stall (`flip`), the
+        best plan with the other grasp choice: the wrist then works in another configuration."""
+        fy = self.servo.finger_yaw(obs)
+        q7 = float(obs["robot0_joint_pos"][-1])
+        plans = []
+        for option, grasp in enumerate((psi + math.pi / 2, psi - math.pi / 2)):
+            d_grasp = wrap(grasp - fy, 2 * math.pi)
+            for place in (math.pi / 2, math.pi, -math.pi / 2):
+                d_place = wrap(place - psi, 2 * math.pi)
+                q_grasp, q_place = q7 - d_grasp, q7 - d_grasp - d_place
+                over = max(0.0, abs(q_grasp) - 2.4) + max(0.0, abs(q_place) - 2.4)
+                cost = 10.0 * over + abs(d_grasp) + abs(d_place)
+                plans.append((cost, option, fy + d_grasp, place))
+        plans.sort()
+        if self.flip:
+            plans = [p for p in plans if p[1] != plans[0][1]]
+        return plans[0][2], plans[0][3]
 
     def plan(self, obs):
         nut = obs["SquareNut_pos"]
@@ -274,39 +299,41 @@ class SquareDemo(Demonstrator):
         psi = math.atan2(rot[1, 0], rot[0, 0])
         handle = nut + rot @ self.HANDLE
         eef = obs["robot0_eef_pos"]
-        # Fingers across the handle: along the nut's y axis.
-        grasp_yaw = psi + math.pi / 2
+        if self.phase == "approach" and self.steps_in_phase == 0:
+            self.grasp_yaw, self.target_psi = self.plan_turns(psi, obs)
+        # Fingers across the handle (along the nut's y axis), turned the planned way.
+        grasp_yaw = self.grasp_yaw + wrap(psi + math.pi / 2 - self.grasp_yaw, math.pi)
         if self.phase == "approach":
-            self.target_psi = None
             target = handle + np.array([0.0, 0.0, 0.06])
-            a = self.servo.action(obs, target, grasp_yaw, OPEN)
+            a = self.servo.action(obs, target, grasp_yaw, OPEN, period=4 * math.pi)
             if _near(eef, target, 0.01) and abs(wrap(grasp_yaw - self.servo.finger_yaw(obs), math.pi)) < 0.08:
                 self.go("descend")
             return a
         if self.phase == "descend":
             target = handle + np.array([0.0, 0.0, -0.003])
-            a = self.servo.action(obs, target, grasp_yaw, OPEN)
+            a = self.servo.action(obs, target, grasp_yaw, OPEN, period=4 * math.pi)
             if _near(eef, target, 0.006) or self.steps_in_phase > 30:
                 self.go("grasp")
             return a
         if self.phase == "grasp":
-            a = self.servo.action(obs, handle + np.array([0.0, 0.0, -0.003]), grasp_yaw, CLOSED)
+            a = self.servo.action(obs, handle + np.array([0.0, 0.0, -0.003]), grasp_yaw, CLOSED, period=4 * math.pi)
             if self.steps_in_phase >= 8:
                 self.go("lift")
+                self.lift_xy = eef[:2].copy()
             return a
         holding = np.linalg.norm(handle - eef) < 0.03
-        if self.phase in ("lift", "carry", "lower") and not holding:
+        if self.phase in ("lift", "carry", "lower", "putdown") and not holding:
             self.go("approach")  # lost the nut: pick it up again
             return self.servo.action(obs, eef + np.array([0.0, 0.0, 0.05]), None, OPEN)
-        if self.target_psi is None:
-            self.target_psi = self.choose_psi(psi, obs)
         # Turn the nut to its chosen quarter turn (the peg is axis-aligned).
         dpsi = wrap(self.target_psi - psi, 2 * math.pi)
         yaw = self.servo.finger_yaw(obs) + dpsi
         shift = np.append(self.peg_xy - nut[:2], 0.0)
         if self.phase == "lift":
-            target = np.array([eef[0], eef[1], self.peg_top + 0.05])
-            a = self.servo.action(obs, target, yaw, CLOSED, period=4 * math.pi)
+            # Straight up from the grasp, no turn yet (turning low near the robot folds the
+            # arm into its joint limits).
+            target = np.array([self.lift_xy[0], self.lift_xy[1], self.peg_top + 0.05])
+            a = self.servo.action(obs, target, None, CLOSED)
             if eef[2] > self.peg_top + 0.03:
                 self.go("carry")
             return a
@@ -317,6 +344,26 @@ class SquareDemo(Demonstrator):
             if np.all(np.abs(shift[:2]) < 0.004) and abs(dpsi) < 0.05 and abs(eef[2] - target[2]) < 0.02:
                 self.go("lower")
                 self.stuck = 0
+                return a
+            # Stalled far from the peg (the wrist runs into a joint limit in some
+            # configurations): put the nut down and grasp it the other way round.
+            dist = float(np.linalg.norm(shift))
+            if self.steps_in_phase == 0 or dist < self.best_shift - 0.002:
+                self.best_shift, self.best_at = dist, self.steps_in_phase
+            elif dist > 0.02 and self.steps_in_phase - self.best_at > 20:
+                self.flip = not self.flip
+                self.go("putdown")
+            return a
+        if self.phase == "putdown":
+            target = np.array([eef[0], eef[1], self.table_z + 0.02])
+            a = self.servo.action(obs, target, None, CLOSED)
+            if nut[2] < self.table_z + 0.02 or self.steps_in_phase > 30:
+                self.go("letgo")
+            return a
+        if self.phase == "letgo":
+            a = self.servo.action(obs, eef, None, OPEN)
+            if self.steps_in_phase >= 5:
+                self.go("approach")
             return a
         if self.phase == "lower":
             target = eef + shift
