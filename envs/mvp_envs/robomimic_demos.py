@@ -6,14 +6,15 @@ proportional servo towards waypoints computed from the observation dict (end-eff
 object pose) plus a few constants of the scene read once per episode (table height, the goal
 bin of the can, the square peg). The gripper stays pointing down; its yaw follows the object.
 
-- lift: above the cube → down → close → up.
-- can: above the can → down → close → up to a carrying height → over the can's target
+- lift: above the cube (fingers aligned with its faces) → down → close → up.
+- can: above the can → down → close → straight up to a carrying height → over the can's
   quadrant of bin 2 → down → open → up (success needs the gripper away from the can).
-- square: above the nut's handle (fingers across the handle) → down → close → up above the
-  peg → nut centre over the peg with the nut's square aligned to it → down the peg → open → up.
+- square: plan the wrist turns (see `SquareDemo.plan_turns`) → above the free part of the
+  nut's handle (fingers across it) → down → close → straight up above the peg → nut centre
+  over the peg with the nut's square aligned to it → down the peg (lifted again if it jams).
 
-Every phase has a step budget; a failed grasp (object not following the gripper) sends the
-machine back to the approach. `noise` adds Gaussian noise of that standard deviation to every
+Phases that wait for a pose have step budgets; a lost grasp (the object not following the
+gripper) sends the machine back to the approach. `noise` adds Gaussian noise of that standard deviation to every
 action component (then clipped to [−1, 1]); the executed (noisy) action is what a dataset records.
 
     demo = make_demonstrator("lift", env.sim_env, noise=0.05, rng=np.random.default_rng(0))
@@ -265,8 +266,6 @@ class SquareDemo(Demonstrator):
         self.stuck = 0
         self.target_psi = None
         self.grasp_yaw = None
-        self.flip = False  # toggled by a stall: grasp the other way round
-        self.best_shift = math.inf
 
     def plan_turns(self, psi, obs):
         """Chooses the grasp yaw and the nut's placement yaw (once per approach).
@@ -275,23 +274,20 @@ class SquareDemo(Demonstrator):
         apart) and the nut is placed at a quarter turn (the square fits the peg in all four)
         whose handle does not point away from the robot (+x: a stretched arm). Among these,
         the plan with the least total wrist turn whose last joint (which turns opposite to the
-        finger yaw) stays within ±2.4 rad of its range [−2.9, 2.9]. After a stall (`flip`), the
-        best plan with the other grasp choice: the wrist then works in another configuration."""
+        finger yaw) stays within ±2.4 rad of its range [−2.9, 2.9]."""
         fy = self.servo.finger_yaw(obs)
         q7 = float(obs["robot0_joint_pos"][-1])
         plans = []
-        for option, grasp in enumerate((psi + math.pi / 2, psi - math.pi / 2)):
+        for grasp in (psi + math.pi / 2, psi - math.pi / 2):
             d_grasp = wrap(grasp - fy, 2 * math.pi)
             for place in (math.pi / 2, math.pi, -math.pi / 2):
                 d_place = wrap(place - psi, 2 * math.pi)
                 q_grasp, q_place = q7 - d_grasp, q7 - d_grasp - d_place
                 over = max(0.0, abs(q_grasp) - 2.4) + max(0.0, abs(q_place) - 2.4)
                 cost = 10.0 * over + abs(d_grasp) + abs(d_place)
-                plans.append((cost, option, fy + d_grasp, place))
-        plans.sort()
-        if self.flip:
-            plans = [p for p in plans if p[1] != plans[0][1]]
-        return plans[0][2], plans[0][3]
+                plans.append((cost, fy + d_grasp, place))
+        best = min(plans)
+        return best[1], best[2]
 
     def plan(self, obs):
         nut = obs["SquareNut_pos"]
@@ -322,7 +318,7 @@ class SquareDemo(Demonstrator):
                 self.lift_xy = eef[:2].copy()
             return a
         holding = np.linalg.norm(handle - eef) < 0.03
-        if self.phase in ("lift", "carry", "lower", "putdown") and not holding:
+        if self.phase in ("lift", "carry", "lower") and not holding:
             self.go("approach")  # lost the nut: pick it up again
             return self.servo.action(obs, eef + np.array([0.0, 0.0, 0.05]), None, OPEN)
         # Turn the nut to its chosen quarter turn (the peg is axis-aligned).
@@ -344,26 +340,6 @@ class SquareDemo(Demonstrator):
             if np.all(np.abs(shift[:2]) < 0.004) and abs(dpsi) < 0.05 and abs(eef[2] - target[2]) < 0.02:
                 self.go("lower")
                 self.stuck = 0
-                return a
-            # Stalled far from the peg (the wrist runs into a joint limit in some
-            # configurations): put the nut down and grasp it the other way round.
-            dist = float(np.linalg.norm(shift))
-            if self.steps_in_phase == 0 or dist < self.best_shift - 0.002:
-                self.best_shift, self.best_at = dist, self.steps_in_phase
-            elif dist > 0.02 and self.steps_in_phase - self.best_at > 20:
-                self.flip = not self.flip
-                self.go("putdown")
-            return a
-        if self.phase == "putdown":
-            target = np.array([eef[0], eef[1], self.table_z + 0.02])
-            a = self.servo.action(obs, target, None, CLOSED)
-            if nut[2] < self.table_z + 0.02 or self.steps_in_phase > 30:
-                self.go("letgo")
-            return a
-        if self.phase == "letgo":
-            a = self.servo.action(obs, eef, None, OPEN)
-            if self.steps_in_phase >= 5:
-                self.go("approach")
             return a
         if self.phase == "lower":
             target = eef + shift
@@ -375,7 +351,8 @@ class SquareDemo(Demonstrator):
                 # Still at the top of the peg: jammed if it stops going down.
                 self.stuck = self.stuck + 1 if self.steps_in_phase > 10 and self.last_z - nut[2] < 0.001 else 0
                 if self.stuck > 5:
-                    self.go("lift")
+                    self.go("lift")  # up again where it is, then align afresh
+                    self.lift_xy = eef[:2].copy()
             self.last_z = nut[2]
             return a
         if self.phase == "release":

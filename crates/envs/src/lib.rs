@@ -30,7 +30,7 @@ mod worker;
 pub use branch_reach::{BranchReach, BranchReachDemo, Route};
 pub use demo::{generate_dataset, DemoStats, DEFAULT_DEMO_NOISE_STD};
 pub use worker::{
-    project_root, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
+    project_root, python_command, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
     WorkerInfo, PROTOCOL_VERSION,
 };
 

@@ -278,6 +278,53 @@ pub fn project_root() -> PathBuf {
     cwd
 }
 
+/// A `Command` for the project's Python with `envs/` on `PYTHONPATH`, run in the project root,
+/// one numerical thread unless the caller's environment says otherwise — how the worker is
+/// started, for other Python entry points such as
+/// `python -m mvp_envs.data_robomimic --task lift --episodes 200 --out FILE.hdf5`.
+///
+/// `root`: `None` is [`project_root`]; `python`: `None` is `$MVP_PYTHON`, else
+/// `<root>/.venv/bin/python`. Returns the command (no arguments yet) and the interpreter, or
+/// [`WorkerError::VenvMissing`] / [`WorkerError::PackageMissing`].
+pub fn python_command(
+    root: Option<&Path>,
+    python: Option<&Path>,
+) -> Result<(Command, PathBuf), WorkerError> {
+    let root = root.map(Path::to_path_buf).unwrap_or_else(project_root);
+    let python = match (python, std::env::var_os("MVP_PYTHON")) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => root.join(".venv/bin/python"),
+    };
+    if !python.exists() {
+        let venv = python
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(&python)
+            .to_path_buf();
+        return Err(WorkerError::VenvMissing(venv));
+    }
+    let envs_dir = root.join("envs");
+    if !envs_dir.join("mvp_envs/worker.py").is_file() {
+        return Err(WorkerError::PackageMissing(envs_dir.join("mvp_envs")));
+    }
+    let mut pythonpath = envs_dir.into_os_string();
+    if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        pythonpath.push(":");
+        pythonpath.push(old);
+    }
+    let mut cmd = Command::new(&python);
+    cmd.current_dir(&root).env("PYTHONPATH", pythonpath);
+    // One numerical thread per process unless the caller chose otherwise: workers are many
+    // and cores are few (DESIGN.md §3.1 on OpenMP stalls).
+    for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, "1");
+        }
+    }
+    Ok((cmd, python))
+}
+
 /// Keeps the last lines of the worker's stderr (and optionally copies them to ours).
 type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
@@ -293,43 +340,11 @@ struct Proc {
 
 impl Proc {
     fn spawn(config: &WorkerConfig) -> anyhow::Result<Proc> {
-        let root = config.root.clone().unwrap_or_else(project_root);
-        let python = match (&config.python, std::env::var_os("MVP_PYTHON")) {
-            (Some(p), _) => p.clone(),
-            (None, Some(p)) => PathBuf::from(p),
-            (None, None) => root.join(".venv/bin/python"),
-        };
-        if !python.exists() {
-            let venv = python
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(&python)
-                .to_path_buf();
-            return Err(WorkerError::VenvMissing(venv).into());
-        }
-        let envs_dir = root.join("envs");
-        if !envs_dir.join("mvp_envs/worker.py").is_file() {
-            return Err(WorkerError::PackageMissing(envs_dir.join("mvp_envs")).into());
-        }
-        let mut pythonpath = envs_dir.into_os_string();
-        if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
-            pythonpath.push(":");
-            pythonpath.push(old);
-        }
-        let mut cmd = Command::new(&python);
+        let (mut cmd, python) = python_command(config.root.as_deref(), config.python.as_deref())?;
         cmd.args(["-m", "mvp_envs.worker"])
-            .current_dir(&root)
-            .env("PYTHONPATH", pythonpath)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // One numerical thread per worker unless the caller chose otherwise: workers are
-        // many and cores are few (DESIGN.md §3.1 on OpenMP stalls).
-        for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
-            if std::env::var_os(var).is_none() {
-                cmd.env(var, "1");
-            }
-        }
         let mut child = cmd.spawn().map_err(|e| WorkerError::Spawn {
             python: python.clone(),
             reason: e.to_string(),

@@ -4,12 +4,10 @@
 //! They need the project's venv (`.venv/`, `make setup`) and libhdf5 (`scripts/setup-hdf5.sh`);
 //! without them they fail with that instruction instead of being skipped.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use mvp_envs::{project_root, Env, WorkerConfig, WorkerEnv};
+use mvp_envs::{python_command, Env, WorkerConfig, WorkerEnv};
 use mvp_replay::{read_robomimic, RobomimicFilter, RobomimicOptions};
 use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
 
 fn env(env_id: &str, env_kwargs: Option<serde_json::Value>) -> WorkerEnv {
     let mut config = WorkerConfig::new(env_id);
@@ -38,7 +36,11 @@ fn steps_for_real(task: &str, obs_dim: usize, horizon: usize) {
         let step = env.step(&action).unwrap();
         assert_eq!(step.obs.len(), obs_dim);
         assert!(step.obs.iter().all(|x| x.is_finite()));
-        assert!(step.reward == -1.0 || step.reward == 0.0, "reward {}", step.reward);
+        assert!(
+            step.reward == -1.0 || step.reward == 0.0,
+            "reward {}",
+            step.reward
+        );
         assert_eq!(step.terminated, step.info.success);
         assert_eq!(step.reward == 0.0, step.info.success);
         assert!(!step.truncated);
@@ -67,20 +69,11 @@ fn square_steps_through_the_worker() {
     steps_for_real("square", 23, 400);
 }
 
-fn python() -> PathBuf {
-    let root = project_root();
-    let py = std::env::var_os("MVP_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
-    assert!(py.exists(), "Python env venv not found at {}; run `make setup`", py.display());
-    py
-}
-
-/// Runs python code (or `-m module args`) with envs/ on the path; panics with its stderr.
+/// Runs python code (or `-m module args`) as the worker runs (venv, envs/ on the path);
+/// panics with its stderr.
 fn run_python(args: &[&str]) -> String {
-    let out = Command::new(python())
-        .args(args)
-        .env("PYTHONPATH", project_root().join("envs"))
-        .output()
-        .expect("cannot start python");
+    let (mut cmd, _) = python_command(None, None).unwrap_or_else(|e| panic!("{e}"));
+    let out = cmd.args(args).output().expect("cannot start python");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python {args:?} failed:\n{stderr}");
     String::from_utf8(out.stdout).unwrap()
@@ -135,13 +128,26 @@ fn generated_lift_file_reads_in_rust_as_in_h5py() {
     let dir = tempfile::tempdir().unwrap();
     let path = generate_lift(dir.path(), 2);
     for filter in ["all", "train", "valid"] {
-        let want: serde_json::Value =
-            serde_json::from_str(&run_python(&["-c", H5PY_DUMP, path.to_str().unwrap(), filter])).unwrap();
-        let opts = RobomimicOptions { filter: filter.parse::<RobomimicFilter>().unwrap(), ..Default::default() };
+        let want: serde_json::Value = serde_json::from_str(&run_python(&[
+            "-c",
+            H5PY_DUMP,
+            path.to_str().unwrap(),
+            filter,
+        ]))
+        .unwrap();
+        let opts = RobomimicOptions {
+            filter: filter.parse::<RobomimicFilter>().unwrap(),
+            ..Default::default()
+        };
         let got = read_robomimic(&path, &opts).unwrap_or_else(|e| panic!("{e}"));
         let ds = &got.dataset;
         let f32s = |k: &str| -> Vec<f32> {
-            want[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+            want[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
         };
         assert_eq!(ds.obs_dim, 19, "lift: 3 + 4 + 2 + 10");
         assert_eq!(ds.act_dim, 7);
@@ -154,16 +160,28 @@ fn generated_lift_file_reads_in_rust_as_in_h5py() {
         let names: Vec<String> = serde_json::from_value(want["names"].clone()).unwrap();
         assert_eq!(got.demos, names);
         if filter == "all" {
-            assert_eq!(ds.len() as u64, want["total"].as_u64().unwrap(), "attr total");
+            assert_eq!(
+                ds.len() as u64,
+                want["total"].as_u64().unwrap(),
+                "attr total"
+            );
             assert_eq!(got.demos.len(), 2);
-            let args: serde_json::Value = serde_json::from_str(got.env_args.as_deref().unwrap()).unwrap();
+            let args: serde_json::Value =
+                serde_json::from_str(got.env_args.as_deref().unwrap()).unwrap();
             assert_eq!(args, want["env_args"]);
             assert_eq!(got.env_name().as_deref(), Some("Lift"));
             // Only successful demos are kept: each ends with reward 0 and mask 0.
             let mut end = 0;
             for len in &got.demo_lengths {
                 end += len;
-                assert_eq!((ds.rewards[end - 1], ds.masks[end - 1], ds.terminals[end - 1]), (0.0, 0.0, 1.0));
+                assert_eq!(
+                    (
+                        ds.rewards[end - 1],
+                        ds.masks[end - 1],
+                        ds.terminals[end - 1]
+                    ),
+                    (0.0, 0.0, 1.0)
+                );
             }
         } else {
             assert_eq!(got.demos.len(), 1, "{filter}: 2 demos split 1/1");
@@ -190,15 +208,26 @@ fn dataset_replays_in_the_online_env_with_the_same_conventions() {
     .parse()
     .unwrap();
     assert_eq!(seed, 3, "episode 0 of --seed 3");
-    let mut env = env("robomimic/lift", Some(serde_json::json!({ "dataset": path })));
+    let mut env = env(
+        "robomimic/lift",
+        Some(serde_json::json!({ "dataset": path })),
+    );
     let (obs, _) = env.reset(Some(seed)).unwrap();
     assert_eq!(obs, ds.observations[..19].to_vec(), "initial observation");
     let t = ds.len();
     for i in 0..t {
         let step = env.step(&ds.actions[i * 7..(i + 1) * 7]).unwrap();
         let stored = &ds.next_observations[i * 19..(i + 1) * 19];
-        let gap = step.obs.iter().zip(stored).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(gap < 1e-3, "step {i}: online obs differs from next_obs by {gap}");
+        let gap = step
+            .obs
+            .iter()
+            .zip(stored)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            gap < 1e-3,
+            "step {i}: online obs differs from next_obs by {gap}"
+        );
         assert_eq!(step.reward, ds.rewards[i], "step {i}");
         assert_eq!(step.mask(), ds.masks[i], "step {i}");
         assert_eq!(step.done(), i + 1 == t, "step {i} of {t}");
@@ -209,7 +238,10 @@ fn dataset_replays_in_the_online_env_with_the_same_conventions() {
     let mut config = WorkerConfig::new("robomimic/can");
     config.env_kwargs = Some(serde_json::json!({ "dataset": path }));
     let err = format!("{:#}", WorkerEnv::new(config).unwrap_err());
-    assert!(err.contains("'Lift'") && err.contains("robomimic/can"), "{err}");
+    assert!(
+        err.contains("'Lift'") && err.contains("robomimic/can"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -218,34 +250,56 @@ fn broken_generated_file_fails_with_the_key_named() {
     let path = generate_lift(dir.path(), 1);
     let p = path.to_str().unwrap();
     let edit = |code: &str| {
-        let script = format!("import sys, h5py, numpy as np\nf = h5py.File(sys.argv[1], 'r+')\n{code}\nf.close()");
+        let script = format!(
+            "import sys, h5py, numpy as np\nf = h5py.File(sys.argv[1], 'r+')\n{code}\nf.close()"
+        );
         run_python(&["-c", &script, p]);
     };
     // A missing key.
     edit("f['data/demo_0/saved'] = f['data/demo_0/next_obs/object'][:]\ndel f['data/demo_0/next_obs/object']");
-    let msg = read_robomimic(&path, &RobomimicOptions::default()).unwrap_err().to_string();
-    assert!(msg.contains("missing dataset `data/demo_0/next_obs/object`"), "{msg}");
+    let msg = read_robomimic(&path, &RobomimicOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("missing dataset `data/demo_0/next_obs/object`"),
+        "{msg}"
+    );
     edit("f['data/demo_0/next_obs/object'] = f['data/demo_0/saved'][:]");
     // Asking for a key the file lacks.
-    let opts = RobomimicOptions { obs_keys: vec!["robot0_eef_vel_lin".into()], ..Default::default() };
+    let opts = RobomimicOptions {
+        obs_keys: vec!["robot0_eef_vel_lin".into()],
+        ..Default::default()
+    };
     let msg = read_robomimic(&path, &opts).unwrap_err().to_string();
-    assert!(msg.contains("`data/demo_0/obs/robot0_eef_vel_lin`"), "{msg}");
+    assert!(
+        msg.contains("`data/demo_0/obs/robot0_eef_vel_lin`"),
+        "{msg}"
+    );
     // A wrong shape: one reward short.
     edit(
         "r = f['data/demo_0/rewards'][:]\ndel f['data/demo_0/rewards']\nf['data/demo_0/rewards'] = r[:-1]",
     );
     let t = read_robomimic_len(&path);
-    let msg = read_robomimic(&path, &RobomimicOptions::default()).unwrap_err().to_string();
+    let msg = read_robomimic(&path, &RobomimicOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(
-        msg.contains(&format!("`data/demo_0/rewards` has shape [{}], expected [{t}]", t - 1)),
+        msg.contains(&format!(
+            "`data/demo_0/rewards` has shape [{}], expected [{t}]",
+            t - 1
+        )),
         "{msg}"
     );
 }
 
 /// Rows of `data/demo_0/actions` (via h5py).
 fn read_robomimic_len(path: &Path) -> usize {
-    run_python(&["-c", "import sys, h5py; print(h5py.File(sys.argv[1])['data/demo_0/actions'].shape[0])", path.to_str().unwrap()])
-        .trim()
-        .parse()
-        .unwrap()
+    run_python(&[
+        "-c",
+        "import sys, h5py; print(h5py.File(sys.argv[1])['data/demo_0/actions'].shape[0])",
+        path.to_str().unwrap(),
+    ])
+    .trim()
+    .parse()
+    .unwrap()
 }

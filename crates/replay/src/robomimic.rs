@@ -27,8 +27,12 @@ use hdf5::types::{FixedAscii, VarLenAscii, VarLenUnicode};
 use crate::{Dataset, ReplayError, Result};
 
 /// Default observation keys, in the order the flat observation concatenates them.
-pub const ROBOMIMIC_OBS_KEYS: [&str; 4] =
-    ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"];
+pub const ROBOMIMIC_OBS_KEYS: [&str; 4] = [
+    "robot0_eef_pos",
+    "robot0_eef_quat",
+    "robot0_gripper_qpos",
+    "object",
+];
 
 /// Which demos of a file to read.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -65,7 +69,11 @@ impl FromStr for RobomimicFilter {
             "all" => Self::All,
             "train" => Self::Train,
             "valid" => Self::Valid,
-            "" => return Err(ReplayError::Invalid("empty robomimic filter key (use all, train, valid or a mask name)".into())),
+            "" => {
+                return Err(ReplayError::Invalid(
+                    "empty robomimic filter key (use all, train, valid or a mask name)".into(),
+                ))
+            }
             other => Self::Key(other.to_string()),
         })
     }
@@ -120,7 +128,10 @@ impl RobomimicData {
 pub fn robomimic_make_command(path: &Path, task: Option<&str>) -> String {
     let guess = task.map(str::to_string).or_else(|| {
         let p = path.to_string_lossy().to_lowercase();
-        ["square", "lift", "can"].iter().find(|t| p.contains(*t)).map(|t| t.to_string())
+        ["square", "lift", "can"]
+            .iter()
+            .find(|t| p.contains(*t))
+            .map(|t| t.to_string())
     });
     format!(
         "mvp data robomimic --task {} --episodes 200 --out {}",
@@ -149,7 +160,10 @@ pub fn read_robomimic(path: impl AsRef<Path>, options: &RobomimicOptions) -> Res
     if options.obs_keys.is_empty() {
         return Err(ReplayError::Invalid("robomimic obs_keys is empty".into()));
     }
-    Reader { path: path.to_path_buf() }.read(options)
+    Reader {
+        path: path.to_path_buf(),
+    }
+    .read(options)
 }
 
 struct Reader {
@@ -158,23 +172,36 @@ struct Reader {
 
 impl Reader {
     fn err(&self, reason: impl Into<String>) -> ReplayError {
-        ReplayError::Robomimic { path: self.path.clone(), reason: reason.into() }
+        ReplayError::Robomimic {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
     }
 
     fn group(&self, parent: &hdf5::Group, name: &str, full: &str) -> Result<hdf5::Group> {
         if !parent.link_exists(name) {
             let members = parent.member_names().unwrap_or_default();
-            return Err(self.err(format!("missing group `{full}` (members of its parent: {})", list(&members))));
+            return Err(self.err(format!(
+                "missing group `{full}` (members of its parent: {})",
+                list(&members)
+            )));
         }
-        parent.group(name).map_err(|e| self.err(format!("`{full}` is not a readable group: {e}")))
+        parent
+            .group(name)
+            .map_err(|e| self.err(format!("`{full}` is not a readable group: {e}")))
     }
 
     fn dataset(&self, parent: &hdf5::Group, name: &str, full: &str) -> Result<hdf5::Dataset> {
         if !parent.link_exists(name) {
             let members = parent.member_names().unwrap_or_default();
-            return Err(self.err(format!("missing dataset `{full}` (members of its parent: {})", list(&members))));
+            return Err(self.err(format!(
+                "missing dataset `{full}` (members of its parent: {})",
+                list(&members)
+            )));
         }
-        parent.dataset(name).map_err(|e| self.err(format!("`{full}` is not a readable dataset: {e}")))
+        parent
+            .dataset(name)
+            .map_err(|e| self.err(format!("`{full}` is not a readable dataset: {e}")))
     }
 
     /// Reads a numeric dataset as f32 with its shape.
@@ -202,14 +229,23 @@ impl Reader {
     }
 
     /// Reads a [t, d] (or [t]) array; `want` is the width required by earlier demos.
-    fn matrix(&self, ds: &hdf5::Dataset, full: &str, t: usize, want: Option<usize>, what: &str) -> Result<(Vec<f32>, usize)> {
+    fn matrix(
+        &self,
+        ds: &hdf5::Dataset,
+        full: &str,
+        t: usize,
+        want: Option<usize>,
+        what: &str,
+    ) -> Result<(Vec<f32>, usize)> {
         let (v, shape) = self.floats(ds, full)?;
         let width = match shape.as_slice() {
             [n] if *n == t => 1,
             [n, d] if *n == t => *d,
             _ => {
                 let w = want.map_or("d".to_string(), |w| w.to_string());
-                return Err(self.err(format!("`{full}` has shape {shape:?}, expected [{t}, {w}] ({what})")));
+                return Err(self.err(format!(
+                    "`{full}` has shape {shape:?}, expected [{t}, {w}] ({what})"
+                )));
             }
         };
         if let Some(w) = want {
@@ -227,7 +263,9 @@ impl Reader {
         if let Ok(s) = attr.read_scalar::<VarLenUnicode>() {
             return Some(s.as_str().to_string());
         }
-        attr.read_scalar::<VarLenAscii>().ok().map(|s| s.as_str().to_string())
+        attr.read_scalar::<VarLenAscii>()
+            .ok()
+            .map(|s| s.as_str().to_string())
     }
 
     fn mask(&self, file: &hdf5::File, key: &str) -> Result<Vec<String>> {
@@ -243,7 +281,10 @@ impl Reader {
         } else {
             return Err(self.err(format!(
                 "`{full}` is not a list of demo names (byte strings); its type is {:?}",
-                ds.dtype().and_then(|d| d.to_descriptor()).map(|d| d.to_string()).unwrap_or_default()
+                ds.dtype()
+                    .and_then(|d| d.to_descriptor())
+                    .map(|d| d.to_string())
+                    .unwrap_or_default()
             )));
         };
         if names.is_empty() {
@@ -273,7 +314,12 @@ impl Reader {
             Some(key) => self.mask(&file, key)?,
         };
         // robomimic orders demos by the number after `demo_`.
-        demos.sort_by_key(|n| (n.strip_prefix("demo_").and_then(|k| k.parse::<u64>().ok()), n.clone()));
+        demos.sort_by_key(|n| {
+            (
+                n.strip_prefix("demo_").and_then(|k| k.parse::<u64>().ok()),
+                n.clone(),
+            )
+        });
 
         let keys = &options.obs_keys;
         let mut key_dims: Vec<Option<usize>> = vec![None; keys.len()];
@@ -310,7 +356,13 @@ impl Reader {
                 let mut cols = Vec::with_capacity(keys.len());
                 for (k, key) in keys.iter().enumerate() {
                     let full = format!("{gpath}/{key}");
-                    let (v, w) = self.matrix(&self.dataset(&og, key, &full)?, &full, t, key_dims[k], "observation key")?;
+                    let (v, w) = self.matrix(
+                        &self.dataset(&og, key, &full)?,
+                        &full,
+                        t,
+                        key_dims[k],
+                        "observation key",
+                    )?;
                     key_dims[k] = Some(w);
                     cols.push((v, w));
                 }
@@ -343,7 +395,11 @@ impl Reader {
             env_args,
             demos,
             demo_lengths: lengths,
-            obs_key_dims: keys.iter().cloned().zip(key_dims.into_iter().map(|w| w.unwrap_or(0))).collect(),
+            obs_key_dims: keys
+                .iter()
+                .cloned()
+                .zip(key_dims.into_iter().map(|w| w.unwrap_or(0)))
+                .collect(),
         })
     }
 }
@@ -353,7 +409,12 @@ fn list(names: &[String]) -> String {
         return "none".into();
     }
     const MAX: usize = 12;
-    let mut s = names.iter().take(MAX).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(MAX)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > MAX {
         s.push_str(&format!(", ... ({} in all)", names.len()));
     }
