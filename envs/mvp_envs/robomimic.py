@@ -130,7 +130,7 @@ def default_env_args(task):
     }
 
 
-def env_args_from_file(path):
+def env_args_from_file(path, task="lift|can|square"):
     """The `env_args` dict stored in a robomimic HDF5 file (attribute `env_args` of `data`)."""
     import h5py
 
@@ -140,7 +140,10 @@ def env_args_from_file(path):
                 raise UserError(f"{path}: no attribute 'env_args' on group 'data'; not a robomimic dataset")
             raw = f["data"].attrs["env_args"]
     except FileNotFoundError:
-        raise UserError(f"robomimic dataset {path} not found") from None
+        raise UserError(
+            f"robomimic dataset {path} not found; make it with `mvp data robomimic --task {task} "
+            f"--episodes 200 --out {path}` (or use robomimic's low_dim.hdf5)"
+        ) from None
     except OSError as exc:
         raise UserError(f"cannot read robomimic dataset {path}: {exc}") from None
     if isinstance(raw, bytes):
@@ -157,7 +160,7 @@ def resolve_env_args(task, dataset=None, env_args=None):
         args = json.loads(env_args) if isinstance(env_args, str) else copy.deepcopy(env_args)
         source = "env_args"
     elif dataset is not None:
-        args = env_args_from_file(dataset)
+        args = env_args_from_file(dataset, task)
         source = str(dataset)
     else:
         return default_env_args(task)
@@ -170,10 +173,17 @@ def resolve_env_args(task, dataset=None, env_args=None):
     return args
 
 
+def _errors_only(record):
+    return record.levelno >= logging.ERROR
+
+
 def _quiet_robosuite():
-    # robosuite logs INFO/WARNING lines on import and per env (macros, controller config, a
-    # 'left' arm the Panda does not have); errors still show.
-    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+    # robosuite logs INFO/WARNING lines on import (macros file, optional packages) and per env
+    # (controller config); errors still show. A logger filter, since robosuite sets the
+    # logger's level itself when it is imported.
+    logger = logging.getLogger("robosuite_logs")
+    if _errors_only not in logger.filters:
+        logger.addFilter(_errors_only)
 
 
 def make_robosuite(env_args):
@@ -184,7 +194,6 @@ def make_robosuite(env_args):
         refactor_composite_controller_config,
     )
 
-    _quiet_robosuite()
     kwargs = copy.deepcopy(env_args.get("env_kwargs", {}))
     kwargs.update(
         has_renderer=False,
