@@ -6,8 +6,9 @@ export OMP_NUM_THREADS ?= 1
 .PHONY: setup build run test clean-setup
 
 ## setup: install libtorch 2.13.0 into .libtorch/ and the environment workers' Python venv
-## into .venv/, both from PyPI (idempotent)
+## into .venv/, both from PyPI, and the system HDF5 library for robomimic files (idempotent)
 setup:
+	@scripts/setup-hdf5.sh
 	@scripts/setup-libtorch.sh
 	@scripts/setup-venv.sh
 

@@ -1,11 +1,13 @@
-"""Builds one environment from an id: OGBench singletask names or any registered Gymnasium id.
+"""Builds one environment from an id: OGBench singletask names, robomimic tasks or any Gymnasium id.
 
 Accepted ids:
 - OGBench singletask names with the dataset word, as OGBench's own loader spells them:
   `cube-double-play-singletask-task2-v0` (built by `ogbench.make_env_and_datasets(...,
   env_only=True)`, which drops the dataset word).
-- Any id in Gymnasium's registry once `ogbench` and `mvp_envs.testing` are imported:
-  `cube-double-singletask-task2-v0`, `HalfCheetah-v5`, `mvp_envs/Faulty-v0`, ...
+- Robomimic tasks `robomimic/lift`, `robomimic/can`, `robomimic/square` (mvp_envs.robomimic;
+  env_kwargs `dataset` = a robomimic HDF5 file whose `env_args` to use, or `env_args`).
+- Any id in Gymnasium's registry once `ogbench`, `mvp_envs.robomimic` and `mvp_envs.testing` are
+  imported: `cube-double-singletask-task2-v0`, `HalfCheetah-v5`, `mvp_envs/Faulty-v0`, ...
 
 Reward timing. OGBench registers its singletask environments with `success_timing='pre'`:
 `step(a_t)` returns s_{t+1} but the reward, `terminated` and `info['success']` of s_t, the
@@ -22,6 +24,7 @@ import numpy as np
 
 # Registering imports: OGBench's ids and our test environments join Gymnasium's registry.
 import ogbench
+import mvp_envs.robomimic  # noqa: F401  (registers robomimic/*; robosuite loads on first make)
 import mvp_envs.testing  # noqa: F401
 from mvp_envs.protocol import UserError
 
@@ -68,7 +71,7 @@ def make_env(env_id, max_episode_steps=None, env_kwargs=None):
         raise UserError(
             f"unknown environment id '{env_id}': neither an OGBench singletask name such as "
             "'cube-double-play-singletask-task2-v0' nor a registered Gymnasium id such as "
-            "'HalfCheetah-v5'; check the spelling (list the ids with `.venv/bin/python -c "
+            "'HalfCheetah-v5' or 'robomimic/lift'; check the spelling (list the ids with `.venv/bin/python -c "
             "\"import ogbench, gymnasium; print(*gymnasium.registry, sep=chr(10))\"`)"
         )
     check_spaces(env_id, env)

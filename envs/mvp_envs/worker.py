@@ -105,7 +105,7 @@ class Worker:
         import importlib.metadata as md
 
         versions = {}
-        for pkg in ("gymnasium", "mujoco", "numpy", "ogbench"):
+        for pkg in ("gymnasium", "mujoco", "numpy", "ogbench", "robosuite"):
             try:
                 versions[pkg] = md.version(pkg)
             except md.PackageNotFoundError:

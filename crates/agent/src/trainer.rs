@@ -128,6 +128,18 @@ fn load_dataset_file(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<D
             tracing::info!("loaded {} transitions from {} (rewards relabelled for task {})", data.len(), path.display(), task.task_id);
             Ok(data)
         }
+        Some("hdf5" | "h5") => {
+            if !path.exists() && d.generate_episodes > 0 {
+                let task = spec.name.strip_prefix("robomimic/").with_context(|| {
+                    format!("cannot generate {}: env.name `{}` is not a robomimic task (robomimic/lift, can, square)", path.display(), spec.name)
+                })?;
+                generate_robomimic(task, d.generate_episodes, d.generate_workers, config.run.seed, path)?;
+            }
+            let options = mvp_replay::RobomimicOptions { task: spec.name.strip_prefix("robomimic/").map(String::from), ..Default::default() };
+            let read = mvp_replay::read_robomimic(path, &options)?;
+            tracing::info!("loaded {} transitions from {} demos in {}", read.dataset.len(), read.demos.len(), path.display());
+            Ok(read.dataset)
+        }
         _ => bail!("data.path {}: unknown dataset format; expected an OGBench `.npz` or a robomimic `.hdf5` file", path.display()),
     }
 }
@@ -142,6 +154,25 @@ pub fn generate_ogbench(dataset: &str, episodes: usize, workers: usize, seed: u6
     g.workers = workers;
     g.seed = seed;
     let status = g.command()?.stdout(std::process::Stdio::null()).status().context("starting the OGBench generator")?;
+    if !status.success() {
+        bail!("generating {} failed ({status}); see the generator's messages above", out.display());
+    }
+    Ok(())
+}
+
+/// Runs `mvp data robomimic` for a missing dataset (progress on stderr).
+pub fn generate_robomimic(task: &str, episodes: usize, workers: usize, seed: u64, out: &Path) -> Result<()> {
+    tracing::info!("{} does not exist: generating {episodes} scripted {task} demonstrations with {workers} processes", out.display());
+    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let out_abs = std::path::absolute(out)?;
+    let status = mvp_envs::python_module_command("mvp_envs.data_robomimic")?
+        .args(["--task", task, "--episodes", &episodes.to_string(), "--workers", &workers.to_string(), "--seed", &seed.to_string()])
+        .arg("--out")
+        .arg(&out_abs)
+        .status()
+        .context("starting the robomimic generator")?;
     if !status.success() {
         bail!("generating {} failed ({status}); see the generator's messages above", out.display());
     }

@@ -284,3 +284,23 @@ fn offline_to_online_on_ogbench_with_a_generated_dataset_and_clear_errors() {
     let err = format!("{:#}", Trainer::new(cfg).err().expect("wrong dataset"));
     assert!(err.contains("28") && err.contains("37"), "{err}");
 }
+
+#[test]
+fn offline_to_online_on_robomimic_lift_with_generated_demonstrations() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lift.hdf5");
+    let path = format!("data.path=\"{}\"", data.display());
+    let env = "env.name=\"robomimic/lift\"";
+    let cfg = tiny(dir.path(), "missing", &[env, &path]);
+    let err = format!("{:#}", Trainer::new(cfg).err().expect("missing dataset"));
+    assert!(err.contains("mvp data robomimic --task lift"), "{err}");
+    let cfg = tiny(dir.path(), "lift", &[env, &path, "data.generate_episodes=2", "schedule.eval_episodes=1"]);
+    let mut trainer = Trainer::new(cfg).unwrap();
+    let offline = trainer.buffer().len();
+    assert!(offline > 20, "two lift demonstrations: {offline} transitions");
+    let s = trainer.run().unwrap();
+    assert_eq!(s.steps, 100);
+    assert_eq!(trainer.buffer().len(), offline + 60);
+    assert_eq!(s.eval.unwrap().episodes, 1);
+}

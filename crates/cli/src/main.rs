@@ -97,12 +97,21 @@ enum DataCommand {
         /// lift, can or square.
         #[arg(long)]
         task: String,
-        /// Number of episodes.
-        #[arg(long)]
+        /// Successful demonstrations to keep.
+        #[arg(long, default_value_t = 200)]
         episodes: usize,
-        /// Output file.
+        /// Output file (robomimic's low-dim HDF5 layout).
         #[arg(long)]
         out: PathBuf,
+        /// Parallel processes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Seed (episode i resets with seed + i).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Gaussian action noise of the demonstrator.
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
     },
 }
 
@@ -160,7 +169,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Data(DataCommand::Robomimic { .. }) => not_implemented("data robomimic", 6),
+        Command::Data(DataCommand::Robomimic { task, episodes, out, workers, seed, noise }) => {
+            let status = mvp_envs::python_module_command("mvp_envs.data_robomimic")?
+                .args(["--task", &task, "--episodes", &episodes.to_string(), "--workers", &workers.to_string()])
+                .args(["--seed", &seed.to_string(), "--noise", &noise.to_string()])
+                .arg("--out")
+                .arg(std::path::absolute(&out)?)
+                .status()?;
+            if !status.success() {
+                anyhow::bail!("the robomimic generator failed ({status})");
+            }
+            Ok(())
+        }
         Command::Export { .. } => not_implemented("export", 7),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Report(args) => report::run(args),

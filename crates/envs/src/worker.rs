@@ -296,6 +296,18 @@ pub(crate) fn python_module_command_in(
     root: Option<&Path>,
     python: Option<&Path>,
 ) -> anyhow::Result<Command> {
+    let mut cmd = python_command_in(root, python)?;
+    cmd.args(["-m", module]);
+    Ok(cmd)
+}
+
+/// The project's Python interpreter set up as for [`python_module_command`], with no
+/// arguments yet (for `-c CODE` and the like).
+pub fn python_command() -> anyhow::Result<Command> {
+    python_command_in(None, None)
+}
+
+fn python_command_in(root: Option<&Path>, python: Option<&Path>) -> anyhow::Result<Command> {
     let root = root.map(Path::to_path_buf).unwrap_or_else(project_root);
     let python = match (python, std::env::var_os("MVP_PYTHON")) {
         (Some(p), _) => p.to_path_buf(),
@@ -320,9 +332,7 @@ pub(crate) fn python_module_command_in(
         pythonpath.push(old);
     }
     let mut cmd = Command::new(&python);
-    cmd.args(["-m", module])
-        .current_dir(&root)
-        .env("PYTHONPATH", pythonpath);
+    cmd.current_dir(&root).env("PYTHONPATH", pythonpath);
     // One numerical thread per process unless the caller chose otherwise: workers are
     // many and cores are few (DESIGN.md §3.1 on OpenMP stalls).
     for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
