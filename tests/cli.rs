@@ -111,3 +111,38 @@ fn report_tabulates_groups_of_runs_and_plots_their_curves() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no run under"));
 }
+
+#[test]
+fn env_benchmark_compares_the_bridge_with_plain_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("env.json");
+    let out = mvp(&["bench", "env", "--env", "cube-single-play-singletask-task1-v0", "--workers", "1,2", "--steps", "100", "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, w) in rows.iter().zip([1, 2]) {
+        assert_eq!(row["workers"], w);
+        assert!(row["bridge_steps_per_s"].as_f64().unwrap() > 0.0 && row["plain_steps_per_s"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bridge overhead"), "{text}");
+}
+
+#[test]
+fn data_commands_make_files_the_readers_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("cs.npz");
+    let out = mvp(&["data", "ogbench", "--env", "cube-single-play-v0", "--episodes", "1", "--episode-length", "50", "--workers", "1", "--out", npz.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(npz.exists() && dir.path().join("cs-val.npz").exists());
+    let h5 = dir.path().join("lift.hdf5");
+    let out = mvp(&["data", "robomimic", "--task", "lift", "--episodes", "1", "--workers", "1", "--out", h5.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = mvp_replay::read_robomimic(&h5, &Default::default()).unwrap();
+    assert_eq!(read.demos.len(), 1);
+    assert_eq!(read.dataset.obs_dim, 19);
+    // Bad input: an unknown OGBench dataset is a one-line error.
+    let out = mvp(&["data", "ogbench", "--env", "cube-nonexistent-play-v0", "--episodes", "1", "--out", dir.path().join("x.npz").to_str().unwrap()]);
+    assert!(!out.status.success());
+}
