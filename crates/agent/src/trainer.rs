@@ -106,7 +106,21 @@ pub fn load_dataset(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Op
         data
     };
     check_dataset(&data, spec)?;
+    let mut data = data;
+    if config.env.sparse {
+        data.rewards.iter_mut().for_each(|r| *r = sparse_reward(*r));
+    }
     Ok(Some(data))
+}
+
+/// OGBench's `sparse` option (`env.sparse`): every non-zero reward becomes −1, so a step
+/// earns 0 only when the whole task is solved. Applied to datasets and online rewards alike.
+pub fn sparse_reward(r: f32) -> f32 {
+    if r != 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
 }
 
 /// Reads `data.path` (OGBench `.npz`; robomimic `.hdf5`), making it first when it is missing
@@ -451,7 +465,7 @@ impl Trainer {
             Err(err) => return self.lose_episode(err),
         };
         self.progress.env_failures_in_row = 0;
-        let reward = if self.config.env.sparse && step.reward != 0.0 { -1.0 } else { step.reward };
+        let reward = if self.config.env.sparse { sparse_reward(step.reward) } else { step.reward };
         self.buffer.push(&self.progress.obs, action, reward, &step.obs, step.done(), step.mask())?;
         self.progress.episode_return += reward as f64;
         self.progress.episode_length += 1;
@@ -546,7 +560,7 @@ impl Trainer {
         let got = collector.step(&mut policy)?;
         let sparse = self.config.env.sparse;
         for t in &got.ready {
-            let reward = if sparse && t.reward != 0.0 { -1.0 } else { t.reward };
+            let reward = if sparse { sparse_reward(t.reward) } else { t.reward };
             self.buffer.push(&t.obs, &t.action, reward, &t.next_obs, t.terminal, t.mask)?;
         }
         let mut out = Vec::new();

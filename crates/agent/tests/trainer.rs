@@ -304,3 +304,8 @@ fn offline_to_online_on_robomimic_lift_with_generated_demonstrations() {
     assert_eq!(trainer.buffer().len(), offline + 60);
     assert_eq!(s.eval.unwrap().episodes, 1);
 }
+
+#[test]
+fn sparse_option_maps_partial_progress_to_minus_one() {
+    assert_eq!([-3.0f32, -1.0, -0.5, 0.0].map(trainer::sparse_reward), [-1.0, -1.0, -1.0, 0.0]);
+}
