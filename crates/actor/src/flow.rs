@@ -27,7 +27,12 @@ pub struct FlowConfig {
 
 impl Default for FlowConfig {
     fn default() -> Self {
-        Self { network: MlpConfig::default(), steps: 10, time_sampler: TimeSampler::Uniform, time_features: TimeFeatures::Raw }
+        Self {
+            network: MlpConfig::default(),
+            steps: 10,
+            time_sampler: TimeSampler::Uniform,
+            time_features: TimeFeatures::Raw,
+        }
     }
 }
 
@@ -42,7 +47,14 @@ pub struct FlowPolicy {
 impl FlowPolicy {
     /// Builds the velocity network under `path`.
     pub fn new(path: &nn::Path, obs_dim: usize, shape: ChunkShape, config: FlowConfig) -> Self {
-        let net = CondNet::new(path, obs_dim, shape.flat_dim(), 1, config.time_features, &config.network);
+        let net = CondNet::new(
+            path,
+            obs_dim,
+            shape.flat_dim(),
+            1,
+            config.time_features,
+            &config.network,
+        );
         Self { net, shape, config }
     }
 
@@ -52,7 +64,14 @@ impl FlowPolicy {
     }
 
     /// The flow-matching loss for given data, noise and times `t [B, 1]`.
-    pub fn loss_given(&self, obs: &Tensor, x: &Tensor, valid: Option<&Tensor>, eps: &Tensor, t: &Tensor) -> Tensor {
+    pub fn loss_given(
+        &self,
+        obs: &Tensor,
+        x: &Tensor,
+        valid: Option<&Tensor>,
+        eps: &Tensor,
+        t: &Tensor,
+    ) -> Tensor {
         let z = (1.0 - t) * x + t * eps;
         masked_sq_err(&(self.velocity(obs, &z, t) - (eps - x)), valid, self.shape).0
     }
@@ -63,14 +82,20 @@ impl GenerativePolicy for FlowPolicy {
         let eps = actions.randn_like();
         let t = self.config.time_sampler.sample(actions.size()[0], actions);
         let loss = self.loss_given(obs, actions, valid, &eps, &t);
-        (loss.shallow_clone(), vec![("actor/flow_loss", loss.detach()), ("actor/loss", loss.detach())])
+        (
+            loss.shallow_clone(),
+            vec![
+                ("actor/flow_loss", loss.detach()),
+                ("actor/loss", loss.detach()),
+            ],
+        )
     }
 
     fn sample(&self, obs: &Tensor, noise: &Tensor) -> Tensor {
         tch::no_grad(|| {
             let k = self.config.steps.max(1);
             let b = noise.size()[0];
-            let mut z = noise.shallow_clone();
+            let mut z = noise.copy(); // updated in place below; the caller's noise stays as it was
             for i in (1..=k).rev() {
                 let t = Tensor::full([b, 1], i as f64 / k as f64, (noise.kind(), noise.device()));
                 let v = self.velocity(obs, &z, &t);
@@ -82,6 +107,15 @@ impl GenerativePolicy for FlowPolicy {
 
     fn network_calls(&self) -> usize {
         self.config.steps.max(1)
+    }
+
+    fn export(&self) -> Result<(mvp_infer::MlpWeights, mvp_infer::ActorKind), String> {
+        Ok((
+            self.net.export()?,
+            mvp_infer::ActorKind::Flow {
+                steps: self.config.steps.max(1),
+            },
+        ))
     }
 
     fn shape(&self) -> ChunkShape {

@@ -23,7 +23,10 @@ impl CondNet {
         mlp: &MlpConfig,
     ) -> Self {
         let in_dim = obs_dim + flat_dim + time_cols * time_features.dim_per_column();
-        Self { mlp: Mlp::new(path, in_dim, flat_dim, mlp), time_features }
+        Self {
+            mlp: Mlp::new(path, in_dim, flat_dim, mlp),
+            time_features,
+        }
     }
 
     /// `f(s, z, τ)` for `obs [B, S]`, `z [B, D]`, `times [B, c]`.
@@ -32,9 +35,27 @@ impl CondNet {
         self.mlp.forward(&x)
     }
 
+    /// The MLP as plain weights, when its inputs are `[s, z, raw times]` (the layout of the
+    /// native acting path).
+    pub fn export(&self) -> Result<mvp_infer::MlpWeights, String> {
+        match self.time_features {
+            TimeFeatures::Raw => Ok(self.mlp.export()),
+            other => Err(format!(
+                "native acting supports raw time features only, not {other:?}"
+            )),
+        }
+    }
+
     /// `f` and its derivative along the input tangent `(0, dz, dtimes)`; the tangent is
     /// computed without an autograd graph (it feeds stop-gradient targets).
-    pub fn forward_jvp_sg(&self, obs: &Tensor, z: &Tensor, times: &Tensor, dz: &Tensor, dtimes: &Tensor) -> (Tensor, Tensor) {
+    pub fn forward_jvp_sg(
+        &self,
+        obs: &Tensor,
+        z: &Tensor,
+        times: &Tensor,
+        dz: &Tensor,
+        dtimes: &Tensor,
+    ) -> (Tensor, Tensor) {
         let (tf, dtf) = self.time_features.forward_jvp(times, dtimes);
         let x = Tensor::cat(&[obs, z, &tf], 1);
         let dx = Tensor::cat(&[&obs.zeros_like(), dz, &dtf], 1);

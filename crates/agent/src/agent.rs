@@ -72,6 +72,7 @@ pub struct Agent {
     actor_opt: Adam,
     critic_opt: Adam,
     num_samples: usize,
+    obs_dim: usize,
     shape: ChunkShape,
     device: Device,
 }
@@ -79,13 +80,26 @@ pub struct Agent {
 impl Agent {
     /// Builds networks and optimisers for `obs_dim` observations and `action_dim` actions.
     pub fn new(obs_dim: usize, action_dim: usize, config: &AgentConfig, device: Device) -> Self {
-        let shape = ChunkShape { horizon: config.horizon, action_dim };
+        let shape = ChunkShape {
+            horizon: config.horizon,
+            action_dim,
+        };
         let actor_vs = VarStore::new(device);
         let actor = config.actor.build(&actor_vs.root(), obs_dim, shape);
         let critic = Critic::new(device, obs_dim, shape.flat_dim(), config.critic.clone());
         let actor_opt = Adam::new(&actor_vs, config.actor_optim.clone());
         let critic_opt = Adam::new(&critic.vs, config.critic_optim.clone());
-        Self { actor_vs, actor, critic, actor_opt, critic_opt, num_samples: config.num_samples, shape, device }
+        Self {
+            actor_vs,
+            actor,
+            critic,
+            actor_opt,
+            critic_opt,
+            num_samples: config.num_samples,
+            obs_dim,
+            shape,
+            device,
+        }
     }
 
     /// The chunk shape the actor generates.
@@ -107,21 +121,58 @@ impl Agent {
     /// actor call over `B·n` rows, scores them with the online critic (aggregated over the
     /// ensemble) and returns the best, `[B, h·A]`. With `n = 1` the critic is not consulted.
     pub fn sample_actions(&self, obs: &Tensor, n: usize) -> Tensor {
+        let (b, d) = (obs.size()[0], self.shape.flat_dim() as i64);
+        let noise = Tensor::randn([b * n.max(1) as i64, d], (obs.kind(), obs.device()));
+        self.select_with_noise(obs, &noise, n).0
+    }
+
+    /// [`Agent::sample_actions`] from given starting noise `[B·n, D]` (the candidates of row b
+    /// are rows b·n .. b·n + n); also returns the candidates and their scores (`None` for n = 1).
+    pub fn select_with_noise(
+        &self,
+        obs: &Tensor,
+        noise: &Tensor,
+        n: usize,
+    ) -> (Tensor, Option<(Tensor, Tensor)>) {
         tch::no_grad(|| {
-            let (b, d) = (obs.size()[0], self.shape.flat_dim() as i64);
+            let b = obs.size()[0];
             if n <= 1 {
-                let noise = Tensor::randn([b, d], (obs.kind(), obs.device()));
-                return self.actor.sample(obs, &noise);
+                return (self.actor.sample(obs, noise), None);
             }
             let n = n as i64;
             let obs_rep = obs.repeat_interleave_self_int(n, 0, None); // [B·n, S]
-            let noise = Tensor::randn([b * n, d], (obs.kind(), obs.device()));
-            let candidates = self.actor.sample(&obs_rep, &noise); // [B·n, D]
-            let scores = self.critic.score(&obs_rep, &candidates).view([b, n]);
-            let best = scores.argmax(1, false); // [B]
+            let candidates = self.actor.sample(&obs_rep, noise); // [B·n, D]
+            let scores = self.critic.score(&obs_rep, &candidates);
+            let best = scores.view([b, n]).argmax(1, false); // [B]
             let index = (Tensor::arange(b, (Kind::Int64, obs.device())) * n + best).view([-1]);
-            candidates.index_select(0, &index)
+            (
+                candidates.index_select(0, &index),
+                Some((candidates, scores)),
+            )
         })
+    }
+
+    /// The acting networks (actor and online critic) as a libtorch-free policy with its own
+    /// packed weights (`mvp-infer`): a snapshot, not updated by later training. Fails for
+    /// actors without a native path (diffusion, Fourier time features) and for bf16 on CPUs
+    /// without AVX512-BF16.
+    pub fn native_policy(
+        &self,
+        precision: mvp_infer::Precision,
+        seed: u64,
+    ) -> Result<mvp_infer::NativePolicy> {
+        let (actor, actor_kind) = self.actor.export().map_err(anyhow::Error::msg)?;
+        let (critics, aggregate) = self.critic.export();
+        let weights = mvp_infer::PolicyWeights {
+            obs_dim: self.obs_dim,
+            chunk_dim: self.shape.flat_dim(),
+            num_samples: self.num_samples,
+            actor,
+            actor_kind,
+            critics,
+            aggregate,
+        };
+        Ok(mvp_infer::NativePolicy::new(&weights, precision, seed)?)
     }
 
     /// Converts the networks used for acting (actor and online critic) to `kind`, e.g.
@@ -144,10 +195,12 @@ impl Agent {
             let next_chunk = self.sample_actions(&b.next_observations, self.num_samples);
             let next_q = self.critic.q_target(&b.next_observations, &next_chunk);
             let next_v = self.critic.config().aggregate.apply(&next_q);
-            self.critic.td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon)
+            self.critic
+                .td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon)
         });
         let last_valid = b.valid.select(1, self.shape.horizon as i64 - 1);
-        self.critic.td_loss(&b.observations, &b.actions, &target, &last_valid)
+        self.critic
+            .td_loss(&b.observations, &b.actions, &target, &last_valid)
     }
 
     /// The actor's loss: its own generative loss on the buffer's chunks, masked by `valid`.
@@ -161,7 +214,9 @@ impl Agent {
         let (actor_loss, actor_metrics) = self.actor_loss(b);
         let (cl, al) = (critic_loss.double_value(&[]), actor_loss.double_value(&[]));
         if !cl.is_finite() || !al.is_finite() {
-            anyhow::bail!("non-finite loss (critic {cl}, actor {al}); stopping, the last checkpoint is kept");
+            anyhow::bail!(
+                "non-finite loss (critic {cl}, actor {al}); stopping, the last checkpoint is kept"
+            );
         }
         self.critic_opt.backward_step(&critic_loss);
         self.actor_opt.backward_step(&actor_loss);
@@ -174,7 +229,10 @@ impl Agent {
     pub fn state(&self) -> (Vec<(String, Tensor)>, [u64; 2]) {
         let mut t = checkpoint::varstore_tensors(&self.actor_vs, "actor/");
         t.extend(checkpoint::varstore_tensors(&self.critic.vs, "critic/"));
-        t.extend(checkpoint::varstore_tensors(&self.critic.target_vs, "critic_target/"));
+        t.extend(checkpoint::varstore_tensors(
+            &self.critic.target_vs,
+            "critic_target/",
+        ));
         let (a, a_steps) = self.actor_opt.state("actor_opt/");
         let (c, c_steps) = self.critic_opt.state("critic_opt/");
         t.extend(a);
@@ -188,7 +246,8 @@ impl Agent {
         checkpoint::load_varstore(&self.critic.vs, tensors, "critic/")?;
         checkpoint::load_varstore(&self.critic.target_vs, tensors, "critic_target/")?;
         self.actor_opt.load_state(tensors, "actor_opt/", steps[0])?;
-        self.critic_opt.load_state(tensors, "critic_opt/", steps[1])?;
+        self.critic_opt
+            .load_state(tensors, "critic_opt/", steps[1])?;
         Ok(())
     }
 }

@@ -12,16 +12,26 @@ use crate::mlp::{build_layers, Activation, Layer, MlpConfig, LN_EPS};
 /// `l{i}.ln_scale`/`l{i}.ln_shift [E,1,out]`.
 #[derive(Debug)]
 pub struct EnsembleMlp {
-    layers: Vec<Layer>,
-    activation: Activation,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) activation: Activation,
     members: usize,
 }
 
 impl EnsembleMlp {
     /// Builds `members` MLPs from `in_dim` to `out_dim`, each initialised independently.
-    pub fn new(path: &nn::Path, members: usize, in_dim: usize, out_dim: usize, config: &MlpConfig) -> Self {
+    pub fn new(
+        path: &nn::Path,
+        members: usize,
+        in_dim: usize,
+        out_dim: usize,
+        config: &MlpConfig,
+    ) -> Self {
         let layers = build_layers(path, in_dim, out_dim, config, Some(members));
-        Self { layers, activation: config.activation, members }
+        Self {
+            layers,
+            activation: config.activation,
+            members,
+        }
     }
 
     /// Number of members E.
@@ -42,7 +52,11 @@ impl EnsembleMlp {
                     h = h.layer_norm([d], None::<Tensor>, None::<Tensor>, LN_EPS, false) * s + sh;
                 }
             }
-            h = if h.dim() == 3 { b.baddbmm(&h, w, 1.0, 1.0) } else { h.matmul(w) + b };
+            h = if h.dim() == 3 {
+                b.baddbmm(&h, w, 1.0, 1.0)
+            } else {
+                h.matmul(w) + b
+            };
         }
         h
     }

@@ -21,3 +21,6 @@ pub use jvp::{jvp_autograd, ForwardJvp};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use runtime::{DeviceChoice, Runtime};
 pub use time::TimeFeatures;
+
+/// Plain weights of a trained network for the libtorch-free acting path (`mvp-infer`).
+pub mod export;

@@ -94,7 +94,10 @@ pub struct Runtime {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Self { device: DeviceChoice::Cpu, threads: 1 }
+        Self {
+            device: DeviceChoice::Cpu,
+            threads: 1,
+        }
     }
 }
 

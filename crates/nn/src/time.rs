@@ -21,7 +21,6 @@ pub enum TimeFeatures {
     },
 }
 
-
 impl TimeFeatures {
     /// Features produced per scalar column.
     pub fn dim_per_column(&self) -> usize {
@@ -36,10 +35,20 @@ impl TimeFeatures {
             TimeFeatures::Raw => None,
             TimeFeatures::Fourier { n, max_freq } => {
                 let f: Vec<f64> = (0..n)
-                    .map(|k| if n == 1 { 1.0 } else { max_freq.powf(k as f64 / (n - 1) as f64) })
+                    .map(|k| {
+                        if n == 1 {
+                            1.0
+                        } else {
+                            max_freq.powf(k as f64 / (n - 1) as f64)
+                        }
+                    })
                     .map(|f| 2.0 * std::f64::consts::PI * f)
                     .collect();
-                Some(Tensor::from_slice(&f).to_kind(t.kind()).to_device(t.device()))
+                Some(
+                    Tensor::from_slice(&f)
+                        .to_kind(t.kind())
+                        .to_device(t.device()),
+                )
             }
         }
     }

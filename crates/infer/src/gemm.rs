@@ -1,0 +1,418 @@
+//! Affine layers with pre-packed weights: `C[M×N] = A[M×K]·W[K×N] + b`.
+//!
+//! The weights are packed once into panels of [`NR`] = 32 columns, laid out so that the
+//! micro-kernel streams them: fp32 as `[panel][k][32]`, bf16 as `[panel][k/2][32][2]` (pairs of
+//! consecutive k, the operand order of AVX512-BF16's `vdpbf16ps`). Every activation buffer has
+//! its width padded to a multiple of 32 and its row count to a multiple of [`MR`]; padded weight
+//! rows, columns and biases are zero, so padded columns come out as exactly zero and padded rows
+//! are computed but never read.
+//!
+//! Kernels: an AVX-512F fp32 kernel (8 rows × 32 columns, 16 accumulators), an AVX512-BF16 kernel
+//! of the same shape (bf16 inputs, fp32 accumulation), and a portable fp32 loop for CPUs without
+//! AVX-512 (correct, not fast). The choice is made once per process from CPUID.
+
+/// Columns per weight panel (two AVX-512 registers of f32).
+pub const NR: usize = 32;
+/// Rows per micro-kernel call.
+pub const MR: usize = 8;
+
+/// Arithmetic of the matrix products. Accumulation is always fp32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// fp32 inputs and weights.
+    F32,
+    /// bf16 inputs and weights (activations are rounded to bf16 before each product).
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!(
+                "unknown precision {s:?}, expected one of f32, bf16"
+            )),
+        }
+    }
+}
+
+/// `x` rounded up to a multiple of `m`.
+pub fn round_up(x: usize, m: usize) -> usize {
+    x.div_ceil(m) * m
+}
+
+/// Whether this CPU runs the AVX-512 fp32 kernel.
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU runs the bf16 kernel (AVX512-BF16).
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// f32 → bf16 with round-to-nearest-even (finite inputs).
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let round = ((bits >> 16) & 1) + 0x7FFF;
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// bf16 → f32 (exact).
+#[inline(always)]
+pub fn from_bf16(x: u16) -> f32 {
+    f32::from_bits((x as u32) << 16)
+}
+
+/// One affine layer with its weights packed for one precision.
+#[derive(Debug, Clone)]
+pub struct PackedLinear {
+    in_dim: usize,
+    out_dim: usize,
+    /// Padded K: the row stride of the input buffer.
+    k: usize,
+    /// Padded N: the row stride of the output buffer.
+    n: usize,
+    precision: Precision,
+    f32_panels: Vec<f32>,
+    bf16_panels: Vec<u16>,
+    bias: Vec<f32>,
+}
+
+impl PackedLinear {
+    /// Packs `weight` (`[in_dim, out_dim]`, row-major, so `y = x·W + b`) and `bias` (`[out_dim]`).
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        weight: &[f32],
+        bias: &[f32],
+        precision: Precision,
+    ) -> Self {
+        assert_eq!(weight.len(), in_dim * out_dim, "weight must be [in, out]");
+        assert_eq!(bias.len(), out_dim, "bias must be [out]");
+        let (k, n) = (round_up(in_dim, NR), round_up(out_dim, NR));
+        let w = |kk: usize, c: usize| {
+            if kk < in_dim && c < out_dim {
+                weight[kk * out_dim + c]
+            } else {
+                0.0
+            }
+        };
+        let panels = n / NR;
+        let (mut f32_panels, mut bf16_panels) = (Vec::new(), Vec::new());
+        match precision {
+            Precision::F32 => {
+                f32_panels.reserve_exact(panels * k * NR);
+                for p in 0..panels {
+                    for kk in 0..k {
+                        f32_panels.extend((0..NR).map(|j| w(kk, p * NR + j)));
+                    }
+                }
+            }
+            Precision::Bf16 => {
+                bf16_panels.reserve_exact(panels * k * NR);
+                for p in 0..panels {
+                    for kp in 0..k / 2 {
+                        for j in 0..NR {
+                            bf16_panels.push(to_bf16(w(2 * kp, p * NR + j)));
+                            bf16_panels.push(to_bf16(w(2 * kp + 1, p * NR + j)));
+                        }
+                    }
+                }
+            }
+        }
+        let mut padded_bias = bias.to_vec();
+        padded_bias.resize(n, 0.0);
+        Self {
+            in_dim,
+            out_dim,
+            k,
+            n,
+            precision,
+            f32_panels,
+            bf16_panels,
+            bias: padded_bias,
+        }
+    }
+
+    /// Real input width.
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    /// Real output width.
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// Input row stride (padded input width).
+    pub fn in_stride(&self) -> usize {
+        self.k
+    }
+
+    /// Output row stride (padded output width).
+    pub fn out_stride(&self) -> usize {
+        self.n
+    }
+
+    /// The precision the weights were packed for.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// `out = a·W + b` for `rows` rows (a multiple of [`MR`]) of fp32 input with stride
+    /// [`Self::in_stride`]; `out` has stride [`Self::out_stride`]. fp32 layers only.
+    pub fn forward_f32(&self, a: &[f32], rows: usize, out: &mut [f32]) {
+        assert_eq!(self.precision, Precision::F32);
+        self.check(a.len(), rows, out.len());
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            // SAFETY: the CPU has AVX-512F; `check` bounds every pointer the kernel touches.
+            unsafe { self.forward_f32_avx512(a, rows, out) };
+            return;
+        }
+        self.forward_f32_portable(a, rows, out);
+    }
+
+    /// `out = a·W + b` for bf16 input `a` (see [`Self::forward_f32`]). bf16 layers only; the
+    /// caller has checked [`has_avx512_bf16`].
+    pub fn forward_bf16(&self, a: &[u16], rows: usize, out: &mut [f32]) {
+        assert_eq!(self.precision, Precision::Bf16);
+        assert!(has_avx512_bf16(), "the bf16 kernel needs AVX512-BF16");
+        self.check(a.len(), rows, out.len());
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX512-BF16 (asserted); `check` bounds every pointer.
+        unsafe {
+            self.forward_bf16_avx512(a, rows, out)
+        };
+    }
+
+    fn check(&self, a_len: usize, rows: usize, out_len: usize) {
+        assert_eq!(rows % MR, 0, "rows must be a multiple of {MR}");
+        assert!(a_len >= rows * self.k, "input buffer too small");
+        assert!(out_len >= rows * self.n, "output buffer too small");
+    }
+
+    fn forward_f32_portable(&self, a: &[f32], rows: usize, out: &mut [f32]) {
+        for p in 0..self.n / NR {
+            let panel = &self.f32_panels[p * self.k * NR..(p + 1) * self.k * NR];
+            for r in 0..rows {
+                let mut acc = [0f32; NR];
+                acc.copy_from_slice(&self.bias[p * NR..(p + 1) * NR]);
+                let row = &a[r * self.k..(r + 1) * self.k];
+                for (kk, &x) in row.iter().enumerate() {
+                    for (c, &w) in acc.iter_mut().zip(&panel[kk * NR..(kk + 1) * NR]) {
+                        *c += x * w;
+                    }
+                }
+                out[r * self.n + p * NR..r * self.n + (p + 1) * NR].copy_from_slice(&acc);
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn forward_f32_avx512(&self, a: &[f32], rows: usize, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (k, n) = (self.k, self.n);
+        for p in 0..n / NR {
+            let w = self.f32_panels.as_ptr().add(p * k * NR);
+            let b0 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR));
+            let b1 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR + 16));
+            for r0 in (0..rows).step_by(MR) {
+                let ap = a.as_ptr().add(r0 * k);
+                let mut acc = [
+                    b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1,
+                ];
+                for kk in 0..k {
+                    let w0 = _mm512_loadu_ps(w.add(kk * NR));
+                    let w1 = _mm512_loadu_ps(w.add(kk * NR + 16));
+                    for i in 0..MR {
+                        let x = _mm512_set1_ps(*ap.add(i * k + kk));
+                        acc[2 * i] = _mm512_fmadd_ps(x, w0, acc[2 * i]);
+                        acc[2 * i + 1] = _mm512_fmadd_ps(x, w1, acc[2 * i + 1]);
+                    }
+                }
+                let cp = out.as_mut_ptr().add(r0 * n + p * NR);
+                for i in 0..MR {
+                    _mm512_storeu_ps(cp.add(i * n), acc[2 * i]);
+                    _mm512_storeu_ps(cp.add(i * n + 16), acc[2 * i + 1]);
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn forward_bf16_avx512(&self, a: &[u16], rows: usize, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (k, n) = (self.k, self.n);
+        for p in 0..n / NR {
+            let w = self.bf16_panels.as_ptr().add(p * k * NR);
+            let b0 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR));
+            let b1 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR + 16));
+            for r0 in (0..rows).step_by(MR) {
+                let ap = a.as_ptr().add(r0 * k);
+                let mut acc = [
+                    b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1,
+                ];
+                for kp in 0..k / 2 {
+                    let w0: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(w.add(kp * 2 * NR) as *const _));
+                    let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(
+                        w.add(kp * 2 * NR + NR) as *const _,
+                    ));
+                    for i in 0..MR {
+                        let pair = std::ptr::read_unaligned(ap.add(i * k + 2 * kp) as *const i32);
+                        let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                        acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], x, w0);
+                        acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], x, w1);
+                    }
+                }
+                let cp = out.as_mut_ptr().add(r0 * n + p * NR);
+                for i in 0..MR {
+                    _mm512_storeu_ps(cp.add(i * n), acc[2 * i]);
+                    _mm512_storeu_ps(cp.add(i * n + 16), acc[2 * i + 1]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32
+                    / 1000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    fn naive(
+        a: &[f32],
+        rows: usize,
+        k_real: usize,
+        lda: usize,
+        w: &[f32],
+        b: &[f32],
+        n_real: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; rows * n_real];
+        for r in 0..rows {
+            for c in 0..n_real {
+                let mut s = b[c] as f64;
+                for kk in 0..k_real {
+                    s += a[r * lda + kk] as f64 * w[kk * n_real + c] as f64;
+                }
+                out[r * n_real + c] = s as f32;
+            }
+        }
+        out
+    }
+
+    fn check(precision: Precision, in_dim: usize, out_dim: usize, rows: usize) {
+        let w = data(in_dim * out_dim, 1);
+        let b = data(out_dim, 2);
+        let layer = PackedLinear::new(in_dim, out_dim, &w, &b, precision);
+        let mut a = vec![0.0; rows * layer.in_stride()];
+        for r in 0..rows {
+            let row = data(in_dim, 3 + r as u32);
+            a[r * layer.in_stride()..r * layer.in_stride() + in_dim].copy_from_slice(&row);
+        }
+        let mut out = vec![f32::NAN; rows * layer.out_stride()];
+        let tol = match precision {
+            Precision::F32 => {
+                layer.forward_f32(&a, rows, &mut out);
+                1e-4
+            }
+            Precision::Bf16 => {
+                let a16: Vec<u16> = a.iter().map(|&x| to_bf16(x)).collect();
+                layer.forward_bf16(&a16, rows, &mut out);
+                2e-2 * (in_dim as f32).sqrt()
+            }
+        };
+        let want = naive(&a, rows, in_dim, layer.in_stride(), &w, &b, out_dim);
+        for r in 0..rows {
+            for c in 0..layer.out_stride() {
+                let got = out[r * layer.out_stride() + c];
+                if c < out_dim {
+                    let e = want[r * out_dim + c];
+                    assert!(
+                        (got - e).abs() <= tol * (1.0 + e.abs()),
+                        "{precision:?} [{r},{c}]: {got} vs {e}"
+                    );
+                } else {
+                    assert_eq!(got, 0.0, "padded column {c} must be zero");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fp32_kernel_matches_naive_product() {
+        for &(i, o, r) in &[(64, 512, 32), (37, 25, 8), (512, 1, 16), (100, 70, 40)] {
+            check(Precision::F32, i, o, r);
+        }
+    }
+
+    #[test]
+    fn portable_kernel_matches_naive_product() {
+        let (i, o, r) = (45, 33, 16);
+        let w = data(i * o, 5);
+        let b = data(o, 6);
+        let layer = PackedLinear::new(i, o, &w, &b, Precision::F32);
+        let a = data(r * layer.in_stride(), 7);
+        let (mut x, mut y) = (
+            vec![0.0; r * layer.out_stride()],
+            vec![0.0; r * layer.out_stride()],
+        );
+        layer.forward_f32_portable(&a, r, &mut x);
+        layer.forward_f32(&a, r, &mut y);
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+        }
+    }
+
+    #[test]
+    fn bf16_kernel_matches_naive_product() {
+        if !has_avx512_bf16() {
+            eprintln!("this CPU has no AVX512-BF16; the bf16 kernel is not run here");
+            return;
+        }
+        for &(i, o, r) in &[(64, 512, 32), (37, 25, 8), (512, 1, 16)] {
+            check(Precision::Bf16, i, o, r);
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_nearest_even() {
+        assert_eq!(from_bf16(to_bf16(1.0)), 1.0);
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        // 1 + 2^-8 lies halfway between two bf16 values; ties go to the even one (1.0).
+        assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+    }
+}

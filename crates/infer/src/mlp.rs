@@ -1,0 +1,301 @@
+//! MLPs on packed layers, with their own scratch buffers, and the elementwise kernels.
+
+use crate::gemm::{has_avx512, round_up, to_bf16, PackedLinear, Precision, MR};
+
+/// Nonlinearity between layers (the same set as the training crate's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU, `x·Φ(x)`, with Φ from an erf approximation of absolute error ≤ 1.5e-7.
+    Gelu,
+    /// `x·sigmoid(x)`.
+    Silu,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+/// The parameters of one affine layer, as the training code holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerWeights {
+    /// Input width.
+    pub in_dim: usize,
+    /// Output width.
+    pub out_dim: usize,
+    /// `[in_dim, out_dim]`, row-major (`y = x·W + b`).
+    pub weight: Vec<f32>,
+    /// `[out_dim]`.
+    pub bias: Vec<f32>,
+    /// LayerNorm scale and shift `[out_dim]` applied after this layer's activation.
+    pub norm: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// A trained MLP: `Linear → act → [LayerNorm]` per hidden layer, then a final `Linear`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpWeights {
+    /// Layers from input to output.
+    pub layers: Vec<LayerWeights>,
+    /// Nonlinearity after each hidden layer.
+    pub activation: Activation,
+}
+
+impl MlpWeights {
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.layers[0].in_dim
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.layers.last().expect("an MLP has layers").out_dim
+    }
+
+    /// Multiply-adds per input row.
+    pub fn macs(&self) -> usize {
+        self.layers.iter().map(|l| l.in_dim * l.out_dim).sum()
+    }
+}
+
+const LN_EPS: f32 = 1e-5;
+
+/// An MLP ready to run: packed weights and scratch buffers that grow on the first call for a
+/// row count and are reused afterwards (no allocation on later calls of the same or fewer rows).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    layers: Vec<PackedLinear>,
+    norms: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    activation: Activation,
+    precision: Precision,
+    rows: usize,
+    input: Vec<f32>,
+    hidden: [Vec<f32>; 2],
+    half: Vec<u16>,
+}
+
+impl Mlp {
+    /// Packs `w` for `precision`.
+    pub fn new(w: &MlpWeights, precision: Precision) -> Self {
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| PackedLinear::new(l.in_dim, l.out_dim, &l.weight, &l.bias, precision))
+            .collect();
+        let norms = w.layers.iter().map(|l| l.norm.clone()).collect();
+        Self {
+            layers,
+            norms,
+            activation: w.activation,
+            precision,
+            rows: 0,
+            input: Vec::new(),
+            hidden: [Vec::new(), Vec::new()],
+            half: Vec::new(),
+        }
+    }
+
+    /// Row stride of the input buffer.
+    pub fn in_stride(&self) -> usize {
+        self.layers[0].in_stride()
+    }
+
+    /// Row stride of the output.
+    pub fn out_stride(&self) -> usize {
+        self.layers.last().expect("an MLP has layers").out_stride()
+    }
+
+    /// Makes room for `rows` rows (rounded up to the kernel's row block); allocates only when
+    /// `rows` exceeds every earlier request.
+    pub fn reserve(&mut self, rows: usize) {
+        let rows = round_up(rows.max(1), MR);
+        if rows <= self.rows {
+            return;
+        }
+        self.rows = rows;
+        let widest = self
+            .layers
+            .iter()
+            .map(|l| l.out_stride().max(l.in_stride()))
+            .max()
+            .unwrap_or(0);
+        self.input = vec![0.0; rows * self.in_stride()];
+        self.hidden = [vec![0.0; rows * widest], vec![0.0; rows * widest]];
+        if self.precision == Precision::Bf16 {
+            self.half = vec![0; rows * widest];
+        }
+    }
+
+    /// The input buffer for `rows` rows (call [`Mlp::reserve`] first): row `i` starts at
+    /// `i · in_stride()`; columns past the input width must stay zero (they are, unless written).
+    pub fn input_mut(&mut self, rows: usize) -> &mut [f32] {
+        assert!(rows <= self.rows, "reserve({rows}) first");
+        let s = self.in_stride();
+        &mut self.input[..rows * s]
+    }
+
+    /// Runs the network on the first `rows` rows of the input buffer; returns the output rows
+    /// (stride [`Mlp::out_stride`]).
+    pub fn forward(&mut self, rows: usize) -> &[f32] {
+        assert!(rows <= self.rows, "reserve({rows}) first");
+        let rows = round_up(rows.max(1), MR);
+        let last = self.layers.len() - 1;
+        for i in 0..=last {
+            let layer = &self.layers[i];
+            let [h0, h1] = &mut self.hidden;
+            let (src, dst): (&[f32], &mut [f32]) = match i {
+                0 => (&self.input, h0),
+                _ if i % 2 == 1 => (h0, h1),
+                _ => (h1, h0),
+            };
+            let src = &src[..rows * layer.in_stride()];
+            let dst = &mut dst[..rows * layer.out_stride()];
+            match self.precision {
+                Precision::F32 => layer.forward_f32(src, rows, dst),
+                Precision::Bf16 => {
+                    let half = &mut self.half[..src.len()];
+                    round_to_bf16(src, half);
+                    layer.forward_bf16(half, rows, dst);
+                }
+            }
+            if i < last {
+                activate(self.activation, dst);
+                if let Some((scale, shift)) = &self.norms[i] {
+                    let (stride, width) = (layer.out_stride(), layer.out_dim());
+                    for row in dst.chunks_exact_mut(stride) {
+                        layer_norm(&mut row[..width], scale, shift);
+                    }
+                }
+            }
+        }
+        let out = if last % 2 == 0 {
+            &self.hidden[0]
+        } else {
+            &self.hidden[1]
+        };
+        &out[..rows * self.out_stride()]
+    }
+}
+
+fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = to_bf16(s);
+    }
+}
+
+/// `e^x` for f32, branch-free so that loops over it vectorise: x = n·ln2 + r, |r| ≤ ln2/2, a
+/// degree-6 Taylor polynomial for e^r (relative error < 4e-7) and 2^n from the exponent bits.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// GELU `x·Φ(x)` with erf from Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
+    let y = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * y);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let erf_abs = 1.0 - poly * exp(-y * y);
+    let erf = if x < 0.0 { -erf_abs } else { erf_abs };
+    0.5 * x * (1.0 + erf)
+}
+
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+fn activate(a: Activation, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F; the function only compiles the same loop for it.
+        unsafe { activate_avx512(a, x) };
+        return;
+    }
+    activate_portable(a, x);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn activate_avx512(a: Activation, x: &mut [f32]) {
+    activate_portable(a, x)
+}
+
+#[inline(always)]
+fn activate_portable(a: Activation, x: &mut [f32]) {
+    match a {
+        Activation::Gelu => x.iter_mut().for_each(|v| *v = gelu(*v)),
+        Activation::Silu => x.iter_mut().for_each(|v| *v = silu(*v)),
+        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+    }
+}
+
+fn layer_norm(x: &mut [f32], scale: &[f32], shift: &[f32]) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + LN_EPS).sqrt();
+    for ((v, s), b) in x.iter_mut().zip(scale).zip(shift) {
+        *v = (*v - mean) * inv * s + b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// erf by its Maclaurin series in f64 (accurate to ~1e-8 for |x| ≤ 4.3).
+    fn erf_ref(x: f64) -> f64 {
+        let (mut term, mut sum) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn gelu_matches_the_exact_definition() {
+        for i in -600..=600 {
+            let x = i as f64 / 100.0;
+            let want = 0.5 * x * (1.0 + erf_ref(x / std::f64::consts::SQRT_2));
+            let got = gelu(x as f32) as f64;
+            assert!(
+                (got - want).abs() < 1e-6 * (1.0 + x.abs()),
+                "gelu({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_range_used() {
+        for i in -8000..=8000 {
+            let x = i as f32 / 100.0;
+            let (got, want) = (exp(x) as f64, (x as f64).exp());
+            assert!(
+                ((got - want) / want).abs() < 1e-6,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_standardises() {
+        let mut x: Vec<f32> = (0..64).map(|i| i as f32 * 0.3 - 4.0).collect();
+        layer_norm(&mut x, &[1.0; 64], &[0.0; 64]);
+        let mean = x.iter().sum::<f32>() / 64.0;
+        let var = x.iter().map(|v| v * v).sum::<f32>() / 64.0;
+        assert!(
+            mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
+            "mean {mean}, var {var}"
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! Generate-and-select on packed networks: N candidate chunks from the actor (one call for
+//! MVP, K Euler steps for a flow actor), scored by the critic ensemble, best one returned.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+
+use crate::gemm::{has_avx512_bf16, Precision};
+use crate::mlp::{Mlp, MlpWeights};
+
+/// What the actor network computes and how samples are drawn from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorKind {
+    /// The mean velocity policy `u(s, z, r, t)` on inputs `[s, z, t, t − r]`; `steps` = 1 is
+    /// the one-step policy `a = ε − u(s, ε, 0, 1)`.
+    MeanVelocity {
+        /// Network evaluations per sample.
+        steps: usize,
+    },
+    /// A flow-matching velocity `v(s, z, t)` on inputs `[s, z, t]`, integrated with `steps`
+    /// Euler steps from t = 1 to 0 (QC: 10).
+    Flow {
+        /// Euler steps.
+        steps: usize,
+    },
+}
+
+impl ActorKind {
+    fn steps(self) -> usize {
+        match self {
+            ActorKind::MeanVelocity { steps } | ActorKind::Flow { steps } => steps.max(1),
+        }
+    }
+
+    fn time_cols(self) -> usize {
+        match self {
+            ActorKind::MeanVelocity { .. } => 2,
+            ActorKind::Flow { .. } => 1,
+        }
+    }
+}
+
+/// How the critic members' values are combined for selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    /// Mean over members.
+    Mean,
+    /// Minimum over members.
+    Min,
+}
+
+/// Everything a trained agent contributes to acting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyWeights {
+    /// Observation width S.
+    pub obs_dim: usize,
+    /// Chunk width D = h·|A|.
+    pub chunk_dim: usize,
+    /// Candidates per observation N (1: no critic).
+    pub num_samples: usize,
+    /// The actor network and its sampler.
+    pub actor: MlpWeights,
+    /// How the actor samples.
+    pub actor_kind: ActorKind,
+    /// The online critic members, each on `[s, chunk]` with one output.
+    pub critics: Vec<MlpWeights>,
+    /// Combination of the members' values.
+    pub aggregate: Aggregate,
+}
+
+/// Why a policy cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// The CPU lacks the instructions the precision needs.
+    #[error("bf16 acting needs a CPU with AVX512-BF16 (this one has none); use precision f32")]
+    NoBf16,
+    /// The networks do not fit together.
+    #[error("policy networks do not fit: {0}")]
+    Shape(String),
+}
+
+/// A policy ready to act: packed networks, scratch buffers and its own noise generator.
+/// After the first call for a given number of observations, [`NativePolicy::act`] allocates
+/// nothing.
+#[derive(Debug, Clone)]
+pub struct NativePolicy {
+    obs_dim: usize,
+    chunk_dim: usize,
+    num_samples: usize,
+    kind: ActorKind,
+    aggregate: Aggregate,
+    actor: Mlp,
+    critics: Vec<Mlp>,
+    rng: SmallRng,
+    noise: Vec<f32>,
+    z: Vec<f32>,
+    scores: Vec<f32>,
+    rows: usize,
+}
+
+impl NativePolicy {
+    /// Packs `w` for `precision`; noise comes from a generator seeded with `seed`.
+    pub fn new(w: &PolicyWeights, precision: Precision, seed: u64) -> Result<Self, InferError> {
+        if precision == Precision::Bf16 && !has_avx512_bf16() {
+            return Err(InferError::NoBf16);
+        }
+        let actor_in = w.obs_dim + w.chunk_dim + w.actor_kind.time_cols();
+        if w.actor.in_dim() != actor_in || w.actor.out_dim() != w.chunk_dim {
+            return Err(InferError::Shape(format!(
+                "actor is {} → {}, expected {actor_in} → {}",
+                w.actor.in_dim(),
+                w.actor.out_dim(),
+                w.chunk_dim
+            )));
+        }
+        for c in &w.critics {
+            if c.in_dim() != w.obs_dim + w.chunk_dim || c.out_dim() != 1 {
+                return Err(InferError::Shape(format!(
+                    "critic is {} → {}, expected {} → 1",
+                    c.in_dim(),
+                    c.out_dim(),
+                    w.obs_dim + w.chunk_dim
+                )));
+            }
+        }
+        if w.num_samples > 1 && w.critics.is_empty() {
+            return Err(InferError::Shape(
+                "selection among N > 1 candidates needs a critic".into(),
+            ));
+        }
+        Ok(Self {
+            obs_dim: w.obs_dim,
+            chunk_dim: w.chunk_dim,
+            num_samples: w.num_samples.max(1),
+            kind: w.actor_kind,
+            aggregate: w.aggregate,
+            actor: Mlp::new(&w.actor, precision),
+            critics: w.critics.iter().map(|c| Mlp::new(c, precision)).collect(),
+            rng: SmallRng::seed_from_u64(seed),
+            noise: Vec::new(),
+            z: Vec::new(),
+            scores: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    /// Observation width.
+    pub fn obs_dim(&self) -> usize {
+        self.obs_dim
+    }
+
+    /// Chunk width.
+    pub fn chunk_dim(&self) -> usize {
+        self.chunk_dim
+    }
+
+    /// Candidates per observation.
+    pub fn num_samples(&self) -> usize {
+        self.num_samples
+    }
+
+    /// Actor network evaluations per action.
+    pub fn network_calls(&self) -> usize {
+        self.kind.steps()
+    }
+
+    fn reserve(&mut self, batch: usize) {
+        let rows = batch * self.num_samples;
+        if rows <= self.rows {
+            return;
+        }
+        self.rows = rows;
+        self.actor.reserve(rows);
+        self.critics.iter_mut().for_each(|c| c.reserve(rows));
+        self.noise = vec![0.0; rows * self.chunk_dim];
+        self.z = vec![0.0; rows * self.chunk_dim];
+        self.scores = vec![0.0; rows];
+    }
+
+    /// Generate-and-select for `obs` (`B × S`, row-major): writes the chosen chunks to `out`
+    /// (`B × D`). Noise is drawn from the policy's generator.
+    pub fn act(&mut self, obs: &[f32], out: &mut [f32]) {
+        let batch = obs.len() / self.obs_dim;
+        self.reserve(batch);
+        let n = batch * self.num_samples * self.chunk_dim;
+        let rng = &mut self.rng;
+        self.noise[..n]
+            .iter_mut()
+            .for_each(|x| *x = rng.sample(StandardNormal));
+        self.run(obs, batch, None, out);
+    }
+
+    /// [`NativePolicy::act`] with given noise (`B·N × D`, candidates of observation b in rows
+    /// b·N .. b·N + N), for tests against the training code.
+    pub fn act_with_noise(&mut self, obs: &[f32], noise: &[f32], out: &mut [f32]) {
+        let batch = obs.len() / self.obs_dim;
+        self.reserve(batch);
+        self.run(obs, batch, Some(noise), out);
+    }
+
+    /// The candidates of the last call (`B·N × D`).
+    pub fn candidates(&self) -> &[f32] {
+        &self.z
+    }
+
+    /// The aggregated critic scores of the last call's candidates (`B·N`).
+    pub fn scores(&self) -> &[f32] {
+        &self.scores
+    }
+
+    fn run(&mut self, obs: &[f32], batch: usize, noise: Option<&[f32]>, out: &mut [f32]) {
+        let (s, d, ns) = (self.obs_dim, self.chunk_dim, self.num_samples);
+        assert_eq!(obs.len(), batch * s, "observations must be B × {s}");
+        assert_eq!(out.len(), batch * d, "output must be B × {d}");
+        let rows = batch * ns;
+        let noise = noise.unwrap_or(&self.noise[..rows * d]);
+        assert_eq!(noise.len(), rows * d, "noise must be B·N × {d}");
+        self.z[..rows * d].copy_from_slice(noise);
+
+        // The actor's input rows: [s_b, z_j, times]; s is written once, z and times per step.
+        let stride = self.actor.in_stride();
+        let input = self.actor.input_mut(rows);
+        for (j, row) in input.chunks_exact_mut(stride).enumerate() {
+            row[..s].copy_from_slice(&obs[(j / ns) * s..(j / ns + 1) * s]);
+        }
+        let k = self.kind.steps();
+        let step = 1.0 / k as f32;
+        for i in (0..k).rev() {
+            let times = match self.kind {
+                // Jump from t = (i+1)/k to r = i/k with the mean velocity: inputs t, t − r.
+                ActorKind::MeanVelocity { .. } => [
+                    (i + 1) as f32 / k as f32,
+                    (i + 1) as f32 / k as f32 - i as f32 / k as f32,
+                ],
+                // Euler step at t = (i+1)/k.
+                ActorKind::Flow { .. } => [(i + 1) as f32 / k as f32, 0.0],
+            };
+            let cols = self.kind.time_cols();
+            let input = self.actor.input_mut(rows);
+            for (j, row) in input.chunks_exact_mut(stride).enumerate() {
+                row[s..s + d].copy_from_slice(&self.z[j * d..(j + 1) * d]);
+                row[s + d..s + d + cols].copy_from_slice(&times[..cols]);
+            }
+            let out_stride = self.actor.out_stride();
+            let u = self.actor.forward(rows);
+            for (j, z) in self.z[..rows * d].chunks_exact_mut(d).enumerate() {
+                for (zc, uc) in z.iter_mut().zip(&u[j * out_stride..j * out_stride + d]) {
+                    *zc -= uc * step;
+                }
+            }
+        }
+        self.z[..rows * d]
+            .iter_mut()
+            .for_each(|x| *x = x.clamp(-1.0, 1.0));
+
+        if ns == 1 {
+            out.copy_from_slice(&self.z[..rows * d]);
+            return;
+        }
+        let members = self.critics.len() as f32;
+        for (m, critic) in self.critics.iter_mut().enumerate() {
+            let stride = critic.in_stride();
+            let input = critic.input_mut(rows);
+            for (j, row) in input.chunks_exact_mut(stride).enumerate() {
+                row[..s].copy_from_slice(&obs[(j / ns) * s..(j / ns + 1) * s]);
+                row[s..s + d].copy_from_slice(&self.z[j * d..(j + 1) * d]);
+            }
+            let out_stride = critic.out_stride();
+            let q = critic.forward(rows);
+            for (j, score) in self.scores[..rows].iter_mut().enumerate() {
+                let v = q[j * out_stride];
+                *score = match (m, self.aggregate) {
+                    (0, _) => v,
+                    (_, Aggregate::Mean) => *score + v,
+                    (_, Aggregate::Min) => score.min(v),
+                };
+            }
+        }
+        if self.aggregate == Aggregate::Mean {
+            self.scores[..rows].iter_mut().for_each(|x| *x /= members);
+        }
+        for b in 0..batch {
+            let scores = &self.scores[b * ns..(b + 1) * ns];
+            let best = (1..ns).fold(0, |best, j| if scores[j] > scores[best] { j } else { best });
+            out[b * d..(b + 1) * d]
+                .copy_from_slice(&self.z[(b * ns + best) * d..(b * ns + best + 1) * d]);
+        }
+    }
+}
