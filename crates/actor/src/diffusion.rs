@@ -25,11 +25,7 @@ pub struct DiffusionConfig {
 
 impl Default for DiffusionConfig {
     fn default() -> Self {
-        Self {
-            network: MlpConfig::default(),
-            steps: 10,
-            time_features: TimeFeatures::Raw,
-        }
+        Self { network: MlpConfig::default(), steps: 10, time_features: TimeFeatures::Raw }
     }
 }
 
@@ -48,11 +44,7 @@ pub struct DiffusionPolicy {
 /// Cosine schedule: ᾱ_k for k = 0..=K, with each β_k = 1 − ᾱ_k/ᾱ_{k−1} capped at 0.999.
 pub fn cosine_alpha_bar(steps: usize) -> Vec<f64> {
     let s = 0.008;
-    let f = |tau: f64| {
-        ((tau + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2)
-            .cos()
-            .powi(2)
-    };
+    let f = |tau: f64| ((tau + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
     let mut out = vec![1.0];
     for k in 1..=steps {
         let raw = f(k as f64 / steps as f64) / f(0.0);
@@ -64,40 +56,16 @@ pub fn cosine_alpha_bar(steps: usize) -> Vec<f64> {
 
 impl DiffusionPolicy {
     /// Builds the noise-prediction network under `path`.
-    pub fn new(
-        path: &nn::Path,
-        obs_dim: usize,
-        shape: ChunkShape,
-        config: DiffusionConfig,
-    ) -> Self {
-        let net = CondNet::new(
-            path,
-            obs_dim,
-            shape.flat_dim(),
-            1,
-            config.time_features,
-            &config.network,
-        );
+    pub fn new(path: &nn::Path, obs_dim: usize, shape: ChunkShape, config: DiffusionConfig) -> Self {
+        let net = CondNet::new(path, obs_dim, shape.flat_dim(), 1, config.time_features, &config.network);
         let alpha_bar = cosine_alpha_bar(config.steps.max(1));
-        let alpha_bar_t = Tensor::from_slice(&alpha_bar)
-            .to_kind(Kind::Float)
-            .to_device(path.device());
-        Self {
-            net,
-            shape,
-            config,
-            alpha_bar,
-            alpha_bar_t,
-        }
+        let alpha_bar_t = Tensor::from_slice(&alpha_bar).to_kind(Kind::Float).to_device(path.device());
+        Self { net, shape, config, alpha_bar, alpha_bar_t }
     }
 
     fn eps_hat(&self, obs: &Tensor, xk: &Tensor, k: usize) -> Tensor {
         let b = xk.size()[0];
-        let tau = Tensor::full(
-            [b, 1],
-            k as f64 / self.config.steps.max(1) as f64,
-            (xk.kind(), xk.device()),
-        );
+        let tau = Tensor::full([b, 1], k as f64 / self.config.steps.max(1) as f64, (xk.kind(), xk.device()));
         self.net.forward(obs, xk, &tau)
     }
 }
@@ -107,22 +75,12 @@ impl GenerativePolicy for DiffusionPolicy {
         let (b, dev) = (actions.size()[0], actions.device());
         let k_max = self.config.steps.max(1) as i64;
         let k = Tensor::randint_low(1, k_max + 1, [b, 1], (Kind::Int64, dev));
-        let ab = self
-            .alpha_bar_t
-            .index_select(0, &k.view([-1]))
-            .view([b, 1])
-            .to_kind(actions.kind());
+        let ab = self.alpha_bar_t.index_select(0, &k.view([-1])).view([b, 1]).to_kind(actions.kind());
         let eps = actions.randn_like();
         let xk = ab.sqrt() * actions + (-&ab + 1.0).sqrt() * &eps;
         let tau = k.to_kind(actions.kind()) / k_max as f64;
         let loss = masked_sq_err(&(self.net.forward(obs, &xk, &tau) - eps), valid, self.shape).0;
-        (
-            loss.shallow_clone(),
-            vec![
-                ("actor/diffusion_loss", loss.detach()),
-                ("actor/loss", loss.detach()),
-            ],
-        )
+        (loss.shallow_clone(), vec![("actor/diffusion_loss", loss.detach()), ("actor/loss", loss.detach())])
     }
 
     fn sample(&self, obs: &Tensor, noise: &Tensor) -> Tensor {

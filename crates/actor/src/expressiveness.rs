@@ -45,18 +45,9 @@ impl Task {
     /// Shape of the generated chunk.
     pub fn shape(self) -> ChunkShape {
         match self {
-            Task::Bimodal1d => ChunkShape {
-                horizon: 1,
-                action_dim: 1,
-            },
-            Task::Ring2d => ChunkShape {
-                horizon: 1,
-                action_dim: 2,
-            },
-            Task::Chunk10d => ChunkShape {
-                horizon: 5,
-                action_dim: 2,
-            },
+            Task::Bimodal1d => ChunkShape { horizon: 1, action_dim: 1 },
+            Task::Ring2d => ChunkShape { horizon: 1, action_dim: 2 },
+            Task::Chunk10d => ChunkShape { horizon: 5, action_dim: 2 },
         }
     }
 
@@ -79,10 +70,7 @@ impl Task {
         let opts = (obs.kind(), obs.device());
         match self {
             Task::Bimodal1d => {
-                let signs = Tensor::from_slice(&[-0.6, 0.6])
-                    .to_kind(obs.kind())
-                    .to_device(obs.device())
-                    .unsqueeze(0);
+                let signs = Tensor::from_slice(&[-0.6, 0.6]).to_kind(obs.kind()).to_device(obs.device()).unsqueeze(0);
                 (signs + s0 * 0.2).unsqueeze(-1)
             }
             Task::Ring2d | Task::Chunk10d => {
@@ -110,8 +98,7 @@ impl Task {
     pub fn sample_actions(self, obs: &Tensor) -> Tensor {
         let modes = self.modes(obs);
         let (b, m, d) = modes.size3().unwrap();
-        let pick =
-            Tensor::randint(m, [b, 1, 1], (Kind::Int64, obs.device())).expand([b, 1, d], false);
+        let pick = Tensor::randint(m, [b, 1, 1], (Kind::Int64, obs.device())).expand([b, 1, d], false);
         let centre = modes.gather(1, &pick, false).squeeze_dim(1);
         &centre + centre.randn_like() * self.sigma()
     }
@@ -129,13 +116,7 @@ pub struct Quality {
 }
 
 /// Measures `policy` on `states` held-out states with `per_state` samples each.
-pub fn evaluate(
-    task: Task,
-    policy: &dyn GenerativePolicy,
-    states: i64,
-    per_state: i64,
-    device: Device,
-) -> Quality {
+pub fn evaluate(task: Task, policy: &dyn GenerativePolicy, states: i64, per_state: i64, device: Device) -> Quality {
     tch::no_grad(|| {
         let d = task.shape().flat_dim() as i64;
         let obs = task.sample_obs(states, device);
@@ -149,34 +130,19 @@ pub fn evaluate(
 
 /// Metrics of samples `x [S, n, D]` against true samples `y [S, n, D]` at states `obs [S, ·]`.
 pub fn quality(task: Task, obs: &Tensor, x: &Tensor, y: &Tensor) -> Quality {
-    let mean_dist = |a: &Tensor, b: &Tensor| {
-        Tensor::cdist(a, b, 2.0, None).mean_dim(&[1i64, 2][..], false, Kind::Float)
-    };
-    let energy = (mean_dist(x, y) * 2.0 - mean_dist(x, x) - mean_dist(y, y))
-        .mean(Kind::Float)
-        .double_value(&[]);
+    let mean_dist =
+        |a: &Tensor, b: &Tensor| Tensor::cdist(a, b, 2.0, None).mean_dim(&[1i64, 2][..], false, Kind::Float);
+    let energy = (mean_dist(x, y) * 2.0 - mean_dist(x, x) - mean_dist(y, y)).mean(Kind::Float).double_value(&[]);
     let modes = task.modes(obs); // [S, M, D]
     let m = modes.size()[1];
     let dist = Tensor::cdist(x, &modes, 2.0, None); // [S, n, M]
     let (dmin, nearest) = dist.min_dim(2, false);
     let near = dmin.le(task.near_radius());
-    let between = 1.0
-        - near
-            .to_kind(Kind::Float)
-            .mean(Kind::Float)
-            .double_value(&[]);
+    let between = 1.0 - near.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
     let onehot = nearest.one_hot(m).to_kind(Kind::Float) * near.unsqueeze(-1).to_kind(Kind::Float);
     let share = onehot.mean_dim(1, false, Kind::Float); // [S, M]
-    let coverage = share
-        .ge(0.25 / m as f64)
-        .to_kind(Kind::Float)
-        .mean(Kind::Float)
-        .double_value(&[]);
-    Quality {
-        energy_distance: energy,
-        coverage,
-        between,
-    }
+    let coverage = share.ge(0.25 / m as f64).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    Quality { energy_distance: energy, coverage, between }
 }
 
 /// Training budget and evaluation size of one benchmark run.
@@ -196,13 +162,7 @@ pub struct Budget {
 
 impl Default for Budget {
     fn default() -> Self {
-        Self {
-            steps: 3000,
-            batch: 256,
-            lr: 1e-3,
-            eval_states: 64,
-            samples_per_state: 256,
-        }
+        Self { steps: 3000, batch: 256, lr: 1e-3, eval_states: 64, samples_per_state: 256 }
     }
 }
 
@@ -226,23 +186,11 @@ pub struct RunResult {
 }
 
 /// Trains `config` on `task` from scratch and evaluates it.
-pub fn run(
-    task: Task,
-    config: &ActorConfig,
-    seed: u64,
-    budget: &Budget,
-    device: Device,
-) -> RunResult {
+pub fn run(task: Task, config: &ActorConfig, seed: u64, budget: &Budget, device: Device) -> RunResult {
     tch::manual_seed(seed as i64);
     let vs = VarStore::new(device);
     let policy = config.build(&vs.root(), task.obs_dim(), task.shape());
-    let mut adam = Adam::new(
-        &vs,
-        AdamConfig {
-            lr: budget.lr,
-            ..AdamConfig::default()
-        },
-    );
+    let mut adam = Adam::new(&vs, AdamConfig { lr: budget.lr, ..AdamConfig::default() });
     let start = Instant::now();
     for _ in 0..budget.steps {
         let obs = task.sample_obs(budget.batch, device);
@@ -251,13 +199,7 @@ pub fn run(
         adam.backward_step(&loss);
     }
     let train_seconds = start.elapsed().as_secs_f64();
-    let quality = evaluate(
-        task,
-        policy.as_ref(),
-        budget.eval_states,
-        budget.samples_per_state,
-        device,
-    );
+    let quality = evaluate(task, policy.as_ref(), budget.eval_states, budget.samples_per_state, device);
     let obs = task.sample_obs(1, device);
     let noise = Tensor::randn([1, task.shape().flat_dim() as i64], (Kind::Float, device));
     let mut times: Vec<f64> = (0..60)

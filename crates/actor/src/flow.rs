@@ -47,14 +47,7 @@ pub struct FlowPolicy {
 impl FlowPolicy {
     /// Builds the velocity network under `path`.
     pub fn new(path: &nn::Path, obs_dim: usize, shape: ChunkShape, config: FlowConfig) -> Self {
-        let net = CondNet::new(
-            path,
-            obs_dim,
-            shape.flat_dim(),
-            1,
-            config.time_features,
-            &config.network,
-        );
+        let net = CondNet::new(path, obs_dim, shape.flat_dim(), 1, config.time_features, &config.network);
         Self { net, shape, config }
     }
 
@@ -64,14 +57,7 @@ impl FlowPolicy {
     }
 
     /// The flow-matching loss for given data, noise and times `t [B, 1]`.
-    pub fn loss_given(
-        &self,
-        obs: &Tensor,
-        x: &Tensor,
-        valid: Option<&Tensor>,
-        eps: &Tensor,
-        t: &Tensor,
-    ) -> Tensor {
+    pub fn loss_given(&self, obs: &Tensor, x: &Tensor, valid: Option<&Tensor>, eps: &Tensor, t: &Tensor) -> Tensor {
         let z = (1.0 - t) * x + t * eps;
         masked_sq_err(&(self.velocity(obs, &z, t) - (eps - x)), valid, self.shape).0
     }
@@ -82,13 +68,7 @@ impl GenerativePolicy for FlowPolicy {
         let eps = actions.randn_like();
         let t = self.config.time_sampler.sample(actions.size()[0], actions);
         let loss = self.loss_given(obs, actions, valid, &eps, &t);
-        (
-            loss.shallow_clone(),
-            vec![
-                ("actor/flow_loss", loss.detach()),
-                ("actor/loss", loss.detach()),
-            ],
-        )
+        (loss.shallow_clone(), vec![("actor/flow_loss", loss.detach()), ("actor/loss", loss.detach())])
     }
 
     fn sample(&self, obs: &Tensor, noise: &Tensor) -> Tensor {
@@ -110,12 +90,7 @@ impl GenerativePolicy for FlowPolicy {
     }
 
     fn export(&self) -> Result<(mvp_infer::MlpWeights, mvp_infer::ActorKind), String> {
-        Ok((
-            self.net.export()?,
-            mvp_infer::ActorKind::Flow {
-                steps: self.config.steps.max(1),
-            },
-        ))
+        Ok((self.net.export()?, mvp_infer::ActorKind::Flow { steps: self.config.steps.max(1) }))
     }
 
     fn shape(&self) -> ChunkShape {

@@ -65,10 +65,7 @@ pub trait GenerativePolicy {
     /// The network and sampler for the libtorch-free acting path (`mvp-infer`), or why this
     /// policy has none.
     fn export(&self) -> Result<(mvp_infer::MlpWeights, mvp_infer::ActorKind), String> {
-        Err(
-            "this policy has no native acting path (MVP and flow actors with raw time features do)"
-                .into(),
-        )
+        Err("this policy has no native acting path (MVP and flow actors with raw time features do)".into())
     }
 }
 
@@ -93,20 +90,11 @@ impl Default for ActorConfig {
 
 impl ActorConfig {
     /// Builds the policy's network under `path`.
-    pub fn build(
-        &self,
-        path: &nn::Path,
-        obs_dim: usize,
-        shape: ChunkShape,
-    ) -> Box<dyn GenerativePolicy> {
+    pub fn build(&self, path: &nn::Path, obs_dim: usize, shape: ChunkShape) -> Box<dyn GenerativePolicy> {
         match self {
-            ActorConfig::Mvp(c) => {
-                Box::new(MeanVelocityPolicy::new(path, obs_dim, shape, c.clone()))
-            }
+            ActorConfig::Mvp(c) => Box::new(MeanVelocityPolicy::new(path, obs_dim, shape, c.clone())),
             ActorConfig::Flow(c) => Box::new(FlowPolicy::new(path, obs_dim, shape, c.clone())),
-            ActorConfig::Diffusion(c) => {
-                Box::new(DiffusionPolicy::new(path, obs_dim, shape, c.clone()))
-            }
+            ActorConfig::Diffusion(c) => Box::new(DiffusionPolicy::new(path, obs_dim, shape, c.clone())),
         }
     }
 
@@ -141,9 +129,7 @@ impl TimeSampler {
     pub fn sample(&self, n: i64, like: &Tensor) -> Tensor {
         let opts = (like.kind(), like.device());
         match *self {
-            TimeSampler::LogitNormal { mean, std } => {
-                (Tensor::randn([n, 1], opts) * std + mean).sigmoid()
-            }
+            TimeSampler::LogitNormal { mean, std } => (Tensor::randn([n, 1], opts) * std + mean).sigmoid(),
             TimeSampler::Uniform => Tensor::rand([n, 1], opts),
         }
     }
@@ -152,19 +138,13 @@ impl TimeSampler {
 /// Masked mean of squared errors, QC-style: `err [B, h·A]`, `valid [B, h]` expanded over the
 /// action dimensions; the mean runs over all B·h·A entries (masked ones count as zero), as in
 /// QC's actor loss. Returns the per-sample sums too, for adaptive weighting.
-pub(crate) fn masked_sq_err(
-    err: &Tensor,
-    valid: Option<&Tensor>,
-    shape: ChunkShape,
-) -> (Tensor, Tensor) {
+pub(crate) fn masked_sq_err(err: &Tensor, valid: Option<&Tensor>, shape: ChunkShape) -> (Tensor, Tensor) {
     let sq = err.square();
     let sq = match valid {
         Some(v) => {
             let b = sq.size()[0];
-            let m = v
-                .to_kind(sq.kind())
-                .unsqueeze(-1)
-                .expand([b, shape.horizon as i64, shape.action_dim as i64], false);
+            let m =
+                v.to_kind(sq.kind()).unsqueeze(-1).expand([b, shape.horizon as i64, shape.action_dim as i64], false);
             sq * m.reshape([b, -1])
         }
         None => sq,

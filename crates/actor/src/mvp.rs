@@ -46,10 +46,7 @@ impl Default for MvpConfig {
         Self {
             network: MlpConfig::default(),
             ivc_weight: 1.0,
-            time_sampler: TimeSampler::LogitNormal {
-                mean: -0.4,
-                std: 1.0,
-            },
+            time_sampler: TimeSampler::LogitNormal { mean: -0.4, std: 1.0 },
             equal_time_fraction: 0.0,
             adaptive_p: 0.0,
             adaptive_c: 1e-3,
@@ -83,14 +80,7 @@ pub struct MvpLossParts {
 impl MeanVelocityPolicy {
     /// Builds the network `u_θ` under `path`.
     pub fn new(path: &nn::Path, obs_dim: usize, shape: ChunkShape, config: MvpConfig) -> Self {
-        let net = CondNet::new(
-            path,
-            obs_dim,
-            shape.flat_dim(),
-            2,
-            config.time_features,
-            &config.network,
-        );
+        let net = CondNet::new(path, obs_dim, shape.flat_dim(), 2, config.time_features, &config.network);
         Self { net, shape, config }
     }
 
@@ -116,17 +106,13 @@ impl MeanVelocityPolicy {
         let v = eps - x;
         // Tangent of the inputs (s, z, t, t − r) along d/dt with dz = v, dr = 0.
         let times = Tensor::cat(&[t, &(t - r)], 1);
-        let (u, dudt) = self
-            .net
-            .forward_jvp_sg(obs, &z, &times, &v, &times.ones_like());
+        let (u, dudt) = self.net.forward_jvp_sg(obs, &z, &times, &v, &times.ones_like());
         let target = (&v - (t - r) * dudt).detach();
         let (mf_mean, mf_per_sample) = masked_sq_err(&(&u - &target), valid, self.shape);
         let mean_flow = if self.config.adaptive_p > 0.0 {
             let d = self.shape.flat_dim() as f64;
             let l = mf_per_sample / d;
-            let w = (&l + self.config.adaptive_c)
-                .pow_tensor_scalar(self.config.adaptive_p)
-                .detach();
+            let w = (&l + self.config.adaptive_c).pow_tensor_scalar(self.config.adaptive_p).detach();
             (&l / w).mean(l.kind())
         } else {
             mf_mean
@@ -134,19 +120,12 @@ impl MeanVelocityPolicy {
         // IVC: at r = t the mean velocity is the instantaneous one, whose regression target is
         // the conditional velocity v. This is the boundary condition L_MF cannot supply.
         let ivc = if self.config.ivc_weight > 0.0 {
-            let u_inst = self
-                .net
-                .forward(obs, &z, &Tensor::cat(&[t, &t.zeros_like()], 1));
+            let u_inst = self.net.forward(obs, &z, &Tensor::cat(&[t, &t.zeros_like()], 1));
             masked_sq_err(&(u_inst - &v), valid, self.shape).0
         } else {
             u.zeros_like().sum(u.kind())
         };
-        MvpLossParts {
-            mean_flow,
-            ivc,
-            target,
-            prediction: u,
-        }
+        MvpLossParts { mean_flow, ivc, target, prediction: u }
     }
 }
 
@@ -178,11 +157,7 @@ impl GenerativePolicy for MeanVelocityPolicy {
             let mut z = noise.copy(); // updated in place below; the caller's noise stays as it was
             for i in (0..k).rev() {
                 // Jump from t = (i+1)/k to r = i/k with the mean velocity over [r, t].
-                let t = Tensor::full(
-                    [b, 1],
-                    (i + 1) as f64 / k as f64,
-                    (noise.kind(), noise.device()),
-                );
+                let t = Tensor::full([b, 1], (i + 1) as f64 / k as f64, (noise.kind(), noise.device()));
                 let r = Tensor::full([b, 1], i as f64 / k as f64, (noise.kind(), noise.device()));
                 let u = self.mean_velocity(obs, &z, &r, &t);
                 z -= u * (1.0 / k as f64);
@@ -196,12 +171,7 @@ impl GenerativePolicy for MeanVelocityPolicy {
     }
 
     fn export(&self) -> Result<(mvp_infer::MlpWeights, mvp_infer::ActorKind), String> {
-        Ok((
-            self.net.export()?,
-            mvp_infer::ActorKind::MeanVelocity {
-                steps: self.config.sampling_steps.max(1),
-            },
-        ))
+        Ok((self.net.export()?, mvp_infer::ActorKind::MeanVelocity { steps: self.config.sampling_steps.max(1) }))
     }
 
     fn shape(&self) -> ChunkShape {

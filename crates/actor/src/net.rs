@@ -23,10 +23,7 @@ impl CondNet {
         mlp: &MlpConfig,
     ) -> Self {
         let in_dim = obs_dim + flat_dim + time_cols * time_features.dim_per_column();
-        Self {
-            mlp: Mlp::new(path, in_dim, flat_dim, mlp),
-            time_features,
-        }
+        Self { mlp: Mlp::new(path, in_dim, flat_dim, mlp), time_features }
     }
 
     /// `f(s, z, τ)` for `obs [B, S]`, `z [B, D]`, `times [B, c]`.
@@ -40,9 +37,7 @@ impl CondNet {
     pub fn export(&self) -> Result<mvp_infer::MlpWeights, String> {
         match self.time_features {
             TimeFeatures::Raw => Ok(self.mlp.export()),
-            other => Err(format!(
-                "native acting supports raw time features only, not {other:?}"
-            )),
+            other => Err(format!("native acting supports raw time features only, not {other:?}")),
         }
     }
 

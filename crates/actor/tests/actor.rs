@@ -16,30 +16,16 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     g
 }
 
-const SHAPE: ChunkShape = ChunkShape {
-    horizon: 3,
-    action_dim: 2,
-};
+const SHAPE: ChunkShape = ChunkShape { horizon: 3, action_dim: 2 };
 
 fn small() -> MlpConfig {
-    MlpConfig {
-        hidden: vec![32, 32],
-        ..MlpConfig::default()
-    }
+    MlpConfig { hidden: vec![32, 32], ..MlpConfig::default() }
 }
 
 fn f64_mvp(config: MvpConfig) -> (VarStore, MeanVelocityPolicy) {
     tch::manual_seed(0);
     let mut vs = VarStore::new(Device::Cpu);
-    let p = MeanVelocityPolicy::new(
-        &vs.root(),
-        4,
-        SHAPE,
-        MvpConfig {
-            network: small(),
-            ..config
-        },
-    );
+    let p = MeanVelocityPolicy::new(&vs.root(), 4, SHAPE, MvpConfig { network: small(), ..config });
     vs.double();
     (vs, p)
 }
@@ -58,24 +44,15 @@ fn mvp_loss_at_equal_times_equals_flow_matching_loss() {
     let _g = lock();
     let (_vs, p) = f64_mvp(MvpConfig::default());
     let (obs, x, eps, t) = batch(16);
-    let valid = Tensor::from_slice(&[1.0f64, 1.0, 0.0])
-        .unsqueeze(0)
-        .repeat([16, 1]);
+    let valid = Tensor::from_slice(&[1.0f64, 1.0, 0.0]).unsqueeze(0).repeat([16, 1]);
     let parts = p.loss_parts(&obs, &x, Some(&valid), &eps, &t, &t);
     // Flow matching with the same network at (r, t) = (t, t): regress u on v = ε − x.
     let z = (1.0 - &t) * &x + &t * &eps;
-    let err = (p.mean_velocity(&obs, &z, &t, &t) - (&eps - &x))
-        * valid.repeat_interleave_self_int(2, 1, None);
+    let err = (p.mean_velocity(&obs, &z, &t, &t) - (&eps - &x)) * valid.repeat_interleave_self_int(2, 1, None);
     let fm = err.square().mean(Kind::Double).double_value(&[]);
     let mf = parts.mean_flow.double_value(&[]);
-    assert!(
-        (mf - fm).abs() <= 1e-12 * fm.max(1.0),
-        "L_MF {mf} vs flow matching {fm}"
-    );
-    assert!(
-        (parts.ivc.double_value(&[]) - fm).abs() <= 1e-12 * fm.max(1.0),
-        "L_IVC differs from flow matching"
-    );
+    assert!((mf - fm).abs() <= 1e-12 * fm.max(1.0), "L_MF {mf} vs flow matching {fm}");
+    assert!((parts.ivc.double_value(&[]) - fm).abs() <= 1e-12 * fm.max(1.0), "L_IVC differs from flow matching");
 }
 
 #[test]
@@ -92,16 +69,9 @@ fn mean_flow_target_matches_a_finite_difference_target() {
     let up = p.mean_velocity(&obs, &(&z + &v * h), &r, &(&t + h));
     let down = p.mean_velocity(&obs, &(&z - &v * h), &r, &(&t - h));
     let fd_target = &v - (&t - &r) * ((up - down) / (2.0 * h));
-    let rel =
-        (&parts.target - &fd_target).norm().double_value(&[]) / fd_target.norm().double_value(&[]);
-    assert!(
-        rel < 1e-6,
-        "JVP target vs finite differences: relative error {rel:e}"
-    );
-    assert!(
-        !parts.target.requires_grad(),
-        "the MeanFlow target must be stop-gradient"
-    );
+    let rel = (&parts.target - &fd_target).norm().double_value(&[]) / fd_target.norm().double_value(&[]);
+    assert!(rel < 1e-6, "JVP target vs finite differences: relative error {rel:e}");
+    assert!(!parts.target.requires_grad(), "the MeanFlow target must be stop-gradient");
     assert!(parts.prediction.requires_grad());
 }
 
@@ -111,9 +81,7 @@ fn masked_steps_do_not_count_in_the_loss() {
     let (_vs, p) = f64_mvp(MvpConfig::default());
     let (obs, x, eps, t) = batch(8);
     let r = &t * 0.5;
-    let valid = Tensor::from_slice(&[1.0f64, 1.0, 0.0])
-        .unsqueeze(0)
-        .repeat([8, 1]);
+    let valid = Tensor::from_slice(&[1.0f64, 1.0, 0.0]).unsqueeze(0).repeat([8, 1]);
     let parts = p.loss_parts(&obs, &x, Some(&valid), &eps, &r, &t);
     let mask = valid.repeat_interleave_self_int(2, 1, None);
     let expect = ((&parts.prediction - &parts.target).square() * &mask).mean(Kind::Double);
@@ -126,24 +94,10 @@ fn masked_steps_do_not_count_in_the_loss() {
 fn samples_have_the_chunk_shape_and_lie_in_range() {
     let _g = lock();
     let configs = [
-        ActorConfig::Mvp(MvpConfig {
-            network: small(),
-            ..MvpConfig::default()
-        }),
-        ActorConfig::Mvp(MvpConfig {
-            network: small(),
-            sampling_steps: 4,
-            ..MvpConfig::default()
-        }),
-        ActorConfig::Flow(FlowConfig {
-            network: small(),
-            ..FlowConfig::default()
-        }),
-        ActorConfig::Diffusion(DiffusionConfig {
-            network: small(),
-            steps: 20,
-            ..DiffusionConfig::default()
-        }),
+        ActorConfig::Mvp(MvpConfig { network: small(), ..MvpConfig::default() }),
+        ActorConfig::Mvp(MvpConfig { network: small(), sampling_steps: 4, ..MvpConfig::default() }),
+        ActorConfig::Flow(FlowConfig { network: small(), ..FlowConfig::default() }),
+        ActorConfig::Diffusion(DiffusionConfig { network: small(), steps: 20, ..DiffusionConfig::default() }),
     ];
     let calls = [1, 4, 10, 20];
     for (config, calls) in configs.iter().zip(calls) {
@@ -153,11 +107,7 @@ fn samples_have_the_chunk_shape_and_lie_in_range() {
         let noise = Tensor::randn([7, 6], (Kind::Float, Device::Cpu)) * 3.0;
         let a = p.sample(&obs, &noise);
         assert_eq!(a.size(), vec![7, 6], "{}", config.label());
-        assert!(
-            a.abs().max().double_value(&[]) <= 1.0,
-            "{} leaves [-1, 1]",
-            config.label()
-        );
+        assert!(a.abs().max().double_value(&[]) <= 1.0, "{} leaves [-1, 1]", config.label());
         assert!(!a.requires_grad());
         assert_eq!(p.network_calls(), calls, "{}", config.label());
         let (loss, metrics) = p.loss(&obs, &a, None);
@@ -168,20 +118,14 @@ fn samples_have_the_chunk_shape_and_lie_in_range() {
 
 #[test]
 fn actor_config_reads_toml_and_names_unknown_keys() {
-    let c: ActorConfig =
-        toml::from_str("kind = \"mvp\"\nivc_weight = 0.5\n[time_sampler]\ndist = \"uniform\"\n")
-            .unwrap();
+    let c: ActorConfig = toml::from_str("kind = \"mvp\"\nivc_weight = 0.5\n[time_sampler]\ndist = \"uniform\"\n").unwrap();
     match c {
         ActorConfig::Mvp(m) => assert_eq!(m.ivc_weight, 0.5),
         other => panic!("parsed as {other:?}"),
     }
-    let err = toml::from_str::<ActorConfig>("kind = \"flow\"\nstepz = 3\n")
-        .unwrap_err()
-        .to_string();
+    let err = toml::from_str::<ActorConfig>("kind = \"flow\"\nstepz = 3\n").unwrap_err().to_string();
     assert!(err.contains("stepz"), "{err}");
-    let err = toml::from_str::<ActorConfig>("kind = \"gan\"\n")
-        .unwrap_err()
-        .to_string();
+    let err = toml::from_str::<ActorConfig>("kind = \"gan\"\n").unwrap_err().to_string();
     assert!(err.contains("mvp") && err.contains("diffusion"), "{err}");
 }
 
@@ -191,59 +135,26 @@ fn one_step_mvp_covers_both_modes_where_a_regressor_falls_between() {
     let task = Task::Bimodal1d;
     // About 10 s on one core. One-step MVP needs more steps than a 10-step flow to make its
     // noise-to-action map steep enough between the modes (see the expressiveness benchmark).
-    let budget = Budget {
-        steps: 5000,
-        batch: 256,
-        lr: 1e-3,
-        eval_states: 32,
-        samples_per_state: 128,
-    };
-    let net = MlpConfig {
-        hidden: vec![64, 64, 64],
-        ..MlpConfig::default()
-    };
-    let mvp = ActorConfig::Mvp(MvpConfig {
-        network: net.clone(),
-        ..MvpConfig::default()
-    });
+    let budget = Budget { steps: 5000, batch: 256, lr: 1e-3, eval_states: 32, samples_per_state: 128 };
+    let net = MlpConfig { hidden: vec![64, 64, 64], ..MlpConfig::default() };
+    let mvp = ActorConfig::Mvp(MvpConfig { network: net.clone(), ..MvpConfig::default() });
     let r = expressiveness::run(task, &mvp, 1, &budget, Device::Cpu);
-    assert!(
-        r.quality.coverage >= 0.99,
-        "MVP covers {:.2} of the modes",
-        r.quality.coverage
-    );
-    assert!(
-        r.quality.between <= 0.10,
-        "MVP puts {:.3} of its mass between modes",
-        r.quality.between
-    );
+    assert!(r.quality.coverage >= 0.99, "MVP covers {:.2} of the modes", r.quality.coverage);
+    assert!(r.quality.between <= 0.10, "MVP puts {:.3} of its mass between modes", r.quality.between);
 
     // The same network trained as a unimodal regressor (MSE to the action) fails both checks.
     tch::manual_seed(1);
     let vs = VarStore::new(Device::Cpu);
     let mlp = Mlp::new(&vs.root(), 1, 1, &net);
-    let mut adam = Adam::new(
-        &vs,
-        AdamConfig {
-            lr: 1e-3,
-            ..AdamConfig::default()
-        },
-    );
+    let mut adam = Adam::new(&vs, AdamConfig { lr: 1e-3, ..AdamConfig::default() });
     for _ in 0..budget.steps {
         let obs = task.sample_obs(256, Device::Cpu);
         let act = task.sample_actions(&obs);
         adam.backward_step(&(mlp.forward(&obs) - act).square().mean(Kind::Float));
     }
     let obs = task.sample_obs(32, Device::Cpu);
-    let x = tch::no_grad(|| mlp.forward(&obs))
-        .unsqueeze(1)
-        .repeat([1, 128, 1]);
-    let y = task
-        .sample_actions(&obs.repeat_interleave_self_int(128, 0, None))
-        .view([32, 128, 1]);
+    let x = tch::no_grad(|| mlp.forward(&obs)).unsqueeze(1).repeat([1, 128, 1]);
+    let y = task.sample_actions(&obs.repeat_interleave_self_int(128, 0, None)).view([32, 128, 1]);
     let q = expressiveness::quality(task, &obs, &x, &y);
-    assert!(
-        q.between > 0.5 && q.coverage < 0.6,
-        "regressor unexpectedly multimodal: {q:?}"
-    );
+    assert!(q.between > 0.5 && q.coverage < 0.6, "regressor unexpectedly multimodal: {q:?}");
 }

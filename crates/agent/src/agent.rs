@@ -80,26 +80,13 @@ pub struct Agent {
 impl Agent {
     /// Builds networks and optimisers for `obs_dim` observations and `action_dim` actions.
     pub fn new(obs_dim: usize, action_dim: usize, config: &AgentConfig, device: Device) -> Self {
-        let shape = ChunkShape {
-            horizon: config.horizon,
-            action_dim,
-        };
+        let shape = ChunkShape { horizon: config.horizon, action_dim };
         let actor_vs = VarStore::new(device);
         let actor = config.actor.build(&actor_vs.root(), obs_dim, shape);
         let critic = Critic::new(device, obs_dim, shape.flat_dim(), config.critic.clone());
         let actor_opt = Adam::new(&actor_vs, config.actor_optim.clone());
         let critic_opt = Adam::new(&critic.vs, config.critic_optim.clone());
-        Self {
-            actor_vs,
-            actor,
-            critic,
-            actor_opt,
-            critic_opt,
-            num_samples: config.num_samples,
-            obs_dim,
-            shape,
-            device,
-        }
+        Self { actor_vs, actor, critic, actor_opt, critic_opt, num_samples: config.num_samples, obs_dim, shape, device }
     }
 
     /// The chunk shape the actor generates.
@@ -128,12 +115,7 @@ impl Agent {
 
     /// [`Agent::sample_actions`] from given starting noise `[B·n, D]` (the candidates of row b
     /// are rows b·n .. b·n + n); also returns the candidates and their scores (`None` for n = 1).
-    pub fn select_with_noise(
-        &self,
-        obs: &Tensor,
-        noise: &Tensor,
-        n: usize,
-    ) -> (Tensor, Option<(Tensor, Tensor)>) {
+    pub fn select_with_noise(&self, obs: &Tensor, noise: &Tensor, n: usize) -> (Tensor, Option<(Tensor, Tensor)>) {
         tch::no_grad(|| {
             let b = obs.size()[0];
             if n <= 1 {
@@ -145,10 +127,7 @@ impl Agent {
             let scores = self.critic.score(&obs_rep, &candidates);
             let best = scores.view([b, n]).argmax(1, false); // [B]
             let index = (Tensor::arange(b, (Kind::Int64, obs.device())) * n + best).view([-1]);
-            (
-                candidates.index_select(0, &index),
-                Some((candidates, scores)),
-            )
+            (candidates.index_select(0, &index), Some((candidates, scores)))
         })
     }
 
@@ -156,11 +135,7 @@ impl Agent {
     /// packed weights (`mvp-infer`): a snapshot, not updated by later training. Fails for
     /// actors without a native path (diffusion, Fourier time features) and for bf16 on CPUs
     /// without AVX512-BF16.
-    pub fn native_policy(
-        &self,
-        precision: mvp_infer::Precision,
-        seed: u64,
-    ) -> Result<mvp_infer::NativePolicy> {
+    pub fn native_policy(&self, precision: mvp_infer::Precision, seed: u64) -> Result<mvp_infer::NativePolicy> {
         let (actor, actor_kind) = self.actor.export().map_err(anyhow::Error::msg)?;
         let (critics, aggregate) = self.critic.export();
         let weights = mvp_infer::PolicyWeights {
@@ -195,12 +170,10 @@ impl Agent {
             let next_chunk = self.sample_actions(&b.next_observations, self.num_samples);
             let next_q = self.critic.q_target(&b.next_observations, &next_chunk);
             let next_v = self.critic.config().aggregate.apply(&next_q);
-            self.critic
-                .td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon)
+            self.critic.td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon)
         });
         let last_valid = b.valid.select(1, self.shape.horizon as i64 - 1);
-        self.critic
-            .td_loss(&b.observations, &b.actions, &target, &last_valid)
+        self.critic.td_loss(&b.observations, &b.actions, &target, &last_valid)
     }
 
     /// The actor's loss: its own generative loss on the buffer's chunks, masked by `valid`.
@@ -214,9 +187,7 @@ impl Agent {
         let (actor_loss, actor_metrics) = self.actor_loss(b);
         let (cl, al) = (critic_loss.double_value(&[]), actor_loss.double_value(&[]));
         if !cl.is_finite() || !al.is_finite() {
-            anyhow::bail!(
-                "non-finite loss (critic {cl}, actor {al}); stopping, the last checkpoint is kept"
-            );
+            anyhow::bail!("non-finite loss (critic {cl}, actor {al}); stopping, the last checkpoint is kept");
         }
         self.critic_opt.backward_step(&critic_loss);
         self.actor_opt.backward_step(&actor_loss);
@@ -229,10 +200,7 @@ impl Agent {
     pub fn state(&self) -> (Vec<(String, Tensor)>, [u64; 2]) {
         let mut t = checkpoint::varstore_tensors(&self.actor_vs, "actor/");
         t.extend(checkpoint::varstore_tensors(&self.critic.vs, "critic/"));
-        t.extend(checkpoint::varstore_tensors(
-            &self.critic.target_vs,
-            "critic_target/",
-        ));
+        t.extend(checkpoint::varstore_tensors(&self.critic.target_vs, "critic_target/"));
         let (a, a_steps) = self.actor_opt.state("actor_opt/");
         let (c, c_steps) = self.critic_opt.state("critic_opt/");
         t.extend(a);
@@ -246,8 +214,7 @@ impl Agent {
         checkpoint::load_varstore(&self.critic.vs, tensors, "critic/")?;
         checkpoint::load_varstore(&self.critic.target_vs, tensors, "critic_target/")?;
         self.actor_opt.load_state(tensors, "actor_opt/", steps[0])?;
-        self.critic_opt
-            .load_state(tensors, "critic_opt/", steps[1])?;
+        self.critic_opt.load_state(tensors, "critic_opt/", steps[1])?;
         Ok(())
     }
 }

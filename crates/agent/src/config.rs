@@ -42,11 +42,7 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self {
-            seed: 0,
-            out_dir: PathBuf::from("runs"),
-            name: String::new(),
-        }
+        Self { seed: 0, out_dir: PathBuf::from("runs"), name: String::new() }
     }
 }
 
@@ -75,15 +71,7 @@ pub struct EnvConfig {
 
 impl Default for EnvConfig {
     fn default() -> Self {
-        Self {
-            name: "branch-reach-v0".into(),
-            sparse: false,
-            eval_seed_offset: 1_000_000,
-            num_envs: 1,
-            workers: 1,
-            eval_envs: 1,
-            eval_workers: 1,
-        }
+        Self { name: "branch-reach-v0".into(), sparse: false, eval_seed_offset: 1_000_000, num_envs: 1, workers: 1, eval_envs: 1, eval_workers: 1 }
     }
 }
 
@@ -109,13 +97,7 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self {
-            path: PathBuf::new(),
-            generate_episodes: 0,
-            generate_workers: 2,
-            demo_episodes: 200,
-            demo_noise: 0.3,
-        }
+        Self { path: PathBuf::new(), generate_episodes: 0, generate_workers: 2, demo_episodes: 200, demo_noise: 0.3 }
     }
 }
 
@@ -209,8 +191,7 @@ impl TrainConfig {
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut value: toml::Value = match file {
             Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .with_context(|| format!("reading config {}", f.display()))?;
+                let text = std::fs::read_to_string(f).with_context(|| format!("reading config {}", f.display()))?;
                 toml::from_str(&text).with_context(|| format!("parsing {}", f.display()))?
             }
             None => toml::Value::Table(Default::default()),
@@ -239,71 +220,27 @@ impl TrainConfig {
         check(a.horizon >= 1, "agent.horizon", "an integer ≥ 1")?;
         check(a.num_samples >= 1, "agent.num_samples", "an integer ≥ 1")?;
         check(a.batch_size >= 1, "agent.batch_size", "an integer ≥ 1")?;
-        check(
-            a.critic.ensemble >= 1,
-            "agent.critic.ensemble",
-            "an integer ≥ 1",
-        )?;
-        check(
-            (0.0..=1.0).contains(&a.critic.tau),
-            "agent.critic.tau",
-            "0 ≤ τ ≤ 1",
-        )?;
-        check(
-            (0.0..1.0).contains(&a.critic.gamma),
-            "agent.critic.gamma",
-            "0 ≤ γ < 1",
-        )?;
+        check(a.critic.ensemble >= 1, "agent.critic.ensemble", "an integer ≥ 1")?;
+        check((0.0..=1.0).contains(&a.critic.tau), "agent.critic.tau", "0 ≤ τ ≤ 1")?;
+        check((0.0..1.0).contains(&a.critic.gamma), "agent.critic.gamma", "0 ≤ γ < 1")?;
         check(a.actor_optim.lr > 0.0, "agent.actor_optim.lr", "> 0")?;
         check(a.critic_optim.lr > 0.0, "agent.critic_optim.lr", "> 0")?;
         if let ActorConfig::Mvp(m) = &a.actor {
             check(m.ivc_weight >= 0.0, "agent.actor.ivc_weight", "λ ≥ 0")?;
-            check(
-                (0.0..=1.0).contains(&m.equal_time_fraction),
-                "agent.actor.equal_time_fraction",
-                "[0, 1]",
-            )?;
+            check((0.0..=1.0).contains(&m.equal_time_fraction), "agent.actor.equal_time_fraction", "[0, 1]")?;
         }
         let s = &self.schedule;
         check(s.utd >= 1, "schedule.utd", "an integer ≥ 1")?;
-        check(
-            s.eval_episodes >= 1,
-            "schedule.eval_episodes",
-            "an integer ≥ 1",
-        )?;
-        check(
-            s.log_interval >= 1,
-            "schedule.log_interval",
-            "an integer ≥ 1",
-        )?;
-        check(
-            s.keep_checkpoints >= 1,
-            "schedule.keep_checkpoints",
-            "an integer ≥ 1",
-        )?;
-        check(
-            s.buffer_capacity >= a.batch_size + a.horizon,
-            "schedule.buffer_capacity",
-            "≥ batch_size + horizon",
-        )?;
-        check(
-            self.runtime.threads >= 1,
-            "runtime.threads",
-            "an integer ≥ 1",
-        )?;
-        check(
-            self.data.generate_workers >= 1,
-            "data.generate_workers",
-            "an integer ≥ 1",
-        )?;
+        check(s.eval_episodes >= 1, "schedule.eval_episodes", "an integer ≥ 1")?;
+        check(s.log_interval >= 1, "schedule.log_interval", "an integer ≥ 1")?;
+        check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;
+        check(s.buffer_capacity >= a.batch_size + a.horizon, "schedule.buffer_capacity", "≥ batch_size + horizon")?;
+        check(self.runtime.threads >= 1, "runtime.threads", "an integer ≥ 1")?;
+        check(self.data.generate_workers >= 1, "data.generate_workers", "an integer ≥ 1")?;
         check(self.env.num_envs >= 1, "env.num_envs", "an integer ≥ 1")?;
         check(self.env.workers >= 1, "env.workers", "an integer ≥ 1")?;
         check(self.env.eval_envs >= 1, "env.eval_envs", "an integer ≥ 1")?;
-        check(
-            self.env.eval_workers >= 1,
-            "env.eval_workers",
-            "an integer ≥ 1",
-        )?;
+        check(self.env.eval_workers >= 1, "env.eval_workers", "an integer ≥ 1")?;
         Ok(())
     }
 }
@@ -322,16 +259,10 @@ fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
     let parts: Vec<&str> = key.split('.').collect();
     let mut node = root;
     for p in &parts[..parts.len() - 1] {
-        let table = node
-            .as_table_mut()
-            .with_context(|| format!("override `{key}`: `{p}` is not a table"))?;
-        node = table
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let table = node.as_table_mut().with_context(|| format!("override `{key}`: `{p}` is not a table"))?;
+        node = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
     }
-    let table = node
-        .as_table_mut()
-        .with_context(|| format!("override `{key}`: parent is not a table"))?;
+    let table = node.as_table_mut().with_context(|| format!("override `{key}`: parent is not a table"))?;
     table.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
 }

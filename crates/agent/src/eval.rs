@@ -26,21 +26,11 @@ pub struct EvalResult {
 }
 
 /// Runs `episodes` evaluation episodes of `agent` over the environments of `pool`.
-pub fn evaluate(
-    agent: &Agent,
-    pool: &mut dyn EnvPool,
-    episodes: usize,
-    seed: u64,
-) -> Result<EvalResult> {
+pub fn evaluate(agent: &Agent, pool: &mut dyn EnvPool, episodes: usize, seed: u64) -> Result<EvalResult> {
     let h = agent.shape().horizon;
     let mut policy = |obs: &[f32], k: usize| -> Result<Vec<f32>> {
-        let o = Tensor::from_slice(obs)
-            .view([k as i64, -1])
-            .to_kind(Kind::Float)
-            .to_device(agent.device());
-        Ok(Vec::<f32>::try_from(
-            agent.act(&o).view([-1]).to_device(Device::Cpu),
-        )?)
+        let o = Tensor::from_slice(obs).view([k as i64, -1]).to_kind(Kind::Float).to_device(agent.device());
+        Ok(Vec::<f32>::try_from(agent.act(&o).view([-1]).to_device(Device::Cpu))?)
     };
     let eps = mvp_rollout::evaluate(pool, h, episodes, seed, &mut policy)?;
     let n = episodes.max(1) as f64;

@@ -96,12 +96,7 @@ pub fn load_dataset(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Op
             spec.name
         );
     } else {
-        let (data, stats) = mvp_envs::generate_dataset(
-            &spec.name,
-            d.demo_episodes,
-            d.demo_noise as f32,
-            config.run.seed,
-        )?;
+        let (data, stats) = mvp_envs::generate_dataset(&spec.name, d.demo_episodes, d.demo_noise as f32, config.run.seed)?;
         tracing::info!(
             "generated {} transitions from {} demonstrator episodes (success rate {:.2})",
             data.len(),
@@ -164,70 +159,36 @@ fn load_dataset_file(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<D
 }
 
 /// Runs `mvp data ogbench` for a missing dataset (progress on stderr).
-pub fn generate_ogbench(
-    dataset: &str,
-    episodes: usize,
-    workers: usize,
-    seed: u64,
-    out: &Path,
-) -> Result<()> {
-    tracing::info!(
-        "{} does not exist: generating {episodes} episodes of {dataset} with {workers} processes",
-        out.display()
-    );
+pub fn generate_ogbench(dataset: &str, episodes: usize, workers: usize, seed: u64, out: &Path) -> Result<()> {
+    tracing::info!("{} does not exist: generating {episodes} episodes of {dataset} with {workers} processes", out.display());
     if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut g = mvp_envs::OgbenchGenerate::new(dataset, episodes, out);
     g.workers = workers;
     g.seed = seed;
-    let status = g
-        .command()?
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("starting the OGBench generator")?;
+    let status = g.command()?.stdout(std::process::Stdio::null()).status().context("starting the OGBench generator")?;
     if !status.success() {
-        bail!(
-            "generating {} failed ({status}); see the generator's messages above",
-            out.display()
-        );
+        bail!("generating {} failed ({status}); see the generator's messages above", out.display());
     }
     Ok(())
 }
 
 /// Runs `mvp data robomimic` for a missing dataset (progress on stderr).
-pub fn generate_robomimic(
-    task: &str,
-    episodes: usize,
-    workers: usize,
-    seed: u64,
-    out: &Path,
-) -> Result<()> {
+pub fn generate_robomimic(task: &str, episodes: usize, workers: usize, seed: u64, out: &Path) -> Result<()> {
     tracing::info!("{} does not exist: generating {episodes} scripted {task} demonstrations with {workers} processes", out.display());
     if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let out_abs = std::path::absolute(out)?;
     let status = mvp_envs::python_module_command("mvp_envs.data_robomimic")?
-        .args([
-            "--task",
-            task,
-            "--episodes",
-            &episodes.to_string(),
-            "--workers",
-            &workers.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
+        .args(["--task", task, "--episodes", &episodes.to_string(), "--workers", &workers.to_string(), "--seed", &seed.to_string()])
         .arg("--out")
         .arg(&out_abs)
         .status()
         .context("starting the robomimic generator")?;
     if !status.success() {
-        bail!(
-            "generating {} failed ({status}); see the generator's messages above",
-            out.display()
-        );
+        bail!("generating {} failed ({status}); see the generator's messages above", out.display());
     }
     Ok(())
 }
@@ -280,10 +241,7 @@ impl Trainer {
         let device = config.runtime.apply()?;
         let online = make_online(&config, 0)?;
         let name = if config.run.name.is_empty() {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let actor: String = config
                 .agent
                 .actor
@@ -300,8 +258,7 @@ impl Trainer {
         if run_dir.join(CONFIG_FILE).exists() {
             bail!("run directory {} already holds a run; resume it with `mvp train --resume {}` or choose another run.name", run_dir.display(), run_dir.display());
         }
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         write_run_files(&run_dir, &config)?;
         let mut t = Self::assemble(config, run_dir, online, device)?;
         t.start_episode()?;
@@ -313,14 +270,12 @@ impl Trainer {
         let config = TrainConfig::load(Some(&run_dir.join(CONFIG_FILE)), overrides)
             .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
         let device = config.runtime.apply()?;
-        let loaded: checkpoint::Loaded<Progress> =
-            checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
+        let loaded: checkpoint::Loaded<Progress> = checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
         // A vector collector restarts its episodes (with fresh seeds): the transitions it had
         // staged in unfinished episodes are not in the checkpoint.
         let online = make_online(&config, loaded.meta.episodes)?;
         let mut t = Self::assemble(config, run_dir.to_path_buf(), online, device)?;
-        t.agent
-            .load_state(&loaded.tensors, loaded.meta.optimizer_steps)?;
+        t.agent.load_state(&loaded.tensors, loaded.meta.optimizer_steps)?;
         let buffer_path = loaded.dir.join(BUFFER_FILE);
         if buffer_path.exists() {
             t.buffer.restore(&buffer_path)?;
@@ -328,9 +283,7 @@ impl Trainer {
             tracing::warn!("checkpoint has no replay buffer; online data before it is lost");
         }
         t.progress = loaded.meta;
-        if t.progress.step > t.config.schedule.offline_steps
-            && matches!(t.online, Online::Single(_))
-        {
+        if t.progress.step > t.config.schedule.offline_steps && matches!(t.online, Online::Single(_)) {
             match t.progress.env_state.clone() {
                 Some(state) => t.single().restore(&state)?,
                 None => {
@@ -351,26 +304,16 @@ impl Trainer {
         Ok(t)
     }
 
-    fn assemble(
-        config: TrainConfig,
-        run_dir: PathBuf,
-        online: Online,
-        device: Device,
-    ) -> Result<Self> {
+    fn assemble(config: TrainConfig, run_dir: PathBuf, online: Online, device: Device) -> Result<Self> {
         let e = &config.env;
-        let eval_pool =
-            mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset)?;
+        let eval_pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset)?;
         let spec = match &online {
             Online::Single(env) => env.spec().clone(),
             Online::Vector(c) => c.pool().spec().clone(),
         };
         tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
         let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device);
-        let mut buffer = ReplayBuffer::new(
-            config.schedule.buffer_capacity,
-            spec.obs_dim,
-            spec.action_dim,
-        )?;
+        let mut buffer = ReplayBuffer::new(config.schedule.buffer_capacity, spec.obs_dim, spec.action_dim)?;
         let dataset = load_dataset(&config, &spec)?;
         let has_dataset = dataset.is_some();
         if let Some(d) = &dataset {
@@ -382,20 +325,7 @@ impl Trainer {
         let logger = Logger::for_run_dir(&run_dir)?;
         let a = &config.agent;
         let batch = ChunkBatch::new(a.batch_size, a.horizon, spec.obs_dim, spec.action_dim);
-        Ok(Self {
-            config,
-            run_dir,
-            agent,
-            buffer,
-            has_dataset,
-            online,
-            spec,
-            eval_pool,
-            logger,
-            progress: Progress::default(),
-            batch,
-            device,
-        })
+        Ok(Self { config, run_dir, agent, buffer, has_dataset, online, spec, eval_pool, logger, progress: Progress::default(), batch, device })
     }
 
     /// The run directory.
@@ -417,11 +347,7 @@ impl Trainer {
     pub fn run(&mut self) -> Result<Summary> {
         let s = self.config.schedule.clone();
         let total = s.offline_steps + s.online_steps;
-        let end = if s.stop_after > 0 {
-            s.stop_after.min(total)
-        } else {
-            total
-        };
+        let end = if s.stop_after > 0 { s.stop_after.min(total) } else { total };
         tracing::info!(
             "run {}: {} offline steps, {} online steps, evaluation every {} steps over {} episodes \
              (greedy generate-and-select, N = {}, seeds from {})",
@@ -435,10 +361,8 @@ impl Trainer {
         );
         let bar = ProgressBar::new(total).with_position(self.progress.step);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}",
-            )
-            .expect("static template"),
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}")
+                .expect("static template"),
         );
         let started = Instant::now();
         let mut last_status = started;
@@ -455,9 +379,7 @@ impl Trainer {
                 let episode = match &self.online {
                     Online::Single(_) => self.env_step(online, &mut rng)?,
                     // E environments step together every E steps of the axis.
-                    Online::Vector(c) if online.is_multiple_of(c.num_envs() as u64) => {
-                        self.collect(online, &mut rng)?
-                    }
+                    Online::Vector(c) if online.is_multiple_of(c.num_envs() as u64) => self.collect(online, &mut rng)?,
                     Online::Vector(_) => Vec::new(),
                 };
                 if online >= s.warmup_steps {
@@ -473,10 +395,7 @@ impl Trainer {
             self.progress.step = i + 1;
             let step = i + 1;
             if step.is_multiple_of(s.log_interval) && !metrics.is_empty() {
-                let mut scalars: Vec<(&str, f64)> = metrics
-                    .iter()
-                    .map(|(n, t)| (*n, t.double_value(&[])))
-                    .collect();
+                let mut scalars: Vec<(&str, f64)> = metrics.iter().map(|(n, t)| (*n, t.double_value(&[]))).collect();
                 let sps = (step - first) as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 scalars.push(("time/sps", sps));
                 scalars.push(("buffer/size", self.buffer.len() as f64));
@@ -487,10 +406,7 @@ impl Trainer {
                     // No terminal for the progress bar (a log file, CI): a status line instead.
                     last_status = Instant::now();
                     let eta = (end - step) as f64 / sps.max(1e-9);
-                    tracing::info!(
-                        "step {step}/{end}: {sps:.1} steps/s, about {:.0} min left",
-                        eta / 60.0
-                    );
+                    tracing::info!("step {step}/{end}: {sps:.1} steps/s, about {:.0} min left", eta / 60.0);
                 }
             }
             let is_end = step == total;
@@ -503,23 +419,13 @@ impl Trainer {
                     r.mean_return,
                     r.episodes
                 );
-                self.logger.log(
-                    step,
-                    &[
-                        ("eval/success", r.success_rate),
-                        ("eval/return", r.mean_return),
-                        ("eval/length", r.mean_length),
-                    ],
-                )?;
+                self.logger.log(step, &[("eval/success", r.success_rate), ("eval/return", r.mean_return), ("eval/length", r.mean_length)])?;
                 self.progress.eval_history.push((step, r.success_rate));
                 self.progress.last_eval = Some(r);
                 self.logger.flush()?;
                 self.plot_learning_curve();
             }
-            if (s.checkpoint_interval > 0 && step.is_multiple_of(s.checkpoint_interval))
-                || is_end
-                || step == end
-            {
+            if (s.checkpoint_interval > 0 && step.is_multiple_of(s.checkpoint_interval)) || is_end || step == end {
                 self.save_checkpoint()?;
             }
             bar.set_position(step);
@@ -527,22 +433,12 @@ impl Trainer {
         bar.finish_and_clear();
         // Closing joins TensorBoard's writer thread: only then is the event file complete.
         self.logger.close()?;
-        Ok(Summary {
-            run_dir: self.run_dir.clone(),
-            steps: self.progress.step,
-            eval: self.progress.last_eval.clone(),
-        })
+        Ok(Summary { run_dir: self.run_dir.clone(), steps: self.progress.step, eval: self.progress.last_eval.clone() })
     }
 
     fn update(&mut self, rng: &mut StdRng) -> Result<Vec<(&'static str, Tensor)>> {
         let a = &self.config.agent;
-        self.buffer.sample_chunks(
-            rng,
-            a.batch_size,
-            a.horizon,
-            a.critic.gamma as f32,
-            &mut self.batch,
-        )?;
+        self.buffer.sample_chunks(rng, a.batch_size, a.horizon, a.critic.gamma as f32, &mut self.batch)?;
         let batch = TensorBatch::from_chunks(&self.batch, self.device);
         self.agent.update(&batch)
     }
@@ -551,43 +447,26 @@ impl Trainer {
     fn env_step(&mut self, online_step: u64, rng: &mut StdRng) -> Result<Vec<(&'static str, f64)>> {
         let a_dim = self.spec.action_dim;
         if self.progress.next_action * a_dim >= self.progress.chunk.len() {
-            self.progress.chunk =
-                if !self.has_dataset && online_step < self.config.schedule.warmup_steps {
-                    let n = self.config.agent.horizon * a_dim;
-                    (0..n).map(|_| rng.random_range(-1.0f32..=1.0)).collect()
-                } else {
-                    let obs = Tensor::from_slice(&self.progress.obs)
-                        .view([1, -1])
-                        .to_device(self.device)
-                        .to_kind(Kind::Float);
-                    Vec::<f32>::try_from(self.agent.act(&obs).view([-1]).to_device(Device::Cpu))?
-                };
+            self.progress.chunk = if !self.has_dataset && online_step < self.config.schedule.warmup_steps {
+                let n = self.config.agent.horizon * a_dim;
+                (0..n).map(|_| rng.random_range(-1.0f32..=1.0)).collect()
+            } else {
+                let obs = Tensor::from_slice(&self.progress.obs).view([1, -1]).to_device(self.device).to_kind(Kind::Float);
+                Vec::<f32>::try_from(self.agent.act(&obs).view([-1]).to_device(Device::Cpu))?
+            };
             self.progress.next_action = 0;
         }
         let at = self.progress.next_action * a_dim;
         self.progress.next_action += 1;
         let action = &self.progress.chunk[at..at + a_dim];
-        let Online::Single(env) = &mut self.online else {
-            unreachable!("env_step needs a single environment")
-        };
+        let Online::Single(env) = &mut self.online else { unreachable!("env_step needs a single environment") };
         let step = match env.step(action) {
             Ok(step) => step,
             Err(err) => return self.lose_episode(err),
         };
         self.progress.env_failures_in_row = 0;
-        let reward = if self.config.env.sparse {
-            sparse_reward(step.reward)
-        } else {
-            step.reward
-        };
-        self.buffer.push(
-            &self.progress.obs,
-            action,
-            reward,
-            &step.obs,
-            step.done(),
-            step.mask(),
-        )?;
+        let reward = if self.config.env.sparse { sparse_reward(step.reward) } else { step.reward };
+        self.buffer.push(&self.progress.obs, action, reward, &step.obs, step.done(), step.mask())?;
         self.progress.episode_return += reward as f64;
         self.progress.episode_length += 1;
         let mut out = Vec::new();
@@ -667,36 +546,22 @@ impl Trainer {
     /// episodes go into the buffer whole; returns episode metrics (means over the episodes
     /// that ended).
     fn collect(&mut self, online_step: u64, rng: &mut StdRng) -> Result<Vec<(&'static str, f64)>> {
-        let Online::Vector(collector) = &mut self.online else {
-            unreachable!("collect needs a collector")
-        };
+        let Online::Vector(collector) = &mut self.online else { unreachable!("collect needs a collector") };
         let random = !self.has_dataset && online_step < self.config.schedule.warmup_steps;
         let (agent, device) = (&self.agent, self.device);
         let width = self.config.agent.horizon * self.spec.action_dim;
         let mut policy = |obs: &[f32], k: usize| -> Result<Vec<f32>> {
             if random {
-                return Ok((0..k * width)
-                    .map(|_| rng.random_range(-1.0f32..=1.0))
-                    .collect());
+                return Ok((0..k * width).map(|_| rng.random_range(-1.0f32..=1.0)).collect());
             }
-            let o = Tensor::from_slice(obs)
-                .view([k as i64, -1])
-                .to_device(device)
-                .to_kind(Kind::Float);
-            Ok(Vec::<f32>::try_from(
-                agent.act(&o).view([-1]).to_device(Device::Cpu),
-            )?)
+            let o = Tensor::from_slice(obs).view([k as i64, -1]).to_device(device).to_kind(Kind::Float);
+            Ok(Vec::<f32>::try_from(agent.act(&o).view([-1]).to_device(Device::Cpu))?)
         };
         let got = collector.step(&mut policy)?;
         let sparse = self.config.env.sparse;
         for t in &got.ready {
-            let reward = if sparse {
-                sparse_reward(t.reward)
-            } else {
-                t.reward
-            };
-            self.buffer
-                .push(&t.obs, &t.action, reward, &t.next_obs, t.terminal, t.mask)?;
+            let reward = if sparse { sparse_reward(t.reward) } else { t.reward };
+            self.buffer.push(&t.obs, &t.action, reward, &t.next_obs, t.terminal, t.mask)?;
         }
         let mut out = Vec::new();
         if got.lost > 0 {
@@ -705,18 +570,9 @@ impl Trainer {
         }
         if !got.finished.is_empty() {
             let n = got.finished.len() as f64;
-            out.push((
-                "train/episode_return",
-                got.finished.iter().map(|e| e.ret).sum::<f64>() / n,
-            ));
-            out.push((
-                "train/episode_length",
-                got.finished.iter().map(|e| e.length as f64).sum::<f64>() / n,
-            ));
-            out.push((
-                "train/episode_success",
-                got.finished.iter().filter(|e| e.success).count() as f64 / n,
-            ));
+            out.push(("train/episode_return", got.finished.iter().map(|e| e.ret).sum::<f64>() / n));
+            out.push(("train/episode_length", got.finished.iter().map(|e| e.length as f64).sum::<f64>() / n));
+            out.push(("train/episode_success", got.finished.iter().filter(|e| e.success).count() as f64 / n));
             self.progress.episodes += got.finished.len() as u64;
         }
         Ok(out)
@@ -725,36 +581,17 @@ impl Trainer {
     /// Runs the evaluation protocol on the evaluation environment.
     pub fn evaluate(&mut self) -> Result<EvalResult> {
         let seed = self.config.env.eval_seed_offset + self.config.run.seed * 10_000;
-        evaluate(
-            &self.agent,
-            self.eval_pool.as_mut(),
-            self.config.schedule.eval_episodes,
-            seed,
-        )
+        evaluate(&self.agent, self.eval_pool.as_mut(), self.config.schedule.eval_episodes, seed)
     }
 
     /// Writes `learning_curve.png` (evaluation success against steps); a plotting failure is
     /// reported but does not stop training.
     fn plot_learning_curve(&self) {
-        let points: Vec<(f64, f64)> = self
-            .progress
-            .eval_history
-            .iter()
-            .map(|&(s, r)| (s as f64, r))
-            .collect();
+        let points: Vec<(f64, f64)> = self.progress.eval_history.iter().map(|&(s, r)| (s as f64, r)).collect();
         let label = self.config.agent.actor.label();
-        let title = format!(
-            "{} on {} (offline until step {})",
-            label, self.config.env.name, self.config.schedule.offline_steps
-        );
+        let title = format!("{} on {} (offline until step {})", label, self.config.env.name, self.config.schedule.offline_steps);
         let path = self.run_dir.join("learning_curve.png");
-        if let Err(e) = mvp_logging::plot_curves(
-            &path,
-            &title,
-            &[(label.as_str(), points)],
-            "step",
-            "evaluation success rate",
-        ) {
+        if let Err(e) = mvp_logging::plot_curves(&path, &title, &[(label.as_str(), points)], "step", "evaluation success rate") {
             tracing::warn!("could not plot {}: {e:#}", path.display());
         }
     }
@@ -763,10 +600,7 @@ impl Trainer {
         let (tensors, steps) = self.agent.state();
         // A diverged update can leave non-finite parameters before any loss shows it: never
         // let such a state replace the last good checkpoint.
-        if let Some((name, _)) = tensors
-            .iter()
-            .find(|(_, t)| t.isfinite().all().int64_value(&[]) == 0)
-        {
+        if let Some((name, _)) = tensors.iter().find(|(_, t)| t.isfinite().all().int64_value(&[]) == 0) {
             bail!(
                 "non-finite values in `{name}` at step {}; stopping, the last good checkpoint is kept",
                 self.progress.step
@@ -799,11 +633,7 @@ fn make_online(config: &TrainConfig, episodes_before: u64) -> Result<Online> {
     }
     let seed = config.run.seed + episodes_before;
     let pool = mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed)?;
-    Ok(Online::Vector(Collector::new(
-        pool,
-        config.agent.horizon,
-        seed,
-    )?))
+    Ok(Online::Vector(Collector::new(pool, config.agent.horizon, seed)?))
 }
 
 fn write_run_files(run_dir: &Path, config: &TrainConfig) -> Result<()> {
@@ -815,23 +645,14 @@ fn write_run_files(run_dir: &Path, config: &TrainConfig) -> Result<()> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let header = format!(
-        "# Resolved config of this run. seed = {}, git revision {rev}\n",
-        config.run.seed
-    );
-    checkpoint::write_atomically(
-        &run_dir.join(CONFIG_FILE),
-        format!("{header}{text}").as_bytes(),
-    )?;
+    let header = format!("# Resolved config of this run. seed = {}, git revision {rev}\n", config.run.seed);
+    checkpoint::write_atomically(&run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())?;
     let meta = serde_json::json!({
         "seed": config.run.seed,
         "git_revision": rev,
         "command": std::env::args().collect::<Vec<_>>(),
         "started_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     });
-    checkpoint::write_atomically(
-        &run_dir.join("run.json"),
-        serde_json::to_vec_pretty(&meta)?.as_slice(),
-    )?;
+    checkpoint::write_atomically(&run_dir.join("run.json"), serde_json::to_vec_pretty(&meta)?.as_slice())?;
     Ok(())
 }

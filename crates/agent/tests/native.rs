@@ -14,10 +14,7 @@ const A: usize = 5;
 fn agent(actor: ActorConfig) -> Agent {
     tch::set_num_threads(1);
     tch::manual_seed(7);
-    let mut config = AgentConfig {
-        actor,
-        ..AgentConfig::default()
-    };
+    let mut config = AgentConfig { actor, ..AgentConfig::default() };
     config.critic.network.hidden = vec![256; 3];
     let mut agent = Agent::new(S, A, &config, Device::Cpu);
     // A few updates so the weights are not at their initial values (biases, LayerNorm).
@@ -41,10 +38,7 @@ fn agent(actor: ActorConfig) -> Agent {
 }
 
 fn net() -> MlpConfig {
-    MlpConfig {
-        hidden: vec![256; 3],
-        ..MlpConfig::default()
-    }
+    MlpConfig { hidden: vec![256; 3], ..MlpConfig::default() }
 }
 
 fn host(t: &Tensor) -> Vec<f32> {
@@ -60,22 +54,11 @@ fn compare(agent: &Agent, precision: Precision, tol: f32) {
     let mut native = agent.native_policy(precision, 0).unwrap();
     let mut out = vec![0.0; b * d];
     native.act_with_noise(&host(&obs), &host(&noise), &mut out);
-    let max_err = |x: &[f32], y: &[f32]| {
-        x.iter()
-            .zip(y)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max)
-    };
+    let max_err = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
     let cand_err = max_err(&native.candidates()[..b * n * d], &host(&cands));
     let score_err = max_err(&native.scores()[..b * n], &host(&scores));
-    assert!(
-        cand_err < tol,
-        "{precision:?}: candidates differ by {cand_err}"
-    );
-    assert!(
-        score_err < tol * 10.0,
-        "{precision:?}: scores differ by {score_err}"
-    );
+    assert!(cand_err < tol, "{precision:?}: candidates differ by {cand_err}");
+    assert!(score_err < tol * 10.0, "{precision:?}: scores differ by {score_err}");
     if precision == Precision::F32 {
         // The same chunk is selected unless two candidates' scores are within rounding.
         let (scores, chosen) = (host(&scores), host(&chosen));
@@ -85,10 +68,7 @@ fn compare(agent: &Agent, precision: Precision, tol: f32) {
             sorted.sort_by(|p, q| q.total_cmp(p));
             if sorted[0] - sorted[1] > 1e-4 {
                 assert!(
-                    max_err(
-                        &out[row * d..(row + 1) * d],
-                        &chosen[row * d..(row + 1) * d]
-                    ) < tol,
+                    max_err(&out[row * d..(row + 1) * d], &chosen[row * d..(row + 1) * d]) < tol,
                     "row {row}: another chunk was selected"
                 );
             }
@@ -98,10 +78,7 @@ fn compare(agent: &Agent, precision: Precision, tol: f32) {
 
 #[test]
 fn native_mvp_matches_the_training_code() {
-    let a = agent(ActorConfig::Mvp(MvpConfig {
-        network: net(),
-        ..MvpConfig::default()
-    }));
+    let a = agent(ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() }));
     compare(&a, Precision::F32, 1e-4);
     if mvp_infer::has_avx512_bf16() {
         compare(&a, Precision::Bf16, 5e-2);
@@ -110,27 +87,15 @@ fn native_mvp_matches_the_training_code() {
 
 #[test]
 fn native_multi_step_mvp_and_qc_flow_match_the_training_code() {
-    let a = agent(ActorConfig::Mvp(MvpConfig {
-        network: net(),
-        sampling_steps: 3,
-        ..MvpConfig::default()
-    }));
+    let a = agent(ActorConfig::Mvp(MvpConfig { network: net(), sampling_steps: 3, ..MvpConfig::default() }));
     compare(&a, Precision::F32, 1e-4);
-    let a = agent(ActorConfig::Flow(FlowConfig {
-        network: net(),
-        steps: 10,
-        ..FlowConfig::default()
-    }));
+    let a = agent(ActorConfig::Flow(FlowConfig { network: net(), steps: 10, ..FlowConfig::default() }));
     compare(&a, Precision::F32, 1e-4);
 }
 
 #[test]
 fn actors_without_a_native_path_say_so() {
-    let a = agent(ActorConfig::Diffusion(DiffusionConfig {
-        network: net(),
-        steps: 5,
-        ..DiffusionConfig::default()
-    }));
+    let a = agent(ActorConfig::Diffusion(DiffusionConfig { network: net(), steps: 5, ..DiffusionConfig::default() }));
     let err = a.native_policy(Precision::F32, 0).unwrap_err().to_string();
     assert!(err.contains("no native acting path"), "{err}");
 }

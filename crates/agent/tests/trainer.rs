@@ -48,39 +48,21 @@ fn latest_checkpoint(run: &Path) -> std::path::PathBuf {
 fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
-    let full = Trainer::new(tiny(dir.path(), "full", &[]))
-        .unwrap()
-        .run()
-        .unwrap();
+    let full = Trainer::new(tiny(dir.path(), "full", &[])).unwrap().run().unwrap();
     // Stop in the middle of the online phase (step 57 = 17 environment steps, inside a chunk).
-    let part = Trainer::new(tiny(dir.path(), "part", &["schedule.stop_after=57"]))
-        .unwrap()
-        .run()
-        .unwrap();
+    let part = Trainer::new(tiny(dir.path(), "part", &["schedule.stop_after=57"])).unwrap().run().unwrap();
     assert_eq!(part.steps, 57);
-    let resumed = Trainer::resume(&part.run_dir, &["schedule.stop_after=0".into()])
-        .unwrap()
-        .run()
-        .unwrap();
+    let resumed = Trainer::resume(&part.run_dir, &["schedule.stop_after=0".into()]).unwrap().run().unwrap();
     assert_eq!(resumed.steps, full.steps);
 
-    let (a, b) = (
-        latest_checkpoint(&full.run_dir),
-        latest_checkpoint(&resumed.run_dir),
-    );
+    let (a, b) = (latest_checkpoint(&full.run_dir), latest_checkpoint(&resumed.run_dir));
     let ta: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&a).unwrap();
     let tb: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&b).unwrap();
     assert_eq!(ta.tensors.len(), tb.tensors.len());
     for (name, t) in &ta.tensors {
-        assert!(
-            t.equal(&tb.tensors[name]),
-            "{name} differs between the uninterrupted and the resumed run"
-        );
+        assert!(t.equal(&tb.tensors[name]), "{name} differs between the uninterrupted and the resumed run");
     }
-    let (ba, bb) = (
-        std::fs::read(a.join("buffer.bin")).unwrap(),
-        std::fs::read(b.join("buffer.bin")).unwrap(),
-    );
+    let (ba, bb) = (std::fs::read(a.join("buffer.bin")).unwrap(), std::fs::read(b.join("buffer.bin")).unwrap());
     assert!(ba == bb, "replay buffers differ");
     assert_eq!(full.eval, resumed.eval);
 }
@@ -89,43 +71,21 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
 fn tensorboard_file_of_a_run_holds_the_logged_scalars() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
-    let s = Trainer::new(tiny(dir.path(), "tb", &[]))
-        .unwrap()
-        .run()
-        .unwrap();
+    let s = Trainer::new(tiny(dir.path(), "tb", &[])).unwrap().run().unwrap();
     let events = mvp_logging::read_scalars_in_dir(s.run_dir.join("tb")).unwrap();
     let jsonl = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
-    let rows: Vec<serde_json::Value> = jsonl
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    for tag in [
-        "critic/loss",
-        "actor/mf_loss",
-        "actor/ivc_loss",
-        "eval/success",
-        "time/sps",
-    ] {
-        let from_tb: Vec<(i64, f32)> = events
-            .iter()
-            .filter(|e| e.tag == tag)
-            .map(|e| (e.step, e.value))
-            .collect();
+    let rows: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for tag in ["critic/loss", "actor/mf_loss", "actor/ivc_loss", "eval/success", "time/sps"] {
+        let from_tb: Vec<(i64, f32)> = events.iter().filter(|e| e.tag == tag).map(|e| (e.step, e.value)).collect();
         let from_jsonl: Vec<(i64, f32)> = rows
             .iter()
             .filter_map(|r| Some((r["step"].as_i64()?, r.get(tag)?.as_f64()? as f32)))
             .collect();
         assert!(!from_tb.is_empty(), "no `{tag}` in the event file");
-        assert_eq!(
-            from_tb, from_jsonl,
-            "`{tag}` differs between TensorBoard and JSONL"
-        );
+        assert_eq!(from_tb, from_jsonl, "`{tag}` differs between TensorBoard and JSONL");
     }
     for f in ["config.toml", "run.json", "metrics.csv"] {
-        assert!(
-            s.run_dir.join(f).exists(),
-            "{f} missing from the run directory"
-        );
+        assert!(s.run_dir.join(f).exists(), "{f} missing from the run directory");
     }
     let config = std::fs::read_to_string(s.run_dir.join("config.toml")).unwrap();
     assert!(config.contains("git revision") && config.contains("num_samples = 4"));
@@ -133,81 +93,41 @@ fn tensorboard_file_of_a_run_holds_the_logged_scalars() {
 
 #[test]
 fn config_errors_name_the_key_and_the_allowed_values() {
-    let err = TrainConfig::load(None, &["agent.num_sample=3".into()])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("agent") && err.contains("num_sample") && err.contains("num_samples"),
-        "{err}"
-    );
-    let err = TrainConfig::load(None, &["agent.horizon=0".into()])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("agent.horizon") && err.contains("≥ 1"),
-        "{err}"
-    );
-    let err = TrainConfig::load(None, &["agent.actor.kind=\"gan\"".into()])
-        .unwrap_err()
-        .to_string();
+    let err = TrainConfig::load(None, &["agent.num_sample=3".into()]).unwrap_err().to_string();
+    assert!(err.contains("agent") && err.contains("num_sample") && err.contains("num_samples"), "{err}");
+    let err = TrainConfig::load(None, &["agent.horizon=0".into()]).unwrap_err().to_string();
+    assert!(err.contains("agent.horizon") && err.contains("≥ 1"), "{err}");
+    let err = TrainConfig::load(None, &["agent.actor.kind=\"gan\"".into()]).unwrap_err().to_string();
     assert!(err.contains("agent.actor") && err.contains("mvp"), "{err}");
-    let err = TrainConfig::load(None, &["runtime.device=\"tpu\"".into()])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("runtime.device") && err.contains("cuda"),
-        "{err}"
-    );
+    let err = TrainConfig::load(None, &["runtime.device=\"tpu\"".into()]).unwrap_err().to_string();
+    assert!(err.contains("runtime.device") && err.contains("cuda"), "{err}");
 }
 
 #[test]
 fn a_dataset_for_another_environment_is_refused_with_both_shapes() {
     let (data, _) = mvp_envs::generate_dataset("branch-reach-v0", 2, 0.1, 0).unwrap();
-    let mut spec = mvp_envs::make_native("branch-reach-v0")
-        .unwrap()
-        .spec()
-        .clone();
+    let mut spec = mvp_envs::make_native("branch-reach-v0").unwrap().spec().clone();
     spec.obs_dim = 37;
-    let err = trainer::check_dataset(&data, &spec)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&format!("[{}, 2]", data.len())) && err.contains("[37]"),
-        "{err}"
-    );
+    let err = trainer::check_dataset(&data, &spec).unwrap_err().to_string();
+    assert!(err.contains(&format!("[{}, 2]", data.len())) && err.contains("[37]"), "{err}");
 }
 
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
-    let good = Trainer::new(tiny(dir.path(), "nan", &["schedule.stop_after=20"]))
-        .unwrap()
-        .run()
-        .unwrap();
+    let good = Trainer::new(tiny(dir.path(), "nan", &["schedule.stop_after=20"])).unwrap().run().unwrap();
     let before = latest_checkpoint(&good.run_dir);
     // Continue with a learning rate that makes the critic diverge at once.
-    let mut t = Trainer::resume(
-        &good.run_dir,
-        &[
-            "schedule.stop_after=0".into(),
-            "agent.critic_optim.lr=1e38".into(),
-            "schedule.checkpoint_interval=1".into(),
-        ],
-    )
-    .unwrap();
+    let mut t = Trainer::resume(&good.run_dir, &["schedule.stop_after=0".into(), "agent.critic_optim.lr=1e38".into(), "schedule.checkpoint_interval=1".into()]).unwrap();
     let err = t.run().unwrap_err().to_string();
     assert!(err.contains("non-finite"), "{err}");
     // Checkpoints written before the divergence showed stay; none holds a non-finite value.
     let last = latest_checkpoint(&good.run_dir);
     assert!(last >= before);
-    let loaded: mvp_nn::checkpoint::Loaded<serde_json::Value> =
-        mvp_nn::checkpoint::load(&last).unwrap();
+    let loaded: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&last).unwrap();
     for (name, v) in &loaded.tensors {
-        assert!(
-            v.isfinite().all().int64_value(&[]) == 1,
-            "checkpoint tensor {name} is not finite"
-        );
+        assert!(v.isfinite().all().int64_value(&[]) == 1, "checkpoint tensor {name} is not finite");
     }
 }
 
@@ -216,19 +136,12 @@ fn pure_online_runs_and_qc_and_diffusion_actors_share_the_loop() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
     // From scratch: no dataset, random warm-up actions, then learning online.
-    let online = tiny(
-        dir.path(),
-        "online",
-        &["data.demo_episodes=0", "schedule.offline_steps=0"],
-    );
+    let online = tiny(dir.path(), "online", &["data.demo_episodes=0", "schedule.offline_steps=0"]);
     let s = Trainer::new(online).unwrap().run().unwrap();
     assert_eq!(s.steps, 60);
     assert!(s.run_dir.join("learning_curve.png").exists());
     // QC (flow, K = 10) and a diffusion actor run through the same trainer.
-    for (name, kind) in [
-        ("qc", "agent.actor.kind=\"flow\""),
-        ("diffusion", "agent.actor.kind=\"diffusion\""),
-    ] {
+    for (name, kind) in [("qc", "agent.actor.kind=\"flow\""), ("diffusion", "agent.actor.kind=\"diffusion\"")] {
         let cfg = tiny(dir.path(), name, &[kind, "schedule.online_steps=10"]);
         let s = Trainer::new(cfg).unwrap().run().unwrap();
         assert_eq!(s.steps, 50, "{name}");
@@ -236,14 +149,8 @@ fn pure_online_runs_and_qc_and_diffusion_actors_share_the_loop() {
     }
     // Offline steps without any dataset are a configuration error that says why.
     let cfg = tiny(dir.path(), "bad", &["data.demo_episodes=0"]);
-    let err = Trainer::new(cfg)
-        .err()
-        .expect("offline steps without a dataset must fail")
-        .to_string();
-    assert!(
-        err.contains("offline_steps") && err.contains("no dataset"),
-        "{err}"
-    );
+    let err = Trainer::new(cfg).err().expect("offline steps without a dataset must fail").to_string();
+    assert!(err.contains("offline_steps") && err.contains("no dataset"), "{err}");
 }
 
 #[test]
@@ -252,19 +159,7 @@ fn pure_online_training_runs_on_a_real_ogbench_environment() {
     let dir = tempfile::tempdir().unwrap();
     let env = "cube-single-play-singletask-task1-v0";
     let name = format!("env.name=\"{env}\"");
-    let cfg = tiny(
-        dir.path(),
-        "ogbench",
-        &[
-            &name,
-            "data.demo_episodes=0",
-            "schedule.offline_steps=0",
-            "schedule.online_steps=30",
-            "schedule.eval_episodes=3",
-            "env.eval_envs=2",
-            "env.eval_workers=2",
-        ],
-    );
+    let cfg = tiny(dir.path(), "ogbench", &[&name, "data.demo_episodes=0", "schedule.offline_steps=0", "schedule.online_steps=30", "schedule.eval_episodes=3", "env.eval_envs=2", "env.eval_workers=2"]);
     let s = Trainer::new(cfg).unwrap().run().unwrap();
     assert_eq!(s.steps, 30);
     // Three evaluation episodes over two environments in two worker processes.
@@ -273,10 +168,7 @@ fn pure_online_training_runs_on_a_real_ogbench_environment() {
     assert!(e.mean_return <= 0.0 && e.mean_length >= 1.0, "{e:?}");
     // Asking for a demonstrator dataset on OGBench says what to do instead.
     let cfg = tiny(dir.path(), "ogbench-offline", &[&name]);
-    let err = Trainer::new(cfg)
-        .err()
-        .expect("no dataset for OGBench yet")
-        .to_string();
+    let err = Trainer::new(cfg).err().expect("no dataset for OGBench yet").to_string();
     assert!(err.contains("data.demo_episodes=0"), "{err}");
 }
 
@@ -289,10 +181,7 @@ fn env_worker_children() -> Vec<i32> {
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             // Field 4 (after the parenthesised command) is the parent pid.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .unwrap_or("");
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).unwrap_or("");
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             ppid == me && String::from_utf8_lossy(&cmd).contains("mvp_envs.worker")
         })
@@ -306,30 +195,12 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
     let name = "env.name=\"cube-single-play-singletask-task1-v0\"";
-    let cfg = tiny(
-        dir.path(),
-        "fault",
-        &[
-            name,
-            "data.demo_episodes=0",
-            "schedule.offline_steps=0",
-            "schedule.online_steps=3000",
-            "schedule.warmup_steps=1000",
-            "schedule.eval_episodes=1",
-        ],
-    );
+    let cfg = tiny(dir.path(), "fault", &[name, "data.demo_episodes=0", "schedule.offline_steps=0", "schedule.online_steps=3000", "schedule.warmup_steps=1000", "schedule.eval_episodes=1"]);
     let before = env_worker_children();
     let mut trainer = Trainer::new(cfg).unwrap();
     // The training environment's worker starts first, the evaluation one second.
-    let workers: Vec<i32> = env_worker_children()
-        .into_iter()
-        .filter(|p| !before.contains(p))
-        .collect();
-    assert_eq!(
-        workers.len(),
-        2,
-        "expected a training and an evaluation worker: {workers:?}"
-    );
+    let workers: Vec<i32> = env_worker_children().into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(workers.len(), 2, "expected a training and an evaluation worker: {workers:?}");
     let victim = workers[0];
     let killer = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -337,20 +208,11 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
         unsafe { libc::kill(victim, libc::SIGKILL) }
     });
     let summary = trainer.run().unwrap();
-    assert_eq!(
-        killer.join().unwrap(),
-        0,
-        "kill -9 of the training worker failed"
-    );
+    assert_eq!(killer.join().unwrap(), 0, "kill -9 of the training worker failed");
     assert_eq!(summary.steps, 3000, "the run must finish");
 
-    let ckpt: mvp_nn::checkpoint::Loaded<serde_json::Value> =
-        mvp_nn::checkpoint::load(&latest_checkpoint(&summary.run_dir)).unwrap();
-    assert!(
-        ckpt.meta["env_restarts"].as_u64().unwrap() >= 1,
-        "the restart is counted: {}",
-        ckpt.meta
-    );
+    let ckpt: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&latest_checkpoint(&summary.run_dir)).unwrap();
+    assert!(ckpt.meta["env_restarts"].as_u64().unwrap() >= 1, "the restart is counted: {}", ckpt.meta);
     let log = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
     assert!(log.contains("env/restarts"), "the restart is logged");
 
@@ -365,9 +227,7 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
 fn assert_no_transition_joins_two_episodes(buffer: &mvp_replay::ReplayBuffer) -> usize {
     let n = buffer.num_starts(1);
     let mut one = mvp_replay::ChunkBatch::new(n, 1, buffer.obs_dim(), buffer.act_dim());
-    buffer
-        .chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut one)
-        .unwrap();
+    buffer.chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut one).unwrap();
     let d = buffer.obs_dim();
     let mut ends = 0;
     for k in 0..n - 1 {
@@ -375,11 +235,7 @@ fn assert_no_transition_joins_two_episodes(buffer: &mvp_replay::ReplayBuffer) ->
             ends += 1;
             continue;
         }
-        assert_eq!(
-            &one.next_observations[k * d..(k + 1) * d],
-            &one.observations[(k + 1) * d..(k + 2) * d],
-            "transition {k} joins two episodes"
-        );
+        assert_eq!(&one.next_observations[k * d..(k + 1) * d], &one.observations[(k + 1) * d..(k + 2) * d], "transition {k} joins two episodes");
     }
     ends
 }
@@ -388,15 +244,7 @@ fn assert_no_transition_joins_two_episodes(buffer: &mvp_replay::ReplayBuffer) ->
 fn several_training_environments_store_whole_episodes_and_train() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny(
-        dir.path(),
-        "vector",
-        &[
-            "env.num_envs=4",
-            "schedule.online_steps=400",
-            "env.eval_envs=3",
-        ],
-    );
+    let cfg = tiny(dir.path(), "vector", &["env.num_envs=4", "schedule.online_steps=400", "env.eval_envs=3"]);
     let mut trainer = Trainer::new(cfg).unwrap();
     let dataset_len = trainer.buffer().len();
     let s = trainer.run().unwrap();
@@ -419,22 +267,10 @@ fn offline_to_online_on_ogbench_with_a_generated_dataset_and_clear_errors() {
     // A missing dataset names the command that makes it.
     let cfg = tiny(dir.path(), "missing", &[env, &path]);
     let err = format!("{:#}", Trainer::new(cfg).err().expect("missing dataset"));
-    assert!(
-        err.contains("mvp data ogbench --env cube-single-play-v0"),
-        "{err}"
-    );
+    assert!(err.contains("mvp data ogbench --env cube-single-play-v0"), "{err}");
     // With data.generate_episodes the run makes it (two episodes, two processes), trains
     // offline on it, then online.
-    let cfg = tiny(
-        dir.path(),
-        "ogbench",
-        &[
-            env,
-            &path,
-            "data.generate_episodes=2",
-            "schedule.eval_episodes=1",
-        ],
-    );
+    let cfg = tiny(dir.path(), "ogbench", &[env, &path, "data.generate_episodes=2", "schedule.eval_episodes=1"]);
     let mut trainer = Trainer::new(cfg).unwrap();
     assert!(data.exists() && mvp_envs::ogbench_val_path(&data).exists());
     // 2 episodes of 1000 transitions (OGBench's 1001-row episodes).
@@ -444,11 +280,7 @@ fn offline_to_online_on_ogbench_with_a_generated_dataset_and_clear_errors() {
     // Every online transition is stored (one environment).
     assert_eq!(trainer.buffer().len(), 2000 + 60);
     // A dataset made for another environment is refused with both shapes.
-    let cfg = tiny(
-        dir.path(),
-        "other",
-        &["env.name=\"cube-double-play-singletask-task2-v0\"", &path],
-    );
+    let cfg = tiny(dir.path(), "other", &["env.name=\"cube-double-play-singletask-task2-v0\"", &path]);
     let err = format!("{:#}", Trainer::new(cfg).err().expect("wrong dataset"));
     assert!(err.contains("28") && err.contains("37"), "{err}");
 }
@@ -463,22 +295,10 @@ fn offline_to_online_on_robomimic_lift_with_generated_demonstrations() {
     let cfg = tiny(dir.path(), "missing", &[env, &path]);
     let err = format!("{:#}", Trainer::new(cfg).err().expect("missing dataset"));
     assert!(err.contains("mvp data robomimic --task lift"), "{err}");
-    let cfg = tiny(
-        dir.path(),
-        "lift",
-        &[
-            env,
-            &path,
-            "data.generate_episodes=2",
-            "schedule.eval_episodes=1",
-        ],
-    );
+    let cfg = tiny(dir.path(), "lift", &[env, &path, "data.generate_episodes=2", "schedule.eval_episodes=1"]);
     let mut trainer = Trainer::new(cfg).unwrap();
     let offline = trainer.buffer().len();
-    assert!(
-        offline > 20,
-        "two lift demonstrations: {offline} transitions"
-    );
+    assert!(offline > 20, "two lift demonstrations: {offline} transitions");
     let s = trainer.run().unwrap();
     assert_eq!(s.steps, 100);
     assert_eq!(trainer.buffer().len(), offline + 60);
@@ -487,8 +307,5 @@ fn offline_to_online_on_robomimic_lift_with_generated_demonstrations() {
 
 #[test]
 fn sparse_option_maps_partial_progress_to_minus_one() {
-    assert_eq!(
-        [-3.0f32, -1.0, -0.5, 0.0].map(trainer::sparse_reward),
-        [-1.0, -1.0, -1.0, 0.0]
-    );
+    assert_eq!([-3.0f32, -1.0, -0.5, 0.0].map(trainer::sparse_reward), [-1.0, -1.0, -1.0, 0.0]);
 }

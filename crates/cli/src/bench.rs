@@ -43,14 +43,7 @@ pub enum BenchCommand {
 /// Runs a benchmark subcommand.
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Jvp {
-            batch,
-            input,
-            output,
-            iters,
-            threads,
-            json,
-        } => {
+        BenchCommand::Jvp { batch, input, output, iters, threads, json } => {
             let report = jvp(batch, input, output, iters, threads)?;
             println!("{}", report.markdown());
             if let Some(path) = json {
@@ -81,8 +74,7 @@ struct JvpReport {
 
 impl JvpReport {
     fn markdown(&self) -> String {
-        let row =
-            |name: &str, ms: f64| format!("| {name} | {ms:.3} | {:.2}× |\n", ms / self.forward_ms);
+        let row = |name: &str, ms: f64| format!("| {name} | {ms:.3} | {:.2}× |\n", ms / self.forward_ms);
         format!(
             "JVP cost, MLP {}→{:?}→{}, GELU, batch {}, {} thread(s), median of timed calls\n\n\
              | operation | ms | × forward |\n|---|---|---|\n{}{}{}{}",
@@ -92,18 +84,9 @@ impl JvpReport {
             self.batch,
             self.threads,
             row("forward", self.forward_ms),
-            row(
-                "forward + tangent (forward-mode, differentiable)",
-                self.forward_jvp_ms
-            ),
-            row(
-                "forward + tangent (forward-mode, stop-grad tangent)",
-                self.forward_jvp_sg_ms
-            ),
-            row(
-                "forward + JVP by double backward",
-                self.double_backward_jvp_ms
-            ),
+            row("forward + tangent (forward-mode, differentiable)", self.forward_jvp_ms),
+            row("forward + tangent (forward-mode, stop-grad tangent)", self.forward_jvp_sg_ms),
+            row("forward + JVP by double backward", self.double_backward_jvp_ms),
         )
     }
 }
@@ -113,11 +96,7 @@ fn median_ms(iters: usize, f: impl FnMut()) -> f64 {
 }
 
 fn jvp(batch: i64, input: i64, output: i64, iters: usize, threads: usize) -> Result<JvpReport> {
-    let device = Runtime {
-        threads,
-        ..Runtime::default()
-    }
-    .apply()?;
+    let device = Runtime { threads, ..Runtime::default() }.apply()?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let cfg = MlpConfig::default();

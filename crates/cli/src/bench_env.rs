@@ -54,9 +54,7 @@ fn bridge(args: &EnvArgs, w: usize) -> Result<f64> {
     let mut done = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..args.steps {
-        actions
-            .iter_mut()
-            .for_each(|x| *x = rng.random_range(-1.0..=1.0));
+        actions.iter_mut().for_each(|x| *x = rng.random_range(-1.0..=1.0));
         done.clear();
         for (i, o) in venv.step(&all, &actions)?.into_iter().enumerate() {
             match o {
@@ -90,19 +88,10 @@ fn plain(args: &EnvArgs, w: usize) -> Result<f64> {
     for child in children {
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!(
-                "plain Python loop failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-            );
+            bail!("plain Python loop failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default());
         }
-        let line: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("reading the plain loop's JSON line")?;
-        total += line["steps_per_s"]
-            .as_f64()
-            .context("steps_per_s missing")?;
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the plain loop's JSON line")?;
+        total += line["steps_per_s"].as_f64().context("steps_per_s missing")?;
     }
     Ok(total)
 }
@@ -120,23 +109,17 @@ pub fn run(args: EnvArgs) -> Result<()> {
             plain_steps_per_s: plain,
             overhead: 1.0 - bridge / plain,
         };
-        tracing::info!(
-            "{w} worker(s): bridge {bridge:.0} steps/s, plain Python {plain:.0} steps/s"
-        );
+        tracing::info!("{w} worker(s): bridge {bridge:.0} steps/s, plain Python {plain:.0} steps/s");
         rows.push(row);
     }
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
         "Environment steps per second, `{}`, random actions, {} steps per environment, {} envs per worker, {cores} cores\n",
         args.env, args.steps, args.envs_per_worker
     );
     println!("| workers | bridge steps/s | plain Python steps/s (same number of processes) | bridge overhead | bridge scaling vs 1 worker |");
     println!("|---|---|---|---|---|");
-    let base = rows
-        .first()
-        .map(|r| r.bridge_steps_per_s / r.workers as f64);
+    let base = rows.first().map(|r| r.bridge_steps_per_s / r.workers as f64);
     for r in &rows {
         println!(
             "| {} | {:.0} | {:.0} | {:.1}% | {:.2}× |",

@@ -20,11 +20,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     seeds: u64,
     /// Tasks (comma-separated): bimodal1d, ring2d, chunk10d.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "bimodal1d,ring2d,chunk10d"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "bimodal1d,ring2d,chunk10d")]
     tasks: Vec<String>,
     /// Hidden widths of every policy's network.
     #[arg(long, value_delimiter = ',', default_value = "256,256,256")]
@@ -65,10 +61,7 @@ fn parse_sampler(s: &str) -> Result<TimeSampler> {
     let parts: Vec<&str> = s.split(':').collect();
     Ok(match parts.as_slice() {
         ["uniform"] => TimeSampler::Uniform,
-        ["logit_normal", m, sd] => TimeSampler::LogitNormal {
-            mean: m.parse()?,
-            std: sd.parse()?,
-        },
+        ["logit_normal", m, sd] => TimeSampler::LogitNormal { mean: m.parse()?, std: sd.parse()? },
         _ => anyhow::bail!("bad time sampler '{s}': expected uniform or logit_normal:MEAN:STD"),
     })
 }
@@ -83,53 +76,15 @@ fn parse_task(s: &str) -> Result<Task> {
 }
 
 /// The benchmark's rows: MVP λ = 1 and 0, flow K = 1 and 10, diffusion K = 10 and large K.
-fn rows(
-    net: &MlpConfig,
-    large_k: usize,
-    sampler: TimeSampler,
-    adaptive_p: f64,
-    fourier: usize,
-) -> Vec<ActorConfig> {
-    let time_features = if fourier == 0 {
-        TimeFeatures::Raw
-    } else {
-        TimeFeatures::Fourier {
-            n: fourier,
-            max_freq: 2f64.powi(fourier as i32 - 1),
-        }
-    };
+fn rows(net: &MlpConfig, large_k: usize, sampler: TimeSampler, adaptive_p: f64, fourier: usize) -> Vec<ActorConfig> {
+    let time_features =
+        if fourier == 0 { TimeFeatures::Raw } else { TimeFeatures::Fourier { n: fourier, max_freq: 2f64.powi(fourier as i32 - 1) } };
     let mvp = |l: f64| {
-        ActorConfig::Mvp(MvpConfig {
-            network: net.clone(),
-            ivc_weight: l,
-            time_sampler: sampler,
-            adaptive_p,
-            time_features,
-            ..MvpConfig::default()
-        })
+        ActorConfig::Mvp(MvpConfig { network: net.clone(), ivc_weight: l, time_sampler: sampler, adaptive_p, time_features, ..MvpConfig::default() })
     };
-    let flow = |k| {
-        ActorConfig::Flow(FlowConfig {
-            network: net.clone(),
-            steps: k,
-            ..FlowConfig::default()
-        })
-    };
-    let diff = |k| {
-        ActorConfig::Diffusion(DiffusionConfig {
-            network: net.clone(),
-            steps: k,
-            ..DiffusionConfig::default()
-        })
-    };
-    vec![
-        mvp(1.0),
-        mvp(0.0),
-        flow(1),
-        flow(10),
-        diff(10),
-        diff(large_k),
-    ]
+    let flow = |k| ActorConfig::Flow(FlowConfig { network: net.clone(), steps: k, ..FlowConfig::default() });
+    let diff = |k| ActorConfig::Diffusion(DiffusionConfig { network: net.clone(), steps: k, ..DiffusionConfig::default() });
+    vec![mvp(1.0), mvp(0.0), flow(1), flow(10), diff(10), diff(large_k)]
 }
 
 #[derive(Debug, Serialize)]
@@ -148,11 +103,7 @@ struct Summary {
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
     (m, var.sqrt())
 }
 
@@ -168,9 +119,7 @@ fn summarise(runs: &[RunResult]) -> Vec<Summary> {
     groups
         .into_iter()
         .map(|g| {
-            let f = |pick: fn(&RunResult) -> f64| {
-                mean_std(&g.iter().map(|r| pick(r)).collect::<Vec<_>>())
-            };
+            let f = |pick: fn(&RunResult) -> f64| mean_std(&g.iter().map(|r| pick(r)).collect::<Vec<_>>());
             Summary {
                 task: g[0].task,
                 policy: g[0].policy.clone(),
@@ -215,40 +164,14 @@ fn markdown(summary: &[Summary], args: &Args) -> String {
 
 /// Runs the benchmark.
 pub fn run(args: Args) -> Result<()> {
-    let device = Runtime {
-        threads: args.threads,
-        ..Runtime::default()
-    }
-    .apply()?;
-    let tasks = args
-        .tasks
-        .iter()
-        .map(|t| parse_task(t))
-        .collect::<Result<Vec<_>>>()?;
-    let net = MlpConfig {
-        hidden: args.hidden.clone(),
-        ..MlpConfig::default()
-    };
-    let budget = Budget {
-        steps: args.steps,
-        batch: args.batch,
-        lr: args.lr,
-        ..Budget::default()
-    };
-    let configs: Vec<ActorConfig> = rows(
-        &net,
-        args.diffusion_large_k,
-        parse_sampler(&args.mvp_time_sampler)?,
-        args.mvp_adaptive_p,
-        args.mvp_fourier,
-    )
-    .into_iter()
-    .filter(|c| {
-        args.only
-            .as_ref()
-            .is_none_or(|o| c.label().contains(o.as_str()))
-    })
-    .collect();
+    let device = Runtime { threads: args.threads, ..Runtime::default() }.apply()?;
+    let tasks = args.tasks.iter().map(|t| parse_task(t)).collect::<Result<Vec<_>>>()?;
+    let net = MlpConfig { hidden: args.hidden.clone(), ..MlpConfig::default() };
+    let budget = Budget { steps: args.steps, batch: args.batch, lr: args.lr, ..Budget::default() };
+    let configs: Vec<ActorConfig> = rows(&net, args.diffusion_large_k, parse_sampler(&args.mvp_time_sampler)?, args.mvp_adaptive_p, args.mvp_fourier)
+        .into_iter()
+        .filter(|c| args.only.as_ref().is_none_or(|o| c.label().contains(o.as_str())))
+        .collect();
     let total = tasks.len() * configs.len() * args.seeds as usize;
     let mut runs = Vec::with_capacity(total);
     for &task in &tasks {
@@ -277,8 +200,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(path) = &args.json {
         let json = serde_json::json!({ "budget": budget, "hidden": args.hidden, "runs": runs, "summary": summary });
-        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -121,11 +121,7 @@ fn not_implemented(what: &str, issue: u32) -> anyhow::Result<()> {
     anyhow::bail!("`mvp {what}` is not implemented yet (tracked in issue #{issue})")
 }
 
-fn train(
-    config: Option<PathBuf>,
-    overrides: Vec<String>,
-    resume: Option<PathBuf>,
-) -> anyhow::Result<()> {
+fn train(config: Option<PathBuf>, overrides: Vec<String>, resume: Option<PathBuf>) -> anyhow::Result<()> {
     let mut trainer = match resume {
         Some(dir) => {
             if config.is_some() {
@@ -133,9 +129,7 @@ fn train(
             }
             mvp_agent::Trainer::resume(&dir, &overrides)?
         }
-        None => {
-            mvp_agent::Trainer::new(mvp_agent::TrainConfig::load(config.as_deref(), &overrides)?)?
-        }
+        None => mvp_agent::Trainer::new(mvp_agent::TrainConfig::load(config.as_deref(), &overrides)?)?,
     };
     let summary = trainer.run()?;
     match &summary.eval {
@@ -155,8 +149,7 @@ fn train(
 }
 
 fn eval(run: PathBuf, episodes: usize) -> anyhow::Result<()> {
-    let mut trainer =
-        mvp_agent::Trainer::resume(&run, &[format!("schedule.eval_episodes={episodes}")])?;
+    let mut trainer = mvp_agent::Trainer::resume(&run, &[format!("schedule.eval_episodes={episodes}")])?;
     let r = trainer.evaluate()?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
@@ -164,24 +157,11 @@ fn eval(run: PathBuf, episodes: usize) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train {
-            config,
-            overrides,
-            resume,
-        } => train(config, overrides, resume),
+        Command::Train { config, overrides, resume } => train(config, overrides, resume),
         Command::Eval { run, episodes } => eval(run, episodes),
-        Command::Data(DataCommand::Ogbench {
-            env,
-            episodes,
-            out,
-            workers,
-            seed,
-            episode_length,
-            val_episodes,
-        }) => {
+        Command::Data(DataCommand::Ogbench { env, episodes, out, workers, seed, episode_length, val_episodes }) => {
             let mut g = mvp_envs::OgbenchGenerate::new(env, episodes, out);
-            (g.workers, g.seed, g.episode_length, g.val_episodes) =
-                (workers, seed, episode_length, val_episodes);
+            (g.workers, g.seed, g.episode_length, g.val_episodes) = (workers, seed, episode_length, val_episodes);
             // Progress goes to stderr; the generator's JSON summary is our stdout.
             let status = g.command()?.status()?;
             if !status.success() {
@@ -189,23 +169,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Data(DataCommand::Robomimic {
-            task,
-            episodes,
-            out,
-            workers,
-            seed,
-            noise,
-        }) => {
+        Command::Data(DataCommand::Robomimic { task, episodes, out, workers, seed, noise }) => {
             let status = mvp_envs::python_module_command("mvp_envs.data_robomimic")?
-                .args([
-                    "--task",
-                    &task,
-                    "--episodes",
-                    &episodes.to_string(),
-                    "--workers",
-                    &workers.to_string(),
-                ])
+                .args(["--task", &task, "--episodes", &episodes.to_string(), "--workers", &workers.to_string()])
                 .args(["--seed", &seed.to_string(), "--noise", &noise.to_string()])
                 .arg("--out")
                 .arg(std::path::absolute(&out)?)
@@ -221,11 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info => {
             println!("mvp {}", env!("CARGO_PKG_VERSION"));
             println!("libtorch threads: {}", tch::get_num_threads());
-            println!(
-                "cuda available: {} ({} devices)",
-                tch::Cuda::is_available(),
-                tch::Cuda::device_count()
-            );
+            println!("cuda available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
             println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
             Ok(())
         }
@@ -235,9 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {

@@ -41,12 +41,10 @@ struct Run {
 
 fn read_run(dir: &Path, metric: &str) -> Result<Option<Run>> {
     let path = dir.join("metrics.jsonl");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let (mut curve, mut first, mut last) = (Vec::new(), f64::NAN, f64::NAN);
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("bad line in {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("bad line in {}", path.display()))?;
         if let Some(t) = v["wall_time"].as_f64() {
             if first.is_nan() {
                 first = t;
@@ -66,30 +64,15 @@ fn read_run(dir: &Path, metric: &str) -> Result<Option<Run>> {
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["started_unix"].as_f64())
         .unwrap_or(first);
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let group = name
-        .rsplit_once("__")
-        .map(|(g, _)| g.to_string())
-        .unwrap_or_else(|| name.clone());
-    Ok(Some(Run {
-        group,
-        name,
-        curve,
-        seconds: last - started,
-    }))
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let group = name.rsplit_once("__").map(|(g, _)| g.to_string()).unwrap_or_else(|| name.clone());
+    Ok(Some(Run { group, name, curve, seconds: last - started }))
 }
 
 fn mean_std(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 {
-        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
     (mean, var.sqrt())
 }
 
@@ -108,26 +91,13 @@ pub fn run(args: ReportArgs) -> Result<()> {
         }
     }
     if runs.is_empty() {
-        bail!(
-            "no run under {} logged `{}`",
-            args.runs.display(),
-            args.metric
-        );
+        bail!("no run under {} logged `{}`", args.runs.display(), args.metric);
     }
     let out = args.out.clone().unwrap_or_else(|| args.runs.clone());
     std::fs::create_dir_all(&out)?;
-    let mut csv = format!(
-        "group,run,final_{},seconds\n",
-        args.metric.replace('/', "_")
-    );
+    let mut csv = format!("group,run,final_{},seconds\n", args.metric.replace('/', "_"));
     for r in &runs {
-        csv += &format!(
-            "{},{},{},{:.0}\n",
-            r.group,
-            r.name,
-            r.curve.last().map(|p| p.1).unwrap_or(f64::NAN),
-            r.seconds
-        );
+        csv += &format!("{},{},{},{:.0}\n", r.group, r.name, r.curve.last().map(|p| p.1).unwrap_or(f64::NAN), r.seconds);
     }
     std::fs::write(out.join("results.csv"), csv)?;
 
@@ -139,19 +109,11 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let mut curves_csv = String::from("group,step,mean,std,runs\n");
     let mut series = Vec::new();
     for (group, rs) in &groups {
-        let finals: Vec<f64> = rs
-            .iter()
-            .filter_map(|r| r.curve.last().map(|p| p.1))
-            .collect();
+        let finals: Vec<f64> = rs.iter().filter_map(|r| r.curve.last().map(|p| p.1)).collect();
         let (m, s) = mean_std(&finals);
         let each: Vec<String> = finals.iter().map(|x| format!("{x:.2}")).collect();
         let (t, _) = mean_std(&rs.iter().map(|r| r.seconds).collect::<Vec<_>>());
-        md += &format!(
-            "| {group} | {} | {m:.3} ± {s:.3} | {} | {:.1} min |\n",
-            rs.len(),
-            each.join(", "),
-            t / 60.0
-        );
+        md += &format!("| {group} | {} | {m:.3} ± {s:.3} | {} | {:.1} min |\n", rs.len(), each.join(", "), t / 60.0);
         // The mean curve over the steps every run of the group logged.
         let mut by_step: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
         for r in rs {
@@ -169,26 +131,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
     }
     std::fs::write(out.join("summary.md"), &md)?;
     std::fs::write(out.join("curves.csv"), curves_csv)?;
-    let series_ref: Vec<(&str, Vec<(f64, f64)>)> = series
-        .iter()
-        .map(|(g, p)| (g.as_str(), p.clone()))
-        .collect();
-    let title = if args.title.is_empty() {
-        format!("{} (mean over runs)", args.metric)
-    } else {
-        args.title.clone()
-    };
-    mvp_logging::plot_curves(
-        out.join("learning_curves.png"),
-        &title,
-        &series_ref,
-        "step",
-        &args.metric,
-    )?;
+    let series_ref: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(g, p)| (g.as_str(), p.clone())).collect();
+    let title = if args.title.is_empty() { format!("{} (mean over runs)", args.metric) } else { args.title.clone() };
+    mvp_logging::plot_curves(out.join("learning_curves.png"), &title, &series_ref, "step", &args.metric)?;
     print!("{md}");
-    println!(
-        "\nwrote results.csv, summary.md, curves.csv and learning_curves.png to {}",
-        out.display()
-    );
+    println!("\nwrote results.csv, summary.md, curves.csv and learning_curves.png to {}", out.display());
     Ok(())
 }

@@ -79,71 +79,26 @@ struct Method {
 }
 
 fn methods(c: &Common) -> Vec<Method> {
-    let net = MlpConfig {
-        hidden: c.hidden.clone(),
-        ..MlpConfig::default()
-    };
-    let critic_net = MlpConfig {
-        hidden: c.hidden.clone(),
-        layer_norm: true,
-        ..MlpConfig::default()
-    };
+    let net = MlpConfig { hidden: c.hidden.clone(), ..MlpConfig::default() };
+    let critic_net = MlpConfig { hidden: c.hidden.clone(), layer_norm: true, ..MlpConfig::default() };
     let agent = |actor: ActorConfig, n: usize, h: usize| {
-        let mut a = AgentConfig {
-            horizon: h,
-            num_samples: n,
-            actor,
-            ..AgentConfig::default()
-        };
+        let mut a = AgentConfig { horizon: h, num_samples: n, actor, ..AgentConfig::default() };
         a.critic.network = critic_net.clone();
         a
     };
-    let flow = |k| {
-        ActorConfig::Flow(FlowConfig {
-            network: net.clone(),
-            steps: k,
-            ..FlowConfig::default()
-        })
-    };
-    let diff = |k| {
-        ActorConfig::Diffusion(DiffusionConfig {
-            network: net.clone(),
-            steps: k,
-            ..DiffusionConfig::default()
-        })
-    };
+    let flow = |k| ActorConfig::Flow(FlowConfig { network: net.clone(), steps: k, ..FlowConfig::default() });
+    let diff = |k| ActorConfig::Diffusion(DiffusionConfig { network: net.clone(), steps: k, ..DiffusionConfig::default() });
     let all = vec![
-        Method {
-            name: "MVP (1 step, N=32, h=5)".into(),
-            config: agent(
-                ActorConfig::Mvp(MvpConfig {
-                    network: net.clone(),
-                    ..MvpConfig::default()
-                }),
-                32,
-                5,
-            ),
-        },
-        Method {
-            name: "QC (flow K=10, N=32, h=5)".into(),
-            config: agent(flow(10), 32, 5),
-        },
-        Method {
-            name: "BFN (flow K=10, N=4, h=1)".into(),
-            config: agent(flow(10), 4, 1),
-        },
-        Method {
-            name: "diffusion (K=10, N=32, h=5)".into(),
-            config: agent(diff(10), 32, 5),
-        },
+        Method { name: "MVP (1 step, N=32, h=5)".into(), config: agent(ActorConfig::Mvp(MvpConfig { network: net.clone(), ..MvpConfig::default() }), 32, 5) },
+        Method { name: "QC (flow K=10, N=32, h=5)".into(), config: agent(flow(10), 32, 5) },
+        Method { name: "BFN (flow K=10, N=4, h=1)".into(), config: agent(flow(10), 4, 1) },
+        Method { name: "diffusion (K=10, N=32, h=5)".into(), config: agent(diff(10), 32, 5) },
         Method {
             name: format!("diffusion (K={}, N=32, h=5)", c.diffusion_large_k),
             config: agent(diff(c.diffusion_large_k), 32, 5),
         },
     ];
-    all.into_iter()
-        .filter(|m| c.only.as_ref().is_none_or(|o| m.name.contains(o.as_str())))
-        .collect()
+    all.into_iter().filter(|m| c.only.as_ref().is_none_or(|o| m.name.contains(o.as_str()))).collect()
 }
 
 /// Multiply-add FLOPs (2 per MAC) of an MLP per input row.
@@ -165,11 +120,7 @@ fn act_flops(c: &Common, m: &Method) -> f64 {
     };
     let n = a.num_samples as f64;
     let actor = mlp_flops(c.obs_dim + d + times, &c.hidden, d) * calls as f64 * n;
-    let critic = if a.num_samples > 1 {
-        mlp_flops(c.obs_dim + d, &c.hidden, 1) * a.critic.ensemble as f64 * n
-    } else {
-        0.0
-    };
+    let critic = if a.num_samples > 1 { mlp_flops(c.obs_dim + d, &c.hidden, 1) * a.critic.ensemble as f64 * n } else { 0.0 };
     actor + critic
 }
 
@@ -216,20 +167,12 @@ fn sync(device: Device) {
 /// Runs `mvp bench latency`.
 pub fn latency(args: LatencyArgs) -> Result<()> {
     let c = &args.common;
-    let device = Runtime {
-        device: c.device,
-        threads: c.threads,
-    }
-    .apply()?;
+    let device = Runtime { device: c.device, threads: c.threads }.apply()?;
     let mut rows = Vec::new();
     for m in methods(c) {
         tch::manual_seed(0);
         let mut agent = Agent::new(c.obs_dim, c.action_dim, &m.config, device);
-        let kind = if args.bf16 {
-            Kind::BFloat16
-        } else {
-            Kind::Float
-        };
+        let kind = if args.bf16 { Kind::BFloat16 } else { Kind::Float };
         agent.set_acting_kind(kind);
         let one = Tensor::randn([1, c.obs_dim as i64], (kind, device));
         let many = Tensor::randn([args.envs, c.obs_dim as i64], (kind, device));
@@ -256,10 +199,7 @@ pub fn latency(args: LatencyArgs) -> Result<()> {
         tracing::info!("{}: median {:.3} ms", row.method, row.median_ms);
         rows.push(row);
     }
-    let base = rows
-        .iter()
-        .find(|r| r.method.starts_with("MVP"))
-        .map(|r| r.median_ms);
+    let base = rows.iter().find(|r| r.method.starts_with("MVP")).map(|r| r.median_ms);
     println!(
         "Action latency (generate-and-select for one observation), {} thread(s), {:?}, {}, obs {}, action {}, \
          networks {:?}, {} timed calls after warm-up\n",
@@ -320,11 +260,7 @@ fn synthetic_batch(batch: usize, h: usize, c: &Common, device: Device) -> Tensor
 /// Runs `mvp bench train`.
 pub fn train(args: TrainArgs) -> Result<()> {
     let c = &args.common;
-    let device = Runtime {
-        device: c.device,
-        threads: c.threads,
-    }
-    .apply()?;
+    let device = Runtime { device: c.device, threads: c.threads }.apply()?;
     let mut rows = Vec::new();
     for m in methods(c) {
         tch::manual_seed(0);
@@ -344,17 +280,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
         let (median, _, _) = percentiles(t);
         tracing::info!("{}: {:.1} ms per iteration", m.name, median);
-        rows.push(TrainRow {
-            method: m.name,
-            batch: args.batch,
-            median_ms_per_iter: median,
-            iters_per_s: 1e3 / median,
-        });
+        rows.push(TrainRow { method: m.name, batch: args.batch, median_ms_per_iter: median, iters_per_s: 1e3 / median });
     }
-    let base = rows
-        .iter()
-        .find(|r| r.method.starts_with("MVP"))
-        .map(|r| r.iters_per_s);
+    let base = rows.iter().find(|r| r.method.starts_with("MVP")).map(|r| r.iters_per_s);
     println!(
         "Training speed (one critic + actor update, TD target with N candidates), {} thread(s), {:?}, batch {}, \
          networks {:?}, median of {} iterations\n",

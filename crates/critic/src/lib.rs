@@ -51,11 +51,7 @@ pub struct CriticConfig {
 impl Default for CriticConfig {
     fn default() -> Self {
         Self {
-            network: MlpConfig {
-                hidden: vec![512; 4],
-                activation: Activation::Gelu,
-                layer_norm: true,
-            },
+            network: MlpConfig { hidden: vec![512; 4], activation: Activation::Gelu, layer_norm: true },
             ensemble: 2,
             aggregate: Aggregate::Mean,
             tau: 0.005,
@@ -84,31 +80,11 @@ impl Critic {
     pub fn new(device: Device, obs_dim: usize, chunk_dim: usize, config: CriticConfig) -> Self {
         let vs = VarStore::new(device);
         let mut target_vs = VarStore::new(device);
-        let online = EnsembleMlp::new(
-            &vs.root(),
-            config.ensemble,
-            obs_dim + chunk_dim,
-            1,
-            &config.network,
-        );
-        let target = EnsembleMlp::new(
-            &target_vs.root(),
-            config.ensemble,
-            obs_dim + chunk_dim,
-            1,
-            &config.network,
-        );
-        target_vs
-            .copy(&vs)
-            .expect("target and online critics have the same variables");
+        let online = EnsembleMlp::new(&vs.root(), config.ensemble, obs_dim + chunk_dim, 1, &config.network);
+        let target = EnsembleMlp::new(&target_vs.root(), config.ensemble, obs_dim + chunk_dim, 1, &config.network);
+        target_vs.copy(&vs).expect("target and online critics have the same variables");
         target_vs.freeze();
-        Self {
-            vs,
-            target_vs,
-            online,
-            target,
-            config,
-        }
+        Self { vs, target_vs, online, target, config }
     }
 
     /// The settings.
@@ -118,18 +94,12 @@ impl Critic {
 
     /// Online values `[E, B]` of `obs [B, S]`, `chunks [B, D]`.
     pub fn q(&self, obs: &Tensor, chunks: &Tensor) -> Tensor {
-        self.online
-            .forward(&Tensor::cat(&[obs, chunks], 1))
-            .squeeze_dim(-1)
+        self.online.forward(&Tensor::cat(&[obs, chunks], 1)).squeeze_dim(-1)
     }
 
     /// Target values `[E, B]`, without a graph.
     pub fn q_target(&self, obs: &Tensor, chunks: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            self.target
-                .forward(&Tensor::cat(&[obs, chunks], 1))
-                .squeeze_dim(-1)
-        })
+        tch::no_grad(|| self.target.forward(&Tensor::cat(&[obs, chunks], 1)).squeeze_dim(-1))
     }
 
     /// Aggregated online value `[B]` (for scoring candidates), without a graph.
@@ -138,26 +108,14 @@ impl Critic {
     }
 
     /// The chunked TD target `R + γ^h · m · next_value`, detached.
-    pub fn td_target(
-        &self,
-        rewards: &Tensor,
-        masks: &Tensor,
-        next_value: &Tensor,
-        horizon: usize,
-    ) -> Tensor {
+    pub fn td_target(&self, rewards: &Tensor, masks: &Tensor, next_value: &Tensor, horizon: usize) -> Tensor {
         (rewards + self.config.gamma.powi(horizon as i32) * masks * next_value).detach()
     }
 
     /// The TD loss of the online ensemble against `target [B]`, counting a sample only when
     /// the last step of its chunk is valid (`last_valid [B]`), as QC does: windows that cross
     /// an episode end drop out. Only the online critic receives gradients.
-    pub fn td_loss(
-        &self,
-        obs: &Tensor,
-        chunks: &Tensor,
-        target: &Tensor,
-        last_valid: &Tensor,
-    ) -> (Tensor, Metrics) {
+    pub fn td_loss(&self, obs: &Tensor, chunks: &Tensor, target: &Tensor, last_valid: &Tensor) -> (Tensor, Metrics) {
         let q = self.q(obs, chunks); // [E, B]
         let err = (&q - target.unsqueeze(0)).square() * last_valid.unsqueeze(0);
         let loss = err.mean(Kind::Float);

@@ -147,11 +147,7 @@ impl Env for BranchReach {
 
     fn restore(&mut self, state: &[u8]) -> anyhow::Result<()> {
         if state.len() != 17 {
-            anyhow::bail!(
-                "{} snapshot has {} bytes, expected 17",
-                Self::NAME,
-                state.len()
-            );
+            anyhow::bail!("{} snapshot has {} bytes, expected 17", Self::NAME, state.len());
         }
         let f = |i: usize| f32::from_le_bytes(state[i..i + 4].try_into().expect("4 bytes"));
         self.pos = [f(0), f(4)];

@@ -43,8 +43,8 @@ pub use ogbench_data::{
 };
 pub use vector::{Outcome, VecEnv, VecEnvConfig};
 pub use worker::{
-    project_root, python_command, python_module_command, BatchReset, BatchStep, PythonWorker,
-    WorkerConfig, WorkerEnv, WorkerError, WorkerInfo, PROTOCOL_VERSION,
+    project_root, python_command, python_module_command, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
+    WorkerInfo, PROTOCOL_VERSION,
 };
 
 use serde::{Deserialize, Serialize};
@@ -156,10 +156,7 @@ pub trait Env: Send {
 
     /// Restores a state produced by [`Env::snapshot`] of the same environment.
     fn restore(&mut self, _state: &[u8]) -> anyhow::Result<()> {
-        anyhow::bail!(
-            "environment `{}` cannot restore a snapshot",
-            self.spec().name
-        )
+        anyhow::bail!("environment `{}` cannot restore a snapshot", self.spec().name)
     }
 }
 

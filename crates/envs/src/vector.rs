@@ -148,34 +148,20 @@ impl VecEnv {
             ))
             .into());
         }
-        Ok((
-            i / self.config.envs_per_worker,
-            i % self.config.envs_per_worker,
-        ))
+        Ok((i / self.config.envs_per_worker, i % self.config.envs_per_worker))
     }
 
     /// Resets the listed environments and returns their first observations and infos in
     /// request order. `seeds[k]` seeds environment `envs[k]`; `None` (or an empty `seeds`)
     /// follows the vector env's own seeding (see the module documentation). A worker that
     /// fails during the reset is restarted and asked again.
-    pub fn reset(
-        &mut self,
-        envs: &[usize],
-        seeds: &[Option<u64>],
-    ) -> anyhow::Result<Vec<(Vec<f32>, Info)>> {
+    pub fn reset(&mut self, envs: &[usize], seeds: &[Option<u64>]) -> anyhow::Result<Vec<(Vec<f32>, Info)>> {
         if !seeds.is_empty() && seeds.len() != envs.len() {
-            return Err(EnvError::Invalid(format!(
-                "{} seeds for {} environments",
-                seeds.len(),
-                envs.len()
-            ))
-            .into());
+            return Err(EnvError::Invalid(format!("{} seeds for {} environments", seeds.len(), envs.len())).into());
         }
         let mut out = vec![(Vec::new(), Info::default()); envs.len()];
         for w in 0..self.workers.len() {
-            let rows: Vec<usize> = (0..envs.len())
-                .filter(|&r| envs[r] / self.config.envs_per_worker == w)
-                .collect();
+            let rows: Vec<usize> = (0..envs.len()).filter(|&r| envs[r] / self.config.envs_per_worker == w).collect();
             if rows.is_empty() {
                 continue;
             }
@@ -186,16 +172,14 @@ impl VecEnv {
                     let (_, j) = self.locate(envs[r])?;
                     let i = envs[r];
                     let given = seeds.get(r).copied().flatten();
-                    let seed = given.or_else(|| {
-                        self.reseed[i].then(|| {
-                            let base = self.config.seed + i as u64;
-                            if self.episodes[i] == 0 {
-                                base
-                            } else {
-                                derived_seed(base, self.episodes[i])
-                            }
-                        })
-                    });
+                    let seed = given.or_else(|| self.reseed[i].then(|| {
+                        let base = self.config.seed + i as u64;
+                        if self.episodes[i] == 0 {
+                            base
+                        } else {
+                            derived_seed(base, self.episodes[i])
+                        }
+                    }));
                     items.push((j, seed));
                 }
                 match self.workers[w].reset_envs(&items) {
@@ -203,13 +187,9 @@ impl VecEnv {
                     Err(err) => {
                         attempt += 1;
                         if attempt >= self.config.max_consecutive_failures {
-                            return Err(err.context(format!(
-                                "resetting environments of worker {w} failed {attempt} times"
-                            )));
+                            return Err(err.context(format!("resetting environments of worker {w} failed {attempt} times")));
                         }
-                        tracing::warn!(
-                            "env worker {w} failed during reset: {err:#}; restarting it"
-                        );
+                        tracing::warn!("env worker {w} failed during reset: {err:#}; restarting it");
                         self.restart(w)?;
                     }
                 }
@@ -219,12 +199,7 @@ impl VecEnv {
                 let i = envs[r];
                 self.episodes[i] += 1;
                 self.reseed[i] = false;
-                out[r] = (
-                    reply.obs[k * d..(k + 1) * d].to_vec(),
-                    Info {
-                        success: reply.success[k],
-                    },
-                );
+                out[r] = (reply.obs[k * d..(k + 1) * d].to_vec(), Info { success: reply.success[k] });
             }
         }
         Ok(out)
@@ -235,11 +210,7 @@ impl VecEnv {
     pub fn step(&mut self, envs: &[usize], actions: &[f32]) -> anyhow::Result<Vec<Outcome>> {
         let a = self.spec.action_dim;
         if actions.len() != envs.len() * a {
-            return Err(EnvError::ActionDim {
-                expected: envs.len() * a,
-                got: actions.len(),
-            }
-            .into());
+            return Err(EnvError::ActionDim { expected: envs.len() * a, got: actions.len() }.into());
         }
         let w_count = self.workers.len();
         let mut rows_of: Vec<Vec<usize>> = vec![Vec::new(); w_count];
@@ -254,14 +225,8 @@ impl VecEnv {
                 sent.push(None);
                 continue;
             }
-            let idx: Vec<usize> = rows
-                .iter()
-                .map(|&r| envs[r] % self.config.envs_per_worker)
-                .collect();
-            let act: Vec<f32> = rows
-                .iter()
-                .flat_map(|&r| actions[r * a..(r + 1) * a].iter().copied())
-                .collect();
+            let idx: Vec<usize> = rows.iter().map(|&r| envs[r] % self.config.envs_per_worker).collect();
+            let act: Vec<f32> = rows.iter().flat_map(|&r| actions[r * a..(r + 1) * a].iter().copied()).collect();
             sent.push(self.workers[w].send_step(&idx, &act).err());
         }
         let mut out: Vec<Option<Outcome>> = vec![None; envs.len()];
@@ -282,11 +247,7 @@ impl VecEnv {
                 }
                 Err(err) if is_caller_error(&err) => return Err(err),
                 Err(err) => {
-                    let why = format!("{err:#}")
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
+                    let why = format!("{err:#}").lines().next().unwrap_or_default().to_string();
                     self.failures[w] += 1;
                     if self.failures[w] >= self.config.max_consecutive_failures {
                         return Err(err.context(format!(
@@ -302,10 +263,7 @@ impl VecEnv {
                 }
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|o| o.expect("every row answered"))
-            .collect())
+        Ok(out.into_iter().map(|o| o.expect("every row answered")).collect())
     }
 
     /// Restarts worker `w` (also after a Python exception: its environments' state is
@@ -314,9 +272,7 @@ impl VecEnv {
         self.workers[w].restart()?;
         self.restarts += 1;
         let m = self.config.envs_per_worker;
-        self.reseed[w * m..(w + 1) * m]
-            .iter_mut()
-            .for_each(|r| *r = true);
+        self.reseed[w * m..(w + 1) * m].iter_mut().for_each(|r| *r = true);
         Ok(())
     }
 
@@ -338,10 +294,7 @@ impl VecEnv {
 /// no restart helps.
 fn is_caller_error(err: &anyhow::Error) -> bool {
     err.downcast_ref::<EnvError>().is_some()
-        || matches!(
-            err.downcast_ref::<crate::WorkerError>(),
-            Some(crate::WorkerError::User(_))
-        )
+        || matches!(err.downcast_ref::<crate::WorkerError>(), Some(crate::WorkerError::User(_)))
 }
 
 /// Seed of episode `episode` of an environment whose base seed is `base` (SplitMix64).

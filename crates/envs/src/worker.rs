@@ -772,9 +772,7 @@ impl PythonWorker {
     /// (Self::receive_step) reads the reply. No other request may come in between.
     pub fn send_step(&mut self, indices: &[usize], actions: &[f32]) -> anyhow::Result<()> {
         if self.pending_step.is_some() {
-            return Err(
-                EnvError::Invalid("send_step called twice without receive_step".into()).into(),
-            );
+            return Err(EnvError::Invalid("send_step called twice without receive_step".into()).into());
         }
         let a = self.info.action_dim;
         if actions.len() != indices.len() * a {
@@ -942,14 +940,8 @@ impl PythonWorker {
             }
             .into());
         };
-        let result = read_frame(
-            proc,
-            &self.config,
-            &mut self.recv_buf,
-            self.config.timeout,
-            what,
-        )
-        .and_then(|_| expect_reply(proc, &self.config, &self.recv_buf, want).map(|_| ()));
+        let result = read_frame(proc, &self.config, &mut self.recv_buf, self.config.timeout, what)
+            .and_then(|_| expect_reply(proc, &self.config, &self.recv_buf, want).map(|_| ()));
         match result {
             Ok(()) => Ok(&self.recv_buf[1..]),
             Err(err) => Err(self.fail(err)),
@@ -961,12 +953,7 @@ impl PythonWorker {
     fn fail(&mut self, err: WorkerError) -> anyhow::Error {
         if !matches!(err, WorkerError::Exception { .. } | WorkerError::User(_)) {
             // The stream can no longer be trusted: end the process now.
-            let first_line = err
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
+            let first_line = err.to_string().lines().next().unwrap_or_default().to_string();
             self.broken = Some(first_line);
             if let Some(mut proc) = self.proc.take() {
                 proc.shutdown(Duration::ZERO);

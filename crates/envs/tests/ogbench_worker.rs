@@ -234,8 +234,7 @@ fn crashed_worker_reports_its_exit_status() {
 #[test]
 fn vector_env_steps_workers_in_parallel_and_restarts_a_killed_one() {
     use mvp_envs::{Outcome, VecEnv, VecEnvConfig};
-    let mut venv =
-        VecEnv::new(VecEnvConfig::new(CUBE_SINGLE, 2, 2, 100)).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut venv = VecEnv::new(VecEnvConfig::new(CUBE_SINGLE, 2, 2, 100)).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(venv.num_envs(), 4);
     let all: Vec<usize> = (0..4).collect();
     let first = venv.reset(&all, &[]).unwrap();
@@ -249,10 +248,7 @@ fn vector_env_steps_workers_in_parallel_and_restarts_a_killed_one() {
     for _ in 0..20 {
         let actions: Vec<f32> = (0..4).flat_map(|_| random_action(&mut rng, 5)).collect();
         for o in venv.step(&all, &actions).unwrap() {
-            assert!(
-                matches!(o, Outcome::Step(ref s) if s.obs.len() == 28),
-                "{o:?}"
-            );
+            assert!(matches!(o, Outcome::Step(ref s) if s.obs.len() == 28), "{o:?}");
         }
     }
     // kill -9 worker 1 (environments 2 and 3): their episodes are lost, the others step on.
@@ -261,23 +257,13 @@ fn vector_env_steps_workers_in_parallel_and_restarts_a_killed_one() {
     std::thread::sleep(Duration::from_millis(100));
     let actions: Vec<f32> = (0..4).flat_map(|_| random_action(&mut rng, 5)).collect();
     let out = venv.step(&all, &actions).unwrap();
-    assert!(
-        matches!(out[0], Outcome::Step(_)) && matches!(out[1], Outcome::Step(_)),
-        "{out:?}"
-    );
-    assert!(
-        matches!(out[2], Outcome::Lost(_)) && matches!(out[3], Outcome::Lost(_)),
-        "{out:?}"
-    );
+    assert!(matches!(out[0], Outcome::Step(_)) && matches!(out[1], Outcome::Step(_)), "{out:?}");
+    assert!(matches!(out[2], Outcome::Lost(_)) && matches!(out[3], Outcome::Lost(_)), "{out:?}");
     assert_eq!(venv.restarts(), 1);
     assert_ne!(venv.workers_mut()[1].pid(), Some(pid));
     // After a reset the restarted environments step again.
     venv.reset(&[2, 3], &[]).unwrap();
     let actions: Vec<f32> = (0..4).flat_map(|_| random_action(&mut rng, 5)).collect();
-    assert!(venv
-        .step(&all, &actions)
-        .unwrap()
-        .iter()
-        .all(|o| matches!(o, Outcome::Step(_))));
+    assert!(venv.step(&all, &actions).unwrap().iter().all(|o| matches!(o, Outcome::Step(_))));
     venv.close().unwrap();
 }

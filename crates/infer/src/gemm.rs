@@ -31,9 +31,7 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!(
-                "unknown precision {s:?}, expected one of f32, bf16"
-            )),
+            _ => Err(format!("unknown precision {s:?}, expected one of f32, bf16")),
         }
     }
 }
@@ -59,8 +57,7 @@ pub fn has_avx512() -> bool {
 pub fn has_avx512_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -99,13 +96,7 @@ pub struct PackedLinear {
 
 impl PackedLinear {
     /// Packs `weight` (`[in_dim, out_dim]`, row-major, so `y = x·W + b`) and `bias` (`[out_dim]`).
-    pub fn new(
-        in_dim: usize,
-        out_dim: usize,
-        weight: &[f32],
-        bias: &[f32],
-        precision: Precision,
-    ) -> Self {
+    pub fn new(in_dim: usize, out_dim: usize, weight: &[f32], bias: &[f32], precision: Precision) -> Self {
         assert_eq!(weight.len(), in_dim * out_dim, "weight must be [in, out]");
         assert_eq!(bias.len(), out_dim, "bias must be [out]");
         let (k, n) = (round_up(in_dim, NR), round_up(out_dim, NR));
@@ -141,16 +132,7 @@ impl PackedLinear {
         }
         let mut padded_bias = bias.to_vec();
         padded_bias.resize(n, 0.0);
-        Self {
-            in_dim,
-            out_dim,
-            k,
-            n,
-            precision,
-            f32_panels,
-            bf16_panels,
-            bias: padded_bias,
-        }
+        Self { in_dim, out_dim, k, n, precision, f32_panels, bf16_panels, bias: padded_bias }
     }
 
     /// Real input width.
@@ -239,9 +221,7 @@ impl PackedLinear {
             let b1 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR + 16));
             for r0 in (0..rows).step_by(MR) {
                 let ap = a.as_ptr().add(r0 * k);
-                let mut acc = [
-                    b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1,
-                ];
+                let mut acc = [b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1];
                 for kk in 0..k {
                     let w0 = _mm512_loadu_ps(w.add(kk * NR));
                     let w1 = _mm512_loadu_ps(w.add(kk * NR + 16));
@@ -271,15 +251,10 @@ impl PackedLinear {
             let b1 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR + 16));
             for r0 in (0..rows).step_by(MR) {
                 let ap = a.as_ptr().add(r0 * k);
-                let mut acc = [
-                    b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1,
-                ];
+                let mut acc = [b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1];
                 for kp in 0..k / 2 {
-                    let w0: __m512bh =
-                        std::mem::transmute(_mm512_loadu_si512(w.add(kp * 2 * NR) as *const _));
-                    let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(
-                        w.add(kp * 2 * NR + NR) as *const _,
-                    ));
+                    let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(kp * 2 * NR) as *const _));
+                    let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(kp * 2 * NR + NR) as *const _));
                     for i in 0..MR {
                         let pair = std::ptr::read_unaligned(ap.add(i * k + 2 * kp) as *const i32);
                         let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
@@ -303,23 +278,11 @@ mod tests {
 
     fn data(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32
-                    / 1000.0
-                    - 1.0
-            })
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0)
             .collect()
     }
 
-    fn naive(
-        a: &[f32],
-        rows: usize,
-        k_real: usize,
-        lda: usize,
-        w: &[f32],
-        b: &[f32],
-        n_real: usize,
-    ) -> Vec<f32> {
+    fn naive(a: &[f32], rows: usize, k_real: usize, lda: usize, w: &[f32], b: &[f32], n_real: usize) -> Vec<f32> {
         let mut out = vec![0.0; rows * n_real];
         for r in 0..rows {
             for c in 0..n_real {
@@ -360,10 +323,7 @@ mod tests {
                 let got = out[r * layer.out_stride() + c];
                 if c < out_dim {
                     let e = want[r * out_dim + c];
-                    assert!(
-                        (got - e).abs() <= tol * (1.0 + e.abs()),
-                        "{precision:?} [{r},{c}]: {got} vs {e}"
-                    );
+                    assert!((got - e).abs() <= tol * (1.0 + e.abs()), "{precision:?} [{r},{c}]: {got} vs {e}");
                 } else {
                     assert_eq!(got, 0.0, "padded column {c} must be zero");
                 }
@@ -385,10 +345,7 @@ mod tests {
         let b = data(o, 6);
         let layer = PackedLinear::new(i, o, &w, &b, Precision::F32);
         let a = data(r * layer.in_stride(), 7);
-        let (mut x, mut y) = (
-            vec![0.0; r * layer.out_stride()],
-            vec![0.0; r * layer.out_stride()],
-        );
+        let (mut x, mut y) = (vec![0.0; r * layer.out_stride()], vec![0.0; r * layer.out_stride()]);
         layer.forward_f32_portable(&a, r, &mut x);
         layer.forward_f32(&a, r, &mut y);
         for (p, q) in x.iter().zip(&y) {

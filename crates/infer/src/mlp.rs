@@ -73,11 +73,8 @@ pub struct Mlp {
 impl Mlp {
     /// Packs `w` for `precision`.
     pub fn new(w: &MlpWeights, precision: Precision) -> Self {
-        let layers = w
-            .layers
-            .iter()
-            .map(|l| PackedLinear::new(l.in_dim, l.out_dim, &l.weight, &l.bias, precision))
-            .collect();
+        let layers =
+            w.layers.iter().map(|l| PackedLinear::new(l.in_dim, l.out_dim, &l.weight, &l.bias, precision)).collect();
         let norms = w.layers.iter().map(|l| l.norm.clone()).collect();
         Self {
             layers,
@@ -109,12 +106,7 @@ impl Mlp {
             return;
         }
         self.rows = rows;
-        let widest = self
-            .layers
-            .iter()
-            .map(|l| l.out_stride().max(l.in_stride()))
-            .max()
-            .unwrap_or(0);
+        let widest = self.layers.iter().map(|l| l.out_stride().max(l.in_stride())).max().unwrap_or(0);
         self.input = vec![0.0; rows * self.in_stride()];
         self.hidden = [vec![0.0; rows * widest], vec![0.0; rows * widest]];
         if self.precision == Precision::Bf16 {
@@ -164,11 +156,7 @@ impl Mlp {
                 }
             }
         }
-        let out = if last % 2 == 0 {
-            &self.hidden[0]
-        } else {
-            &self.hidden[1]
-        };
+        let out = if last % 2 == 0 { &self.hidden[0] } else { &self.hidden[1] };
         &out[..rows * self.out_stride()]
     }
 }
@@ -187,10 +175,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
     let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     p * scale
 }
@@ -200,9 +185,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 pub(crate) fn gelu(x: f32) -> f32 {
     let y = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.327_591_1 * y);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let poly = t * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
     let erf_abs = 1.0 - poly * exp(-y * y);
     let erf = if x < 0.0 { -erf_abs } else { erf_abs };
     0.5 * x * (1.0 + erf)
@@ -268,10 +251,7 @@ mod tests {
             let x = i as f64 / 100.0;
             let want = 0.5 * x * (1.0 + erf_ref(x / std::f64::consts::SQRT_2));
             let got = gelu(x as f32) as f64;
-            assert!(
-                (got - want).abs() < 1e-6 * (1.0 + x.abs()),
-                "gelu({x}) = {got}, want {want}"
-            );
+            assert!((got - want).abs() < 1e-6 * (1.0 + x.abs()), "gelu({x}) = {got}, want {want}");
         }
     }
 
@@ -280,10 +260,7 @@ mod tests {
         for i in -8000..=8000 {
             let x = i as f32 / 100.0;
             let (got, want) = (exp(x) as f64, (x as f64).exp());
-            assert!(
-                ((got - want) / want).abs() < 1e-6,
-                "exp({x}) = {got}, want {want}"
-            );
+            assert!(((got - want) / want).abs() < 1e-6, "exp({x}) = {got}, want {want}");
         }
     }
 
@@ -293,9 +270,6 @@ mod tests {
         layer_norm(&mut x, &[1.0; 64], &[0.0; 64]);
         let mean = x.iter().sum::<f32>() / 64.0;
         let var = x.iter().map(|v| v * v).sum::<f32>() / 64.0;
-        assert!(
-            mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
-            "mean {mean}, var {var}"
-        );
+        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "mean {mean}, var {var}");
     }
 }

@@ -124,9 +124,7 @@ impl NativePolicy {
             }
         }
         if w.num_samples > 1 && w.critics.is_empty() {
-            return Err(InferError::Shape(
-                "selection among N > 1 candidates needs a critic".into(),
-            ));
+            return Err(InferError::Shape("selection among N > 1 candidates needs a critic".into()));
         }
         Ok(Self {
             obs_dim: w.obs_dim,
@@ -184,9 +182,7 @@ impl NativePolicy {
         self.reserve(batch);
         let n = batch * self.num_samples * self.chunk_dim;
         let rng = &mut self.rng;
-        self.noise[..n]
-            .iter_mut()
-            .for_each(|x| *x = rng.sample(StandardNormal));
+        self.noise[..n].iter_mut().for_each(|x| *x = rng.sample(StandardNormal));
         self.run(obs, batch, None, out);
     }
 
@@ -228,10 +224,9 @@ impl NativePolicy {
         for i in (0..k).rev() {
             let times = match self.kind {
                 // Jump from t = (i+1)/k to r = i/k with the mean velocity: inputs t, t − r.
-                ActorKind::MeanVelocity { .. } => [
-                    (i + 1) as f32 / k as f32,
-                    (i + 1) as f32 / k as f32 - i as f32 / k as f32,
-                ],
+                ActorKind::MeanVelocity { .. } => {
+                    [(i + 1) as f32 / k as f32, (i + 1) as f32 / k as f32 - i as f32 / k as f32]
+                }
                 // Euler step at t = (i+1)/k.
                 ActorKind::Flow { .. } => [(i + 1) as f32 / k as f32, 0.0],
             };
@@ -249,9 +244,7 @@ impl NativePolicy {
                 }
             }
         }
-        self.z[..rows * d]
-            .iter_mut()
-            .for_each(|x| *x = x.clamp(-1.0, 1.0));
+        self.z[..rows * d].iter_mut().for_each(|x| *x = x.clamp(-1.0, 1.0));
 
         if ns == 1 {
             out.copy_from_slice(&self.z[..rows * d]);
@@ -282,8 +275,7 @@ impl NativePolicy {
         for b in 0..batch {
             let scores = &self.scores[b * ns..(b + 1) * ns];
             let best = (1..ns).fold(0, |best, j| if scores[j] > scores[best] { j } else { best });
-            out[b * d..(b + 1) * d]
-                .copy_from_slice(&self.z[(b * ns + best) * d..(b * ns + best + 1) * d]);
+            out[b * d..(b + 1) * d].copy_from_slice(&self.z[(b * ns + best) * d..(b * ns + best + 1) * d]);
         }
     }
 }

@@ -26,14 +26,7 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        Self {
-            lr: 3e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            max_grad_norm: None,
-        }
+        Self { lr: 3e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: None }
     }
 }
 
@@ -54,23 +47,12 @@ pub struct Adam {
 impl Adam {
     /// Optimises every trainable variable of `vs` (in name order).
     pub fn new(vs: &VarStore, config: AdamConfig) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let (names, params): (Vec<_>, Vec<_>) = vars.into_iter().unzip();
         let m = params.iter().map(|p| p.zeros_like()).collect();
         let v = params.iter().map(|p| p.zeros_like()).collect();
-        Self {
-            config,
-            names,
-            params,
-            m,
-            v,
-            step: 0,
-        }
+        Self { config, names, params, m, v, step: 0 }
     }
 
     /// Number of updates applied so far.
@@ -116,15 +98,8 @@ impl Adam {
         tch::no_grad(|| {
             let grads: Vec<Tensor> = self.params.iter().map(|p| p.grad()).collect();
             let norm = c.max_grad_norm.map(|max| {
-                let sq: Vec<Tensor> = grads
-                    .iter()
-                    .filter(|g| g.defined())
-                    .map(|g| g.square().sum(g.kind()))
-                    .collect();
-                let norm = Tensor::stack(&sq, 0)
-                    .sum(sq[0].kind())
-                    .sqrt()
-                    .double_value(&[]);
+                let sq: Vec<Tensor> = grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(g.kind())).collect();
+                let norm = Tensor::stack(&sq, 0).sum(sq[0].kind()).sqrt().double_value(&[]);
                 (norm, (max / (norm + 1e-6)).min(1.0))
             });
             for (i, g) in grads.iter().enumerate() {
@@ -161,18 +136,11 @@ impl Adam {
 
     /// Restores the state written by [`Adam::state`]; every moment must be present with the
     /// parameter's shape.
-    pub fn load_state(
-        &mut self,
-        tensors: &HashMap<String, Tensor>,
-        prefix: &str,
-        step: u64,
-    ) -> Result<()> {
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, prefix: &str, step: u64) -> Result<()> {
         for (i, n) in self.names.iter().enumerate() {
             for (kind, dst) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
                 let key = format!("{prefix}{kind}/{n}");
-                let src = tensors
-                    .get(&key)
-                    .with_context(|| format!("checkpoint has no optimiser tensor '{key}'"))?;
+                let src = tensors.get(&key).with_context(|| format!("checkpoint has no optimiser tensor '{key}'"))?;
                 copy_checked(dst, src, &key)?;
             }
         }
@@ -184,11 +152,7 @@ impl Adam {
 /// Copies `src` into `dst` in place, refusing a shape mismatch.
 pub(crate) fn copy_checked(dst: &mut Tensor, src: &Tensor, name: &str) -> Result<()> {
     if dst.size() != src.size() {
-        bail!(
-            "tensor '{name}': checkpoint has shape {:?}, model expects {:?}",
-            src.size(),
-            dst.size()
-        );
+        bail!("tensor '{name}': checkpoint has shape {:?}, model expects {:?}", src.size(), dst.size());
     }
     tch::no_grad(|| dst.copy_(src));
     Ok(())
@@ -199,9 +163,7 @@ pub fn polyak_update(target: &VarStore, online: &VarStore, tau: f64) {
     let src = online.variables();
     tch::no_grad(|| {
         for (name, mut t) in target.variables() {
-            let s = src
-                .get(&name)
-                .unwrap_or_else(|| panic!("online network has no variable '{name}'"));
+            let s = src.get(&name).unwrap_or_else(|| panic!("online network has no variable '{name}'"));
             let _ = t.lerp_(s, tau);
         }
     });

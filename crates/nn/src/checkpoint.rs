@@ -48,11 +48,7 @@ impl<M> Loaded<M> {
 
 /// The variables of `vs` named `{prefix}{name}`, ready for [`save`].
 pub fn varstore_tensors(vs: &VarStore, prefix: &str) -> Vec<(String, Tensor)> {
-    let mut v: Vec<_> = vs
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (format!("{prefix}{n}"), t))
-        .collect();
+    let mut v: Vec<_> = vs.variables().into_iter().map(|(n, t)| (format!("{prefix}{n}"), t)).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -64,9 +60,7 @@ pub fn load_varstore(vs: &VarStore, tensors: &HashMap<String, Tensor>, prefix: &
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, mut var) in vars {
         let key = format!("{prefix}{name}");
-        let src = tensors
-            .get(&key)
-            .with_context(|| format!("checkpoint has no tensor '{key}'"))?;
+        let src = tensors.get(&key).with_context(|| format!("checkpoint has no tensor '{key}'"))?;
         let src = src.to_device(var.device()).to_kind(var.kind());
         copy_checked(&mut var, &src, &key)?;
     }
@@ -75,12 +69,7 @@ pub fn load_varstore(vs: &VarStore, tensors: &HashMap<String, Tensor>, prefix: &
 
 /// Writes checkpoint `name` under `root` atomically and points `latest` at it.
 /// Returns the checkpoint's directory.
-pub fn save<M: Serialize>(
-    root: &Path,
-    name: &str,
-    tensors: &[(String, Tensor)],
-    meta: &M,
-) -> Result<PathBuf> {
+pub fn save<M: Serialize>(root: &Path, name: &str, tensors: &[(String, Tensor)], meta: &M) -> Result<PathBuf> {
     save_with(root, name, tensors, meta, |_| Ok(()))
 }
 
@@ -93,27 +82,23 @@ pub fn save_with<M: Serialize>(
     meta: &M,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    fs::create_dir_all(root)
-        .with_context(|| format!("creating checkpoint directory {}", root.display()))?;
+    fs::create_dir_all(root).with_context(|| format!("creating checkpoint directory {}", root.display()))?;
     remove_stale_temporaries(root);
     let tmp = root.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
-    let result = write_dir(&tmp, tensors, meta)
-        .and_then(|()| extra(&tmp))
-        .and_then(|()| {
-            let dst = root.join(name);
-            // Saving a name that already exists (e.g. the final save at a step just saved):
-            // move the old copy aside, put the new one in place, then delete the old one.
-            let old = root.join(format!("{TMP_PREFIX}old-{name}-{}", std::process::id()));
-            let had_old = dst.exists() && fs::rename(&dst, &old).is_ok();
-            fs::rename(&tmp, &dst)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
-            if had_old {
-                let _ = fs::remove_dir_all(&old);
-            }
-            sync_dir(root);
-            write_atomically(&root.join(LATEST), format!("{name}\n").as_bytes())?;
-            Ok(dst)
-        });
+    let result = write_dir(&tmp, tensors, meta).and_then(|()| extra(&tmp)).and_then(|()| {
+        let dst = root.join(name);
+        // Saving a name that already exists (e.g. the final save at a step just saved):
+        // move the old copy aside, put the new one in place, then delete the old one.
+        let old = root.join(format!("{TMP_PREFIX}old-{name}-{}", std::process::id()));
+        let had_old = dst.exists() && fs::rename(&dst, &old).is_ok();
+        fs::rename(&tmp, &dst).with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+        if had_old {
+            let _ = fs::remove_dir_all(&old);
+        }
+        sync_dir(root);
+        write_atomically(&root.join(LATEST), format!("{name}\n").as_bytes())?;
+        Ok(dst)
+    });
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
@@ -122,18 +107,10 @@ pub fn save_with<M: Serialize>(
 
 fn write_dir<M: Serialize>(dir: &Path, tensors: &[(String, Tensor)], meta: &M) -> Result<()> {
     fs::create_dir_all(dir)?;
-    let on_cpu: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                t.detach().to_device(tch::Device::Cpu).contiguous(),
-            )
-        })
-        .collect();
+    let on_cpu: Vec<(String, Tensor)> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
     let path = dir.join(TENSORS);
-    Tensor::write_safetensors(&on_cpu, &path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    Tensor::write_safetensors(&on_cpu, &path).with_context(|| format!("writing {}", path.display()))?;
     fsync(&path)?;
     let json = serde_json::to_vec_pretty(meta).context("serialising checkpoint metadata")?;
     let mut f = fs::File::create(dir.join(META))?;
@@ -175,8 +152,7 @@ pub fn latest(root: &Path) -> Option<String> {
 
 /// Loads the newest complete checkpoint under `root`.
 pub fn load_latest<M: DeserializeOwned>(root: &Path) -> Result<Loaded<M>> {
-    let name =
-        latest(root).with_context(|| format!("no complete checkpoint in {}", root.display()))?;
+    let name = latest(root).with_context(|| format!("no complete checkpoint in {}", root.display()))?;
     load(&root.join(name))
 }
 
@@ -186,18 +162,12 @@ pub fn load<M: DeserializeOwned>(dir: &Path) -> Result<Loaded<M>> {
     if !path.exists() {
         bail!("{} is not a checkpoint (no {TENSORS})", dir.display());
     }
-    let tensors =
-        Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
+    let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
     let meta_path = dir.join(META);
-    let meta = serde_json::from_slice(
-        &fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", meta_path.display()))?;
-    Ok(Loaded {
-        dir: dir.to_path_buf(),
-        tensors: tensors.into_iter().collect(),
-        meta,
-    })
+    let meta =
+        serde_json::from_slice(&fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?)
+            .with_context(|| format!("parsing {}", meta_path.display()))?;
+    Ok(Loaded { dir: dir.to_path_buf(), tensors: tensors.into_iter().collect(), meta })
 }
 
 /// Deletes all but the newest `keep` checkpoints named `step_*` (never the one `latest` names).

@@ -19,19 +19,9 @@ pub struct EnsembleMlp {
 
 impl EnsembleMlp {
     /// Builds `members` MLPs from `in_dim` to `out_dim`, each initialised independently.
-    pub fn new(
-        path: &nn::Path,
-        members: usize,
-        in_dim: usize,
-        out_dim: usize,
-        config: &MlpConfig,
-    ) -> Self {
+    pub fn new(path: &nn::Path, members: usize, in_dim: usize, out_dim: usize, config: &MlpConfig) -> Self {
         let layers = build_layers(path, in_dim, out_dim, config, Some(members));
-        Self {
-            layers,
-            activation: config.activation,
-            members,
-        }
+        Self { layers, activation: config.activation, members }
     }
 
     /// Number of members E.
@@ -52,11 +42,7 @@ impl EnsembleMlp {
                     h = h.layer_norm([d], None::<Tensor>, None::<Tensor>, LN_EPS, false) * s + sh;
                 }
             }
-            h = if h.dim() == 3 {
-                b.baddbmm(&h, w, 1.0, 1.0)
-            } else {
-                h.matmul(w) + b
-            };
+            h = if h.dim() == 3 { b.baddbmm(&h, w, 1.0, 1.0) } else { h.matmul(w) + b };
         }
         h
     }

@@ -7,12 +7,7 @@ use crate::mlp::{Activation, Layer};
 use crate::{EnsembleMlp, Mlp};
 
 fn host(t: &Tensor) -> Vec<f32> {
-    let t = t
-        .detach()
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
-        .contiguous()
-        .view([-1]);
+    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
     Vec::<f32>::try_from(&t).expect("a float tensor converts to Vec<f32>")
 }
 
@@ -37,10 +32,7 @@ fn layer(l: &Layer, member: Option<i64>) -> LayerWeights {
         out_dim: out_dim as usize,
         weight: host(&w),
         bias: host(&pick(&l.bias)),
-        norm: l
-            .norm
-            .as_ref()
-            .map(|(s, b)| (host(&pick(s)), host(&pick(b)))),
+        norm: l.norm.as_ref().map(|(s, b)| (host(&pick(s)), host(&pick(b)))),
     }
 }
 

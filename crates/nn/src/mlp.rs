@@ -60,11 +60,7 @@ pub struct MlpConfig {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        Self {
-            hidden: vec![512; 4],
-            activation: Activation::Gelu,
-            layer_norm: false,
-        }
+        Self { hidden: vec![512; 4], activation: Activation::Gelu, layer_norm: false }
     }
 }
 
@@ -121,10 +117,7 @@ pub(crate) fn build_layers(
 /// Xavier-uniform (fan-average) initialisation, as in FQL/QC's MLPs; biases start at zero.
 pub(crate) fn xavier_uniform(fan_in: usize, fan_out: usize) -> nn::Init {
     let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
-    nn::Init::Uniform {
-        lo: -bound,
-        up: bound,
-    }
+    nn::Init::Uniform { lo: -bound, up: bound }
 }
 
 /// A fully connected network: `Linear → act → [LayerNorm]` per hidden layer, then a final
@@ -142,12 +135,7 @@ impl Mlp {
     /// Builds an MLP from `in_dim` to `out_dim` with the hidden layers of `config`.
     pub fn new(path: &nn::Path, in_dim: usize, out_dim: usize, config: &MlpConfig) -> Self {
         let layers = build_layers(path, in_dim, out_dim, config, None);
-        Self {
-            layers,
-            activation: config.activation,
-            in_dim,
-            out_dim,
-        }
+        Self { layers, activation: config.activation, in_dim, out_dim }
     }
 
     /// Input width.

@@ -94,10 +94,7 @@ pub struct Runtime {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Self {
-            device: DeviceChoice::Cpu,
-            threads: 1,
-        }
+        Self { device: DeviceChoice::Cpu, threads: 1 }
     }
 }
 

@@ -35,20 +35,10 @@ impl TimeFeatures {
             TimeFeatures::Raw => None,
             TimeFeatures::Fourier { n, max_freq } => {
                 let f: Vec<f64> = (0..n)
-                    .map(|k| {
-                        if n == 1 {
-                            1.0
-                        } else {
-                            max_freq.powf(k as f64 / (n - 1) as f64)
-                        }
-                    })
+                    .map(|k| if n == 1 { 1.0 } else { max_freq.powf(k as f64 / (n - 1) as f64) })
                     .map(|f| 2.0 * std::f64::consts::PI * f)
                     .collect();
-                Some(
-                    Tensor::from_slice(&f)
-                        .to_kind(t.kind())
-                        .to_device(t.device()),
-                )
+                Some(Tensor::from_slice(&f).to_kind(t.kind()).to_device(t.device()))
             }
         }
     }
@@ -74,8 +64,7 @@ impl TimeFeatures {
                 let wt = t.unsqueeze(-1) * &w;
                 let wdt = dt.unsqueeze(-1) * &w;
                 let y = Tensor::cat(&[t.unsqueeze(-1), wt.sin(), wt.cos()], -1).reshape([b, -1]);
-                let dy = Tensor::cat(&[dt.unsqueeze(-1), wt.cos() * &wdt, -(wt.sin() * &wdt)], -1)
-                    .reshape([b, -1]);
+                let dy = Tensor::cat(&[dt.unsqueeze(-1), wt.cos() * &wdt, -(wt.sin() * &wdt)], -1).reshape([b, -1]);
                 (y, dy)
             }
         }

@@ -1,8 +1,8 @@
 //! Behaviour tests of the nn building blocks (CPU, one thread).
 
 use mvp_nn::{
-    checkpoint, jvp_autograd, polyak_update, Activation, Adam, AdamConfig, EnsembleMlp, ForwardJvp,
-    Mlp, MlpConfig, TimeFeatures,
+    checkpoint, jvp_autograd, polyak_update, Activation, Adam, AdamConfig, EnsembleMlp, ForwardJvp, Mlp,
+    MlpConfig, TimeFeatures,
 };
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 
@@ -26,11 +26,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 fn f64_mlp(seed: i64, layer_norm: bool, activation: Activation) -> (VarStore, Mlp) {
     tch::manual_seed(seed);
     let mut vs = VarStore::new(Device::Cpu);
-    let cfg = MlpConfig {
-        hidden: vec![32, 32, 32],
-        activation,
-        layer_norm,
-    };
+    let cfg = MlpConfig { hidden: vec![32, 32, 32], activation, layer_norm };
     let mlp = Mlp::new(&vs.root(), 7, 5, &cfg);
     vs.double();
     (vs, mlp)
@@ -49,20 +45,10 @@ fn check_jvp_against_finite_differences(layer_norm: bool, activation: Activation
     let (y, jv) = mlp.forward_jvp(&x, &v);
     let (_, jv_sg) = mlp.forward_jvp_sg(&x, &v);
     let (_, jv_ad) = jvp_autograd(|x| mlp.forward(x), &x, &v);
-    assert!(
-        rel_err(&y, &mlp.forward(&x)) < 1e-12,
-        "primal differs from forward"
-    );
-    for (name, j) in [
-        ("forward-mode", &jv),
-        ("forward-mode sg", &jv_sg),
-        ("double backward", &jv_ad),
-    ] {
+    assert!(rel_err(&y, &mlp.forward(&x)) < 1e-12, "primal differs from forward");
+    for (name, j) in [("forward-mode", &jv), ("forward-mode sg", &jv_sg), ("double backward", &jv_ad)] {
         let e = rel_err(j, &fd);
-        assert!(
-            e < 1e-6,
-            "{name} JVP vs central differences: relative error {e:e}"
-        );
+        assert!(e < 1e-6, "{name} JVP vs central differences: relative error {e:e}");
     }
 }
 
@@ -97,10 +83,7 @@ fn stop_gradient_tangent_carries_no_graph_but_primal_does() {
 #[test]
 fn fourier_time_features_have_exact_tangents() {
     let _torch = one_thread();
-    let tf = TimeFeatures::Fourier {
-        n: 4,
-        max_freq: 8.0,
-    };
+    let tf = TimeFeatures::Fourier { n: 4, max_freq: 8.0 };
     let t = Tensor::rand([10, 2], (Kind::Double, Device::Cpu));
     let dt = Tensor::randn([10, 2], (Kind::Double, Device::Cpu));
     let (y, dy) = tf.forward_jvp(&t, &dt);
@@ -116,11 +99,7 @@ fn fourier_time_features_have_exact_tangents() {
 fn ensemble_equals_separate_mlps_with_the_same_weights() {
     let _torch = one_thread();
     tch::manual_seed(3);
-    let cfg = MlpConfig {
-        hidden: vec![16, 16],
-        activation: Activation::Gelu,
-        layer_norm: true,
-    };
+    let cfg = MlpConfig { hidden: vec![16, 16], activation: Activation::Gelu, layer_norm: true };
     let (e, din, dout) = (3usize, 6usize, 2usize);
     let evs = VarStore::new(Device::Cpu);
     let ens = EnsembleMlp::new(&evs.root(), e, din, dout, &cfg);
@@ -148,14 +127,8 @@ fn ensemble_equals_separate_mlps_with_the_same_weights() {
         });
         let a = mlp.forward(&x);
         let b = mlp.forward(&xs.get(m as i64));
-        assert!(
-            rel_err(&shared.get(m as i64), &a) < 1e-6,
-            "member {m}, shared input"
-        );
-        assert!(
-            rel_err(&per_member.get(m as i64), &b) < 1e-6,
-            "member {m}, own input"
-        );
+        assert!(rel_err(&shared.get(m as i64), &a) < 1e-6, "member {m}, shared input");
+        assert!(rel_err(&per_member.get(m as i64), &b) < 1e-6, "member {m}, own input");
     }
 }
 
@@ -165,26 +138,12 @@ fn adam_matches_libtorch_adam() {
     let make = || {
         tch::manual_seed(4);
         let vs = VarStore::new(Device::Cpu);
-        let mlp = Mlp::new(
-            &vs.root(),
-            3,
-            1,
-            &MlpConfig {
-                hidden: vec![8],
-                ..MlpConfig::default()
-            },
-        );
+        let mlp = Mlp::new(&vs.root(), 3, 1, &MlpConfig { hidden: vec![8], ..MlpConfig::default() });
         (vs, mlp)
     };
     let (vs_a, mlp_a) = make();
     let (vs_b, mlp_b) = make();
-    let mut ours = Adam::new(
-        &vs_a,
-        AdamConfig {
-            lr: 1e-2,
-            ..AdamConfig::default()
-        },
-    );
+    let mut ours = Adam::new(&vs_a, AdamConfig { lr: 1e-2, ..AdamConfig::default() });
     let mut theirs = nn::OptimizerConfig::build(nn::Adam::default(), &vs_b, 1e-2).unwrap();
     let x = Tensor::randn([32, 3], (Kind::Float, Device::Cpu));
     let y = x.sum_dim_intlist(-1, true, Kind::Float).sin();
@@ -205,29 +164,10 @@ fn polyak_update_interpolates_and_tau_one_copies() {
     let _torch = one_thread();
     tch::manual_seed(5);
     let online = VarStore::new(Device::Cpu);
-    let _a = Mlp::new(
-        &online.root(),
-        3,
-        2,
-        &MlpConfig {
-            hidden: vec![4],
-            ..MlpConfig::default()
-        },
-    );
+    let _a = Mlp::new(&online.root(), 3, 2, &MlpConfig { hidden: vec![4], ..MlpConfig::default() });
     let target = VarStore::new(Device::Cpu);
-    let _b = Mlp::new(
-        &target.root(),
-        3,
-        2,
-        &MlpConfig {
-            hidden: vec![4],
-            ..MlpConfig::default()
-        },
-    );
-    let before: Vec<(String, Tensor)> = checkpoint::varstore_tensors(&target, "")
-        .into_iter()
-        .map(|(n, t)| (n, t.copy()))
-        .collect();
+    let _b = Mlp::new(&target.root(), 3, 2, &MlpConfig { hidden: vec![4], ..MlpConfig::default() });
+    let before: Vec<(String, Tensor)> = checkpoint::varstore_tensors(&target, "").into_iter().map(|(n, t)| (n, t.copy())).collect();
     polyak_update(&target, &online, 0.25);
     let o = online.variables();
     let t = target.variables();
@@ -259,16 +199,8 @@ struct Meta {
 #[test]
 fn resumed_training_equals_uninterrupted_training_bit_for_bit() {
     let _torch = one_thread();
-    let cfg = MlpConfig {
-        hidden: vec![32, 32],
-        layer_norm: true,
-        ..MlpConfig::default()
-    };
-    let adam_cfg = AdamConfig {
-        lr: 1e-3,
-        max_grad_norm: Some(1.0),
-        ..AdamConfig::default()
-    };
+    let cfg = MlpConfig { hidden: vec![32, 32], layer_norm: true, ..MlpConfig::default() };
+    let adam_cfg = AdamConfig { lr: 1e-3, max_grad_norm: Some(1.0), ..AdamConfig::default() };
     let k = 25;
 
     tch::manual_seed(7);
@@ -296,16 +228,12 @@ fn resumed_training_equals_uninterrupted_training_bit_for_bit() {
     let mut adam = Adam::new(&vs, adam_cfg);
     let loaded: checkpoint::Loaded<Meta> = checkpoint::load_latest(dir.path()).unwrap();
     loaded.load_varstore(&vs, "actor/").unwrap();
-    adam.load_state(&loaded.tensors, "actor_opt/", loaded.meta.step)
-        .unwrap();
+    adam.load_state(&loaded.tensors, "actor_opt/", loaded.meta.step).unwrap();
     train_steps(&mlp, &mut adam, k, 2 * k);
 
     let full = vs_full.variables();
     for (name, t) in vs.variables() {
-        assert!(
-            t.equal(&full[&name]),
-            "parameter {name} differs after resume"
-        );
+        assert!(t.equal(&full[&name]), "parameter {name} differs after resume");
     }
     assert_eq!(adam.steps(), adam_full.steps());
 }
@@ -323,31 +251,14 @@ fn failed_or_interrupted_save_never_replaces_the_last_good_checkpoint() {
     let _torch = one_thread();
     let dir = tempfile::tempdir().unwrap();
     let good = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    checkpoint::save(
-        dir.path(),
-        "step_1",
-        &[("w".into(), good.shallow_clone())],
-        &Meta { step: 1 },
-    )
-    .unwrap();
+    checkpoint::save(dir.path(), "step_1", &[("w".into(), good.shallow_clone())], &Meta { step: 1 }).unwrap();
 
     // A save that fails midway (tensors written, metadata not).
     let bad = Tensor::from_slice(&[9.0f32, 9.0, 9.0]);
-    let err = checkpoint::save(
-        dir.path(),
-        "step_2",
-        &[("w".into(), bad.shallow_clone())],
-        &Unserialisable,
-    );
+    let err = checkpoint::save(dir.path(), "step_2", &[("w".into(), bad.shallow_clone())], &Unserialisable);
     assert!(err.is_err());
     // Even when it reuses the good checkpoint's name.
-    assert!(checkpoint::save(
-        dir.path(),
-        "step_1",
-        &[("w".into(), bad.shallow_clone())],
-        &Unserialisable
-    )
-    .is_err());
+    assert!(checkpoint::save(dir.path(), "step_1", &[("w".into(), bad.shallow_clone())], &Unserialisable).is_err());
     // A writer killed mid-save leaves a partial temporary directory behind.
     let partial = dir.path().join(".tmp-step_3-4000000");
     std::fs::create_dir_all(&partial).unwrap();
@@ -356,19 +267,10 @@ fn failed_or_interrupted_save_never_replaces_the_last_good_checkpoint() {
     let loaded: checkpoint::Loaded<Meta> = checkpoint::load_latest(dir.path()).unwrap();
     assert_eq!(loaded.meta, Meta { step: 1 });
     assert!(loaded.tensors["w"].equal(&good));
-    assert!(
-        !dir.path().join("step_2").exists(),
-        "failed save left a checkpoint directory"
-    );
+    assert!(!dir.path().join("step_2").exists(), "failed save left a checkpoint directory");
 
     // The next good save succeeds and clears the stale temporary.
-    checkpoint::save(
-        dir.path(),
-        "step_4",
-        &[("w".into(), bad.shallow_clone())],
-        &Meta { step: 4 },
-    )
-    .unwrap();
+    checkpoint::save(dir.path(), "step_4", &[("w".into(), bad.shallow_clone())], &Meta { step: 4 }).unwrap();
     assert!(!partial.exists());
     let loaded: checkpoint::Loaded<Meta> = checkpoint::load_latest(dir.path()).unwrap();
     assert_eq!(loaded.meta, Meta { step: 4 });
@@ -385,15 +287,7 @@ fn loading_names_the_missing_or_misshapen_tensor() {
     let _torch = one_thread();
     let dir = tempfile::tempdir().unwrap();
     let vs = VarStore::new(Device::Cpu);
-    let _m = Mlp::new(
-        &vs.root(),
-        3,
-        2,
-        &MlpConfig {
-            hidden: vec![4],
-            ..MlpConfig::default()
-        },
-    );
+    let _m = Mlp::new(&vs.root(), 3, 2, &MlpConfig { hidden: vec![4], ..MlpConfig::default() });
     let mut tensors = checkpoint::varstore_tensors(&vs, "actor/");
     for (name, t) in tensors.iter_mut() {
         if name == "actor/l0.weight" {
@@ -403,19 +297,11 @@ fn loading_names_the_missing_or_misshapen_tensor() {
     checkpoint::save(dir.path(), "step_1", &tensors, &Meta { step: 1 }).unwrap();
     let loaded: checkpoint::Loaded<Meta> = checkpoint::load_latest(dir.path()).unwrap();
     let err = loaded.load_varstore(&vs, "actor/").unwrap_err().to_string();
-    assert!(
-        err.contains("actor/l0.weight") && err.contains("shape"),
-        "{err}"
-    );
-    let err = loaded
-        .load_varstore(&vs, "critic/")
-        .unwrap_err()
-        .to_string();
+    assert!(err.contains("actor/l0.weight") && err.contains("shape"), "{err}");
+    let err = loaded.load_varstore(&vs, "critic/").unwrap_err().to_string();
     assert!(err.contains("critic/"), "{err}");
     let empty = tempfile::tempdir().unwrap();
-    let err = checkpoint::load_latest::<Meta>(empty.path())
-        .unwrap_err()
-        .to_string();
+    let err = checkpoint::load_latest::<Meta>(empty.path()).unwrap_err().to_string();
     assert!(err.contains("no complete checkpoint"), "{err}");
 }
 
@@ -424,10 +310,7 @@ fn device_choice_parses_and_rejects_unknown_names() {
     let _torch = one_thread();
     use mvp_nn::DeviceChoice;
     assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-    assert_eq!(
-        "cuda:1".parse::<DeviceChoice>().unwrap(),
-        DeviceChoice::Cuda(1)
-    );
+    assert_eq!("cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
     let err = "tpu".parse::<DeviceChoice>().unwrap_err().to_string();
     assert!(err.contains("tpu") && err.contains("cpu, cuda"), "{err}");
     if !tch::Cuda::is_available() {

@@ -35,9 +35,7 @@ impl ReplayBuffer {
     /// An empty buffer for `capacity` transitions (memory grows as it fills).
     pub fn new(capacity: usize, obs_dim: usize, act_dim: usize) -> Result<Self> {
         if capacity == 0 {
-            return Err(ReplayError::Invalid(
-                "replay capacity must be at least 1".into(),
-            ));
+            return Err(ReplayError::Invalid("replay capacity must be at least 1".into()));
         }
         Ok(Self {
             capacity,
@@ -96,9 +94,7 @@ impl ReplayBuffer {
         check_shape("action", action.len(), &[self.act_dim])?;
         check_shape("next_obs", next_obs.len(), &[self.obs_dim])?;
         if !(0.0..=1.0).contains(&mask) {
-            return Err(ReplayError::Invalid(format!(
-                "bootstrap mask must lie in [0, 1], got {mask}"
-            )));
+            return Err(ReplayError::Invalid(format!("bootstrap mask must lie in [0, 1], got {mask}")));
         }
         self.store(obs, action, reward, next_obs, terminal, mask);
         Ok(())
@@ -108,44 +104,18 @@ impl ReplayBuffer {
     /// its last `capacity` transitions remain).
     pub fn extend_from_dataset(&mut self, data: &Dataset) -> Result<()> {
         data.validate()?;
-        check_shape(
-            "dataset observations",
-            data.observations.len(),
-            &[data.len(), self.obs_dim],
-        )?;
-        check_shape(
-            "dataset actions",
-            data.actions.len(),
-            &[data.len(), self.act_dim],
-        )?;
+        check_shape("dataset observations", data.observations.len(), &[data.len(), self.obs_dim])?;
+        check_shape("dataset actions", data.actions.len(), &[data.len(), self.act_dim])?;
         let (od, ad) = (self.obs_dim, self.act_dim);
         for t in data.len().saturating_sub(self.capacity)..data.len() {
-            let (o, a) = (
-                &data.observations[t * od..][..od],
-                &data.actions[t * ad..][..ad],
-            );
+            let (o, a) = (&data.observations[t * od..][..od], &data.actions[t * ad..][..ad]);
             let next = &data.next_observations[t * od..][..od];
-            self.store(
-                o,
-                a,
-                data.rewards[t],
-                next,
-                data.terminals[t] != 0.0,
-                data.masks[t],
-            );
+            self.store(o, a, data.rewards[t], next, data.terminals[t] != 0.0, data.masks[t]);
         }
         Ok(())
     }
 
-    fn store(
-        &mut self,
-        obs: &[f32],
-        action: &[f32],
-        reward: f32,
-        next_obs: &[f32],
-        terminal: bool,
-        mask: f32,
-    ) {
+    fn store(&mut self, obs: &[f32], action: &[f32], reward: f32, next_obs: &[f32], terminal: bool, mask: f32) {
         let terminal = if terminal { 1.0 } else { 0.0 };
         if self.len < self.capacity {
             self.obs.extend_from_slice(obs);
@@ -207,18 +177,10 @@ impl ReplayBuffer {
 
     /// Like [`ReplayBuffer::sample_chunks`] at chosen starts: `starts[b]` counts from the
     /// oldest stored transition (0) and must be below [`ReplayBuffer::num_starts`]`(h)`.
-    pub fn chunks_at(
-        &self,
-        starts: &[usize],
-        h: usize,
-        gamma: f32,
-        out: &mut ChunkBatch,
-    ) -> Result<()> {
+    pub fn chunks_at(&self, starts: &[usize], h: usize, gamma: f32, out: &mut ChunkBatch) -> Result<()> {
         let n = self.prepare(starts.len(), h, gamma, out)?;
         if let Some(&s) = starts.iter().find(|&&s| s >= n) {
-            return Err(ReplayError::Invalid(format!(
-                "window start {s} out of range 0..{n} for h = {h}"
-            )));
+            return Err(ReplayError::Invalid(format!("window start {s} out of range 0..{n} for h = {h}")));
         }
         for (b, &s) in starts.iter().enumerate() {
             self.fill(b, s, gamma, out);
@@ -229,14 +191,10 @@ impl ReplayBuffer {
     /// Checks the arguments, shapes `out`, and returns the number of possible starts.
     fn prepare(&self, batch: usize, h: usize, gamma: f32, out: &mut ChunkBatch) -> Result<usize> {
         if h == 0 {
-            return Err(ReplayError::Invalid(
-                "chunk length h must be at least 1".into(),
-            ));
+            return Err(ReplayError::Invalid("chunk length h must be at least 1".into()));
         }
         if !(0.0..=1.0).contains(&gamma) {
-            return Err(ReplayError::Invalid(format!(
-                "discount gamma must lie in [0, 1], got {gamma}"
-            )));
+            return Err(ReplayError::Invalid(format!("discount gamma must lie in [0, 1], got {gamma}")));
         }
         if self.len < h {
             return Err(ReplayError::NotEnoughData { len: self.len, h });
@@ -285,8 +243,7 @@ mod tests {
             let t = *t0 as f32;
             let last = i + 1 == rewards.len();
             let mask = if last && success { 0.0 } else { 1.0 };
-            buf.push(&[t], &[10.0 * t], r, &[t + 0.5], last, mask)
-                .unwrap();
+            buf.push(&[t], &[10.0 * t], r, &[t + 0.5], last, mask).unwrap();
             *t0 += 1;
         }
     }
@@ -323,16 +280,11 @@ mod tests {
         push_episode(&mut buf, &mut 0, &[0.0; 7], false); // rows hold 5 6 2 3 4, head at row 2
         assert_eq!(buf.num_starts(3), 3);
         let mut out = ChunkBatch::new(64, 3, 1, 1);
-        buf.sample_chunks(&mut StdRng::seed_from_u64(0), 64, 3, 0.9, &mut out)
-            .unwrap();
+        buf.sample_chunks(&mut StdRng::seed_from_u64(0), 64, 3, 0.9, &mut out).unwrap();
         let mut seen = [false; 3];
         for (b, a) in out.actions.chunks(3).enumerate() {
             let s = out.observations[b];
-            assert_eq!(
-                a,
-                [10.0 * s, 10.0 * (s + 1.0), 10.0 * (s + 2.0)],
-                "window crosses the head"
-            );
+            assert_eq!(a, [10.0 * s, 10.0 * (s + 1.0), 10.0 * (s + 2.0)], "window crosses the head");
             seen[s as usize - 2] = true;
         }
         assert_eq!(seen, [true; 3], "every start 2, 3, 4 is drawn");
@@ -349,16 +301,8 @@ mod tests {
         assert_eq!(c.rewards, vec![-1.0]);
         assert_eq!(c.valid, vec![1.0, 1.0, 0.0, 0.0]);
         assert_eq!((c.terminals[0], c.masks[0]), (1.0, 0.0));
-        assert_eq!(
-            c.actions,
-            vec![10.0, 20.0, 30.0, 40.0],
-            "invalid actions are still copied"
-        );
-        assert_eq!(
-            c.next_observations,
-            vec![4.5],
-            "s_{{k+h}} is the next obs of step k+h-1"
-        );
+        assert_eq!(c.actions, vec![10.0, 20.0, 30.0, 40.0], "invalid actions are still copied");
+        assert_eq!(c.next_observations, vec![4.5], "s_{{k+h}} is the next obs of step k+h-1");
         assert_eq!(c.last_valid().collect::<Vec<_>>(), vec![0.0]);
     }
 
@@ -368,10 +312,7 @@ mod tests {
         push_episode(&mut buf, &mut 0, &[1.0, 2.0, 4.0, 8.0, 0.0], false);
         let c = chunk(&buf, 1, 3, 0.5);
         assert_eq!(c.rewards, vec![2.0 + 0.5 * 4.0 + 0.25 * 8.0]);
-        assert_eq!(
-            (c.valid.as_slice(), c.masks[0], c.terminals[0]),
-            (&[1.0; 3][..], 1.0, 0.0)
-        );
+        assert_eq!((c.valid.as_slice(), c.masks[0], c.terminals[0]), (&[1.0; 3][..], 1.0, 0.0));
         assert_eq!((c.observations[0], c.next_observations[0]), (1.0, 3.5));
     }
 
@@ -395,44 +336,29 @@ mod tests {
         push_episode(&mut buf, &mut t, &[0.0; 2], false); // truncated at step 1
         push_episode(&mut buf, &mut t, &[0.0; 1], true); // success at step 2, next episode
         let c = chunk(&buf, 0, 3, 0.9);
-        assert_eq!(
-            (c.valid.as_slice(), c.masks[0]),
-            (&[1.0, 1.0, 0.0][..], 1.0)
-        );
+        assert_eq!((c.valid.as_slice(), c.masks[0]), (&[1.0, 1.0, 0.0][..], 1.0));
     }
 
     #[test]
     fn sampling_reuses_and_reshapes_the_batch() {
         let mut buf = ReplayBuffer::new(8, 2, 3).unwrap();
         for t in 0..8 {
-            buf.push(&[t as f32; 2], &[0.0; 3], 0.0, &[0.0; 2], t % 4 == 3, 1.0)
-                .unwrap();
+            buf.push(&[t as f32; 2], &[0.0; 3], 0.0, &[0.0; 2], t % 4 == 3, 1.0).unwrap();
         }
         let mut out = ChunkBatch::new(4, 2, 2, 3);
         let mut rng = StdRng::seed_from_u64(1);
         buf.sample_chunks(&mut rng, 5, 3, 0.99, &mut out).unwrap();
-        assert_eq!(
-            (out.actions.len(), out.valid.len(), out.observations.len()),
-            (5 * 9, 15, 10)
-        );
+        assert_eq!((out.actions.len(), out.valid.len(), out.observations.len()), (5 * 9, 15, 10));
     }
 
     #[test]
     fn push_rejects_bad_shapes_and_masks() {
         let mut buf = ReplayBuffer::new(4, 3, 2).unwrap();
-        let err = buf
-            .push(&[0.0; 3], &[0.0; 3], 0.0, &[0.0; 3], false, 1.0)
-            .unwrap_err();
+        let err = buf.push(&[0.0; 3], &[0.0; 3], 0.0, &[0.0; 3], false, 1.0).unwrap_err();
         assert_eq!(err.to_string(), "`action`: expected shape [2], got [3]");
-        assert!(buf
-            .push(&[0.0; 2], &[0.0; 2], 0.0, &[0.0; 3], false, 1.0)
-            .is_err());
-        assert!(buf
-            .push(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 4], false, 1.0)
-            .is_err());
-        assert!(buf
-            .push(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 3], true, 2.0)
-            .is_err());
+        assert!(buf.push(&[0.0; 2], &[0.0; 2], 0.0, &[0.0; 3], false, 1.0).is_err());
+        assert!(buf.push(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 4], false, 1.0).is_err());
+        assert!(buf.push(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 3], true, 2.0).is_err());
         assert!(buf.is_empty());
         assert!(ReplayBuffer::new(0, 3, 2).is_err());
     }
@@ -442,9 +368,7 @@ mod tests {
         let mut buf = ReplayBuffer::new(4, 1, 1).unwrap();
         push_episode(&mut buf, &mut 0, &[0.0; 2], true);
         let (mut out, mut rng) = (ChunkBatch::default(), StdRng::seed_from_u64(0));
-        let err = buf
-            .sample_chunks(&mut rng, 2, 3, 0.9, &mut out)
-            .unwrap_err();
+        let err = buf.sample_chunks(&mut rng, 2, 3, 0.9, &mut out).unwrap_err();
         assert!(matches!(err, ReplayError::NotEnoughData { len: 2, h: 3 }));
         assert!(buf.sample_chunks(&mut rng, 2, 0, 0.9, &mut out).is_err());
         assert!(buf.sample_chunks(&mut rng, 2, 1, 1.5, &mut out).is_err());
@@ -477,20 +401,14 @@ mod tests {
     fn end_episode_cuts_windows_at_the_newest_transition() {
         let mut buf = ReplayBuffer::new(16, 1, 1).unwrap();
         for i in 0..6 {
-            buf.push(&[i as f32], &[0.0], -1.0, &[i as f32 + 1.0], false, 1.0)
-                .unwrap();
+            buf.push(&[i as f32], &[0.0], -1.0, &[i as f32 + 1.0], false, 1.0).unwrap();
         }
         buf.end_episode();
-        buf.push(&[100.0], &[0.0], -1.0, &[101.0], false, 1.0)
-            .unwrap();
+        buf.push(&[100.0], &[0.0], -1.0, &[101.0], false, 1.0).unwrap();
         let mut out = ChunkBatch::new(1, 3, 1, 1);
         buf.chunks_at(&[4], 3, 1.0, &mut out).unwrap();
         assert_eq!(out.valid, vec![1.0, 1.0, 0.0], "the window crossed the cut");
-        assert_eq!(
-            out.masks,
-            vec![1.0],
-            "a cut is a truncation: it keeps the bootstrap mask"
-        );
+        assert_eq!(out.masks, vec![1.0], "a cut is a truncation: it keeps the bootstrap mask");
         assert_eq!(out.rewards, vec![-2.0]);
     }
 }

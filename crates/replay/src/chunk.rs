@@ -71,8 +71,6 @@ impl ChunkBatch {
     /// `[B]`: `valid` at each window's last step — QC's critic weight (1 when no episode
     /// ends before the window's last step, so that all `h` steps lie in one episode).
     pub fn last_valid(&self) -> impl Iterator<Item = f32> + '_ {
-        self.valid
-            .chunks_exact(self.h.max(1))
-            .map(|v| v[v.len() - 1])
+        self.valid.chunks_exact(self.h.max(1)).map(|v| v[v.len() - 1])
     }
 }

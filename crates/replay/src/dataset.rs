@@ -44,16 +44,7 @@ impl Dataset {
         masks: Vec<f32>,
         next_observations: Vec<f32>,
     ) -> Result<Self> {
-        let d = Self {
-            obs_dim,
-            act_dim,
-            observations,
-            actions,
-            rewards,
-            terminals,
-            masks,
-            next_observations,
-        };
+        let d = Self { obs_dim, act_dim, observations, actions, rewards, terminals, masks, next_observations };
         d.validate()?;
         Ok(d)
     }
@@ -65,11 +56,7 @@ impl Dataset {
         check_shape("actions", self.actions.len(), &[n, self.act_dim])?;
         check_shape("terminals", self.terminals.len(), &[n])?;
         check_shape("masks", self.masks.len(), &[n])?;
-        check_shape(
-            "next_observations",
-            self.next_observations.len(),
-            &[n, self.obs_dim],
-        )
+        check_shape("next_observations", self.next_observations.len(), &[n, self.obs_dim])
     }
 
     /// Number of transitions `N`.
@@ -89,14 +76,7 @@ mod tests {
     use crate::ReplayError;
 
     fn columns(n: usize, o: usize, a: usize) -> [Vec<f32>; 6] {
-        [
-            vec![0.0; n * o],
-            vec![0.0; n * a],
-            vec![0.0; n],
-            vec![0.0; n],
-            vec![1.0; n],
-            vec![0.0; n * o],
-        ]
+        [vec![0.0; n * o], vec![0.0; n * a], vec![0.0; n], vec![0.0; n], vec![1.0; n], vec![0.0; n * o]]
     }
 
     #[test]
@@ -112,43 +92,20 @@ mod tests {
         let [o, _, r, t, m, no] = columns(5, 3, 2);
         let err = Dataset::new(3, 2, o, vec![0.0; 12], r, t, m, no).unwrap_err();
         match &err {
-            ReplayError::Shape {
-                field,
-                expected,
-                got,
-            } => {
-                assert_eq!(
-                    (*field, expected.as_slice(), got.as_slice()),
-                    ("actions", &[5, 2][..], &[6, 2][..])
-                );
+            ReplayError::Shape { field, expected, got } => {
+                assert_eq!((*field, expected.as_slice(), got.as_slice()), ("actions", &[5, 2][..], &[6, 2][..]));
             }
             e => panic!("unexpected error {e}"),
         }
-        assert_eq!(
-            err.to_string(),
-            "`actions`: expected shape [5, 2], got [6, 2]"
-        );
+        assert_eq!(err.to_string(), "`actions`: expected shape [5, 2], got [6, 2]");
     }
 
     #[test]
     fn new_rejects_short_masks_and_ragged_next_observations() {
         let [o, a, r, t, _, no] = columns(4, 3, 1);
-        let err = Dataset::new(
-            3,
-            1,
-            o.clone(),
-            a.clone(),
-            r.clone(),
-            t.clone(),
-            vec![1.0; 3],
-            no,
-        )
-        .unwrap_err();
+        let err = Dataset::new(3, 1, o.clone(), a.clone(), r.clone(), t.clone(), vec![1.0; 3], no).unwrap_err();
         assert_eq!(err.to_string(), "`masks`: expected shape [4], got [3]");
         let err = Dataset::new(3, 1, o, a, r, t, vec![1.0; 4], vec![0.0; 13]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "`next_observations`: expected shape [4, 3], got [13]"
-        );
+        assert_eq!(err.to_string(), "`next_observations`: expected shape [4, 3], got [13]");
     }
 }

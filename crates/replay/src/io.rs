@@ -22,34 +22,20 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 5 * 8;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReplayError + '_ {
-    move |source| ReplayError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ReplayError::Io { path: path.to_path_buf(), source }
 }
 
 fn bad(path: &Path, reason: String) -> ReplayError {
-    ReplayError::BadFile {
-        path: path.to_path_buf(),
-        reason,
-    }
+    ReplayError::BadFile { path: path.to_path_buf(), reason }
 }
 
 impl ReplayBuffer {
     /// Writes the whole buffer (contents, write position, dimensions) to `path` atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let name = path
-            .file_name()
-            .ok_or_else(|| bad(path, "not a file path".into()))?;
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let result = self
-            .write_to(&tmp)
-            .and_then(|()| fs::rename(&tmp, path).map_err(io_err(path)));
+        let name = path.file_name().ok_or_else(|| bad(path, "not a file path".into()))?;
+        let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let result = self.write_to(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(io_err(path)));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -64,13 +50,7 @@ impl ReplayBuffer {
     fn write_to(&self, tmp: &Path) -> Result<()> {
         let file = File::create(tmp).map_err(io_err(tmp))?;
         let mut w = BufWriter::new(file);
-        let header = [
-            self.capacity,
-            self.obs_dim,
-            self.act_dim,
-            self.len,
-            self.pos,
-        ];
+        let header = [self.capacity, self.obs_dim, self.act_dim, self.len, self.pos];
         let mut write = || -> std::io::Result<()> {
             w.write_all(MAGIC)?;
             w.write_all(&VERSION.to_le_bytes())?;
@@ -89,14 +69,7 @@ impl ReplayBuffer {
     }
 
     fn arrays(&self) -> [&Vec<f32>; 6] {
-        [
-            &self.obs,
-            &self.next_obs,
-            &self.actions,
-            &self.rewards,
-            &self.terminals,
-            &self.masks,
-        ]
+        [&self.obs, &self.next_obs, &self.actions, &self.rewards, &self.terminals, &self.masks]
     }
 
     /// Reads a buffer written by [`ReplayBuffer::save`]; a wrong magic, version, header or
@@ -105,39 +78,24 @@ impl ReplayBuffer {
         let path = path.as_ref();
         let bytes = fs::read(path).map_err(io_err(path))?;
         if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-            return Err(bad(
-                path,
-                format!("not a replay buffer file (expected magic {:?})", "MVPRPLAY"),
-            ));
+            return Err(bad(path, format!("not a replay buffer file (expected magic {:?})", "MVPRPLAY")));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
         if version != VERSION {
-            return Err(bad(
-                path,
-                format!("format version {version}, this build reads version {VERSION}"),
-            ));
+            return Err(bad(path, format!("format version {version}, this build reads version {VERSION}")));
         }
         let field = |i: usize| u64::from_le_bytes(bytes[12 + 8 * i..][..8].try_into().unwrap());
         let [capacity, obs_dim, act_dim, len, pos] = [0, 1, 2, 3, 4].map(field);
         if capacity == 0 || len > capacity || pos >= capacity || (len < capacity && pos != len) {
             return Err(bad(
                 path,
-                format!(
-                    "inconsistent header: capacity {capacity}, len {len}, write position {pos}"
-                ),
+                format!("inconsistent header: capacity {capacity}, len {len}, write position {pos}"),
             ));
         }
         // Row width in f32 values: obs, next_obs, action, reward, terminal, mask.
-        let floats = obs_dim
-            .checked_mul(2)
-            .and_then(|o| o.checked_add(act_dim))
-            .and_then(|w| w.checked_add(3));
-        let body = floats
-            .and_then(|w| w.checked_mul(len))
-            .and_then(|n| n.checked_mul(4));
-        let expected = body
-            .and_then(|b| usize::try_from(b).ok())
-            .and_then(|b| b.checked_add(HEADER_LEN));
+        let floats = obs_dim.checked_mul(2).and_then(|o| o.checked_add(act_dim)).and_then(|w| w.checked_add(3));
+        let body = floats.and_then(|w| w.checked_mul(len)).and_then(|n| n.checked_mul(4));
+        let expected = body.and_then(|b| usize::try_from(b).ok()).and_then(|b| b.checked_add(HEADER_LEN));
         if expected != Some(bytes.len()) {
             return Err(bad(
                 path,
@@ -149,15 +107,12 @@ impl ReplayBuffer {
             ));
         }
         // All fields fit in usize now: their products do.
-        let [capacity, obs_dim, act_dim, len, pos] =
-            [capacity, obs_dim, act_dim, len, pos].map(|v| v as usize);
+        let [capacity, obs_dim, act_dim, len, pos] = [capacity, obs_dim, act_dim, len, pos].map(|v| v as usize);
         let mut rest = &bytes[HEADER_LEN..];
         let mut take = |n: usize| -> Vec<f32> {
             let (head, tail) = rest.split_at(4 * n);
             rest = tail;
-            head.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
+            head.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
         };
         Ok(Self {
             capacity,
@@ -204,12 +159,7 @@ mod tests {
         for t in 0..pushes {
             let x = t as f32;
             // Values that only survive a bit-exact copy: signed zero, subnormals, NaN payloads.
-            let odd = [
-                -0.0,
-                f32::from_bits(1),
-                f32::from_bits(0x7fc0_1234),
-                1.0 / 3.0,
-            ];
+            let odd = [-0.0, f32::from_bits(1), f32::from_bits(0x7fc0_1234), 1.0 / 3.0];
             buf.push(
                 &[x, odd[t % 4], -x],
                 &[0.1 * x, odd[(t + 1) % 4]],
@@ -224,10 +174,7 @@ mod tests {
     }
 
     fn bits(buf: &ReplayBuffer) -> Vec<Vec<u32>> {
-        buf.arrays()
-            .iter()
-            .map(|a| a.iter().map(|v| v.to_bits()).collect())
-            .collect()
+        buf.arrays().iter().map(|a| a.iter().map(|v| v.to_bits()).collect()).collect()
     }
 
     #[test]
@@ -238,22 +185,12 @@ mod tests {
             let path = dir.path().join("replay.bin");
             buf.save(&path).unwrap();
             let back = ReplayBuffer::load(&path).unwrap();
-            assert_eq!(
-                (back.capacity, back.obs_dim, back.act_dim),
-                (capacity, 3, 2)
-            );
+            assert_eq!((back.capacity, back.obs_dim, back.act_dim), (capacity, 3, 2));
             assert_eq!((back.len, back.pos), (buf.len, buf.pos));
             assert_eq!(bits(&back), bits(&buf));
         }
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            names,
-            vec!["replay.bin"],
-            "no temporary file is left behind"
-        );
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec!["replay.bin"], "no temporary file is left behind");
     }
 
     #[test]
@@ -264,8 +201,7 @@ mod tests {
         a.save(&path).unwrap();
         b.restore(&path).unwrap();
         for buf in [&mut a, &mut b] {
-            buf.push(&[7.0; 3], &[7.0; 2], 7.0, &[7.0; 3], true, 0.0)
-                .unwrap();
+            buf.push(&[7.0; 3], &[7.0; 2], 7.0, &[7.0; 3], true, 0.0).unwrap();
         }
         assert_eq!(bits(&a), bits(&b));
         assert_eq!(a.pos, b.pos);
@@ -285,8 +221,7 @@ mod tests {
             ReplayBuffer::load(&p).unwrap_err().to_string()
         };
         assert!(variant("magic", &|b| b[0] = b'X').contains("not a replay buffer file"));
-        assert!(variant("version", &|b| b[8] = 9)
-            .contains("format version 9, this build reads version 1"));
+        assert!(variant("version", &|b| b[8] = 9).contains("format version 9, this build reads version 1"));
         assert!(variant("short", &|b| b.truncate(b.len() - 4)).contains("calls for"));
         assert!(variant("header", &|b| b[12 + 8 * 3] = 9).contains("inconsistent header"));
         let missing = ReplayBuffer::load(dir.path().join("missing.bin")).unwrap_err();
@@ -300,12 +235,7 @@ mod tests {
         filled(8, 6).save(&path).unwrap();
         let mut other = ReplayBuffer::new(8, 4, 2).unwrap();
         let err = other.restore(&path).unwrap_err().to_string();
-        assert!(
-            err.contains(
-                "holds capacity 8, obs_dim 3, act_dim 2; this buffer has capacity 8, obs_dim 4"
-            ),
-            "{err}"
-        );
+        assert!(err.contains("holds capacity 8, obs_dim 3, act_dim 2; this buffer has capacity 8, obs_dim 4"), "{err}");
         assert!(other.is_empty());
     }
 }

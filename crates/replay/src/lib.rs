@@ -107,9 +107,5 @@ pub(crate) fn check_shape(field: &'static str, len: usize, expected: &[usize]) -
         [_, w] if *w > 0 && len.is_multiple_of(*w) => vec![len / w, *w],
         _ => vec![len],
     };
-    Err(ReplayError::Shape {
-        field,
-        expected: expected.to_vec(),
-        got,
-    })
+    Err(ReplayError::Shape { field, expected: expected.to_vec(), got })
 }

@@ -25,12 +25,7 @@ fn steps(episodes: &[(usize, bool)], rewards: &[f32], open: bool) -> Vec<Step> {
         for i in 0..n {
             let end = i + 1 == n && !(open && e + 1 == episodes.len());
             let reward = rewards[out.len() % rewards.len()];
-            out.push(Step {
-                episode: e,
-                reward,
-                end,
-                success: end && success,
-            });
+            out.push(Step { episode: e, reward, end, success: end && success });
         }
     }
     out
@@ -43,12 +38,7 @@ type Row = ([f32; 2], [f32; 2], [f32; 2], f32);
 /// action `[t, -t]`.
 fn row(t: usize, s: &Step) -> Row {
     let (tf, ef) = (t as f32, s.episode as f32);
-    (
-        [tf, ef],
-        [tf, -tf],
-        [tf + 0.5, ef],
-        if s.success { 0.0 } else { 1.0 },
-    )
+    ([tf, ef], [tf, -tf], [tf + 0.5, ef], if s.success { 0.0 } else { 1.0 })
 }
 
 fn fill(capacity: usize, steps: &[Step]) -> ReplayBuffer {
@@ -78,20 +68,11 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 
 /// Checks every sampled window of `out` against the hand computation on `steps`, given that
 /// the buffer retains global times `first..steps.len()`.
-fn check_batch(
-    out: &ChunkBatch,
-    steps: &[Step],
-    first: usize,
-    gamma: f32,
-) -> Result<(), TestCaseError> {
+fn check_batch(out: &ChunkBatch, steps: &[Step], first: usize, gamma: f32) -> Result<(), TestCaseError> {
     let h = out.h;
     for b in 0..out.batch {
         let k = out.observations[2 * b] as usize;
-        prop_assert!(
-            k >= first && k + h <= steps.len(),
-            "start {k} outside retained {first}..{}",
-            steps.len()
-        );
+        prop_assert!(k >= first && k + h <= steps.len(), "start {k} outside retained {first}..{}", steps.len());
         prop_assert_eq!(out.observations[2 * b + 1], steps[k].episode as f32);
         let (mut ret, mut discount, mut ended, mut hit_success) = (0.0f32, 1.0f32, false, false);
         for i in 0..h {
@@ -102,13 +83,7 @@ fn check_batch(
             let valid = out.valid[b * h + i];
             prop_assert_eq!(valid, if ended { 0.0 } else { 1.0 });
             // A valid step belongs to the episode of step 0; an invalid one does not.
-            prop_assert_eq!(
-                valid == 1.0,
-                s.episode == steps[k].episode,
-                "step {} of window at {}",
-                i,
-                k
-            );
+            prop_assert_eq!(valid == 1.0, s.episode == steps[k].episode, "step {} of window at {}", i, k);
             if !ended {
                 ret += discount * s.reward;
                 hit_success |= s.success;
@@ -117,26 +92,12 @@ fn check_batch(
             discount *= gamma;
         }
         let tol = 1e-5 * (1.0 + ret.abs());
-        prop_assert!(
-            (out.rewards[b] - ret).abs() <= tol,
-            "R {} != hand {} at k {}",
-            out.rewards[b],
-            ret,
-            k
-        );
-        prop_assert_eq!(
-            out.masks[b] == 0.0,
-            hit_success,
-            "bootstrap mask at k {}",
-            k
-        );
+        prop_assert!((out.rewards[b] - ret).abs() <= tol, "R {} != hand {} at k {}", out.rewards[b], ret, k);
+        prop_assert_eq!(out.masks[b] == 0.0, hit_success, "bootstrap mask at k {}", k);
         prop_assert_eq!(out.masks[b], if hit_success { 0.0 } else { 1.0 });
         prop_assert_eq!(out.terminals[b], if ended { 1.0 } else { 0.0 });
         let last = k + h - 1;
-        prop_assert_eq!(
-            &out.next_observations[2 * b..][..2],
-            &[last as f32 + 0.5, steps[last].episode as f32][..]
-        );
+        prop_assert_eq!(&out.next_observations[2 * b..][..2], &[last as f32 + 0.5, steps[last].episode as f32][..]);
     }
     Ok(())
 }

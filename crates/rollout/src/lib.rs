@@ -49,10 +49,7 @@ impl EnvPool for VecEnv {
         VecEnv::num_envs(self)
     }
     fn reset(&mut self, envs: &[usize], seeds: &[Option<u64>]) -> Result<Vec<Vec<f32>>> {
-        Ok(VecEnv::reset(self, envs, seeds)?
-            .into_iter()
-            .map(|(obs, _)| obs)
-            .collect())
+        Ok(VecEnv::reset(self, envs, seeds)?.into_iter().map(|(obs, _)| obs).collect())
     }
     fn step(&mut self, envs: &[usize], actions: &[f32]) -> Result<Vec<Outcome>> {
         VecEnv::step(self, envs, actions)
@@ -77,18 +74,12 @@ pub struct LocalPool {
 impl LocalPool {
     /// A pool over `envs` (at least one, all of the same spec).
     pub fn new(envs: Vec<Box<dyn Env>>) -> Result<Self> {
-        let Some(first) = envs.first() else {
-            bail!("a pool needs at least one environment")
-        };
+        let Some(first) = envs.first() else { bail!("a pool needs at least one environment") };
         let spec = first.spec().clone();
         if envs.iter().any(|e| e.spec() != &spec) {
             bail!("every environment of a pool must have the same spec");
         }
-        Ok(Self {
-            envs,
-            spec,
-            restarts: 0,
-        })
+        Ok(Self { envs, spec, restarts: 0 })
     }
 }
 
@@ -116,13 +107,7 @@ impl EnvPool for LocalPool {
                         return Err(err);
                     }
                     self.restarts += 1;
-                    out.push(Outcome::Lost(
-                        format!("{err:#}")
-                            .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    ));
+                    out.push(Outcome::Lost(format!("{err:#}").lines().next().unwrap_or_default().to_string()));
                 }
             }
         }
@@ -140,24 +125,15 @@ impl EnvPool for LocalPool {
 /// workers (as many as `max_workers` processes, the environments spread evenly; the pool
 /// may round `num_envs` up to a multiple of the worker count). Environment `i` is seeded
 /// `seed + i` at its first unseeded reset.
-pub fn make_pool(
-    name: &str,
-    num_envs: usize,
-    max_workers: usize,
-    seed: u64,
-) -> Result<Box<dyn EnvPool>> {
+pub fn make_pool(name: &str, num_envs: usize, max_workers: usize, seed: u64) -> Result<Box<dyn EnvPool>> {
     let num_envs = num_envs.max(1);
     if mvp_envs::NATIVE_ENVS.contains(&name) {
-        let envs = (0..num_envs)
-            .map(|_| mvp_envs::make_native(name))
-            .collect::<Result<Vec<_>>>()?;
+        let envs = (0..num_envs).map(|_| mvp_envs::make_native(name)).collect::<Result<Vec<_>>>()?;
         return Ok(Box::new(LocalPool::new(envs)?));
     }
     let workers = max_workers.clamp(1, num_envs);
     let per_worker = num_envs.div_ceil(workers);
-    Ok(Box::new(VecEnv::new(VecEnvConfig::new(
-        name, workers, per_worker, seed,
-    ))?))
+    Ok(Box::new(VecEnv::new(VecEnvConfig::new(name, workers, per_worker, seed))?))
 }
 
 /// What one finished episode gave.
@@ -185,13 +161,7 @@ struct Slot {
 /// over the pool's environments; episode `e` is reset with seed `seed + e`. Returns the
 /// episodes in order of `e`. Every environment that needs a chunk is served by one policy
 /// call.
-pub fn evaluate(
-    pool: &mut dyn EnvPool,
-    h: usize,
-    episodes: usize,
-    seed: u64,
-    policy: &mut Policy<'_>,
-) -> Result<Vec<EpisodeStats>> {
+pub fn evaluate(pool: &mut dyn EnvPool, h: usize, episodes: usize, seed: u64, policy: &mut Policy<'_>) -> Result<Vec<EpisodeStats>> {
     let (o_dim, a_dim) = (pool.spec().obs_dim, pool.spec().action_dim);
     let mut results: Vec<Option<EpisodeStats>> = vec![None; episodes];
     let mut slots: Vec<Option<Slot>> = (0..pool.num_envs()).map(|_| None).collect();
@@ -205,16 +175,9 @@ pub fn evaluate(
     loop {
         if !starts.is_empty() {
             let envs: Vec<usize> = starts.iter().map(|&(i, _)| i).collect();
-            let seeds: Vec<Option<u64>> =
-                starts.iter().map(|&(_, e)| Some(seed + e as u64)).collect();
+            let seeds: Vec<Option<u64>> = starts.iter().map(|&(_, e)| Some(seed + e as u64)).collect();
             for ((i, episode), obs) in starts.drain(..).zip(pool.reset(&envs, &seeds)?) {
-                slots[i] = Some(Slot {
-                    episode,
-                    obs,
-                    queue: VecDeque::new(),
-                    ret: 0.0,
-                    length: 0,
-                });
+                slots[i] = Some(Slot { episode, obs, queue: VecDeque::new(), ret: 0.0, length: 0 });
             }
         }
         let active: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
@@ -222,24 +185,13 @@ pub fn evaluate(
             break;
         }
         // One policy call for every environment whose chunk is used up.
-        let need: Vec<usize> = active
-            .iter()
-            .copied()
-            .filter(|&i| slots[i].as_ref().is_some_and(|s| s.queue.is_empty()))
-            .collect();
+        let need: Vec<usize> = active.iter().copied().filter(|&i| slots[i].as_ref().is_some_and(|s| s.queue.is_empty())).collect();
         if !need.is_empty() {
-            let obs: Vec<f32> = need
-                .iter()
-                .flat_map(|&i| slots[i].as_ref().map(|s| s.obs.clone()).unwrap_or_default())
-                .collect();
+            let obs: Vec<f32> = need.iter().flat_map(|&i| slots[i].as_ref().map(|s| s.obs.clone()).unwrap_or_default()).collect();
             debug_assert_eq!(obs.len(), need.len() * o_dim);
             let chunks = policy(&obs, need.len())?;
             if chunks.len() != need.len() * h * a_dim {
-                bail!(
-                    "policy returned {} values for {} chunks of {h}×{a_dim}",
-                    chunks.len(),
-                    need.len()
-                );
+                bail!("policy returned {} values for {} chunks of {h}×{a_dim}", chunks.len(), need.len());
             }
             for (k, &i) in need.iter().enumerate() {
                 if let Some(s) = slots[i].as_mut() {
@@ -259,11 +211,7 @@ pub fn evaluate(
                     s.ret += step.reward as f64;
                     s.length += 1;
                     if step.done() {
-                        results[s.episode] = Some(EpisodeStats {
-                            ret: s.ret,
-                            length: s.length,
-                            success: step.info.success,
-                        });
+                        results[s.episode] = Some(EpisodeStats { ret: s.ret, length: s.length, success: step.info.success });
                         slots[i] = None;
                         if next < episodes {
                             starts.push((i, next));
@@ -274,10 +222,7 @@ pub fn evaluate(
                     }
                 }
                 Outcome::Lost(why) => {
-                    tracing::warn!(
-                        "evaluation episode {} lost ({why}); running it again",
-                        s.episode
-                    );
+                    tracing::warn!("evaluation episode {} lost ({why}); running it again", s.episode);
                     let episode = s.episode;
                     slots[i] = None;
                     starts.push((i, episode));
@@ -285,10 +230,7 @@ pub fn evaluate(
             }
         }
     }
-    Ok(results
-        .into_iter()
-        .map(|r| r.expect("every episode finished"))
-        .collect())
+    Ok(results.into_iter().map(|r| r.expect("every episode finished")).collect())
 }
 
 /// One stored transition of a [`Collector`]: (s, a, r, s'), whether the episode ends here
@@ -353,13 +295,7 @@ impl Collector {
         let lanes = pool
             .reset(&envs, &seeds)?
             .into_iter()
-            .map(|obs| Lane {
-                obs,
-                queue: VecDeque::new(),
-                ret: 0.0,
-                length: 0,
-                staged: Vec::new(),
-            })
+            .map(|obs| Lane { obs, queue: VecDeque::new(), ret: 0.0, length: 0, staged: Vec::new() })
             .collect();
         Ok(Self { pool, h, lanes })
     }
@@ -385,31 +321,19 @@ impl Collector {
         let n = self.lanes.len();
         let need: Vec<usize> = (0..n).filter(|&i| self.lanes[i].queue.is_empty()).collect();
         if !need.is_empty() {
-            let obs: Vec<f32> = need
-                .iter()
-                .flat_map(|&i| self.lanes[i].obs.iter().copied())
-                .collect();
+            let obs: Vec<f32> = need.iter().flat_map(|&i| self.lanes[i].obs.iter().copied()).collect();
             debug_assert_eq!(obs.len(), need.len() * o_dim);
             let chunks = policy(&obs, need.len())?;
             let w = self.h * a_dim;
             if chunks.len() != need.len() * w {
-                bail!(
-                    "policy returned {} values for {} chunks of {}×{a_dim}",
-                    chunks.len(),
-                    need.len(),
-                    self.h
-                );
+                bail!("policy returned {} values for {} chunks of {}×{a_dim}", chunks.len(), need.len(), self.h);
             }
             for (k, &i) in need.iter().enumerate() {
                 self.lanes[i].queue.extend(&chunks[k * w..(k + 1) * w]);
             }
         }
         let envs: Vec<usize> = (0..n).collect();
-        let actions: Vec<f32> = self
-            .lanes
-            .iter_mut()
-            .flat_map(|l| l.queue.drain(..a_dim).collect::<Vec<_>>())
-            .collect();
+        let actions: Vec<f32> = self.lanes.iter_mut().flat_map(|l| l.queue.drain(..a_dim).collect::<Vec<_>>()).collect();
         let mut out = Collected::default();
         let mut restart = Vec::new();
         for (i, outcome) in self.pool.step(&envs, &actions)?.into_iter().enumerate() {
@@ -429,11 +353,7 @@ impl Collector {
                         mask: step.mask(),
                     });
                     if done {
-                        out.finished.push(EpisodeStats {
-                            ret: lane.ret,
-                            length: lane.length,
-                            success: step.info.success,
-                        });
+                        out.finished.push(EpisodeStats { ret: lane.ret, length: lane.length, success: step.info.success });
                         out.ready.append(&mut lane.staged);
                         restart.push(i);
                     } else {
@@ -472,11 +392,7 @@ mod tests {
     }
 
     /// A policy that always pushes towards +x, +y, counting its calls and rows.
-    fn constant(
-        h: usize,
-        a: usize,
-        calls: &mut Vec<usize>,
-    ) -> impl FnMut(&[f32], usize) -> Result<Vec<f32>> + '_ {
+    fn constant(h: usize, a: usize, calls: &mut Vec<usize>) -> impl FnMut(&[f32], usize) -> Result<Vec<f32>> + '_ {
         move |_obs, k| {
             calls.push(k);
             Ok(vec![0.5; k * h * a])
@@ -497,12 +413,7 @@ mod tests {
         assert_eq!(one, three);
         assert_eq!(one.len(), 5);
         // Batched queries: fewer calls, several rows each; the same total number of chunks.
-        assert!(
-            calls3.len() < calls1.len(),
-            "{} vs {}",
-            calls3.len(),
-            calls1.len()
-        );
+        assert!(calls3.len() < calls1.len(), "{} vs {}", calls3.len(), calls1.len());
         assert!(calls3.iter().any(|&k| k > 1));
         assert_eq!(calls1.iter().sum::<usize>(), calls3.iter().sum::<usize>());
         // Each episode asks for ceil(length / h) chunks.
@@ -518,9 +429,7 @@ mod tests {
         let eps = evaluate(pool.as_mut(), 5, 4, 0, &mut constant(5, a, &mut calls)).unwrap();
         assert!(eps.iter().all(|e| e.length > 0 && e.ret.is_finite()));
         let mut policy_bad = |_: &[f32], k: usize| Ok(vec![0.0; k]);
-        let err = evaluate(pool.as_mut(), 5, 1, 0, &mut policy_bad)
-            .unwrap_err()
-            .to_string();
+        let err = evaluate(pool.as_mut(), 5, 1, 0, &mut policy_bad).unwrap_err().to_string();
         assert!(err.contains("policy returned"), "{err}");
     }
 
