@@ -34,6 +34,8 @@ pub enum BenchCommand {
     Latency(crate::speed::LatencyArgs),
     /// Training iterations per second.
     Train(crate::speed::TrainArgs),
+    /// GEMM rate (GFLOP/s) of libtorch and of mvp-infer's kernels at the policy shapes.
+    Gemm(crate::speed::GemmArgs),
     /// Environment steps per second through the Python bridge against plain Python.
     Env(crate::bench_env::EnvArgs),
     /// Behaviour-cloning quality on known multimodal distributions.
@@ -53,6 +55,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         }
         BenchCommand::Latency(args) => crate::speed::latency(args),
         BenchCommand::Train(args) => crate::speed::train(args),
+        BenchCommand::Gemm(args) => crate::speed::gemm(args),
         BenchCommand::Env(args) => crate::bench_env::run(args),
         BenchCommand::Expressiveness(args) => crate::expressiveness::run(args),
     }

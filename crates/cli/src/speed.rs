@@ -9,6 +9,7 @@ use clap::Args;
 use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig};
 use mvp_agent::config::AgentConfig;
 use mvp_agent::{Agent, TensorBatch};
+use mvp_infer::Precision;
 use mvp_nn::{DeviceChoice, MlpConfig, Runtime};
 use mvp_replay::ChunkBatch;
 use serde::Serialize;
@@ -54,9 +55,39 @@ pub struct LatencyArgs {
     /// Environments served per call in the batched measurement.
     #[arg(long, default_value_t = 16)]
     envs: i64,
-    /// Run the acting networks in bfloat16 (AVX-512 bf16 on recent CPUs).
+    /// Engines to measure, comma-separated: libtorch (the training code's acting path),
+    /// libtorch-bf16 (the same networks converted to bfloat16), native-f32 and native-bf16
+    /// (mvp-infer's packed AVX-512 kernels; MVP and flow actors only; bf16 needs AVX512-BF16).
+    #[arg(long, value_delimiter = ',', default_value = "libtorch,native-f32,native-bf16")]
+    engines: Vec<Engine>,
+    /// Also draw the median latencies as a PNG bar chart here.
     #[arg(long)]
-    bf16: bool,
+    png: Option<PathBuf>,
+}
+
+/// An implementation of the acting path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// The agent's own tch code, fp32.
+    Libtorch,
+    /// The agent's tch code with the acting networks in bfloat16.
+    LibtorchBf16,
+    /// mvp-infer, fp32.
+    NativeF32,
+    /// mvp-infer, bf16 inputs and weights with fp32 accumulation.
+    NativeBf16,
+}
+
+impl Engine {
+    fn label(self) -> &'static str {
+        match self {
+            Engine::Libtorch => "libtorch fp32",
+            Engine::LibtorchBf16 => "libtorch bf16",
+            Engine::NativeF32 => "native fp32",
+            Engine::NativeBf16 => "native bf16",
+        }
+    }
 }
 
 /// Options of `mvp bench train`.
@@ -87,9 +118,13 @@ fn methods(c: &Common) -> Vec<Method> {
         a
     };
     let flow = |k| ActorConfig::Flow(FlowConfig { network: net.clone(), steps: k, ..FlowConfig::default() });
-    let diff = |k| ActorConfig::Diffusion(DiffusionConfig { network: net.clone(), steps: k, ..DiffusionConfig::default() });
+    let diff =
+        |k| ActorConfig::Diffusion(DiffusionConfig { network: net.clone(), steps: k, ..DiffusionConfig::default() });
     let all = vec![
-        Method { name: "MVP (1 step, N=32, h=5)".into(), config: agent(ActorConfig::Mvp(MvpConfig { network: net.clone(), ..MvpConfig::default() }), 32, 5) },
+        Method {
+            name: "MVP (1 step, N=32, h=5)".into(),
+            config: agent(ActorConfig::Mvp(MvpConfig { network: net.clone(), ..MvpConfig::default() }), 32, 5),
+        },
         Method { name: "QC (flow K=10, N=32, h=5)".into(), config: agent(flow(10), 32, 5) },
         Method { name: "BFN (flow K=10, N=4, h=1)".into(), config: agent(flow(10), 4, 1) },
         Method { name: "diffusion (K=10, N=32, h=5)".into(), config: agent(diff(10), 32, 5) },
@@ -120,13 +155,15 @@ fn act_flops(c: &Common, m: &Method) -> f64 {
     };
     let n = a.num_samples as f64;
     let actor = mlp_flops(c.obs_dim + d + times, &c.hidden, d) * calls as f64 * n;
-    let critic = if a.num_samples > 1 { mlp_flops(c.obs_dim + d, &c.hidden, 1) * a.critic.ensemble as f64 * n } else { 0.0 };
+    let critic =
+        if a.num_samples > 1 { mlp_flops(c.obs_dim + d, &c.hidden, 1) * a.critic.ensemble as f64 * n } else { 0.0 };
     actor + critic
 }
 
 #[derive(Debug, Serialize)]
 struct LatencyRow {
     method: String,
+    engine: Engine,
     network_calls: usize,
     mflop_per_action: f64,
     median_ms: f64,
@@ -135,6 +172,16 @@ struct LatencyRow {
     gflops: f64,
     batch_envs: i64,
     batch_median_ms: f64,
+}
+
+impl LatencyRow {
+    /// The method without its settings, for chart labels ("MVP", "diffusion K=50").
+    fn short_name(&self) -> String {
+        match self.method.split(" (").next().unwrap_or(&self.method) {
+            "diffusion" => format!("diffusion K={}", self.network_calls),
+            short => short.to_string(),
+        }
+    }
 }
 
 /// Median, p90 and p99 of `t`.
@@ -164,6 +211,57 @@ fn sync(device: Device) {
     }
 }
 
+/// Timings of one method on one engine: (single-observation samples, batched median), or
+/// `None` when the engine cannot run the method here.
+fn time_engine(
+    args: &LatencyArgs,
+    agent: &mut Agent,
+    engine: Engine,
+    device: Device,
+) -> Result<Option<(Vec<f64>, f64)>> {
+    let c = &args.common;
+    let batch_calls = (args.calls / 4).max(10);
+    match engine {
+        Engine::Libtorch | Engine::LibtorchBf16 => {
+            let kind = if engine == Engine::LibtorchBf16 { Kind::BFloat16 } else { Kind::Float };
+            agent.set_acting_kind(kind);
+            let one = Tensor::randn([1, c.obs_dim as i64], (kind, device));
+            let many = Tensor::randn([args.envs, c.obs_dim as i64], (kind, device));
+            let single = time_calls(20, args.calls, || {
+                let _ = agent.act(&one);
+                sync(device);
+            });
+            let (batch, _, _) = percentiles(time_calls(20, batch_calls, || {
+                let _ = agent.act(&many);
+                sync(device);
+            }));
+            agent.set_acting_kind(Kind::Float);
+            Ok(Some((single, batch)))
+        }
+        Engine::NativeF32 | Engine::NativeBf16 => {
+            if device != Device::Cpu {
+                return Ok(None);
+            }
+            let precision = if engine == Engine::NativeBf16 { Precision::Bf16 } else { Precision::F32 };
+            let mut policy = match agent.native_policy(precision, 0) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("{}: {e:#}", engine.label());
+                    return Ok(None);
+                }
+            };
+            let d = policy.chunk_dim();
+            let one: Vec<f32> = (0..c.obs_dim).map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5).collect();
+            let many: Vec<f32> =
+                (0..args.envs as usize * c.obs_dim).map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5).collect();
+            let (mut out_one, mut out_many) = (vec![0.0; d], vec![0.0; args.envs as usize * d]);
+            let single = time_calls(20, args.calls, || policy.act(&one, &mut out_one));
+            let (batch, _, _) = percentiles(time_calls(20, batch_calls, || policy.act(&many, &mut out_many)));
+            Ok(Some((single, batch)))
+        }
+    }
+}
+
 /// Runs `mvp bench latency`.
 pub fn latency(args: LatencyArgs) -> Result<()> {
     let c = &args.common;
@@ -172,63 +270,82 @@ pub fn latency(args: LatencyArgs) -> Result<()> {
     for m in methods(c) {
         tch::manual_seed(0);
         let mut agent = Agent::new(c.obs_dim, c.action_dim, &m.config, device);
-        let kind = if args.bf16 { Kind::BFloat16 } else { Kind::Float };
-        agent.set_acting_kind(kind);
-        let one = Tensor::randn([1, c.obs_dim as i64], (kind, device));
-        let many = Tensor::randn([args.envs, c.obs_dim as i64], (kind, device));
-        let (median, p90, p99) = percentiles(time_calls(20, args.calls, || {
-            let _ = agent.act(&one);
-            sync(device);
-        }));
-        let (batch_median, _, _) = percentiles(time_calls(20, (args.calls / 4).max(10), || {
-            let _ = agent.act(&many);
-            sync(device);
-        }));
         let flops = act_flops(c, &m);
-        let row = LatencyRow {
-            network_calls: agent.actor().network_calls(),
-            mflop_per_action: flops / 1e6,
-            median_ms: median,
-            p90_ms: p90,
-            p99_ms: p99,
-            gflops: flops / (median * 1e6),
-            batch_envs: args.envs,
-            batch_median_ms: batch_median,
-            method: m.name,
-        };
-        tracing::info!("{}: median {:.3} ms", row.method, row.median_ms);
-        rows.push(row);
+        for &engine in &args.engines {
+            let Some((single, batch_median)) = time_engine(&args, &mut agent, engine, device)? else { continue };
+            let (median, p90, p99) = percentiles(single);
+            let row = LatencyRow {
+                method: m.name.clone(),
+                engine,
+                network_calls: agent.actor().network_calls(),
+                mflop_per_action: flops / 1e6,
+                median_ms: median,
+                p90_ms: p90,
+                p99_ms: p99,
+                gflops: flops / (median * 1e6),
+                batch_envs: args.envs,
+                batch_median_ms: batch_median,
+            };
+            tracing::info!("{} [{}]: median {:.3} ms", row.method, engine.label(), row.median_ms);
+            rows.push(row);
+        }
     }
-    let base = rows.iter().find(|r| r.method.starts_with("MVP")).map(|r| r.median_ms);
+    let mvp = |e: Engine| rows.iter().find(|r| r.method.starts_with("MVP") && r.engine == e).map(|r| r.median_ms);
     println!(
-        "Action latency (generate-and-select for one observation), {} thread(s), {:?}, {}, obs {}, action {}, \
+        "Action latency (generate-and-select for one observation), {} thread(s), {:?}, obs {}, action {}, \
          networks {:?}, {} timed calls after warm-up\n",
-        c.threads,
-        device,
-        if args.bf16 { "bf16" } else { "fp32" },
-        c.obs_dim,
-        c.action_dim,
-        c.hidden,
-        args.calls
+        c.threads, device, c.obs_dim, c.action_dim, c.hidden, args.calls
     );
-    println!("| method | net calls | MFLOP/action | median ms | p90 ms | p99 ms | GFLOP/s | × MVP | {} envs: median ms |", args.envs);
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| method | engine | net calls | MFLOP/action | median ms | p90 ms | p99 ms | GFLOP/s | × MVP (same engine) | {} envs: median ms |", args.envs);
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} | {:.3} |",
+            "| {} | {} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} | {:.3} |",
             r.method,
+            r.engine.label(),
             r.network_calls,
             r.mflop_per_action,
             r.median_ms,
             r.p90_ms,
             r.p99_ms,
             r.gflops,
-            base.map(|b| r.median_ms / b).unwrap_or(f64::NAN),
+            mvp(r.engine).map(|b| r.median_ms / b).unwrap_or(f64::NAN),
             r.batch_median_ms
+        );
+    }
+    let qc = |e: Engine| rows.iter().find(|r| r.method.starts_with("QC") && r.engine == e).map(|r| r.median_ms);
+    let fastest_mvp =
+        rows.iter().filter(|r| r.method.starts_with("MVP")).min_by(|a, b| a.median_ms.total_cmp(&b.median_ms));
+    if let (Some(q), Some(f)) = (qc(Engine::Libtorch), fastest_mvp) {
+        println!(
+            "\nQC as the training code runs it (libtorch fp32, {q:.3} ms) ÷ MVP {} ({:.3} ms) = {:.1}×",
+            f.engine.label(),
+            f.median_ms,
+            q / f.median_ms
         );
     }
     if let Some(p) = &c.json {
         std::fs::write(p, serde_json::to_vec_pretty(&rows)?)?;
+    }
+    if let Some(p) = &args.png {
+        let mut categories: Vec<String> = Vec::new();
+        for r in &rows {
+            if !categories.contains(&r.short_name()) {
+                categories.push(r.short_name());
+            }
+        }
+        let series: Vec<(&str, Vec<f64>)> = args
+            .engines
+            .iter()
+            .map(|&e| {
+                let ms =
+                    |cat: &String| rows.iter().find(|r| r.engine == e && r.short_name() == *cat).map(|r| r.median_ms);
+                (e.label(), categories.iter().map(|cat| ms(cat).unwrap_or(f64::NAN)).collect())
+            })
+            .collect();
+        let title = "Action latency, one observation (median ms, log scale)";
+        mvp_logging::plot_bars_log(p, title, &categories, &series, "ms per action")?;
+        println!("chart: {}", p.display());
     }
     Ok(())
 }
@@ -280,7 +397,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
         let (median, _, _) = percentiles(t);
         tracing::info!("{}: {:.1} ms per iteration", m.name, median);
-        rows.push(TrainRow { method: m.name, batch: args.batch, median_ms_per_iter: median, iters_per_s: 1e3 / median });
+        rows.push(TrainRow {
+            method: m.name,
+            batch: args.batch,
+            median_ms_per_iter: median,
+            iters_per_s: 1e3 / median,
+        });
     }
     let base = rows.iter().find(|r| r.method.starts_with("MVP")).map(|r| r.iters_per_s);
     println!(
@@ -301,6 +423,105 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(p) = &c.json {
         std::fs::write(p, serde_json::to_vec_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+/// Options of `mvp bench gemm`.
+#[derive(Debug, Args)]
+pub struct GemmArgs {
+    /// Row counts (batch 32 = the N candidates of one observation; 512 = 16 environments).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,256,512,2048,8192")]
+    rows: Vec<usize>,
+    /// Inner and output width (the hidden layers: 512).
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Seconds of timing per measurement.
+    #[arg(long, default_value_t = 0.3)]
+    seconds: f64,
+    /// Distinct weight matrices cycled through, one per call: 1 keeps the weights in cache;
+    /// 12 is the working set of one MVP action at paper size (actor and two critics, 4 layers
+    /// each, 12 MB in fp32), which does not fit in L2 and streams from L3 as acting does.
+    #[arg(long, default_value_t = 1)]
+    matrices: usize,
+    /// Write results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct GemmRow {
+    rows: usize,
+    dim: usize,
+    libtorch_f32: f64,
+    libtorch_bf16: f64,
+    native_f32: f64,
+    native_bf16: Option<f64>,
+}
+
+/// GFLOP/s of `f`, which multiplies `rows × dim` by `dim × dim`, over about `seconds`.
+fn gflops(rows: usize, dim: usize, seconds: f64, mut f: impl FnMut()) -> f64 {
+    let flop = 2.0 * (rows * dim * dim) as f64;
+    for _ in 0..3 {
+        f();
+    }
+    let s = Instant::now();
+    f();
+    let once = s.elapsed().as_secs_f64().max(1e-7);
+    let n = ((seconds / once) as usize).clamp(5, 1_000_000);
+    let (median, _, _) = percentiles(time_calls(0, n, f));
+    flop / (median * 1e-3) / 1e9
+}
+
+/// Runs `mvp bench gemm` (one thread, CPU).
+pub fn gemm(args: GemmArgs) -> Result<()> {
+    Runtime { device: DeviceChoice::Cpu, threads: 1 }.apply()?;
+    let d = args.dim;
+    let w: Vec<f32> = (0..d * d).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let bias = vec![0.0f32; d];
+    let m = args.matrices.max(1);
+    let packed: Vec<_> = (0..m).map(|_| mvp_infer::PackedLinear::new(d, d, &w, &bias, Precision::F32)).collect();
+    let packed16: Option<Vec<_>> = mvp_infer::has_avx512_bf16()
+        .then(|| (0..m).map(|_| mvp_infer::PackedLinear::new(d, d, &w, &bias, Precision::Bf16)).collect());
+    let wt: Vec<Tensor> = (0..m).map(|_| Tensor::from_slice(&w).view([d as i64, d as i64])).collect();
+    let wt16: Vec<Tensor> = wt.iter().map(|t| t.to_kind(Kind::BFloat16)).collect();
+    let (stride_in, stride_out) = (packed[0].in_stride(), packed[0].out_stride());
+    let mut next = 0usize;
+    let mut pick = move || {
+        next = (next + 1) % m;
+        next
+    };
+    let mut rows_out = Vec::new();
+    for &rows in &args.rows {
+        let r8 = rows.div_ceil(mvp_infer::gemm::MR) * mvp_infer::gemm::MR;
+        let a: Vec<f32> = (0..r8 * stride_in).map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5).collect();
+        let at = Tensor::from_slice(&a[..rows * d]).view([rows as i64, d as i64]);
+        let at16 = at.to_kind(Kind::BFloat16);
+        let mut out = vec![0.0f32; r8 * stride_out];
+        let libtorch_f32 = gflops(rows, d, args.seconds, || {
+            let _ = at.mm(&wt[pick()]);
+        });
+        let libtorch_bf16 = gflops(rows, d, args.seconds, || {
+            let _ = at16.mm(&wt16[pick()]);
+        });
+        // The native kernels compute whole blocks of 8 rows; count only the real ones.
+        let native_f32 = gflops(rows, d, args.seconds, || packed[pick()].forward_f32(&a, r8, &mut out));
+        let native_bf16 = packed16.as_ref().map(|p| {
+            let a16: Vec<u16> = a.iter().map(|&x| mvp_infer::gemm::to_bf16(x)).collect();
+            gflops(rows, d, args.seconds, || p[pick()].forward_bf16(&a16, r8, &mut out))
+        });
+        tracing::info!("rows {rows}: libtorch {libtorch_f32:.1}, native {native_f32:.1} GFLOP/s");
+        rows_out.push(GemmRow { rows, dim: d, libtorch_f32, libtorch_bf16, native_f32, native_bf16 });
+    }
+    println!("GEMM [rows × {d}] · [{d} × {d}], {m} weight matrices cycled, one thread, GFLOP/s (median call)\n");
+    println!("| rows | libtorch fp32 | libtorch bf16 | native fp32 | native bf16 |");
+    println!("|---|---|---|---|---|");
+    for r in &rows_out {
+        let b16 = r.native_bf16.map(|v| format!("{v:.1}")).unwrap_or_else(|| "no AVX512-BF16".into());
+        println!("| {} | {:.1} | {:.1} | {:.1} | {} |", r.rows, r.libtorch_f32, r.libtorch_bf16, r.native_f32, b16);
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&rows_out)?)?;
     }
     Ok(())
 }

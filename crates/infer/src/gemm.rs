@@ -15,6 +15,8 @@
 pub const NR: usize = 32;
 /// Rows per micro-kernel call.
 pub const MR: usize = 8;
+/// Depth of one pass of the micro-kernels over a panel (128 × 32 fp32 = 16 KB, in L1).
+const KC: usize = 128;
 
 /// Arithmetic of the matrix products. Accumulation is always fp32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,22 +221,33 @@ impl PackedLinear {
             let w = self.f32_panels.as_ptr().add(p * k * NR);
             let b0 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR));
             let b1 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR + 16));
-            for r0 in (0..rows).step_by(MR) {
-                let ap = a.as_ptr().add(r0 * k);
-                let mut acc = [b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1];
-                for kk in 0..k {
-                    let w0 = _mm512_loadu_ps(w.add(kk * NR));
-                    let w1 = _mm512_loadu_ps(w.add(kk * NR + 16));
-                    for i in 0..MR {
-                        let x = _mm512_set1_ps(*ap.add(i * k + kk));
-                        acc[2 * i] = _mm512_fmadd_ps(x, w0, acc[2 * i]);
-                        acc[2 * i + 1] = _mm512_fmadd_ps(x, w1, acc[2 * i + 1]);
+            // K in blocks of KC so that the panel's slice (KC × 32 floats) stays in L1 while
+            // every row block passes over it; partial sums go through the output buffer.
+            for kc in (0..k).step_by(KC) {
+                let kend = (kc + KC).min(k);
+                for r0 in (0..rows).step_by(MR) {
+                    let ap = a.as_ptr().add(r0 * k);
+                    let cp = out.as_mut_ptr().add(r0 * n + p * NR);
+                    let mut acc = [b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1];
+                    if kc > 0 {
+                        for i in 0..MR {
+                            acc[2 * i] = _mm512_loadu_ps(cp.add(i * n));
+                            acc[2 * i + 1] = _mm512_loadu_ps(cp.add(i * n + 16));
+                        }
                     }
-                }
-                let cp = out.as_mut_ptr().add(r0 * n + p * NR);
-                for i in 0..MR {
-                    _mm512_storeu_ps(cp.add(i * n), acc[2 * i]);
-                    _mm512_storeu_ps(cp.add(i * n + 16), acc[2 * i + 1]);
+                    for kk in kc..kend {
+                        let w0 = _mm512_loadu_ps(w.add(kk * NR));
+                        let w1 = _mm512_loadu_ps(w.add(kk * NR + 16));
+                        for i in 0..MR {
+                            let x = _mm512_set1_ps(*ap.add(i * k + kk));
+                            acc[2 * i] = _mm512_fmadd_ps(x, w0, acc[2 * i]);
+                            acc[2 * i + 1] = _mm512_fmadd_ps(x, w1, acc[2 * i + 1]);
+                        }
+                    }
+                    for i in 0..MR {
+                        _mm512_storeu_ps(cp.add(i * n), acc[2 * i]);
+                        _mm512_storeu_ps(cp.add(i * n + 16), acc[2 * i + 1]);
+                    }
                 }
             }
         }
@@ -249,23 +262,32 @@ impl PackedLinear {
             let w = self.bf16_panels.as_ptr().add(p * k * NR);
             let b0 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR));
             let b1 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR + 16));
-            for r0 in (0..rows).step_by(MR) {
-                let ap = a.as_ptr().add(r0 * k);
-                let mut acc = [b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1];
-                for kp in 0..k / 2 {
-                    let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(kp * 2 * NR) as *const _));
-                    let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(kp * 2 * NR + NR) as *const _));
-                    for i in 0..MR {
-                        let pair = std::ptr::read_unaligned(ap.add(i * k + 2 * kp) as *const i32);
-                        let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-                        acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], x, w0);
-                        acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], x, w1);
+            for kc in (0..k).step_by(KC) {
+                let kend = (kc + KC).min(k);
+                for r0 in (0..rows).step_by(MR) {
+                    let ap = a.as_ptr().add(r0 * k);
+                    let cp = out.as_mut_ptr().add(r0 * n + p * NR);
+                    let mut acc = [b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1];
+                    if kc > 0 {
+                        for i in 0..MR {
+                            acc[2 * i] = _mm512_loadu_ps(cp.add(i * n));
+                            acc[2 * i + 1] = _mm512_loadu_ps(cp.add(i * n + 16));
+                        }
                     }
-                }
-                let cp = out.as_mut_ptr().add(r0 * n + p * NR);
-                for i in 0..MR {
-                    _mm512_storeu_ps(cp.add(i * n), acc[2 * i]);
-                    _mm512_storeu_ps(cp.add(i * n + 16), acc[2 * i + 1]);
+                    for kp in kc / 2..kend / 2 {
+                        let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(kp * 2 * NR) as *const _));
+                        let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(kp * 2 * NR + NR) as *const _));
+                        for i in 0..MR {
+                            let pair = std::ptr::read_unaligned(ap.add(i * k + 2 * kp) as *const i32);
+                            let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                            acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], x, w0);
+                            acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], x, w1);
+                        }
+                    }
+                    for i in 0..MR {
+                        _mm512_storeu_ps(cp.add(i * n), acc[2 * i]);
+                        _mm512_storeu_ps(cp.add(i * n + 16), acc[2 * i + 1]);
+                    }
                 }
             }
         }
@@ -333,7 +355,7 @@ mod tests {
 
     #[test]
     fn fp32_kernel_matches_naive_product() {
-        for &(i, o, r) in &[(64, 512, 32), (37, 25, 8), (512, 1, 16), (100, 70, 40)] {
+        for &(i, o, r) in &[(64, 512, 32), (37, 25, 8), (512, 1, 16), (100, 70, 40), (300, 70, 16)] {
             check(Precision::F32, i, o, r);
         }
     }
@@ -359,7 +381,7 @@ mod tests {
             eprintln!("this CPU has no AVX512-BF16; the bf16 kernel is not run here");
             return;
         }
-        for &(i, o, r) in &[(64, 512, 32), (37, 25, 8), (512, 1, 16)] {
+        for &(i, o, r) in &[(64, 512, 32), (37, 25, 8), (512, 1, 16), (300, 70, 16)] {
             check(Precision::Bf16, i, o, r);
         }
     }

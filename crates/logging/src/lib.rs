@@ -23,7 +23,7 @@ mod sinks;
 mod tb_reader;
 
 pub use plot::{
-    plot_curves, plot_curves_with_size, plot_font_available, DEFAULT_PLOT_SIZE, PLOT_FONT_ENV,
+    plot_bars_log, plot_curves, plot_curves_with_size, plot_font_available, DEFAULT_PLOT_SIZE, PLOT_FONT_ENV,
 };
 pub use sinks::{
     check_metric_name, CsvSink, JsonlSink, Logger, MetricSink, TensorBoardSink, CSV_FILE_NAME,

@@ -325,3 +325,82 @@ mod tests {
         );
     }
 }
+
+/// Writes a PNG bar chart with a logarithmic value axis: one group of bars per category,
+/// one bar per series (`(label, values)`, one value per category; non-finite or non-positive
+/// values are left out). For benchmark figures that span orders of magnitude.
+pub fn plot_bars_log(
+    path_png: impl AsRef<Path>,
+    title: &str,
+    categories: &[String],
+    series: &[(&str, Vec<f64>)],
+    y_label: &str,
+) -> Result<()> {
+    let path = path_png.as_ref();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    draw_bars(path, title, categories, series, y_label, plot_font_available())
+        .map_err(|e| anyhow!("plotting {}: {e}", path.display()))
+}
+
+fn draw_bars(
+    path: &Path,
+    title: &str,
+    categories: &[String],
+    series: &[(&str, Vec<f64>)],
+    y_label: &str,
+    with_text: bool,
+) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let values = || series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite() && *v > 0.0);
+    let lo = values().fold(f64::INFINITY, f64::min);
+    let hi = values().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo <= hi { (lo / 2.0, hi * 2.0) } else { (0.1, 10.0) };
+    let root = BitMapBackend::new(path, DEFAULT_PLOT_SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(16);
+    if with_text {
+        builder.caption(title, ("sans-serif", 22)).x_label_area_size(64).y_label_area_size(72);
+    }
+    let n = categories.len().max(1);
+    let mut chart = builder.build_cartesian_2d(0f64..n as f64, (lo..hi).log_scale())?;
+    let names = categories.to_vec();
+    let x_tick = move |v: &f64| {
+        let i = v.floor() as usize;
+        if (v - i as f64 - 0.5).abs() < 1e-6 { names.get(i).cloned().unwrap_or_default() } else { String::new() }
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh().light_line_style(RGBColor(235, 235, 235)).bold_line_style(RGBColor(205, 205, 205));
+    if with_text {
+        mesh.y_desc(y_label)
+            .label_style(("sans-serif", 13))
+            .x_labels(2 * n + 1)
+            .x_label_formatter(&x_tick)
+            .y_label_formatter(&|v: &f64| tick_label(*v, *v));
+    }
+    mesh.draw()?;
+    let width = 0.8 / series.len().max(1) as f64;
+    for (s, (label, vals)) in series.iter().enumerate() {
+        let color = COLORS[s % COLORS.len()];
+        let bars = vals.iter().enumerate().filter(|(_, v)| v.is_finite() && **v > 0.0).map(|(i, &v)| {
+            let x0 = i as f64 + 0.1 + s as f64 * width;
+            Rectangle::new([(x0, lo), (x0 + width * 0.95, v)], color.filled())
+        });
+        let drawn = chart.draw_series(bars)?;
+        if with_text {
+            drawn.label(*label).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+        }
+    }
+    if with_text {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .label_font(("sans-serif", 14))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
