@@ -79,7 +79,7 @@ pub enum OgbenchDataError {
         present: Vec<String>,
     },
     /// An array's shape does not fit the environment (a dataset of another environment).
-    #[error("{}: `{key}` has shape {got:?} but environment `{env_id}` needs {expected:?}; the file belongs to another environment", path.display())]
+    #[error("{}: `{key}` has shape {got:?} but environment `{env_id}` needs {expected:?}; the file belongs to another environment: make one for this one with `mvp data ogbench --env {dataset} --out FILE.npz` and set data.path to it", path.display())]
     Shape {
         /// The file.
         path: PathBuf,
@@ -87,6 +87,8 @@ pub enum OgbenchDataError {
         key: String,
         /// The environment the dataset was loaded for.
         env_id: String,
+        /// The dataset that environment uses (e.g. `cube-double-play-v0`).
+        dataset: String,
         /// The shape the environment needs (`N` = rows in the file).
         expected: Vec<usize>,
         /// The shape in the file.
@@ -163,6 +165,16 @@ pub struct OgbenchTask {
 }
 
 impl OgbenchTask {
+    /// The dataset this environment trains on: the one its id names, else the play dataset
+    /// of its family (`cube-double-singletask-task2-v0` → `cube-double-play-v0`).
+    pub fn dataset_name(&self) -> String {
+        self.dataset.clone().unwrap_or_else(|| {
+            let s: Vec<&str> = self.env_name.split('-').collect();
+            let pos = s.iter().position(|w| *w == "singletask").unwrap_or(s.len() - 1);
+            format!("{}-play-{}", s[..pos].join("-"), s[s.len() - 1])
+        })
+    }
+
     /// Asks the environment for its task (runs `python -m mvp_envs.task_info ENV_ID` in the
     /// project's venv, about 2 s). Fails with the tool's one-line message for an id that is
     /// not an OGBench manipulation singletask id.
@@ -409,6 +421,7 @@ impl OgbenchNpz {
                     path: self.path.clone(),
                     key: key.to_string(),
                     env_id: task.env_id.clone(),
+                    dataset: task.dataset_name(),
                     expected: vec![self.rows, want],
                     got: vec![self.rows, got],
                 });
@@ -480,18 +493,9 @@ pub fn load_ogbench_dataset(
     timing: RewardTiming,
 ) -> Result<Dataset, OgbenchDataError> {
     if !path.exists() {
-        let dataset = task.dataset.clone().unwrap_or_else(|| {
-            // `cube-double-singletask-task2-v0` names no dataset: suggest the play dataset.
-            let s: Vec<&str> = task.env_name.split('-').collect();
-            let pos = s
-                .iter()
-                .position(|w| *w == "singletask")
-                .unwrap_or(s.len() - 1);
-            format!("{}-play-{}", s[..pos].join("-"), s[s.len() - 1])
-        });
         return Err(OgbenchDataError::Missing {
             path: path.to_path_buf(),
-            dataset,
+            dataset: task.dataset_name(),
         });
     }
     OgbenchNpz::read(path, task.uses_buttons())?.to_dataset(task, timing)

@@ -263,6 +263,7 @@ fn errors_name_the_command_the_key_and_both_shapes() {
     assert!(!msg.contains('\n'), "{msg}");
     assert!(msg.contains("`observations` has shape [20, 28]"), "{msg}");
     assert!(msg.contains("needs [20, 37]"), "{msg}");
+    assert!(msg.contains("mvp data ogbench --env cube-double-play-v0"), "says how to make the right one: {msg}");
 
     // A file without qpos.
     let stripped = dir.path().join("no-qpos.npz");
