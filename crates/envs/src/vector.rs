@@ -99,6 +99,7 @@ impl VecEnv {
                     let mut wc = config.worker.clone();
                     wc.num_envs = m;
                     wc.seeds = Some((0..m).map(|j| config.seed + (w * m + j) as u64).collect());
+                    wc.spin.get_or_insert(crate::worker::auto_spin(config.workers));
                     s.spawn(move || PythonWorker::spawn(wc))
                 })
                 .collect();
