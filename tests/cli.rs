@@ -61,6 +61,11 @@ fn mvp_learns_the_native_task_offline_to_online() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["episodes"], 5);
+    // The native acting engine keeps the trained policy's success.
+    let out = mvp(&["eval", "--run", run.to_str().unwrap(), "--episodes", "10", "--engine", "native-f32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["success_rate"].as_f64().unwrap() >= 0.8, "native engine: {r}");
 }
 
 #[test]
@@ -75,6 +80,12 @@ fn speed_benchmarks_compare_every_method_in_one_run() {
         assert!(names.iter().any(|n| n.starts_with(m)), "{m} missing from {names:?}");
     }
     assert!(rows.iter().all(|r| r["median_ms"].as_f64().unwrap() > 0.0 && r["mflop_per_action"].as_f64().unwrap() > 0.0));
+    // The native engine serves MVP, QC and BFN (not diffusion).
+    let native: Vec<&str> = rows.iter().filter(|r| r["engine"] == "native-f32").filter_map(|r| r["method"].as_str()).collect();
+    assert!(native.len() == 3 && !native.iter().any(|n| n.starts_with("diffusion")), "{native:?}");
+    let out = mvp(&["bench", "gemm", "--rows", "8", "--dim", "64", "--seconds", "0.01"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("native fp32"), "{text}");
     let out = mvp(&["bench", "train", "--hidden", "16,16", "--batch", "8", "--iters", "2", "--only", "MVP"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("iterations / s"), "{text}");

@@ -117,15 +117,63 @@ pub struct Quality {
 
 /// Measures `policy` on `states` held-out states with `per_state` samples each.
 pub fn evaluate(task: Task, policy: &dyn GenerativePolicy, states: i64, per_state: i64, device: Device) -> Quality {
-    tch::no_grad(|| {
-        let d = task.shape().flat_dim() as i64;
-        let obs = task.sample_obs(states, device);
-        let obs_rep = obs.repeat_interleave_self_int(per_state, 0, None); // [S·n, S]
-        let noise = Tensor::randn([states * per_state, d], (Kind::Float, device));
-        let x = policy.sample(&obs_rep, &noise).view([states, per_state, d]);
-        let y = task.sample_actions(&obs_rep).view([states, per_state, d]);
-        quality(task, &obs, &x, &y)
-    })
+    EvalSet::new(task, states, per_state, device).quality(|obs, noise| policy.sample(obs, noise))
+}
+
+/// Held-out states, their repetitions, starting noise and true samples: one evaluation input
+/// that several samplers (e.g. fp32 and bf16 versions of one policy) can be measured on.
+pub struct EvalSet {
+    task: Task,
+    obs: Tensor,
+    obs_rep: Tensor,
+    noise: Tensor,
+    truth: Tensor,
+}
+
+impl EvalSet {
+    /// `states` held-out states with `per_state` samples each.
+    pub fn new(task: Task, states: i64, per_state: i64, device: Device) -> Self {
+        tch::no_grad(|| {
+            let d = task.shape().flat_dim() as i64;
+            let obs = task.sample_obs(states, device);
+            let obs_rep = obs.repeat_interleave_self_int(per_state, 0, None); // [S·n, S]
+            let noise = Tensor::randn([states * per_state, d], (Kind::Float, device));
+            let truth = task.sample_actions(&obs_rep).view([states, per_state, d]);
+            Self { task, obs, obs_rep, noise, truth }
+        })
+    }
+
+    /// Quality of `sample(obs_rep, noise)` (one chunk per row).
+    pub fn quality(&self, sample: impl FnOnce(&Tensor, &Tensor) -> Tensor) -> Quality {
+        tch::no_grad(|| {
+            let x = sample(&self.obs_rep, &self.noise).view(self.truth.size().as_slice());
+            quality(self.task, &self.obs, &x, &self.truth)
+        })
+    }
+
+    /// Quality of the same policy run by the native engine (`mvp-infer`) at `precision`, from
+    /// the same noise; `None` when the policy has no native path or the CPU lacks the precision.
+    pub fn native_quality(&self, policy: &dyn GenerativePolicy, precision: mvp_infer::Precision) -> Option<Quality> {
+        let (actor, actor_kind) = policy.export().ok()?;
+        let shape = self.task.shape();
+        let weights = mvp_infer::PolicyWeights {
+            obs_dim: self.task.obs_dim(),
+            chunk_dim: shape.flat_dim(),
+            num_samples: 1,
+            actor,
+            actor_kind,
+            critics: Vec::new(),
+            aggregate: mvp_infer::Aggregate::Mean,
+        };
+        let mut native = mvp_infer::NativePolicy::new(&weights, precision, 0).ok()?;
+        Some(self.quality(|obs, noise| {
+            let host = |t: &Tensor| Vec::<f32>::try_from(&t.to_device(Device::Cpu).contiguous().view([-1])).expect("f32");
+            let (o, n) = (host(obs), host(noise));
+            let mut out = vec![0.0; n.len()];
+            native.act_with_noise(&o, &n, &mut out);
+            Tensor::from_slice(&out).view([-1, shape.flat_dim() as i64]).to_device(obs.device())
+        }))
+    }
 }
 
 /// Metrics of samples `x [S, n, D]` against true samples `y [S, n, D]` at states `obs [S, ·]`.
@@ -182,6 +230,9 @@ pub struct RunResult {
     pub train_seconds: f64,
     /// Median wall time to generate one chunk for one state, milliseconds.
     pub sample_ms: f64,
+    /// Quality of the same trained network run in bf16 by the native engine, from the same
+    /// states and noise (MVP and flow policies on CPUs with AVX512-BF16).
+    pub quality_bf16: Option<Quality>,
 }
 
 /// Trains `config` on `task` from scratch and evaluates it.
@@ -198,7 +249,9 @@ pub fn run(task: Task, config: &ActorConfig, seed: u64, budget: &Budget, device:
         adam.backward_step(&loss);
     }
     let train_seconds = start.elapsed().as_secs_f64();
-    let quality = evaluate(task, policy.as_ref(), budget.eval_states, budget.samples_per_state, device);
+    let eval = EvalSet::new(task, budget.eval_states, budget.samples_per_state, device);
+    let quality = eval.quality(|obs, noise| policy.sample(obs, noise));
+    let quality_bf16 = eval.native_quality(policy.as_ref(), mvp_infer::Precision::Bf16);
     let obs = task.sample_obs(1, device);
     let noise = Tensor::randn([1, task.shape().flat_dim() as i64], (Kind::Float, device));
     let mut times: Vec<f64> = (0..60)
@@ -218,5 +271,6 @@ pub fn run(task: Task, config: &ActorConfig, seed: u64, budget: &Budget, device:
         network_calls: policy.network_calls(),
         train_seconds,
         sample_ms: times[times.len() / 2],
+        quality_bf16,
     }
 }

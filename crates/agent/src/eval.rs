@@ -27,12 +27,41 @@ pub struct EvalResult {
 
 /// Runs `episodes` evaluation episodes of `agent` over the environments of `pool`.
 pub fn evaluate(agent: &Agent, pool: &mut dyn EnvPool, episodes: usize, seed: u64) -> Result<EvalResult> {
-    let h = agent.shape().horizon;
     let mut policy = |obs: &[f32], k: usize| -> Result<Vec<f32>> {
         let o = Tensor::from_slice(obs).view([k as i64, -1]).to_kind(Kind::Float).to_device(agent.device());
         Ok(Vec::<f32>::try_from(agent.act(&o).view([-1]).to_device(Device::Cpu))?)
     };
-    let eps = mvp_rollout::evaluate(pool, h, episodes, seed, &mut policy)?;
+    run_episodes(agent, pool, episodes, seed, &mut policy)
+}
+
+/// [`evaluate`] with the acting networks run by the native engine (`mvp-infer`) at
+/// `precision`: the deployment path, e.g. to check that bf16 acting keeps the success rate.
+/// Its candidates' noise comes from the engine's own generator (seeded with `seed`).
+pub fn evaluate_native(
+    agent: &Agent,
+    pool: &mut dyn EnvPool,
+    episodes: usize,
+    seed: u64,
+    precision: mvp_infer::Precision,
+) -> Result<EvalResult> {
+    let mut native = agent.native_policy(precision, seed)?;
+    let d = native.chunk_dim();
+    let mut policy = |obs: &[f32], k: usize| -> Result<Vec<f32>> {
+        let mut out = vec![0.0; k * d];
+        native.act(obs, &mut out);
+        Ok(out)
+    };
+    run_episodes(agent, pool, episodes, seed, &mut policy)
+}
+
+fn run_episodes(
+    agent: &Agent,
+    pool: &mut dyn EnvPool,
+    episodes: usize,
+    seed: u64,
+    policy: &mut mvp_rollout::Policy<'_>,
+) -> Result<EvalResult> {
+    let eps = mvp_rollout::evaluate(pool, agent.shape().horizon, episodes, seed, policy)?;
     let n = episodes.max(1) as f64;
     Ok(EvalResult {
         episodes,

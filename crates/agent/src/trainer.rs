@@ -584,6 +584,13 @@ impl Trainer {
         evaluate(&self.agent, self.eval_pool.as_mut(), self.config.schedule.eval_episodes, seed)
     }
 
+    /// The evaluation protocol with the native acting engine at `precision` (see
+    /// [`crate::eval::evaluate_native`]); same episodes and seeds as [`Trainer::evaluate`].
+    pub fn evaluate_native(&mut self, precision: mvp_infer::Precision) -> Result<EvalResult> {
+        let seed = self.config.env.eval_seed_offset + self.config.run.seed * 10_000;
+        crate::eval::evaluate_native(&self.agent, self.eval_pool.as_mut(), self.config.schedule.eval_episodes, seed, precision)
+    }
+
     /// Writes `learning_curve.png` (evaluation success against steps); a plotting failure is
     /// reported but does not stop training.
     fn plot_learning_curve(&self) {

@@ -98,6 +98,8 @@ struct Summary {
     between: (f64, f64),
     sample_ms: f64,
     train_seconds: f64,
+    /// Energy distance of the same networks run in bf16 (native engine), when available.
+    energy_distance_bf16: Option<(f64, f64)>,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -130,6 +132,11 @@ fn summarise(runs: &[RunResult]) -> Vec<Summary> {
                 between: f(|r| r.quality.between),
                 sample_ms: f(|r| r.sample_ms).0,
                 train_seconds: f(|r| r.train_seconds).0,
+                energy_distance_bf16: g
+                    .iter()
+                    .map(|r| r.quality_bf16.map(|q| q.energy_distance))
+                    .collect::<Option<Vec<f64>>>()
+                    .map(|v| mean_std(&v)),
             }
         })
         .collect()
@@ -140,18 +147,20 @@ fn markdown(summary: &[Summary], args: &Args) -> String {
         "Expressiveness: behaviour cloning on known multimodal laws; network {:?} GELU, {} steps, batch {}, \
          lr {}, {} seeds (mean ± std), 1 thread. Lower energy distance and between-modes share are better; \
          coverage 1 = every mode gets its share.\n\n\
-         | task | policy | calls | energy distance | mode coverage | between modes | ms / chunk (batch 1) |\n\
-         |---|---|---|---|---|---|---|\n",
+         The bf16 column runs the same trained networks in bfloat16 (native engine) on the same states and noise.\n\n\
+         | task | policy | calls | energy distance | energy distance, bf16 | mode coverage | between modes | ms / chunk (batch 1) |\n\
+         |---|---|---|---|---|---|---|---|\n",
         args.hidden, args.steps, args.batch, args.lr, args.seeds
     );
     for r in summary {
         s += &format!(
-            "| {:?} | {} | {} | {:.4} ± {:.4} | {:.3} ± {:.3} | {:.3} ± {:.3} | {:.3} |\n",
+            "| {:?} | {} | {} | {:.4} ± {:.4} | {} | {:.3} ± {:.3} | {:.3} ± {:.3} | {:.3} |\n",
             r.task,
             r.policy,
             r.network_calls,
             r.energy_distance.0,
             r.energy_distance.1,
+            r.energy_distance_bf16.map(|(m, s)| format!("{m:.4} ± {s:.4}")).unwrap_or_else(|| "–".into()),
             r.coverage.0,
             r.coverage.1,
             r.between.0,

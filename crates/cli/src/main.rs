@@ -44,6 +44,10 @@ enum Command {
         /// Number of evaluation episodes.
         #[arg(long, default_value_t = 50)]
         episodes: usize,
+        /// Acting engine: libtorch (the training code), native-f32 or native-bf16 (mvp-infer,
+        /// MVP and flow actors; bf16 needs AVX512-BF16).
+        #[arg(long, value_enum, default_value = "libtorch")]
+        engine: speed::Engine,
     },
     /// Generate datasets with scripted demonstrators.
     #[command(subcommand)]
@@ -148,9 +152,14 @@ fn train(config: Option<PathBuf>, overrides: Vec<String>, resume: Option<PathBuf
     Ok(())
 }
 
-fn eval(run: PathBuf, episodes: usize) -> anyhow::Result<()> {
+fn eval(run: PathBuf, episodes: usize, engine: speed::Engine) -> anyhow::Result<()> {
     let mut trainer = mvp_agent::Trainer::resume(&run, &[format!("schedule.eval_episodes={episodes}")])?;
-    let r = trainer.evaluate()?;
+    let r = match engine {
+        speed::Engine::Libtorch => trainer.evaluate()?,
+        speed::Engine::NativeF32 => trainer.evaluate_native(mvp_infer::Precision::F32)?,
+        speed::Engine::NativeBf16 => trainer.evaluate_native(mvp_infer::Precision::Bf16)?,
+        speed::Engine::LibtorchBf16 => anyhow::bail!("--engine libtorch-bf16 is a benchmark engine only; evaluate with libtorch, native-f32 or native-bf16"),
+    };
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
 }
@@ -158,7 +167,7 @@ fn eval(run: PathBuf, episodes: usize) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train { config, overrides, resume } => train(config, overrides, resume),
-        Command::Eval { run, episodes } => eval(run, episodes),
+        Command::Eval { run, episodes, engine } => eval(run, episodes, engine),
         Command::Data(DataCommand::Ogbench { env, episodes, out, workers, seed, episode_length, val_episodes }) => {
             let mut g = mvp_envs::OgbenchGenerate::new(env, episodes, out);
             (g.workers, g.seed, g.episode_length, g.val_episodes) = (workers, seed, episode_length, val_episodes);
