@@ -131,9 +131,9 @@ fn env_benchmark_compares_the_bridge_with_plain_python() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 2);
-    for (row, w) in rows.iter().zip([1, 2]) {
-        assert_eq!(row["workers"], w);
+    assert_eq!(rows.len(), 4, "lockstep and async rows for 1 and 2 workers");
+    for (row, (w, mode)) in rows.iter().zip([(1, "lockstep"), (1, "async"), (2, "lockstep"), (2, "async")]) {
+        assert_eq!((row["workers"].as_u64().unwrap(), row["mode"].as_str().unwrap()), (w, mode));
         assert!(row["bridge_steps_per_s"].as_f64().unwrap() > 0.0 && row["plain_steps_per_s"].as_f64().unwrap() > 0.0, "{row}");
     }
     let text = String::from_utf8_lossy(&out.stdout);

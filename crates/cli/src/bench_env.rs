@@ -3,6 +3,10 @@
 //!
 //! Both sides use uniform random actions and reset at episode ends; neither counts process
 //! start-up. The plain loop is `envs/mvp_envs/bench_plain.py`.
+//!
+//! Two bridge modes: `lockstep` steps every environment together (`VecEnv::step`, what the
+//! trainer's collector does, so each step waits for the slowest worker), `async` gives each
+//! worker its next step as soon as its reply arrives (the bridge alone, no barrier).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,13 +32,28 @@ pub struct EnvArgs {
     /// Timed steps per environment.
     #[arg(long, default_value_t = 3000)]
     steps: usize,
+    /// Bridge modes to measure: lockstep (VecEnv::step over all envs) and/or async (each worker
+    /// stepped as soon as it replies).
+    #[arg(long, value_delimiter = ',', default_value = "lockstep,async")]
+    modes: Vec<Mode>,
     /// Write results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
+/// How the bridge is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// All environments step together.
+    Lockstep,
+    /// Each worker steps on its own.
+    Async,
+}
+
 #[derive(Debug, Serialize)]
 struct EnvRow {
+    mode: Mode,
     workers: usize,
     envs_per_worker: usize,
     bridge_steps_per_s: f64,
@@ -71,6 +90,81 @@ fn bridge(args: &EnvArgs, w: usize) -> Result<f64> {
     Ok((args.steps * n) as f64 / secs)
 }
 
+/// Drives `w` workers independently for `steps × envs_per_worker` steps each: whichever replies
+/// first gets its next request at once. Returns steps/s over all workers.
+fn bridge_async(args: &EnvArgs, w: usize) -> Result<f64> {
+    let m = args.envs_per_worker;
+    let spin = mvp_envs::auto_spin(w);
+    let mut workers = (0..w)
+        .map(|i| {
+            let mut c = mvp_envs::WorkerConfig::new(&args.env);
+            c.num_envs = m;
+            c.seeds = Some((0..m).map(|j| (i * m + j) as u64).collect());
+            c.spin = Some(spin);
+            mvp_envs::PythonWorker::spawn(c)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let a = workers[0].spec().action_dim;
+    let idx: Vec<usize> = (0..m).collect();
+    for worker in &mut workers {
+        worker.reset_all(None)?;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut actions = vec![0.0f32; m * a];
+    let mut left = vec![args.steps; w];
+    let start = Instant::now();
+    for worker in &mut workers {
+        actions.iter_mut().for_each(|x| *x = rng.random_range(-1.0..=1.0));
+        worker.send_step(&idx, &actions)?;
+    }
+    let mut in_flight = w;
+    while in_flight > 0 {
+        let mut fds: Vec<libc::pollfd> = workers
+            .iter()
+            .map(|wk| libc::pollfd { fd: wk.reply_fd().unwrap_or(-1), events: libc::POLLIN, revents: 0 })
+            .collect();
+        // Busy-wait first when a core is free (as the workers' own reader does), then block.
+        let spin_until = Instant::now() + spin;
+        loop {
+            let timeout = if Instant::now() < spin_until { 0 } else { 60_000 };
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if rc < 0 {
+                bail!("poll failed: {}", std::io::Error::last_os_error());
+            }
+            if rc > 0 {
+                break;
+            }
+            if timeout > 0 {
+                bail!("no env worker replied within 60 s");
+            }
+        }
+        for (i, fd) in fds.iter().enumerate() {
+            if fd.revents == 0 || left[i] == 0 {
+                continue;
+            }
+            let reply = workers[i].receive_step()?;
+            left[i] -= 1;
+            let done: Vec<(usize, Option<u64>)> =
+                (0..m).filter(|&k| reply.terminated[k] || reply.truncated[k]).map(|k| (k, None)).collect();
+            if !done.is_empty() {
+                workers[i].reset_envs(&done)?;
+            }
+            if left[i] == 0 {
+                in_flight -= 1;
+            } else {
+                actions.iter_mut().for_each(|x| *x = rng.random_range(-1.0..=1.0));
+                workers[i].send_step(&idx, &actions)?;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for worker in &mut workers {
+        worker.close()?;
+    }
+    Ok((args.steps * m * w) as f64 / secs)
+}
+
 /// Runs `w` plain Python loops at once, each stepping one environment for
 /// `steps × envs_per_worker` steps; returns their summed steps/s.
 fn plain(args: &EnvArgs, w: usize) -> Result<f64> {
@@ -101,28 +195,35 @@ pub fn run(args: EnvArgs) -> Result<()> {
     let mut rows = Vec::new();
     for &w in &args.workers {
         let plain = plain(&args, w)?;
-        let bridge = bridge(&args, w)?;
-        let row = EnvRow {
-            workers: w,
-            envs_per_worker: args.envs_per_worker,
-            bridge_steps_per_s: bridge,
-            plain_steps_per_s: plain,
-            overhead: 1.0 - bridge / plain,
-        };
-        tracing::info!("{w} worker(s): bridge {bridge:.0} steps/s, plain Python {plain:.0} steps/s");
-        rows.push(row);
+        for &mode in &args.modes {
+            let bridge = match mode {
+                Mode::Lockstep => bridge(&args, w)?,
+                Mode::Async => bridge_async(&args, w)?,
+            };
+            let row = EnvRow {
+                mode,
+                workers: w,
+                envs_per_worker: args.envs_per_worker,
+                bridge_steps_per_s: bridge,
+                plain_steps_per_s: plain,
+                overhead: 1.0 - bridge / plain,
+            };
+            tracing::info!("{w} worker(s), {mode:?}: bridge {bridge:.0} steps/s, plain Python {plain:.0} steps/s");
+            rows.push(row);
+        }
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
         "Environment steps per second, `{}`, random actions, {} steps per environment, {} envs per worker, {cores} cores\n",
         args.env, args.steps, args.envs_per_worker
     );
-    println!("| workers | bridge steps/s | plain Python steps/s (same number of processes) | bridge overhead | bridge scaling vs 1 worker |");
-    println!("|---|---|---|---|---|");
-    let base = rows.first().map(|r| r.bridge_steps_per_s / r.workers as f64);
+    println!("| mode | workers | bridge steps/s | plain Python steps/s (same number of processes) | bridge overhead | bridge scaling vs 1 worker |");
+    println!("|---|---|---|---|---|---|");
     for r in &rows {
+        let base = rows.iter().find(|b| b.mode == r.mode).map(|b| b.bridge_steps_per_s / b.workers as f64);
         println!(
-            "| {} | {:.0} | {:.0} | {:.1}% | {:.2}× |",
+            "| {:?} | {} | {:.0} | {:.0} | {:.1}% | {:.2}× |",
+            r.mode,
             r.workers,
             r.bridge_steps_per_s,
             r.plain_steps_per_s,

@@ -43,7 +43,7 @@ pub use ogbench_data::{
 };
 pub use vector::{Outcome, VecEnv, VecEnvConfig};
 pub use worker::{
-    project_root, python_command, python_module_command, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
+    auto_spin, project_root, python_command, python_module_command, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
     WorkerInfo, PROTOCOL_VERSION,
 };
 

@@ -790,6 +790,12 @@ impl PythonWorker {
         self.receive_step()
     }
 
+    /// The descriptor the worker's replies arrive on (for waiting on several workers at once
+    /// with `poll`); `None` when no process is running.
+    pub fn reply_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.proc.as_ref().map(|p| p.stdout.as_raw_fd())
+    }
+
     /// The first half of [`step_envs`](Self::step_envs): checks and sends the request and
     /// returns at once, so that several workers step in parallel; [`receive_step`]
     /// (Self::receive_step) reads the reply. No other request may come in between.
