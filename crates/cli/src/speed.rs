@@ -494,10 +494,13 @@ pub fn gemm(args: GemmArgs) -> Result<()> {
     let mut rows_out = Vec::new();
     for &rows in &args.rows {
         let r8 = rows.div_ceil(mvp_infer::gemm::MR) * mvp_infer::gemm::MR;
-        let a: Vec<f32> = (0..r8 * stride_in).map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5).collect();
+        // The bf16 path runs on AMX tiles in blocks of 32 rows where the CPU has AMX.
+        let block16 = if mvp_infer::amx::available() { mvp_infer::amx::ROWS } else { mvp_infer::gemm::MR };
+        let r16 = rows.div_ceil(block16) * block16;
+        let a: Vec<f32> = (0..r16.max(r8) * stride_in).map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5).collect();
         let at = Tensor::from_slice(&a[..rows * d]).view([rows as i64, d as i64]);
         let at16 = at.to_kind(Kind::BFloat16);
-        let mut out = vec![0.0f32; r8 * stride_out];
+        let mut out = vec![0.0f32; r16.max(r8) * stride_out];
         let libtorch_f32 = gflops(rows, d, args.seconds, || {
             let _ = at.mm(&wt[pick()]);
         });
@@ -508,13 +511,14 @@ pub fn gemm(args: GemmArgs) -> Result<()> {
         let native_f32 = gflops(rows, d, args.seconds, || packed[pick()].forward_f32(&a, r8, &mut out));
         let native_bf16 = packed16.as_ref().map(|p| {
             let a16: Vec<u16> = a.iter().map(|&x| mvp_infer::gemm::to_bf16(x)).collect();
-            gflops(rows, d, args.seconds, || p[pick()].forward_bf16(&a16, r8, &mut out))
+            gflops(rows, d, args.seconds, || p[pick()].forward_bf16(&a16, r16, &mut out))
         });
         tracing::info!("rows {rows}: libtorch {libtorch_f32:.1}, native {native_f32:.1} GFLOP/s");
         rows_out.push(GemmRow { rows, dim: d, libtorch_f32, libtorch_bf16, native_f32, native_bf16 });
     }
     println!("GEMM [rows × {d}] · [{d} × {d}], {m} weight matrices cycled, one thread, GFLOP/s (median call)\n");
-    println!("| rows | libtorch fp32 | libtorch bf16 | native fp32 | native bf16 |");
+    let bf16_kernel = if mvp_infer::amx::available() { "native bf16 (AMX)" } else { "native bf16 (AVX512-BF16)" };
+    println!("| rows | libtorch fp32 | libtorch bf16 | native fp32 | {bf16_kernel} |");
     println!("|---|---|---|---|---|");
     for r in &rows_out {
         let b16 = r.native_bf16.map(|v| format!("{v:.1}")).unwrap_or_else(|| "no AVX512-BF16".into());

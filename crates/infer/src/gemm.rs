@@ -8,8 +8,9 @@
 //! are computed but never read.
 //!
 //! Kernels: an AVX-512F fp32 kernel (8 rows × 32 columns, 16 accumulators), an AVX512-BF16 kernel
-//! of the same shape (bf16 inputs, fp32 accumulation), and a portable fp32 loop for CPUs without
-//! AVX-512 (correct, not fast). The choice is made once per process from CPUID.
+//! of the same shape (bf16 inputs, fp32 accumulation), AMX tiles for bf16 where the CPU has them
+//! (blocks of 32 × 32, [`crate::amx`]), and a portable fp32 loop for CPUs without AVX-512
+//! (correct, not fast). The choice is made once per process from CPUID.
 
 /// Columns per weight panel (two AVX-512 registers of f32).
 pub const NR: usize = 32;
@@ -183,7 +184,25 @@ impl PackedLinear {
         assert!(has_avx512_bf16(), "the bf16 kernel needs AVX512-BF16");
         self.check(a.len(), rows, out.len());
         #[cfg(target_arch = "x86_64")]
+        if crate::amx::available() && rows % crate::amx::ROWS == 0 {
+            // SAFETY: AMX is available and permitted; `check` bounds the three buffers.
+            unsafe { crate::amx::matmul_bias(a, &self.bf16_panels, &self.bias, rows, self.k, self.n, out) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX512-BF16 (asserted); `check` bounds every pointer.
+        unsafe {
+            self.forward_bf16_avx512(a, rows, out)
+        };
+    }
+
+    /// The AVX512-BF16 kernel even where AMX is available (for tests and benchmarks).
+    pub fn forward_bf16_avx512_only(&self, a: &[u16], rows: usize, out: &mut [f32]) {
+        assert_eq!(self.precision, Precision::Bf16);
+        assert!(has_avx512_bf16(), "the bf16 kernel needs AVX512-BF16");
+        self.check(a.len(), rows, out.len());
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `forward_bf16`.
         unsafe {
             self.forward_bf16_avx512(a, rows, out)
         };
@@ -383,6 +402,31 @@ mod tests {
         }
         for &(i, o, r) in &[(64, 512, 32), (37, 25, 8), (512, 1, 16), (300, 70, 16)] {
             check(Precision::Bf16, i, o, r);
+        }
+    }
+
+    #[test]
+    fn amx_kernel_matches_the_avx512_bf16_kernel() {
+        if !crate::amx::available() {
+            eprintln!("no AMX on this CPU (or not permitted); the AMX kernel is not run here");
+            return;
+        }
+        for &(i, o, r) in &[(64, 512, 32), (512, 512, 64), (62, 32, 32), (300, 70, 96)] {
+            let w = data(i * o, 11);
+            let b = data(o, 12);
+            let layer = PackedLinear::new(i, o, &w, &b, Precision::Bf16);
+            let mut a = vec![0u16; r * layer.in_stride()];
+            for row in 0..r {
+                for (c, x) in data(i, 20 + row as u32).into_iter().enumerate() {
+                    a[row * layer.in_stride() + c] = to_bf16(x);
+                }
+            }
+            let (mut x, mut y) = (vec![0.0; r * layer.out_stride()], vec![0.0; r * layer.out_stride()]);
+            layer.forward_bf16(&a, r, &mut x); // AMX (rows are a multiple of 32)
+            layer.forward_bf16_avx512_only(&a, r, &mut y);
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() <= 1e-3 * (1.0 + q.abs()), "AMX {p} vs AVX-512 {q} ({i}→{o}, {r} rows)");
+            }
         }
     }
 

@@ -93,6 +93,16 @@ impl Mlp {
         self.layers[0].in_stride()
     }
 
+    /// Rows are computed in blocks of this many: 32 for the AMX tiles of the bf16 path, else
+    /// the 8 of the AVX-512 micro-kernels.
+    fn row_block(&self) -> usize {
+        if self.precision == Precision::Bf16 && crate::amx::available() {
+            crate::amx::ROWS
+        } else {
+            MR
+        }
+    }
+
     /// Row stride of the output.
     pub fn out_stride(&self) -> usize {
         self.layers.last().expect("an MLP has layers").out_stride()
@@ -101,7 +111,7 @@ impl Mlp {
     /// Makes room for `rows` rows (rounded up to the kernel's row block); allocates only when
     /// `rows` exceeds every earlier request.
     pub fn reserve(&mut self, rows: usize) {
-        let rows = round_up(rows.max(1), MR);
+        let rows = round_up(rows.max(1), self.row_block());
         if rows <= self.rows {
             return;
         }
@@ -126,7 +136,7 @@ impl Mlp {
     /// (stride [`Mlp::out_stride`]).
     pub fn forward(&mut self, rows: usize) -> &[f32] {
         assert!(rows <= self.rows, "reserve({rows}) first");
-        let rows = round_up(rows.max(1), MR);
+        let rows = round_up(rows.max(1), self.row_block());
         let last = self.layers.len() - 1;
         for i in 0..=last {
             let layer = &self.layers[i];
