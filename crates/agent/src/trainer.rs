@@ -580,14 +580,19 @@ impl Trainer {
 
     /// Runs the evaluation protocol on the evaluation environment.
     pub fn evaluate(&mut self) -> Result<EvalResult> {
-        let seed = self.config.env.eval_seed_offset + self.config.run.seed * 10_000;
+        let seed = self.eval_seed();
         evaluate(&self.agent, self.eval_pool.as_mut(), self.config.schedule.eval_episodes, seed)
+    }
+
+    /// Seed of the first evaluation episode (a stream apart from training's).
+    fn eval_seed(&self) -> u64 {
+        self.config.env.eval_seed_offset + self.config.run.seed * 10_000
     }
 
     /// The evaluation protocol with the native acting engine at `precision` (see
     /// [`crate::eval::evaluate_native`]); same episodes and seeds as [`Trainer::evaluate`].
     pub fn evaluate_native(&mut self, precision: mvp_infer::Precision) -> Result<EvalResult> {
-        let seed = self.config.env.eval_seed_offset + self.config.run.seed * 10_000;
+        let seed = self.eval_seed();
         crate::eval::evaluate_native(&self.agent, self.eval_pool.as_mut(), self.config.schedule.eval_episodes, seed, precision)
     }
 

@@ -118,11 +118,13 @@ fn bridge_async(args: &EnvArgs, w: usize) -> Result<f64> {
         worker.send_step(&idx, &actions)?;
     }
     let mut in_flight = w;
+    // Built once: the timed loop allocates nothing of its own per step.
+    let mut fds: Vec<libc::pollfd> = workers
+        .iter()
+        .map(|wk| libc::pollfd { fd: wk.reply_fd().unwrap_or(-1), events: libc::POLLIN, revents: 0 })
+        .collect();
     while in_flight > 0 {
-        let mut fds: Vec<libc::pollfd> = workers
-            .iter()
-            .map(|wk| libc::pollfd { fd: wk.reply_fd().unwrap_or(-1), events: libc::POLLIN, revents: 0 })
-            .collect();
+        fds.iter_mut().for_each(|f| f.revents = 0);
         // Busy-wait first when a core is free (as the workers' own reader does), then block.
         let spin_until = Instant::now() + spin;
         loop {

@@ -45,9 +45,9 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         episodes: usize,
         /// Acting engine: libtorch (the training code), native-f32 or native-bf16 (mvp-infer,
-        /// MVP and flow actors; bf16 needs AVX512-BF16).
+        /// MVP and flow actors; bf16 needs AMX or AVX512-BF16).
         #[arg(long, value_enum, default_value = "libtorch")]
-        engine: speed::Engine,
+        engine: EvalEngine,
     },
     /// Generate datasets with scripted demonstrators.
     #[command(subcommand)]
@@ -152,13 +152,23 @@ fn train(config: Option<PathBuf>, overrides: Vec<String>, resume: Option<PathBuf
     Ok(())
 }
 
-fn eval(run: PathBuf, episodes: usize, engine: speed::Engine) -> anyhow::Result<()> {
+/// The engines `mvp eval` can act with.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EvalEngine {
+    /// The training code (tch).
+    Libtorch,
+    /// mvp-infer in fp32.
+    NativeF32,
+    /// mvp-infer in bf16.
+    NativeBf16,
+}
+
+fn eval(run: PathBuf, episodes: usize, engine: EvalEngine) -> anyhow::Result<()> {
     let mut trainer = mvp_agent::Trainer::resume(&run, &[format!("schedule.eval_episodes={episodes}")])?;
     let r = match engine {
-        speed::Engine::Libtorch => trainer.evaluate()?,
-        speed::Engine::NativeF32 => trainer.evaluate_native(mvp_infer::Precision::F32)?,
-        speed::Engine::NativeBf16 => trainer.evaluate_native(mvp_infer::Precision::Bf16)?,
-        speed::Engine::LibtorchBf16 => anyhow::bail!("--engine libtorch-bf16 is a benchmark engine only; evaluate with libtorch, native-f32 or native-bf16"),
+        EvalEngine::Libtorch => trainer.evaluate()?,
+        EvalEngine::NativeF32 => trainer.evaluate_native(mvp_infer::Precision::F32)?,
+        EvalEngine::NativeBf16 => trainer.evaluate_native(mvp_infer::Precision::Bf16)?,
     };
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())

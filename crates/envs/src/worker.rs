@@ -181,7 +181,9 @@ pub struct WorkerConfig {
 /// OGBench or robosuite step) when the machine has more cores than workers, else none (a
 /// spinning reader would take a core from a worker).
 pub fn auto_spin(workers: usize) -> Duration {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // `available_parallelism` reads cgroup files on Linux: ask once per process.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     if workers < cores {
         Duration::from_millis(10)
     } else {
@@ -564,7 +566,9 @@ impl PythonWorker {
     /// Errors: [`WorkerError::VenvMissing`] (run `make setup`), [`WorkerError::User`] for an
     /// unknown id (one line), [`WorkerError::Exception`] when construction raises, and
     /// [`WorkerError::Timeout`] / [`WorkerError::Died`].
-    pub fn spawn(config: WorkerConfig) -> anyhow::Result<Self> {
+    pub fn spawn(mut config: WorkerConfig) -> anyhow::Result<Self> {
+        // Decided once here, not per reply; a lone worker spins when a core is free.
+        config.spin.get_or_insert_with(|| auto_spin(1));
         if config.num_envs == 0 {
             return Err(EnvError::Invalid("num_envs must be at least 1".into()).into());
         }
@@ -1052,7 +1056,7 @@ fn read_frame(
 ) -> Result<(), WorkerError> {
     let now = Instant::now();
     let deadline = now + timeout;
-    let spin_until = now + config.spin.unwrap_or_else(|| auto_spin(1));
+    let spin_until = now + config.spin.unwrap_or_default(); // set at spawn
     let fail = |proc: &mut Proc, f: ReadFail| match f {
         ReadFail::Timeout => WorkerError::Timeout {
             env_id: config.env_id.clone(),

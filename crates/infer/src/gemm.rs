@@ -28,17 +28,6 @@ pub enum Precision {
     Bf16,
 }
 
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" | "fp32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("unknown precision {s:?}, expected one of f32, bf16")),
-        }
-    }
-}
-
 /// `x` rounded up to a multiple of `m`.
 pub fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
@@ -196,8 +185,9 @@ impl PackedLinear {
         };
     }
 
-    /// The AVX512-BF16 kernel even where AMX is available (for tests and benchmarks).
-    pub fn forward_bf16_avx512_only(&self, a: &[u16], rows: usize, out: &mut [f32]) {
+    /// The AVX512-BF16 kernel even where AMX is available (to test one against the other).
+    #[cfg(test)]
+    fn forward_bf16_avx512_only(&self, a: &[u16], rows: usize, out: &mut [f32]) {
         assert_eq!(self.precision, Precision::Bf16);
         assert!(has_avx512_bf16(), "the bf16 kernel needs AVX512-BF16");
         self.check(a.len(), rows, out.len());
