@@ -86,9 +86,19 @@ fn speed_benchmarks_compare_every_method_in_one_run() {
     let out = mvp(&["bench", "gemm", "--rows", "8", "--dim", "64", "--seconds", "0.01"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("native fp32"), "{text}");
-    let out = mvp(&["bench", "train", "--hidden", "16,16", "--batch", "8", "--iters", "2", "--only", "MVP"]);
+    let train_json = dir.path().join("train.json");
+    let out = mvp(&[
+        "bench", "train", "--hidden", "16,16", "--batch", "8", "--iters", "2", "--only", "MVP", "--matmul", "f32,bf16",
+        "--json", train_json.to_str().unwrap(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("iterations / s"), "{text}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&train_json).unwrap()).unwrap();
+    let precisions: Vec<&str> = rows.iter().filter_map(|r| r["matmul"].as_str()).collect();
+    assert_eq!(precisions, ["f32", "bf16"], "one MVP row per matmul precision");
+    let out = mvp(&["bench", "train", "--matmul", "fp16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("expected f32 or bf16"), "{err}");
 }
 
 #[test]
@@ -127,7 +137,7 @@ fn report_tabulates_groups_of_runs_and_plots_their_curves() {
 fn env_benchmark_compares_the_bridge_with_plain_python() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("env.json");
-    let out = mvp(&["bench", "env", "--env", "cube-single-play-singletask-task1-v0", "--workers", "1,2", "--steps", "100", "--json", json.to_str().unwrap()]);
+    let out = mvp(&["bench", "env", "--env", "cube-single-play-singletask-task1-v0", "--workers", "1,2", "--steps", "100", "--rounds", "2", "--json", json.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = rows.as_array().unwrap();
@@ -135,6 +145,7 @@ fn env_benchmark_compares_the_bridge_with_plain_python() {
     for (row, (w, mode)) in rows.iter().zip([(1, "lockstep"), (1, "async"), (2, "lockstep"), (2, "async")]) {
         assert_eq!((row["workers"].as_u64().unwrap(), row["mode"].as_str().unwrap()), (w, mode));
         assert!(row["bridge_steps_per_s"].as_f64().unwrap() > 0.0 && row["plain_steps_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["overhead_per_round"].as_array().unwrap().len(), 2, "{row}");
     }
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("bridge overhead"), "{text}");

@@ -36,6 +36,11 @@ pub struct EnvArgs {
     /// stepped as soon as it replies).
     #[arg(long, value_delimiter = ',', default_value = "lockstep,async")]
     modes: Vec<Mode>,
+    /// Rounds per worker count: each round runs the plain loop and then every bridge mode, so
+    /// that a drift of the machine's speed (shared VMs drift by 5–10% over minutes) is spread
+    /// over both sides instead of landing on one; figures are means over the rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Write results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -56,9 +61,14 @@ struct EnvRow {
     mode: Mode,
     workers: usize,
     envs_per_worker: usize,
+    /// Mean over the rounds.
     bridge_steps_per_s: f64,
+    /// Mean over the rounds.
     plain_steps_per_s: f64,
+    /// 1 − bridge / plain of the means.
     overhead: f64,
+    /// 1 − bridge / plain of each round.
+    overhead_per_round: Vec<f64>,
 }
 
 /// Steps a [`VecEnv`] of `w` workers for `steps` steps per environment; returns steps/s.
@@ -184,9 +194,13 @@ fn plain(args: &EnvArgs, w: usize) -> Result<f64> {
     for child in children {
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("plain Python loop failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default());
+            bail!(
+                "plain Python loop failed: {}",
+                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+            );
         }
-        let line: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the plain loop's JSON line")?;
+        let line: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("reading the plain loop's JSON line")?;
         total += line["steps_per_s"].as_f64().context("steps_per_s missing")?;
     }
     Ok(total)
@@ -194,42 +208,67 @@ fn plain(args: &EnvArgs, w: usize) -> Result<f64> {
 
 /// Runs `mvp bench env`.
 pub fn run(args: EnvArgs) -> Result<()> {
+    if args.rounds == 0 || args.steps == 0 || args.envs_per_worker == 0 || args.workers.contains(&0) {
+        bail!("--rounds, --steps, --envs-per-worker and every --workers count must be at least 1");
+    }
     let mut rows = Vec::new();
     for &w in &args.workers {
-        let plain = plain(&args, w)?;
-        for &mode in &args.modes {
-            let bridge = match mode {
-                Mode::Lockstep => bridge(&args, w)?,
-                Mode::Async => bridge_async(&args, w)?,
-            };
-            let row = EnvRow {
+        let mut plains = Vec::with_capacity(args.rounds);
+        let mut bridges = vec![Vec::with_capacity(args.rounds); args.modes.len()];
+        for round in 1..=args.rounds {
+            let plain = plain(&args, w)?;
+            plains.push(plain);
+            for (k, &mode) in args.modes.iter().enumerate() {
+                let bridge = match mode {
+                    Mode::Lockstep => bridge(&args, w)?,
+                    Mode::Async => bridge_async(&args, w)?,
+                };
+                tracing::info!(
+                    "{w} worker(s), round {round}/{}, {mode:?}: bridge {bridge:.0} steps/s, plain Python {plain:.0} \
+                     steps/s ({:.1}%)",
+                    args.rounds,
+                    100.0 * (1.0 - bridge / plain)
+                );
+                bridges[k].push(bridge);
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let plain = mean(&plains);
+        for (&mode, b) in args.modes.iter().zip(&bridges) {
+            let bridge = mean(b);
+            rows.push(EnvRow {
                 mode,
                 workers: w,
                 envs_per_worker: args.envs_per_worker,
                 bridge_steps_per_s: bridge,
                 plain_steps_per_s: plain,
                 overhead: 1.0 - bridge / plain,
-            };
-            tracing::info!("{w} worker(s), {mode:?}: bridge {bridge:.0} steps/s, plain Python {plain:.0} steps/s");
-            rows.push(row);
+                overhead_per_round: b.iter().zip(&plains).map(|(b, p)| 1.0 - b / p).collect(),
+            });
         }
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
-        "Environment steps per second, `{}`, random actions, {} steps per environment, {} envs per worker, {cores} cores\n",
-        args.env, args.steps, args.envs_per_worker
+        "Environment steps per second, `{}`, random actions, {} steps per environment, {} envs per worker, {cores} cores, \
+         means of {} rounds\n",
+        args.env, args.steps, args.envs_per_worker, args.rounds
     );
-    println!("| mode | workers | bridge steps/s | plain Python steps/s (same number of processes) | bridge overhead | bridge scaling vs 1 worker |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| mode | workers | bridge steps/s | plain Python steps/s (same number of processes) | bridge overhead | \
+         overhead per round | bridge scaling vs 1 worker |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for r in &rows {
         let base = rows.iter().find(|b| b.mode == r.mode).map(|b| b.bridge_steps_per_s / b.workers as f64);
+        let per_round: Vec<String> = r.overhead_per_round.iter().map(|o| format!("{:.1}", 100.0 * o)).collect();
         println!(
-            "| {:?} | {} | {:.0} | {:.0} | {:.1}% | {:.2}× |",
+            "| {:?} | {} | {:.0} | {:.0} | {:.1}% | {}% | {:.2}× |",
             r.mode,
             r.workers,
             r.bridge_steps_per_s,
             r.plain_steps_per_s,
             100.0 * r.overhead,
+            per_round.join(" / "),
             base.map(|b| r.bridge_steps_per_s / b).unwrap_or(f64::NAN)
         );
     }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use mvp_actor::expressiveness::{self, Budget, RunResult, Task};
 use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig, TimeSampler};
-use mvp_nn::{MlpConfig, Runtime, TimeFeatures};
+use mvp_nn::{MatmulPrecision, MlpConfig, Runtime, TimeFeatures};
 use serde::Serialize;
 
 /// Options of `mvp bench expressiveness`.
@@ -49,6 +49,9 @@ pub struct Args {
     /// libtorch threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Matmul precision of training and sampling: f32, or bf16 (bf16 operands, fp32 weights).
+    #[arg(long, default_value = "f32")]
+    matmul: MatmulPrecision,
     /// Write all runs and the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -77,13 +80,24 @@ fn parse_task(s: &str) -> Result<Task> {
 
 /// The benchmark's rows: MVP λ = 1 and 0, flow K = 1 and 10, diffusion K = 10 and large K.
 fn rows(net: &MlpConfig, large_k: usize, sampler: TimeSampler, adaptive_p: f64, fourier: usize) -> Vec<ActorConfig> {
-    let time_features =
-        if fourier == 0 { TimeFeatures::Raw } else { TimeFeatures::Fourier { n: fourier, max_freq: 2f64.powi(fourier as i32 - 1) } };
+    let time_features = if fourier == 0 {
+        TimeFeatures::Raw
+    } else {
+        TimeFeatures::Fourier { n: fourier, max_freq: 2f64.powi(fourier as i32 - 1) }
+    };
     let mvp = |l: f64| {
-        ActorConfig::Mvp(MvpConfig { network: net.clone(), ivc_weight: l, time_sampler: sampler, adaptive_p, time_features, ..MvpConfig::default() })
+        ActorConfig::Mvp(MvpConfig {
+            network: net.clone(),
+            ivc_weight: l,
+            time_sampler: sampler,
+            adaptive_p,
+            time_features,
+            ..MvpConfig::default()
+        })
     };
     let flow = |k| ActorConfig::Flow(FlowConfig { network: net.clone(), steps: k, ..FlowConfig::default() });
-    let diff = |k| ActorConfig::Diffusion(DiffusionConfig { network: net.clone(), steps: k, ..DiffusionConfig::default() });
+    let diff =
+        |k| ActorConfig::Diffusion(DiffusionConfig { network: net.clone(), steps: k, ..DiffusionConfig::default() });
     vec![mvp(1.0), mvp(0.0), flow(1), flow(10), diff(10), diff(large_k)]
 }
 
@@ -145,12 +159,12 @@ fn summarise(runs: &[RunResult]) -> Vec<Summary> {
 fn markdown(summary: &[Summary], args: &Args) -> String {
     let mut s = format!(
         "Expressiveness: behaviour cloning on known multimodal laws; network {:?} GELU, {} steps, batch {}, \
-         lr {}, {} seeds (mean ± std), 1 thread. Lower energy distance and between-modes share are better; \
+         lr {}, {} seeds (mean ± std), {} matmuls in training, 1 thread. Lower energy distance and between-modes share are better; \
          coverage 1 = every mode gets its share.\n\n\
          The bf16 column runs the same trained networks in bfloat16 (native engine) on the same states and noise.\n\n\
          | task | policy | calls | energy distance | energy distance, bf16 | mode coverage | between modes | ms / chunk (batch 1) |\n\
          |---|---|---|---|---|---|---|---|\n",
-        args.hidden, args.steps, args.batch, args.lr, args.seeds
+        args.hidden, args.steps, args.batch, args.lr, args.seeds, args.matmul
     );
     for r in summary {
         s += &format!(
@@ -173,14 +187,20 @@ fn markdown(summary: &[Summary], args: &Args) -> String {
 
 /// Runs the benchmark.
 pub fn run(args: Args) -> Result<()> {
-    let device = Runtime { threads: args.threads, ..Runtime::default() }.apply()?;
+    let device = Runtime { threads: args.threads, matmul: args.matmul, ..Runtime::default() }.apply()?;
     let tasks = args.tasks.iter().map(|t| parse_task(t)).collect::<Result<Vec<_>>>()?;
     let net = MlpConfig { hidden: args.hidden.clone(), ..MlpConfig::default() };
     let budget = Budget { steps: args.steps, batch: args.batch, lr: args.lr, ..Budget::default() };
-    let configs: Vec<ActorConfig> = rows(&net, args.diffusion_large_k, parse_sampler(&args.mvp_time_sampler)?, args.mvp_adaptive_p, args.mvp_fourier)
-        .into_iter()
-        .filter(|c| args.only.as_ref().is_none_or(|o| c.label().contains(o.as_str())))
-        .collect();
+    let configs: Vec<ActorConfig> = rows(
+        &net,
+        args.diffusion_large_k,
+        parse_sampler(&args.mvp_time_sampler)?,
+        args.mvp_adaptive_p,
+        args.mvp_fourier,
+    )
+    .into_iter()
+    .filter(|c| args.only.as_ref().is_none_or(|o| c.label().contains(o.as_str())))
+    .collect();
     let total = tasks.len() * configs.len() * args.seeds as usize;
     let mut runs = Vec::with_capacity(total);
     for &task in &tasks {
@@ -209,7 +229,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(path) = &args.json {
         let json = serde_json::json!({ "budget": budget, "hidden": args.hidden, "runs": runs, "summary": summary });
-        std::fs::write(path, serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig};
 use mvp_agent::config::AgentConfig;
 use mvp_agent::{Agent, TensorBatch};
 use mvp_infer::Precision;
-use mvp_nn::{DeviceChoice, MlpConfig, Runtime};
+use mvp_nn::{DeviceChoice, MatmulPrecision, MlpConfig, Runtime};
 use mvp_replay::ChunkBatch;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -101,6 +101,10 @@ pub struct TrainArgs {
     /// Timed iterations per method (after 3 warm-up iterations).
     #[arg(long, default_value_t = 10)]
     iters: usize,
+    /// Matmul precisions to measure, e.g. f32,bf16 (bf16: bf16 operands, fp32 master weights;
+    /// see `runtime.matmul`).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    matmul: Vec<MatmulPrecision>,
 }
 
 /// A method of the comparison: a name and its agent settings.
@@ -265,7 +269,7 @@ fn time_engine(
 /// Runs `mvp bench latency`.
 pub fn latency(args: LatencyArgs) -> Result<()> {
     let c = &args.common;
-    let device = Runtime { device: c.device, threads: c.threads }.apply()?;
+    let device = Runtime { device: c.device, threads: c.threads, ..Runtime::default() }.apply()?;
     let mut rows = Vec::new();
     for m in methods(c) {
         tch::manual_seed(0);
@@ -353,6 +357,7 @@ pub fn latency(args: LatencyArgs) -> Result<()> {
 #[derive(Debug, Serialize)]
 struct TrainRow {
     method: String,
+    matmul: MatmulPrecision,
     batch: usize,
     median_ms_per_iter: f64,
     iters_per_s: f64,
@@ -377,45 +382,51 @@ fn synthetic_batch(batch: usize, h: usize, c: &Common, device: Device) -> Tensor
 /// Runs `mvp bench train`.
 pub fn train(args: TrainArgs) -> Result<()> {
     let c = &args.common;
-    let device = Runtime { device: c.device, threads: c.threads }.apply()?;
     let mut rows = Vec::new();
-    for m in methods(c) {
-        tch::manual_seed(0);
-        let mut config = m.config;
-        config.batch_size = args.batch;
-        let mut agent = Agent::new(c.obs_dim, c.action_dim, &config, device);
-        let batch = synthetic_batch(args.batch, config.horizon, c, device);
-        for _ in 0..3 {
-            agent.update(&batch)?;
+    let mut device = Device::Cpu;
+    for &matmul in &args.matmul {
+        device = Runtime { device: c.device, threads: c.threads, matmul }.apply()?;
+        for m in methods(c) {
+            tch::manual_seed(0);
+            let mut config = m.config;
+            config.batch_size = args.batch;
+            let mut agent = Agent::new(c.obs_dim, c.action_dim, &config, device);
+            let batch = synthetic_batch(args.batch, config.horizon, c, device);
+            for _ in 0..3 {
+                agent.update(&batch)?;
+            }
+            let mut t = Vec::with_capacity(args.iters);
+            for _ in 0..args.iters {
+                let s = Instant::now();
+                agent.update(&batch)?;
+                sync(device);
+                t.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            let (median, _, _) = percentiles(t);
+            tracing::info!("{} ({matmul} matmuls): {:.1} ms per iteration", m.name, median);
+            rows.push(TrainRow {
+                method: m.name,
+                matmul,
+                batch: args.batch,
+                median_ms_per_iter: median,
+                iters_per_s: 1e3 / median,
+            });
         }
-        let mut t = Vec::with_capacity(args.iters);
-        for _ in 0..args.iters {
-            let s = Instant::now();
-            agent.update(&batch)?;
-            sync(device);
-            t.push(s.elapsed().as_secs_f64() * 1e3);
-        }
-        let (median, _, _) = percentiles(t);
-        tracing::info!("{}: {:.1} ms per iteration", m.name, median);
-        rows.push(TrainRow {
-            method: m.name,
-            batch: args.batch,
-            median_ms_per_iter: median,
-            iters_per_s: 1e3 / median,
-        });
     }
-    let base = rows.iter().find(|r| r.method.starts_with("MVP")).map(|r| r.iters_per_s);
+    MatmulPrecision::F32.set();
     println!(
         "Training speed (one critic + actor update, TD target with N candidates), {} thread(s), {:?}, batch {}, \
          networks {:?}, median of {} iterations\n",
         c.threads, device, args.batch, c.hidden, args.iters
     );
-    println!("| method | ms / iteration | iterations / s | MVP speed-up |");
-    println!("|---|---|---|---|");
+    println!("| method | matmuls | ms / iteration | iterations / s | MVP speed-up (same matmuls) |");
+    println!("|---|---|---|---|---|");
     for r in &rows {
+        let base = rows.iter().find(|b| b.matmul == r.matmul && b.method.starts_with("MVP")).map(|b| b.iters_per_s);
         println!(
-            "| {} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {} | {:.1} | {:.2} | {:.2} |",
             r.method,
+            r.matmul,
             r.median_ms_per_iter,
             r.iters_per_s,
             base.map(|b| b / r.iters_per_s).unwrap_or(f64::NAN)
@@ -475,7 +486,7 @@ fn gflops(rows: usize, dim: usize, seconds: f64, mut f: impl FnMut()) -> f64 {
 
 /// Runs `mvp bench gemm` (one thread, CPU).
 pub fn gemm(args: GemmArgs) -> Result<()> {
-    Runtime { device: DeviceChoice::Cpu, threads: 1 }.apply()?;
+    Runtime { device: DeviceChoice::Cpu, threads: 1, ..Runtime::default() }.apply()?;
     let d = args.dim;
     let w: Vec<f32> = (0..d * d).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let bias = vec![0.0f32; d];

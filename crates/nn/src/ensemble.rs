@@ -3,6 +3,7 @@
 use tch::{nn, Tensor};
 
 use crate::mlp::{build_layers, Activation, Layer, MlpConfig, LN_EPS};
+use crate::precision::{matmul, MatmulPrecision};
 
 /// E independent MLPs with identical shapes, evaluated together: weights are stacked as
 /// `[E, in, out]` and applied with one batched matmul per layer, so an ensemble of critics
@@ -42,7 +43,11 @@ impl EnsembleMlp {
                     h = h.layer_norm([d], None::<Tensor>, None::<Tensor>, LN_EPS, false) * s + sh;
                 }
             }
-            h = if h.dim() == 3 { b.baddbmm(&h, w, 1.0, 1.0) } else { h.matmul(w) + b };
+            h = if h.dim() == 3 && MatmulPrecision::current() == MatmulPrecision::F32 {
+                b.baddbmm(&h, w, 1.0, 1.0)
+            } else {
+                matmul(&h, w) + b
+            };
         }
         h
     }

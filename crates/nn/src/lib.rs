@@ -4,7 +4,7 @@
 //! pieces: [`Mlp`] and its batched sibling [`EnsembleMlp`], [`TimeFeatures`] for flow times,
 //! exact Jacobian-vector products ([`ForwardJvp`], [`jvp_autograd`]), an [`Adam`] whose
 //! state can be saved, [`polyak_update`], atomic [`checkpoint`]s, and the [`Runtime`]
-//! settings (device, thread count). Depends only on tch and serde.
+//! settings (device, thread count, [`MatmulPrecision`]). Depends only on tch and serde.
 #![warn(missing_docs)]
 
 mod adam;
@@ -12,6 +12,7 @@ pub mod checkpoint;
 mod ensemble;
 mod jvp;
 mod mlp;
+mod precision;
 mod runtime;
 mod time;
 
@@ -19,6 +20,7 @@ pub use adam::{polyak_update, Adam, AdamConfig};
 pub use ensemble::EnsembleMlp;
 pub use jvp::{jvp_autograd, ForwardJvp};
 pub use mlp::{Activation, Mlp, MlpConfig};
+pub use precision::MatmulPrecision;
 pub use runtime::{DeviceChoice, Runtime};
 pub use time::TimeFeatures;
 

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::jvp::ForwardJvp;
+use crate::precision::{matmul, MatmulPrecision};
 
 /// Nonlinearity between layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -163,7 +164,7 @@ impl Mlp {
 
     fn jvp_impl(&self, x: &Tensor, dx: &Tensor, tangent_grad: bool) -> (Tensor, Tensor) {
         let mut h = affine(x, &self.layers[0]);
-        let mut dh = tangent(tangent_grad, || dx.matmul(&self.layers[0].weight));
+        let mut dh = tangent(tangent_grad, || matmul(dx, &self.layers[0].weight));
         for (i, layer) in self.layers.iter().enumerate().skip(1) {
             let pre = h;
             h = self.activation.forward(&pre);
@@ -174,17 +175,17 @@ impl Mlp {
                 dh = dy;
             }
             h = affine(&h, layer);
-            dh = tangent(tangent_grad, || dh.matmul(&layer.weight));
+            dh = tangent(tangent_grad, || matmul(&dh, &layer.weight));
         }
         (h, dh)
     }
 }
 
 fn affine(x: &Tensor, layer: &Layer) -> Tensor {
-    if x.dim() == 2 {
+    if x.dim() == 2 && MatmulPrecision::current() == MatmulPrecision::F32 {
         layer.bias.addmm(x, &layer.weight)
     } else {
-        x.matmul(&layer.weight) + &layer.bias
+        matmul(x, &layer.weight) + &layer.bias
     }
 }
 

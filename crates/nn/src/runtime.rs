@@ -7,6 +7,8 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
+use crate::MatmulPrecision;
+
 /// A device request from a config or the command line: `cpu`, `cuda`, `cuda:N` or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -81,7 +83,7 @@ impl DeviceChoice {
     }
 }
 
-/// Process-wide tensor settings: the device and libtorch's thread count.
+/// Tensor settings: the device, libtorch's thread count and the matmul precision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Runtime {
@@ -90,21 +92,26 @@ pub struct Runtime {
     /// libtorch intra-op threads. 1 by default: on 2-vCPU machines two OpenMP threads stall
     /// at random by 5–100×, and one thread is also what benchmarks report.
     pub threads: usize,
+    /// Number format of the networks' matrix products, `f32` (default) or `bf16` (bf16
+    /// operands, fp32 weights, Adam and everything else; see [`MatmulPrecision`]).
+    pub matmul: MatmulPrecision,
 }
 
 impl Default for Runtime {
     fn default() -> Self {
-        Self { device: DeviceChoice::Cpu, threads: 1 }
+        Self { device: DeviceChoice::Cpu, threads: 1, matmul: MatmulPrecision::F32 }
     }
 }
 
 impl Runtime {
-    /// Applies the thread count and resolves the device.
+    /// Applies the thread count and, for the calling thread, the matmul precision; resolves
+    /// the device.
     pub fn apply(&self) -> Result<Device> {
         if self.threads == 0 {
             bail!("runtime.threads must be at least 1");
         }
         tch::set_num_threads(self.threads as i32);
+        self.matmul.set();
         self.device.resolve()
     }
 }

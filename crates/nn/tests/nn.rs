@@ -1,8 +1,8 @@
 //! Behaviour tests of the nn building blocks (CPU, one thread).
 
 use mvp_nn::{
-    checkpoint, jvp_autograd, polyak_update, Activation, Adam, AdamConfig, EnsembleMlp, ForwardJvp, Mlp,
-    MlpConfig, TimeFeatures,
+    checkpoint, jvp_autograd, polyak_update, Activation, Adam, AdamConfig, EnsembleMlp, ForwardJvp, MatmulPrecision,
+    Mlp, MlpConfig, TimeFeatures,
 };
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 
@@ -133,6 +133,45 @@ fn ensemble_equals_separate_mlps_with_the_same_weights() {
 }
 
 #[test]
+fn bf16_matmuls_stay_close_to_f32_keep_fp32_weights_and_train() {
+    let _torch = one_thread();
+    tch::manual_seed(5);
+    let cfg = MlpConfig { hidden: vec![64, 64], activation: Activation::Gelu, layer_norm: true };
+    let vs = VarStore::new(Device::Cpu);
+    let mlp = Mlp::new(&vs.root(), 4, 2, &cfg);
+    let ens = EnsembleMlp::new(&(vs.root() / "ens"), 2, 4, 1, &cfg);
+    let x = Tensor::randn([32, 4], (Kind::Float, Device::Cpu));
+    let v = Tensor::randn([32, 4], (Kind::Float, Device::Cpu));
+    let (y32, jv32) = mlp.forward_jvp(&x, &v);
+    let e32 = ens.forward(&x);
+    let (y16, jv16, e16) = MatmulPrecision::Bf16.scope(|| {
+        let (y, jv) = mlp.forward_jvp(&x, &v);
+        (y, jv, ens.forward(&x))
+    });
+    for (name, a, b) in [("mlp", &y16, &y32), ("jvp", &jv16, &jv32), ("ensemble", &e16, &e32)] {
+        assert_eq!(a.kind(), Kind::Float, "{name}");
+        let e = rel_err(a, b);
+        // bf16 keeps 8 significant bits (relative rounding 2^-9 per operand).
+        assert!(e > 1e-5 && e < 2e-2, "{name}: relative difference {e:e} between bf16 and f32 matmuls");
+    }
+    // Training in bf16 reduces the loss, with fp32 weights and gradients.
+    let mut adam = Adam::new(&vs, AdamConfig { lr: 3e-3, ..AdamConfig::default() });
+    let target = (x.slice(1, 0, 2, 1) * 3.0).cos();
+    let loss = |m: &Mlp| (m.forward(&x) - &target).square().mean(Kind::Float);
+    let before = loss(&mlp).double_value(&[]);
+    MatmulPrecision::Bf16.scope(|| {
+        for _ in 0..200 {
+            adam.backward_step(&loss(&mlp));
+        }
+    });
+    let after = loss(&mlp).double_value(&[]);
+    assert!(after < 0.2 * before, "bf16 training: loss {before:.4} -> {after:.4}");
+    for (name, t) in vs.variables() {
+        assert_eq!(t.kind(), Kind::Float, "{name} is no longer fp32");
+    }
+}
+
+#[test]
 fn adam_matches_libtorch_adam() {
     let _torch = one_thread();
     let make = || {
@@ -167,7 +206,8 @@ fn polyak_update_interpolates_and_tau_one_copies() {
     let _a = Mlp::new(&online.root(), 3, 2, &MlpConfig { hidden: vec![4], ..MlpConfig::default() });
     let target = VarStore::new(Device::Cpu);
     let _b = Mlp::new(&target.root(), 3, 2, &MlpConfig { hidden: vec![4], ..MlpConfig::default() });
-    let before: Vec<(String, Tensor)> = checkpoint::varstore_tensors(&target, "").into_iter().map(|(n, t)| (n, t.copy())).collect();
+    let before: Vec<(String, Tensor)> =
+        checkpoint::varstore_tensors(&target, "").into_iter().map(|(n, t)| (n, t.copy())).collect();
     polyak_update(&target, &online, 0.25);
     let o = online.variables();
     let t = target.variables();
