@@ -29,10 +29,14 @@ fi
 echo "installing libtorch $TORCH_VERSION ($VARIANT) into .libtorch from PyPI wheels"
 rm -rf "$DEST"
 mkdir -p "$DEST/wheels"
+# With --platform, pip takes exactly the tags it is given (it does not add the older glibc
+# versions a newer one implies), so name every manylinux tag from glibc 2.17 to 2.28: the nvidia
+# wheels torch names use several (cudnn 9.20 is manylinux_2_27 only).
+PLATFORMS=(--platform manylinux2014_x86_64)
+for minor in $(seq 17 28); do PLATFORMS+=(--platform "manylinux_2_${minor}_x86_64"); done
 pip_download() {
   "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
-    --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_25_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$DEST/wheels" "$@"
+    --python-version 3.11 "${PLATFORMS[@]}" -d "$DEST/wheels" "$@"
 }
 if [[ "$VARIANT" == cpu ]]; then
   pip_download --no-deps "torch==$TORCH_VERSION" "$CUDART" "$CUPTI"

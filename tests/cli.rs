@@ -17,6 +17,17 @@ fn help_lists_the_subcommands() {
 }
 
 #[test]
+fn info_says_whether_libtorch_cuda_is_linked_in() {
+    let out = mvp(&["info"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The build links libtorch_cuda exactly when the installed libtorch has it (crates/cli/build.rs).
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch/torch/lib/libtorch_cuda.so");
+    let expected = if lib.exists() { "libtorch CUDA library: loaded" } else { "libtorch CUDA library: not loaded" };
+    assert!(text.contains(expected), "expected `{expected}` in:\n{text}");
+}
+
+#[test]
 fn unimplemented_commands_say_so_and_fail() {
     let out = mvp(&["export", "--run", "x", "--out", "y"]);
     assert!(!out.status.success());

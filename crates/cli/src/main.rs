@@ -206,6 +206,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info => {
             println!("mvp {}", env!("CARGO_PKG_VERSION"));
             println!("libtorch threads: {}", tch::get_num_threads());
+            // Whether libtorch's CUDA library is in the process tells a CPU build (or a binary
+            // linked before `MVP_CUDA=1 make setup`) from a machine without a GPU or driver.
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+            let cuda_lib = if maps.contains("libtorch_cuda.so") {
+                "loaded"
+            } else {
+                "not loaded (CPU build; on a GPU machine run `MVP_CUDA=1 make setup`, then `cargo build --release`)"
+            };
+            println!("libtorch CUDA library: {cuda_lib}");
             println!("cuda available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
             println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
             Ok(())

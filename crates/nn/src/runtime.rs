@@ -70,8 +70,8 @@ impl DeviceChoice {
                 let n = tch::Cuda::device_count() as usize;
                 if n == 0 {
                     bail!(
-                        "CUDA requested but not available (no GPU, or the CPU build of libtorch): \
-                         on a GPU machine run `MVP_CUDA=1 make setup` and rebuild"
+                        "CUDA requested but not available (no GPU or driver, or the CPU build of libtorch; \
+                         `mvp info` tells which): on a GPU machine run `MVP_CUDA=1 make setup` and rebuild"
                     );
                 }
                 if i >= n {
