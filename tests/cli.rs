@@ -136,8 +136,16 @@ fn report_tabulates_groups_of_runs_and_plots_their_curves() {
     let curves = std::fs::read_to_string(runs.join("curves.csv")).unwrap();
     // Evaluations at steps 20 and 40 for both groups.
     assert!(curves.contains("mvp,20,") && curves.contains("mvp,40,") && curves.contains("mvp-N1,40,"), "{curves}");
-    let png = std::fs::read(runs.join("learning_curves.png")).unwrap();
-    assert_eq!(&png[..4], b"\x89PNG");
+    // The seconds column: the mean time since each run's start, later for later steps.
+    let secs = |step: &str| -> f64 {
+        let line = curves.lines().find(|l| l.starts_with(&format!("mvp,{step},"))).unwrap();
+        line.rsplit(',').next().unwrap().parse().unwrap()
+    };
+    assert!(secs("20") >= 0.0 && secs("40") > secs("20"), "{curves}");
+    for png in ["learning_curves.png", "learning_curves_wallclock.png"] {
+        let png = std::fs::read(runs.join(png)).unwrap();
+        assert_eq!(&png[..4], b"\x89PNG");
+    }
     // A folder without runs is a one-line error.
     let out = mvp(&["report", "--runs", dir.path().to_str().unwrap()]);
     assert!(!out.status.success());

@@ -12,8 +12,10 @@
 //!   IVC for MVP). **No Q-gradient reaches the actor**: improvement comes from selection.
 //! - target networks get no gradient, only Polyak averaging.
 //!
-//! Deliberate differences from the paper's code: none known in the update; the regression target
-//! is the stored chunk (re-selected targets are not implemented).
+//! The actor's regression target is the stored chunk (QC) by default; a share of each batch can
+//! instead regress on the selected chunk a* re-generated at the batch state
+//! (`agent.selected_target_fraction`), which the MVP paper describes. Still a behaviour-cloning
+//! target: the critic only chooses it.
 
 use std::collections::HashMap;
 
@@ -72,6 +74,7 @@ pub struct Agent {
     actor_opt: Adam,
     critic_opt: Adam,
     num_samples: usize,
+    selected_target_fraction: f64,
     obs_dim: usize,
     shape: ChunkShape,
     device: Device,
@@ -86,12 +89,34 @@ impl Agent {
         let critic = Critic::new(device, obs_dim, shape.flat_dim(), config.critic.clone());
         let actor_opt = Adam::new(&actor_vs, config.actor_optim.clone());
         let critic_opt = Adam::new(&critic.vs, config.critic_optim.clone());
-        Self { actor_vs, actor, critic, actor_opt, critic_opt, num_samples: config.num_samples, obs_dim, shape, device }
+        Self {
+            actor_vs,
+            actor,
+            critic,
+            actor_opt,
+            critic_opt,
+            num_samples: config.num_samples,
+            selected_target_fraction: config.selected_target_fraction,
+            obs_dim,
+            shape,
+            device,
+        }
     }
 
     /// The chunk shape the actor generates.
     pub fn shape(&self) -> ChunkShape {
         self.shape
+    }
+
+    /// Candidates per selection now (acting, evaluation, TD targets).
+    pub fn num_samples(&self) -> usize {
+        self.num_samples
+    }
+
+    /// Sets the candidates per selection; the trainer switches between the offline and the
+    /// online count (`agent.offline_num_samples`).
+    pub fn set_num_samples(&mut self, n: usize) {
+        self.num_samples = n.max(1);
     }
 
     /// The device of the networks.
@@ -164,21 +189,57 @@ impl Agent {
     }
 
     /// The critic's TD loss. The target selects `a*` at `s_{k+h}` with the online critic (as in
-    /// acting) and values it with the target critic; it is detached.
+    /// acting) and values it with the target critic; it is detached. With N > 1 it also reports
+    /// what selection does (the diagnostics of a young critic): the online Q of the selected
+    /// chunks against the Q of the stored chunks, the spread of the candidates' scores and of
+    /// the candidates themselves.
     pub fn critic_loss(&self, b: &TensorBatch) -> (Tensor, Metrics) {
+        let mut selection = Vec::new();
         let target = tch::no_grad(|| {
-            let next_chunk = self.sample_actions(&b.next_observations, self.num_samples);
+            let n = self.num_samples;
+            let (bs, d) = (b.next_observations.size()[0], self.shape.flat_dim() as i64);
+            let noise = Tensor::randn([bs * n as i64, d], (b.next_observations.kind(), b.next_observations.device()));
+            let (next_chunk, scored) = self.select_with_noise(&b.next_observations, &noise, n);
+            if let Some((candidates, scores)) = scored {
+                let scores = scores.view([bs, n as i64]);
+                let best = scores.amax(1, false);
+                selection.push(("select/q_selected", best.mean(Kind::Float)));
+                selection.push(("select/q_candidates", scores.mean(Kind::Float)));
+                selection.push(("select/score_std", scores.std_dim(1, true, false).mean(Kind::Float)));
+                let spread = candidates.view([bs, n as i64, d]).std_dim(1, true, false).mean(Kind::Float);
+                selection.push(("select/candidate_std", spread));
+            }
             let next_q = self.critic.q_target(&b.next_observations, &next_chunk);
             let next_v = self.critic.config().aggregate.apply(&next_q);
             self.critic.td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon)
         });
         let last_valid = b.valid.select(1, self.shape.horizon as i64 - 1);
-        self.critic.td_loss(&b.observations, &b.actions, &target, &last_valid)
+        let (loss, mut metrics) = self.critic.td_loss(&b.observations, &b.actions, &target, &last_valid);
+        if !selection.is_empty() {
+            // The stored chunks at the bootstrap states are not in the batch; the stored chunks
+            // at the batch states are the dataset's (or executed) actions, the comparison point.
+            let q_data = self.critic.score(&b.observations, &b.actions).mean(Kind::Float);
+            selection.push(("select/q_data", q_data));
+        }
+        metrics.extend(selection);
+        (loss, metrics)
     }
 
-    /// The actor's loss: its own generative loss on the buffer's chunks, masked by `valid`.
+    /// The actor's loss: its own generative loss, masked by `valid`, on the buffer's chunks —
+    /// or, for a share `agent.selected_target_fraction` of the batch, on the chunk a* that
+    /// generate-and-select picks at the batch state (a full chunk, so all its steps count).
+    /// Either way the target is data for a behaviour-cloning loss: no gradient of the critic
+    /// reaches the actor.
     pub fn actor_loss(&self, b: &TensorBatch) -> (Tensor, Metrics) {
-        self.actor.loss(&b.observations, &b.actions, Some(&b.valid))
+        let bs = b.observations.size()[0];
+        let k = (self.selected_target_fraction * bs as f64).round() as i64;
+        if k == 0 || self.num_samples <= 1 {
+            return self.actor.loss(&b.observations, &b.actions, Some(&b.valid));
+        }
+        let selected = self.sample_actions(&b.observations.narrow(0, 0, k), self.num_samples).detach();
+        let actions = Tensor::cat(&[selected, b.actions.narrow(0, k, bs - k)], 0);
+        let valid = Tensor::cat(&[b.valid.narrow(0, 0, k).ones_like(), b.valid.narrow(0, k, bs - k)], 0);
+        self.actor.loss(&b.observations, &actions, Some(&valid))
     }
 
     /// One update of critic and actor, then the target networks.

@@ -109,6 +109,14 @@ pub struct AgentConfig {
     pub horizon: usize,
     /// Candidates per selection N (paper: 32; BFN: 4; 1 = no selection).
     pub num_samples: usize,
+    /// Candidates per selection during the offline phase (acting, evaluation and TD targets);
+    /// 0 = `num_samples`. A young critic trained only on dataset chunks rates candidates far
+    /// from the data unreliably, and the argmax over many candidates finds its errors.
+    pub offline_num_samples: usize,
+    /// Share of each actor batch whose regression target is the selected chunk a* re-generated
+    /// at the batch state (best of N by the online critic) instead of the stored chunk. 0 = QC's
+    /// stored chunks; the MVP paper calls a* "the target action for policy training".
+    pub selected_target_fraction: f64,
     /// Batch size.
     pub batch_size: usize,
     /// The generative actor (`kind = "mvp" | "flow" | "diffusion"` and its fields).
@@ -126,6 +134,8 @@ impl Default for AgentConfig {
         Self {
             horizon: 5,
             num_samples: 32,
+            offline_num_samples: 0,
+            selected_target_fraction: 0.0,
             batch_size: 256,
             actor: ActorConfig::default(),
             critic: CriticConfig::default(),
@@ -147,6 +157,9 @@ pub struct ScheduleConfig {
     pub warmup_steps: u64,
     /// Updates per online environment step.
     pub utd: usize,
+    /// Share of each online-phase batch drawn from transitions collected online (the rest from
+    /// the dataset); negative = no split, windows drawn uniformly over the whole buffer (QC).
+    pub online_fraction: f64,
     /// Steps between evaluations (0 = only at the end).
     pub eval_interval: u64,
     /// Episodes per evaluation (paper: 50).
@@ -173,6 +186,7 @@ impl Default for ScheduleConfig {
             online_steps: 1_000_000,
             warmup_steps: 5_000,
             utd: 1,
+            online_fraction: -1.0,
             eval_interval: 100_000,
             eval_episodes: 50,
             log_interval: 1_000,
@@ -220,6 +234,7 @@ impl TrainConfig {
         check(a.horizon >= 1, "agent.horizon", "an integer ≥ 1")?;
         check(a.num_samples >= 1, "agent.num_samples", "an integer ≥ 1")?;
         check(a.batch_size >= 1, "agent.batch_size", "an integer ≥ 1")?;
+        check((0.0..=1.0).contains(&a.selected_target_fraction), "agent.selected_target_fraction", "[0, 1]")?;
         check(a.critic.ensemble >= 1, "agent.critic.ensemble", "an integer ≥ 1")?;
         check((0.0..=1.0).contains(&a.critic.tau), "agent.critic.tau", "0 ≤ τ ≤ 1")?;
         check((0.0..1.0).contains(&a.critic.gamma), "agent.critic.gamma", "0 ≤ γ < 1")?;
@@ -228,9 +243,11 @@ impl TrainConfig {
         if let ActorConfig::Mvp(m) = &a.actor {
             check(m.ivc_weight >= 0.0, "agent.actor.ivc_weight", "λ ≥ 0")?;
             check((0.0..=1.0).contains(&m.equal_time_fraction), "agent.actor.equal_time_fraction", "[0, 1]")?;
+            check((0.0..=1.0).contains(&m.one_step_fraction), "agent.actor.one_step_fraction", "[0, 1]")?;
         }
         let s = &self.schedule;
         check(s.utd >= 1, "schedule.utd", "an integer ≥ 1")?;
+        check(s.online_fraction <= 1.0, "schedule.online_fraction", "a share in [0, 1], or negative for no split")?;
         check(s.eval_episodes >= 1, "schedule.eval_episodes", "an integer ≥ 1")?;
         check(s.log_interval >= 1, "schedule.log_interval", "an integer ≥ 1")?;
         check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;

@@ -60,6 +60,9 @@ pub struct Progress {
     /// Failures since the last good environment step (three in a row stop the run).
     #[serde(default)]
     pub env_failures_in_row: u32,
+    /// Transitions stored from the online environments (the newest rows of the buffer).
+    #[serde(default)]
+    pub online_rows: u64,
 }
 
 /// What a finished (or stopped) run reports.
@@ -71,6 +74,12 @@ pub struct Summary {
     pub steps: u64,
     /// The final evaluation, if one ran.
     pub eval: Option<EvalResult>,
+    /// Every evaluation of the run as (step, success rate), the learning curve.
+    pub curve: Vec<(u64, f64)>,
+    /// The step where the online phase starts.
+    pub offline_steps: u64,
+    /// Wall-clock seconds of this invocation.
+    pub seconds: f64,
 }
 
 /// Derives a 64-bit seed for step `i` of run `seed` (SplitMix64 finaliser).
@@ -283,6 +292,11 @@ impl Trainer {
             tracing::warn!("checkpoint has no replay buffer; online data before it is lost");
         }
         t.progress = loaded.meta;
+        // Acting and evaluation from a checkpoint of the offline phase use its candidate count.
+        let a = &t.config.agent;
+        if t.progress.step <= t.config.schedule.offline_steps && a.offline_num_samples > 0 {
+            t.agent.set_num_samples(a.offline_num_samples);
+        }
         if t.progress.step > t.config.schedule.offline_steps && matches!(t.online, Online::Single(_)) {
             match t.progress.env_state.clone() {
                 Some(state) => t.single().restore(&state)?,
@@ -372,8 +386,11 @@ impl Trainer {
             tch::manual_seed((step_seed(self.config.run.seed, i) >> 1) as i64);
             let mut rng = StdRng::seed_from_u64(step_seed(self.config.run.seed, i));
             let mut metrics: Vec<(&'static str, Tensor)> = Vec::new();
+            let a = &self.config.agent;
+            let n = if i < s.offline_steps && a.offline_num_samples > 0 { a.offline_num_samples } else { a.num_samples };
+            self.agent.set_num_samples(n);
             if i < s.offline_steps {
-                metrics = self.update(&mut rng)?;
+                metrics = self.update(&mut rng, false)?;
             } else {
                 let online = i - s.offline_steps;
                 let episode = match &self.online {
@@ -384,7 +401,7 @@ impl Trainer {
                 };
                 if online >= s.warmup_steps {
                     for _ in 0..s.utd {
-                        metrics = self.update(&mut rng)?;
+                        metrics = self.update(&mut rng, true)?;
                     }
                 }
                 // Episode statistics are logged when an episode ends, whatever the interval.
@@ -433,12 +450,28 @@ impl Trainer {
         bar.finish_and_clear();
         // Closing joins TensorBoard's writer thread: only then is the event file complete.
         self.logger.close()?;
-        Ok(Summary { run_dir: self.run_dir.clone(), steps: self.progress.step, eval: self.progress.last_eval.clone() })
+        Ok(Summary {
+            run_dir: self.run_dir.clone(),
+            steps: self.progress.step,
+            eval: self.progress.last_eval.clone(),
+            curve: self.progress.eval_history.clone(),
+            offline_steps: s.offline_steps,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
 
-    fn update(&mut self, rng: &mut StdRng) -> Result<Vec<(&'static str, Tensor)>> {
+    /// One update on a batch from the buffer. Online, with `schedule.online_fraction ≥ 0`, that
+    /// share of the batch comes from the online rows (the newest `progress.online_rows`).
+    fn update(&mut self, rng: &mut StdRng, online: bool) -> Result<Vec<(&'static str, Tensor)>> {
         let a = &self.config.agent;
-        self.buffer.sample_chunks(rng, a.batch_size, a.horizon, a.critic.gamma as f32, &mut self.batch)?;
+        let (gamma, share) = (a.critic.gamma as f32, self.config.schedule.online_fraction);
+        if online && share >= 0.0 {
+            let len = self.buffer.len();
+            let split = len - (self.progress.online_rows as usize).min(len);
+            self.buffer.sample_chunks_split(rng, a.batch_size, a.horizon, gamma, split, share, &mut self.batch)?;
+        } else {
+            self.buffer.sample_chunks(rng, a.batch_size, a.horizon, gamma, &mut self.batch)?;
+        }
         let batch = TensorBatch::from_chunks(&self.batch, self.device);
         self.agent.update(&batch)
     }
@@ -467,6 +500,7 @@ impl Trainer {
         self.progress.env_failures_in_row = 0;
         let reward = if self.config.env.sparse { sparse_reward(step.reward) } else { step.reward };
         self.buffer.push(&self.progress.obs, action, reward, &step.obs, step.done(), step.mask())?;
+        self.progress.online_rows += 1;
         self.progress.episode_return += reward as f64;
         self.progress.episode_length += 1;
         let mut out = Vec::new();
@@ -563,6 +597,7 @@ impl Trainer {
             let reward = if sparse { sparse_reward(t.reward) } else { t.reward };
             self.buffer.push(&t.obs, &t.action, reward, &t.next_obs, t.terminal, t.mask)?;
         }
+        self.progress.online_rows += got.ready.len() as u64;
         let mut out = Vec::new();
         if got.lost > 0 {
             self.progress.env_restarts += got.lost as u64;

@@ -48,6 +48,11 @@ enum Command {
         /// MVP and flow actors; bf16 needs AMX or AVX512-BF16).
         #[arg(long, value_enum, default_value = "libtorch")]
         engine: EvalEngine,
+        /// Override a setting of the run's config for this evaluation, e.g. `--set
+        /// agent.num_samples=1` (no selection) or `--set agent.actor.sampling_steps=4` (the same
+        /// MVP network sampled in 4 steps) (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Generate datasets with scripted demonstrators.
     #[command(subcommand)]
@@ -136,6 +141,15 @@ fn train(config: Option<PathBuf>, overrides: Vec<String>, resume: Option<PathBuf
         None => mvp_agent::Trainer::new(mvp_agent::TrainConfig::load(config.as_deref(), &overrides)?)?,
     };
     let summary = trainer.run()?;
+    if !summary.curve.is_empty() {
+        println!("learning curve (evaluation success; online from step {}):", summary.offline_steps);
+        println!("  {:>9}  {:>7}", "step", "success");
+        for (step, success) in &summary.curve {
+            let phase = if *step <= summary.offline_steps { "offline" } else { "online" };
+            println!("  {step:>9}  {success:>7.3}  {phase}");
+        }
+    }
+    println!("wall time {:.1} min", summary.seconds / 60.0);
     match &summary.eval {
         Some(e) => println!(
             "evaluation after {} steps: success rate {:.3} over {} episodes (mean return {:.2})",
@@ -163,8 +177,9 @@ enum EvalEngine {
     NativeBf16,
 }
 
-fn eval(run: PathBuf, episodes: usize, engine: EvalEngine) -> anyhow::Result<()> {
-    let mut trainer = mvp_agent::Trainer::resume(&run, &[format!("schedule.eval_episodes={episodes}")])?;
+fn eval(run: PathBuf, episodes: usize, engine: EvalEngine, mut overrides: Vec<String>) -> anyhow::Result<()> {
+    overrides.push(format!("schedule.eval_episodes={episodes}"));
+    let mut trainer = mvp_agent::Trainer::resume(&run, &overrides)?;
     let r = match engine {
         EvalEngine::Libtorch => trainer.evaluate()?,
         EvalEngine::NativeF32 => trainer.evaluate_native(mvp_infer::Precision::F32)?,
@@ -177,7 +192,7 @@ fn eval(run: PathBuf, episodes: usize, engine: EvalEngine) -> anyhow::Result<()>
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train { config, overrides, resume } => train(config, overrides, resume),
-        Command::Eval { run, episodes, engine } => eval(run, episodes, engine),
+        Command::Eval { run, episodes, engine, overrides } => eval(run, episodes, engine, overrides),
         Command::Data(DataCommand::Ogbench { env, episodes, out, workers, seed, episode_length, val_episodes }) => {
             let mut g = mvp_envs::OgbenchGenerate::new(env, episodes, out);
             (g.workers, g.seed, g.episode_length, g.val_episodes) = (workers, seed, episode_length, val_episodes);

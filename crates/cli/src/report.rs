@@ -7,7 +7,9 @@
 //! the steps that every run of the group logged.
 //!
 //! Writes `results.csv` (one row per run), `summary.md` (one row per group), `curves.csv`
-//! and `learning_curves.png` into `--out`, and prints the summary.
+//! (mean and std per logged step, with the mean seconds since the run's start),
+//! `learning_curves.png` (against steps) and `learning_curves_wallclock.png` (against wall-clock
+//! seconds) into `--out`, and prints the summary.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,8 @@ pub struct ReportArgs {
 struct Run {
     group: String,
     name: String,
-    curve: Vec<(u64, f64)>,
+    /// (step, value, wall time of the record in seconds since the run's start).
+    curve: Vec<(u64, f64, f64)>,
     seconds: f64,
 }
 
@@ -52,7 +55,7 @@ fn read_run(dir: &Path, metric: &str) -> Result<Option<Run>> {
             last = t;
         }
         if let (Some(step), Some(x)) = (v["step"].as_u64(), v[metric].as_f64()) {
-            curve.push((step, x));
+            curve.push((step, x, v["wall_time"].as_f64().unwrap_or(f64::NAN)));
         }
     }
     if curve.is_empty() {
@@ -66,6 +69,9 @@ fn read_run(dir: &Path, metric: &str) -> Result<Option<Run>> {
         .unwrap_or(first);
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let group = name.rsplit_once("__").map(|(g, _)| g.to_string()).unwrap_or_else(|| name.clone());
+    for p in &mut curve {
+        p.2 -= started;
+    }
     Ok(Some(Run { group, name, curve, seconds: last - started }))
 }
 
@@ -106,8 +112,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
         groups.entry(r.group.as_str()).or_default().push(r);
     }
     let mut md = format!("| group | runs | final {} (mean ± std) | per run | time per run (mean) |\n|---|---|---|---|---|\n", args.metric);
-    let mut curves_csv = String::from("group,step,mean,std,runs\n");
-    let mut series = Vec::new();
+    let mut curves_csv = String::from("group,step,mean,std,runs,seconds\n");
+    let (mut series, mut series_wall) = (Vec::new(), Vec::new());
     for (group, rs) in &groups {
         let finals: Vec<f64> = rs.iter().filter_map(|r| r.curve.last().map(|p| p.1)).collect();
         let (m, s) = mean_std(&finals);
@@ -115,26 +121,37 @@ pub fn run(args: ReportArgs) -> Result<()> {
         let (t, _) = mean_std(&rs.iter().map(|r| r.seconds).collect::<Vec<_>>());
         md += &format!("| {group} | {} | {m:.3} ± {s:.3} | {} | {:.1} min |\n", rs.len(), each.join(", "), t / 60.0);
         // The mean curve over the steps every run of the group logged.
-        let mut by_step: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+        let mut by_step: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
         for r in rs {
-            for &(step, x) in &r.curve {
-                by_step.entry(step).or_default().push(x);
+            for &(step, x, secs) in &r.curve {
+                by_step.entry(step).or_default().push((x, secs));
             }
         }
-        let mut points = Vec::new();
+        let (mut points, mut points_wall) = (Vec::new(), Vec::new());
         for (step, xs) in by_step.into_iter().filter(|(_, xs)| xs.len() == rs.len()) {
-            let (m, s) = mean_std(&xs);
-            curves_csv += &format!("{group},{step},{m},{s},{}\n", xs.len());
+            let (m, s) = mean_std(&xs.iter().map(|p| p.0).collect::<Vec<_>>());
+            let (secs, _) = mean_std(&xs.iter().map(|p| p.1).collect::<Vec<_>>());
+            curves_csv += &format!("{group},{step},{m},{s},{},{secs:.1}\n", xs.len());
             points.push((step as f64, m));
+            if secs.is_finite() {
+                points_wall.push((secs, m));
+            }
         }
         series.push((group.to_string(), points));
+        series_wall.push((group.to_string(), points_wall));
     }
     std::fs::write(out.join("summary.md"), &md)?;
     std::fs::write(out.join("curves.csv"), curves_csv)?;
     let series_ref: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(g, p)| (g.as_str(), p.clone())).collect();
     let title = if args.title.is_empty() { format!("{} (mean over runs)", args.metric) } else { args.title.clone() };
     mvp_logging::plot_curves(out.join("learning_curves.png"), &title, &series_ref, "step", &args.metric)?;
+    let wall_ref: Vec<(&str, Vec<(f64, f64)>)> = series_wall.iter().map(|(g, p)| (g.as_str(), p.clone())).collect();
+    let x_label = "wall-clock seconds since the run's start (mean over runs)";
+    mvp_logging::plot_curves(out.join("learning_curves_wallclock.png"), &title, &wall_ref, x_label, &args.metric)?;
     print!("{md}");
-    println!("\nwrote results.csv, summary.md, curves.csv and learning_curves.png to {}", out.display());
+    println!(
+        "\nwrote results.csv, summary.md, curves.csv, learning_curves.png and learning_curves_wallclock.png to {}",
+        out.display()
+    );
     Ok(())
 }

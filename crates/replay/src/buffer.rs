@@ -175,6 +175,37 @@ impl ReplayBuffer {
         Ok(())
     }
 
+    /// Like [`ReplayBuffer::sample_chunks`], but the first `round(share_after · batch)` windows
+    /// start at or after row `split` (counted from the oldest stored row) and the others
+    /// before it: a fixed mix of two regions, e.g. the dataset (loaded first) and the online
+    /// data after it. A region with no window start gives its share to the other.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_chunks_split<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        batch: usize,
+        h: usize,
+        gamma: f32,
+        split: usize,
+        share_after: f64,
+        out: &mut ChunkBatch,
+    ) -> Result<()> {
+        let starts = self.prepare(batch, h, gamma, out)?;
+        let split = split.min(starts);
+        let after = if split == 0 {
+            batch
+        } else if split == starts {
+            0
+        } else {
+            ((share_after.clamp(0.0, 1.0) * batch as f64).round() as usize).min(batch)
+        };
+        for b in 0..batch {
+            let start = if b < after { rng.random_range(split..starts) } else { rng.random_range(0..split) };
+            self.fill(b, start, gamma, out);
+        }
+        Ok(())
+    }
+
     /// Like [`ReplayBuffer::sample_chunks`] at chosen starts: `starts[b]` counts from the
     /// oldest stored transition (0) and must be below [`ReplayBuffer::num_starts`]`(h)`.
     pub fn chunks_at(&self, starts: &[usize], h: usize, gamma: f32, out: &mut ChunkBatch) -> Result<()> {
@@ -252,6 +283,27 @@ mod tests {
         let mut out = ChunkBatch::new(1, h, 1, 1);
         buf.chunks_at(&[start], h, gamma, &mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn split_sampling_draws_the_asked_share_from_each_region() {
+        let mut buf = ReplayBuffer::new(100, 1, 1).unwrap();
+        let mut t0 = 0;
+        push_episode(&mut buf, &mut t0, &[0.0; 60], true); // rows 0..60: "dataset"
+        push_episode(&mut buf, &mut t0, &[0.0; 40], false); // rows 60..100: "online"
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut out = ChunkBatch::new(200, 1, 1, 1);
+        buf.sample_chunks_split(&mut rng, 200, 1, 0.99, 60, 0.25, &mut out).unwrap();
+        let after = out.observations.iter().filter(|&&o| o >= 60.0).count();
+        assert_eq!(after, 50, "a quarter of the windows from the second region");
+        assert!(out.observations[..50].iter().all(|&o| o >= 60.0));
+        assert!(out.observations[50..].iter().all(|&o| o < 60.0));
+        // No row after the split: everything comes from before it.
+        buf.sample_chunks_split(&mut rng, 200, 1, 0.99, 100, 0.5, &mut out).unwrap();
+        assert!(out.observations.iter().all(|&o| o < 100.0));
+        // No row before it: everything from after.
+        buf.sample_chunks_split(&mut rng, 200, 1, 0.99, 0, 0.5, &mut out).unwrap();
+        assert!(out.observations.iter().any(|&o| o < 60.0));
     }
 
     #[test]
