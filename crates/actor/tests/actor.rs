@@ -158,3 +158,25 @@ fn one_step_mvp_covers_both_modes_where_a_regressor_falls_between() {
     let q = expressiveness::quality(task, &obs, &x, &y);
     assert!(q.between > 0.5 && q.coverage < 0.6, "regressor unexpectedly multimodal: {q:?}");
 }
+
+#[test]
+fn time_pairs_hit_the_one_step_point_at_the_configured_share() {
+    let _g = lock();
+    tch::manual_seed(7);
+    let like = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+    let share_at_jump = |one_step: f64, equal: f64| -> (f64, f64) {
+        let (_vs, p) = f64_mvp(MvpConfig { one_step_fraction: one_step, equal_time_fraction: equal, ..MvpConfig::default() });
+        let (r, t) = p.sample_times(20_000, &like);
+        assert!(bool::try_from(r.le_tensor(&t).all()).unwrap(), "r ≤ t for every pair");
+        let jump = r.eq(0.0).logical_and(&t.eq(1.0)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        let equal = r.eq_tensor(&t).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        (jump, equal)
+    };
+    let (jump, _) = share_at_jump(0.0, 0.0);
+    assert_eq!(jump, 0.0, "the paper's sampler never draws the exact one-step point");
+    let (jump, _) = share_at_jump(0.25, 0.0);
+    assert!((jump - 0.25).abs() < 0.015, "share at (r, t) = (0, 1): {jump}");
+    // The one-step share is taken after the r = t share, so both keep their meaning.
+    let (jump, equal) = share_at_jump(0.25, 0.5);
+    assert!((jump - 0.25).abs() < 0.015 && (equal - 0.75 * 0.5).abs() < 0.02, "jump {jump}, equal {equal}");
+}
