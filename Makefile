@@ -16,10 +16,11 @@ setup:
 build: setup
 	$(CARGO) build --release
 
-## run: the main job: MVP offline-to-online on OGBench cube-double task2 at a CPU budget
-## (generates the 100-episode dataset on first use; about 15 minutes on 2 cores)
+## run: the main job: MVP offline-to-online on robomimic lift at a CPU budget (generates 50
+## scripted demonstrations on first use; about 10-12 minutes on 2 cores after the build), then
+## prints the learning curve
 run: build
-	target/release/mvp train --config configs/cpu/cube-double-task2.toml
+	target/release/mvp train --config configs/cpu/robomimic-lift.toml
 
 ## test: every test of the workspace, release profile, one libtorch thread
 test: setup
