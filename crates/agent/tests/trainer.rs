@@ -309,3 +309,31 @@ fn offline_to_online_on_robomimic_lift_with_generated_demonstrations() {
 fn sparse_option_maps_partial_progress_to_minus_one() {
     assert_eq!([-3.0f32, -1.0, -0.5, 0.0].map(trainer::sparse_reward), [-1.0, -1.0, -1.0, 0.0]);
 }
+
+#[test]
+fn offline_candidate_count_and_online_levers_take_effect_by_phase() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let levers = [
+        "agent.offline_num_samples=1",
+        "agent.selected_target_fraction=0.5",
+        "schedule.online_fraction=0.5",
+        "schedule.eval_interval=40",
+    ];
+    let s = Trainer::new(tiny(dir.path(), "levers", &levers)).unwrap().run().unwrap();
+    let jsonl = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps_with = |tag: &str| -> Vec<u64> { rows.iter().filter(|r| r.get(tag).is_some()).map(|r| r["step"].as_u64().unwrap()).collect() };
+    // Selection diagnostics exist only where more than one candidate is scored: online.
+    let selected = steps_with("select/q_selected");
+    assert!(!selected.is_empty() && selected.iter().all(|&s| s > 40), "select/* logged at {selected:?}");
+    assert!(steps_with("critic/loss").iter().any(|&s| s <= 40), "offline updates log the critic");
+    for tag in ["select/q_data", "select/score_std", "select/candidate_std"] {
+        assert_eq!(steps_with(tag), selected, "{tag}");
+    }
+    // The learning curve: the end of the offline phase and the end of the run.
+    assert_eq!(s.curve.iter().map(|p| p.0).collect::<Vec<_>>(), vec![40, 80, 100]);
+    // A bad share names its key.
+    let err = TrainConfig::load(None, &["agent.selected_target_fraction=1.5".into()]).unwrap_err();
+    assert!(format!("{err:#}").contains("agent.selected_target_fraction"), "{err:#}");
+}
