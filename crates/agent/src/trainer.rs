@@ -313,6 +313,10 @@ impl Trainer {
                     t.progress.chunk.clear();
                 }
             }
+        } else if matches!(t.online, Online::Single(_)) {
+            // A checkpoint of the offline phase: the environment has not stepped yet; reset it
+            // as a new run does (same seed), so the online phase starts where it would have.
+            t.start_episode()?;
         }
         tracing::info!("resumed {} at step {}", run_dir.display(), t.progress.step);
         Ok(t)
