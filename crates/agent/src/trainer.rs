@@ -288,8 +288,11 @@ impl Trainer {
         let buffer_path = loaded.dir.join(BUFFER_FILE);
         if buffer_path.exists() {
             t.buffer.restore(&buffer_path)?;
-        } else {
-            tracing::warn!("checkpoint has no replay buffer; online data before it is lost");
+        } else if loaded.meta.online_rows > 0 {
+            tracing::warn!(
+                "checkpoint has no replay buffer (schedule.save_buffer = false): the {} online transitions before it are lost",
+                loaded.meta.online_rows
+            );
         }
         t.progress = loaded.meta;
         // Acting and evaluation from a checkpoint of the offline phase use its candidate count.
