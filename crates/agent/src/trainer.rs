@@ -369,15 +369,19 @@ impl Trainer {
         let s = self.config.schedule.clone();
         let total = s.offline_steps + s.online_steps;
         let end = if s.stop_after > 0 { s.stop_after.min(total) } else { total };
+        let a = &self.config.agent;
+        let candidates = match a.offline_num_samples {
+            n if n > 0 && n != a.num_samples && s.offline_steps > 0 => format!("N = {n} offline, {} online", a.num_samples),
+            _ => format!("N = {}", a.num_samples),
+        };
         tracing::info!(
             "run {}: {} offline steps, {} online steps, evaluation every {} steps over {} episodes \
-             (greedy generate-and-select, N = {}, seeds from {})",
+             (greedy generate-and-select, {candidates}, seeds from {})",
             self.run_dir.display(),
             s.offline_steps,
             s.online_steps,
             s.eval_interval,
             s.eval_episodes,
-            self.config.agent.num_samples,
             self.config.env.eval_seed_offset
         );
         let bar = ProgressBar::new(total).with_position(self.progress.step);
