@@ -49,22 +49,27 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
     let full = Trainer::new(tiny(dir.path(), "full", &[])).unwrap().run().unwrap();
-    // Stop in the middle of the online phase (step 57 = 17 environment steps, inside a chunk).
-    let part = Trainer::new(tiny(dir.path(), "part", &["schedule.stop_after=57"])).unwrap().run().unwrap();
-    assert_eq!(part.steps, 57);
-    let resumed = Trainer::resume(&part.run_dir, &["schedule.stop_after=0".into()]).unwrap().run().unwrap();
-    assert_eq!(resumed.steps, full.steps);
+    // Stop at the end of the offline phase (step 40: the environment has not stepped yet), and in
+    // the middle of the online phase (step 57 = 17 environment steps, inside a chunk).
+    for stop in [40, 57] {
+        let name = format!("part{stop}");
+        let part = Trainer::new(tiny(dir.path(), &name, &[&format!("schedule.stop_after={stop}")])).unwrap().run().unwrap();
+        assert_eq!(part.steps, stop);
+        let resumed = Trainer::resume(&part.run_dir, &["schedule.stop_after=0".into()]).unwrap().run().unwrap();
+        assert_eq!(resumed.steps, full.steps);
 
-    let (a, b) = (latest_checkpoint(&full.run_dir), latest_checkpoint(&resumed.run_dir));
-    let ta: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&a).unwrap();
-    let tb: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&b).unwrap();
-    assert_eq!(ta.tensors.len(), tb.tensors.len());
-    for (name, t) in &ta.tensors {
-        assert!(t.equal(&tb.tensors[name]), "{name} differs between the uninterrupted and the resumed run");
+        let (a, b) = (latest_checkpoint(&full.run_dir), latest_checkpoint(&resumed.run_dir));
+        let ta: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&a).unwrap();
+        let tb: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&b).unwrap();
+        assert_eq!(ta.tensors.len(), tb.tensors.len());
+        for (name, t) in &ta.tensors {
+            assert!(t.equal(&tb.tensors[name]), "{name} differs between the uninterrupted run and the one resumed at {stop}");
+        }
+        let (ba, bb) = (std::fs::read(a.join("buffer.bin")).unwrap(), std::fs::read(b.join("buffer.bin")).unwrap());
+        assert!(ba == bb, "replay buffers differ (resumed at {stop})");
+        assert_eq!(full.eval, resumed.eval);
+        assert_eq!(full.curve, resumed.curve, "learning curves differ (resumed at {stop})");
     }
-    let (ba, bb) = (std::fs::read(a.join("buffer.bin")).unwrap(), std::fs::read(b.join("buffer.bin")).unwrap());
-    assert!(ba == bb, "replay buffers differ");
-    assert_eq!(full.eval, resumed.eval);
 }
 
 #[test]
