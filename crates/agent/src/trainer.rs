@@ -259,7 +259,8 @@ impl Trainer {
                 .chars()
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
                 .collect();
-            format!("{}__{actor}__{}__{secs}", config.env.name, config.run.seed)
+            // `robomimic/lift` names a task, not a folder.
+            format!("{}__{actor}__{}__{secs}", config.env.name.replace('/', "-"), config.run.seed)
         } else {
             config.run.name.clone()
         };
