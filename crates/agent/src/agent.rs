@@ -108,11 +108,6 @@ impl Agent {
         self.shape
     }
 
-    /// Candidates per selection now (acting, evaluation, TD targets).
-    pub fn num_samples(&self) -> usize {
-        self.num_samples
-    }
-
     /// Sets the candidates per selection; the trainer switches between the offline and the
     /// online count (`agent.offline_num_samples`).
     pub fn set_num_samples(&mut self, n: usize) {
@@ -191,8 +186,8 @@ impl Agent {
     /// The critic's TD loss. The target selects `a*` at `s_{k+h}` with the online critic (as in
     /// acting) and values it with the target critic; it is detached. With N > 1 it also reports
     /// what selection does (the diagnostics of a young critic): the online Q of the selected
-    /// chunks against the Q of the stored chunks, the spread of the candidates' scores and of
-    /// the candidates themselves.
+    /// chunks (compare with the critic's `critic/q_data`, the stored chunks scored the same way),
+    /// the spread of the candidates' scores and of the candidates themselves.
     pub fn critic_loss(&self, b: &TensorBatch) -> (Tensor, Metrics) {
         let mut selection = Vec::new();
         let target = tch::no_grad(|| {
@@ -215,12 +210,6 @@ impl Agent {
         });
         let last_valid = b.valid.select(1, self.shape.horizon as i64 - 1);
         let (loss, mut metrics) = self.critic.td_loss(&b.observations, &b.actions, &target, &last_valid);
-        if !selection.is_empty() {
-            // The stored chunks at the bootstrap states are not in the batch; the stored chunks
-            // at the batch states are the dataset's (or executed) actions, the comparison point.
-            let q_data = self.critic.score(&b.observations, &b.actions).mean(Kind::Float);
-            selection.push(("select/q_data", q_data));
-        }
         metrics.extend(selection);
         (loss, metrics)
     }

@@ -129,6 +129,18 @@ pub struct AgentConfig {
     pub critic_optim: AdamConfig,
 }
 
+impl AgentConfig {
+    /// Candidates per selection in a phase: `offline_num_samples` (when set) offline,
+    /// `num_samples` online.
+    pub fn num_samples_in(&self, offline: bool) -> usize {
+        if offline && self.offline_num_samples > 0 {
+            self.offline_num_samples
+        } else {
+            self.num_samples
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {

@@ -297,10 +297,8 @@ impl Trainer {
         }
         t.progress = loaded.meta;
         // Acting and evaluation from a checkpoint of the offline phase use its candidate count.
-        let a = &t.config.agent;
-        if t.progress.step <= t.config.schedule.offline_steps && a.offline_num_samples > 0 {
-            t.agent.set_num_samples(a.offline_num_samples);
-        }
+        let offline = t.progress.step <= t.config.schedule.offline_steps;
+        t.agent.set_num_samples(t.config.agent.num_samples_in(offline));
         if t.progress.step > t.config.schedule.offline_steps && matches!(t.online, Online::Single(_)) {
             match t.progress.env_state.clone() {
                 Some(state) => t.single().restore(&state)?,
@@ -371,9 +369,9 @@ impl Trainer {
         let total = s.offline_steps + s.online_steps;
         let end = if s.stop_after > 0 { s.stop_after.min(total) } else { total };
         let a = &self.config.agent;
-        let candidates = match a.offline_num_samples {
-            n if n > 0 && n != a.num_samples && s.offline_steps > 0 => format!("N = {n} offline, {} online", a.num_samples),
-            _ => format!("N = {}", a.num_samples),
+        let candidates = match (a.num_samples_in(true), a.num_samples) {
+            (off, on) if off != on && s.offline_steps > 0 => format!("N = {off} offline, {on} online"),
+            (_, on) => format!("N = {on}"),
         };
         tracing::info!(
             "run {}: {} offline steps, {} online steps, evaluation every {} steps over {} episodes \
@@ -398,9 +396,7 @@ impl Trainer {
             tch::manual_seed((step_seed(self.config.run.seed, i) >> 1) as i64);
             let mut rng = StdRng::seed_from_u64(step_seed(self.config.run.seed, i));
             let mut metrics: Vec<(&'static str, Tensor)> = Vec::new();
-            let a = &self.config.agent;
-            let n = if i < s.offline_steps && a.offline_num_samples > 0 { a.offline_num_samples } else { a.num_samples };
-            self.agent.set_num_samples(n);
+            self.agent.set_num_samples(self.config.agent.num_samples_in(i < s.offline_steps));
             if i < s.offline_steps {
                 metrics = self.update(&mut rng, false)?;
             } else {

@@ -124,6 +124,9 @@ impl Critic {
             ("critic/q_mean", q.detach().mean(Kind::Float)),
             ("critic/q_max", q.detach().max()),
             ("critic/q_min", q.detach().min()),
+            // The stored chunks as selection scores them (ensemble aggregate): the point of
+            // comparison for the agent's `select/q_selected`.
+            ("critic/q_data", self.config.aggregate.apply(&q.detach()).mean(Kind::Float)),
             ("critic/target_mean", target.mean(Kind::Float)),
         ];
         (loss, metrics)
