@@ -8,6 +8,12 @@
 # and resume or are kept when done before; the report (results.csv, summary.md, curves.csv,
 # learning_curves.png, learning_curves_wallclock.png), each variant's resolved config and the
 # commit go to RESULTS. EXTRA (environment) adds overrides to every run.
+#
+# FORK=PARENT:STEP (environment) makes each run continue the same seed's run of variant PARENT
+# (in the same RESULTS) from its checkpoint at STEP, with the variant's overrides
+# (`mvp train --resume`), instead of starting anew: a shared part such as the offline phase is
+# trained once. The fork copies the parent's config and metric rows up to STEP (not its
+# TensorBoard file); its wall times count from the parent's start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${1:?usage: experiments/run-grid.sh CONFIG RESULTS SEEDS PARALLEL VARIANT...}
@@ -27,6 +33,24 @@ $mvp --log warn train --config "$config" "${extra[@]}" --set schedule.stop_after
   --set "run.out_dir=\"$runs/.prepare\"" >/dev/null
 rm -rf "$runs/.prepare"
 
+# fork PARENT_RUN STEP NEW_RUN: a run directory holding PARENT_RUN's checkpoint at STEP as its
+# latest, its config and its metric rows up to STEP.
+fork() {
+  local parent=$1 step=$2 dst=$3 ckpt
+  ckpt=$(printf 'step_%010d' "$step")
+  if [[ ! -d "$parent/checkpoints/$ckpt" ]]; then
+    echo "$(basename "$dst"): FAILED (no checkpoint $parent/checkpoints/$ckpt to fork)"; return 1
+  fi
+  mkdir -p "$dst/checkpoints"
+  cp "$parent/config.toml" "$parent/run.json" "$dst/"
+  cp -r "$parent/checkpoints/$ckpt" "$dst/checkpoints/"
+  echo "$ckpt" > "$dst/checkpoints/latest"
+  awk -F, -v s="$step" 'NR == 1 || $1 <= s' "$parent/metrics.csv" > "$dst/metrics.csv"
+  grep -E "\"step\": ?([0-9]+)" "$parent/metrics.jsonl" | awk -v s="$step" '{
+    match($0, /"step": ?[0-9]+/); v = substr($0, RSTART, RLENGTH); gsub(/[^0-9]/, "", v); if (v + 0 <= s) print }' \
+    > "$dst/metrics.jsonl"
+}
+
 run_one() {
   local name=${1%%|*} sets=${1#*|} seed=$2
   local run=${name}__seed$seed
@@ -34,10 +58,17 @@ run_one() {
     echo "$run: done before, kept"; return
   fi
   rm -rf "${runs:?}/$run"
-  # shellcheck disable=SC2086
-  if OMP_NUM_THREADS=1 $mvp --log warn train --config "$config" "${extra[@]}" $sets --set run.seed="$seed" \
-    --set "run.out_dir=\"$runs\"" --set "run.name=\"$run\"" --set schedule.save_buffer=false \
-    > "$runs/$run.log" 2>&1; then
+  local cmd
+  if [[ -n "${FORK:-}" ]]; then
+    fork "$runs/${FORK%%:*}__seed$seed" "${FORK#*:}" "$runs/$run" || return
+    # shellcheck disable=SC2206
+    cmd=(train --resume "$runs/$run" "${extra[@]}" $sets)
+  else
+    # shellcheck disable=SC2206
+    cmd=(train --config "$config" "${extra[@]}" $sets --set run.seed="$seed" --set "run.out_dir=\"$runs\""
+      --set "run.name=\"$run\"" --set schedule.save_buffer=false)
+  fi
+  if OMP_NUM_THREADS=1 $mvp --log warn "${cmd[@]}" > "$runs/$run.log" 2>&1; then
     echo "$run: $(grep 'success rate' "$runs/$run.log" | tail -1)"
   else
     echo "$run: FAILED (see $runs/$run.log)"

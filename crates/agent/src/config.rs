@@ -176,6 +176,10 @@ pub struct ScheduleConfig {
     pub eval_interval: u64,
     /// Episodes per evaluation (paper: 50).
     pub eval_episodes: usize,
+    /// Actions of each chunk executed in evaluation before the policy is queried again:
+    /// 0 = the whole chunk (h, open loop, as trained); 1 = receding horizon (closed loop).
+    /// Training always executes whole chunks (the critic values whole chunks).
+    pub eval_execute_steps: usize,
     /// Steps between metric logs.
     pub log_interval: u64,
     /// Steps between checkpoints (0 = only at the end).
@@ -201,6 +205,7 @@ impl Default for ScheduleConfig {
             online_fraction: -1.0,
             eval_interval: 100_000,
             eval_episodes: 50,
+            eval_execute_steps: 0,
             log_interval: 1_000,
             checkpoint_interval: 100_000,
             keep_checkpoints: 2,
@@ -261,6 +266,7 @@ impl TrainConfig {
         check(s.utd >= 1, "schedule.utd", "an integer ≥ 1")?;
         check(s.online_fraction <= 1.0, "schedule.online_fraction", "a share in [0, 1], or negative for no split")?;
         check(s.eval_episodes >= 1, "schedule.eval_episodes", "an integer ≥ 1")?;
+        check(s.eval_execute_steps <= a.horizon, "schedule.eval_execute_steps", "0 (whole chunks) or 1..=agent.horizon")?;
         check(s.log_interval >= 1, "schedule.log_interval", "an integer ≥ 1")?;
         check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;
         check(s.buffer_capacity >= a.batch_size + a.horizon, "schedule.buffer_capacity", "≥ batch_size + horizon")?;

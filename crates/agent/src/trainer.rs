@@ -281,6 +281,18 @@ impl Trainer {
             .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
         let device = config.runtime.apply()?;
         let loaded: checkpoint::Loaded<Progress> = checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
+        if !overrides.is_empty() {
+            // The run continues with the overrides: its config.toml says so, and a later plain
+            // `--resume` keeps them.
+            let text = toml::to_string_pretty(&config).context("serialising the resolved config")?;
+            let header = format!(
+                "# Resolved config of this run. seed = {}; from step {} on with {}\n",
+                config.run.seed,
+                loaded.meta.step,
+                overrides.iter().map(|o| format!("--set {o}")).collect::<Vec<_>>().join(" ")
+            );
+            checkpoint::write_atomically(&run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())?;
+        }
         // A vector collector restarts its episodes (with fresh seeds): the transitions it had
         // staged in unfinished episodes are not in the checkpoint.
         let online = make_online(&config, loaded.meta.episodes)?;
@@ -624,7 +636,16 @@ impl Trainer {
     /// Runs the evaluation protocol on the evaluation environment.
     pub fn evaluate(&mut self) -> Result<EvalResult> {
         let seed = self.eval_seed();
-        evaluate(&self.agent, self.eval_pool.as_mut(), self.config.schedule.eval_episodes, seed)
+        let (episodes, execute) = (self.config.schedule.eval_episodes, self.eval_execute());
+        evaluate(&self.agent, self.eval_pool.as_mut(), episodes, execute, seed)
+    }
+
+    /// Actions of each chunk executed in evaluation before the next query.
+    fn eval_execute(&self) -> usize {
+        match self.config.schedule.eval_execute_steps {
+            0 => self.config.agent.horizon,
+            k => k,
+        }
     }
 
     /// Seed of the first evaluation episode (a stream apart from training's).
@@ -636,7 +657,8 @@ impl Trainer {
     /// [`crate::eval::evaluate_native`]); same episodes and seeds as [`Trainer::evaluate`].
     pub fn evaluate_native(&mut self, precision: mvp_infer::Precision) -> Result<EvalResult> {
         let seed = self.eval_seed();
-        crate::eval::evaluate_native(&self.agent, self.eval_pool.as_mut(), self.config.schedule.eval_episodes, seed, precision)
+        let (episodes, execute) = (self.config.schedule.eval_episodes, self.eval_execute());
+        crate::eval::evaluate_native(&self.agent, self.eval_pool.as_mut(), episodes, execute, seed, precision)
     }
 
     /// Writes `learning_curve.png` (evaluation success against steps); a plotting failure is

@@ -157,11 +157,22 @@ struct Slot {
     length: usize,
 }
 
-/// Runs `episodes` evaluation episodes of `policy` (chunks of `h` actions executed open-loop)
-/// over the pool's environments; episode `e` is reset with seed `seed + e`. Returns the
-/// episodes in order of `e`. Every environment that needs a chunk is served by one policy
-/// call.
-pub fn evaluate(pool: &mut dyn EnvPool, h: usize, episodes: usize, seed: u64, policy: &mut Policy<'_>) -> Result<Vec<EpisodeStats>> {
+/// Runs `episodes` evaluation episodes of `policy` over the pool's environments: of each chunk
+/// of `h` actions the first `execute` (1 ≤ execute ≤ h) are executed open-loop before the next
+/// query (`execute = h`: whole chunks; 1: receding horizon, closed loop). Episode `e` is reset
+/// with seed `seed + e`. Returns the episodes in order of `e`. Every environment that needs a
+/// chunk is served by one policy call.
+pub fn evaluate(
+    pool: &mut dyn EnvPool,
+    h: usize,
+    execute: usize,
+    episodes: usize,
+    seed: u64,
+    policy: &mut Policy<'_>,
+) -> Result<Vec<EpisodeStats>> {
+    if execute == 0 || execute > h {
+        bail!("evaluation executes {execute} actions of chunks of {h}: allowed 1..={h}");
+    }
     let (o_dim, a_dim) = (pool.spec().obs_dim, pool.spec().action_dim);
     let mut results: Vec<Option<EpisodeStats>> = vec![None; episodes];
     let mut slots: Vec<Option<Slot>> = (0..pool.num_envs()).map(|_| None).collect();
@@ -195,7 +206,7 @@ pub fn evaluate(pool: &mut dyn EnvPool, h: usize, episodes: usize, seed: u64, po
             }
             for (k, &i) in need.iter().enumerate() {
                 if let Some(s) = slots[i].as_mut() {
-                    s.queue.extend(&chunks[k * h * a_dim..(k + 1) * h * a_dim]);
+                    s.queue.extend(&chunks[k * h * a_dim..(k * h + execute) * a_dim]);
                 }
             }
         }
@@ -405,10 +416,10 @@ mod tests {
         let mut calls1 = Vec::new();
         let mut pool = native_pool(1);
         let a = pool.spec().action_dim;
-        let one = evaluate(pool.as_mut(), h, 5, 7, &mut constant(h, a, &mut calls1)).unwrap();
+        let one = evaluate(pool.as_mut(), h, h, 5, 7, &mut constant(h, a, &mut calls1)).unwrap();
         let mut calls3 = Vec::new();
         let mut pool = native_pool(3);
-        let three = evaluate(pool.as_mut(), h, 5, 7, &mut constant(h, a, &mut calls3)).unwrap();
+        let three = evaluate(pool.as_mut(), h, h, 5, 7, &mut constant(h, a, &mut calls3)).unwrap();
         // A deterministic policy: episode e depends only on its seed, not on the pool.
         assert_eq!(one, three);
         assert_eq!(one.len(), 5);
@@ -422,15 +433,34 @@ mod tests {
     }
 
     #[test]
+    fn executing_part_of_each_chunk_queries_the_policy_once_per_executed_part() {
+        let h = 4;
+        let mut pool = native_pool(1);
+        let a = pool.spec().action_dim;
+        let mut whole = Vec::new();
+        let full = evaluate(pool.as_mut(), h, h, 3, 7, &mut constant(h, a, &mut whole)).unwrap();
+        let mut closed = Vec::new();
+        let one = evaluate(pool.as_mut(), h, 1, 3, 7, &mut constant(h, a, &mut closed)).unwrap();
+        // The same actions either way (the policy is constant), hence the same episodes...
+        assert_eq!(full, one);
+        // ...but one query per executed action instead of one per chunk.
+        let steps: usize = one.iter().map(|e| e.length).sum();
+        assert_eq!(closed.iter().sum::<usize>(), steps);
+        assert_eq!(whole.iter().sum::<usize>(), full.iter().map(|e| e.length.div_ceil(h)).sum::<usize>());
+    }
+
+    #[test]
     fn every_episode_finishes_and_a_wrongly_sized_policy_output_is_an_error() {
         let mut pool = native_pool(2);
         let a = pool.spec().action_dim;
         let mut calls = Vec::new();
-        let eps = evaluate(pool.as_mut(), 5, 4, 0, &mut constant(5, a, &mut calls)).unwrap();
+        let eps = evaluate(pool.as_mut(), 5, 5, 4, 0, &mut constant(5, a, &mut calls)).unwrap();
         assert!(eps.iter().all(|e| e.length > 0 && e.ret.is_finite()));
         let mut policy_bad = |_: &[f32], k: usize| Ok(vec![0.0; k]);
-        let err = evaluate(pool.as_mut(), 5, 1, 0, &mut policy_bad).unwrap_err().to_string();
+        let err = evaluate(pool.as_mut(), 5, 5, 1, 0, &mut policy_bad).unwrap_err().to_string();
         assert!(err.contains("policy returned"), "{err}");
+        let err = evaluate(pool.as_mut(), 5, 6, 1, 0, &mut constant(5, a, &mut calls)).unwrap_err().to_string();
+        assert!(err.contains("allowed 1..=5"), "{err}");
     }
 
     #[test]
