@@ -174,6 +174,12 @@ fn time_pairs_hit_the_one_step_point_at_the_configured_share() {
     };
     let (jump, _) = share_at_jump(0.0, 0.0);
     assert_eq!(jump, 0.0, "the paper's sampler never draws the exact one-step point");
+    // Nor its neighbourhood: r < 0.1 with t > 0.9 in about 0.03% of logit-normal(−0.4, 1)
+    // pairs (2% for uniform pairs), i.e. a handful per 20,000.
+    let (_vs, p) = f64_mvp(MvpConfig { one_step_fraction: 0.0, ..MvpConfig::default() });
+    let (r, t) = p.sample_times(20_000, &like);
+    let near = r.lt(0.1).logical_and(&t.gt(0.9)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    assert!(near < 0.002, "share of pairs near the one-step point: {near}");
     let (jump, _) = share_at_jump(0.25, 0.0);
     assert!((jump - 0.25).abs() < 0.015, "share at (r, t) = (0, 1): {jump}");
     // The one-step share is taken after the r = t share, so both keep their meaning.

@@ -281,18 +281,6 @@ impl Trainer {
             .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
         let device = config.runtime.apply()?;
         let loaded: checkpoint::Loaded<Progress> = checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
-        if !overrides.is_empty() {
-            // The run continues with the overrides: its config.toml says so, and a later plain
-            // `--resume` keeps them.
-            let text = toml::to_string_pretty(&config).context("serialising the resolved config")?;
-            let header = format!(
-                "# Resolved config of this run. seed = {}; from step {} on with {}\n",
-                config.run.seed,
-                loaded.meta.step,
-                overrides.iter().map(|o| format!("--set {o}")).collect::<Vec<_>>().join(" ")
-            );
-            checkpoint::write_atomically(&run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())?;
-        }
         // A vector collector restarts its episodes (with fresh seeds): the transitions it had
         // staged in unfinished episodes are not in the checkpoint.
         let online = make_online(&config, loaded.meta.episodes)?;
@@ -334,6 +322,22 @@ impl Trainer {
         }
         tracing::info!("resumed {} at step {}", run_dir.display(), t.progress.step);
         Ok(t)
+    }
+
+    /// Records in the run's config.toml that the run continues from its current step with
+    /// `overrides` (`mvp train --resume DIR --set ...`), so that a later plain `--resume`
+    /// keeps them and the file describes how the run went on.
+    pub fn record_overrides(&self, overrides: &[String]) -> Result<()> {
+        if overrides.is_empty() {
+            return Ok(());
+        }
+        let text = toml::to_string_pretty(&self.config).context("serialising the resolved config")?;
+        let sets = overrides.iter().map(|o| format!("--set {o}")).collect::<Vec<_>>().join(" ");
+        let header = format!(
+            "# Resolved config of this run. seed = {}; from step {} on with {sets}\n",
+            self.config.run.seed, self.progress.step
+        );
+        checkpoint::write_atomically(&self.run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())
     }
 
     fn assemble(config: TrainConfig, run_dir: PathBuf, online: Online, device: Device) -> Result<Self> {

@@ -73,6 +73,23 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
 }
 
 #[test]
+fn resuming_with_overrides_records_them_in_the_run_config() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let part = Trainer::new(tiny(dir.path(), "fork", &["schedule.stop_after=40"])).unwrap().run().unwrap();
+    let sets = vec!["schedule.stop_after=50".to_string(), "schedule.utd=2".to_string()];
+    Trainer::resume(&part.run_dir, &sets).unwrap().record_overrides(&sets).unwrap();
+    let text = std::fs::read_to_string(part.run_dir.join("config.toml")).unwrap();
+    let header = text.lines().next().unwrap();
+    assert!(header.contains("from step 40 on with --set schedule.stop_after=50 --set schedule.utd=2"), "{header}");
+    // A plain resume continues with them: it runs to the recorded stop, with 2 updates per step.
+    let summary = Trainer::resume(&part.run_dir, &[]).unwrap().run().unwrap();
+    assert_eq!(summary.steps, 50);
+    let config = TrainConfig::load(Some(&part.run_dir.join("config.toml")), &[]).unwrap();
+    assert_eq!(config.schedule.utd, 2);
+}
+
+#[test]
 fn tensorboard_file_of_a_run_holds_the_logged_scalars() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();

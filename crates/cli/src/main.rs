@@ -136,7 +136,9 @@ fn train(config: Option<PathBuf>, overrides: Vec<String>, resume: Option<PathBuf
             if config.is_some() {
                 anyhow::bail!("--resume uses the run's own config.toml; pass changes with --set instead of --config");
             }
-            mvp_agent::Trainer::resume(&dir, &overrides)?
+            let trainer = mvp_agent::Trainer::resume(&dir, &overrides)?;
+            trainer.record_overrides(&overrides)?;
+            trainer
         }
         None => mvp_agent::Trainer::new(mvp_agent::TrainConfig::load(config.as_deref(), &overrides)?)?,
     };
