@@ -114,6 +114,25 @@ fn tensorboard_file_of_a_run_holds_the_logged_scalars() {
 }
 
 #[test]
+fn every_shipped_config_loads_and_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut dirs = vec![root];
+    let mut checked = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                TrainConfig::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} configs found");
+}
+
+#[test]
 fn config_errors_name_the_key_and_the_allowed_values() {
     let err = TrainConfig::load(None, &["agent.num_sample=3".into()]).unwrap_err().to_string();
     assert!(err.contains("agent") && err.contains("num_sample") && err.contains("num_samples"), "{err}");
