@@ -9,8 +9,9 @@
 # its config and the evaluation records of its metrics.jsonl (with the first and last record,
 # for the wall time). A run found there is done and not repeated, so results from earlier
 # sessions and new runs form one report. The report (results.csv, summary.md, curves.csv,
-# learning_curves.png, learning_curves_wallclock.png), each variant's resolved config and the
-# commit go to RESULTS. EXTRA (environment) adds overrides to every run.
+# learning_curves.png, learning_curves_wallclock.png) and the commit go to RESULTS; each run's
+# resolved config is in RESULTS/runs/<run>/config.toml. EXTRA (environment) adds overrides to
+# every run.
 #
 # FORK=PARENT:STEP (environment) makes each run continue the same seed's run of variant PARENT
 # (in the same RESULTS) from its checkpoint at STEP, with the variant's overrides
@@ -52,9 +53,8 @@ main() {
     cp -r "$parent/checkpoints/$ckpt" "$dst/checkpoints/"
     echo "$ckpt" > "$dst/checkpoints/latest"
     awk -F, -v s="$step" 'NR == 1 || $1 <= s' "$parent/metrics.csv" > "$dst/metrics.csv"
-    grep -E "\"step\": ?([0-9]+)" "$parent/metrics.jsonl" | awk -v s="$step" '{
-      match($0, /"step": ?[0-9]+/); v = substr($0, RSTART, RLENGTH); gsub(/[^0-9]/, "", v); if (v + 0 <= s) print }' \
-      > "$dst/metrics.jsonl"
+    awk -v s="$step" 'match($0, /"step": ?[0-9]+/) {
+      v = substr($0, RSTART, RLENGTH); gsub(/[^0-9]/, "", v); if (v + 0 <= s) print }' "$parent/metrics.jsonl" > "$dst/metrics.jsonl"
   }
 
   # keep RUN_DIR KEPT_DIR: the run's config and the records of its metrics.jsonl that the report
@@ -101,10 +101,6 @@ main() {
   wait
 
   $mvp report --runs "$results/runs" --out "$results" --title "$(basename "$results"): evaluation success (mean over $seeds seeds)"
-  for v in "${variants[@]}"; do
-    name=${v%%|*}
-    [[ -f "$results/runs/${name}__seed0/config.toml" ]] && cp "$results/runs/${name}__seed0/config.toml" "$results/config-$name.toml"
-  done
   git rev-parse HEAD > "$results/commit.txt"
 }
 main "$@"; exit

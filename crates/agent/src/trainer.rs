@@ -331,13 +331,9 @@ impl Trainer {
         if overrides.is_empty() {
             return Ok(());
         }
-        let text = toml::to_string_pretty(&self.config).context("serialising the resolved config")?;
         let sets = overrides.iter().map(|o| format!("--set {o}")).collect::<Vec<_>>().join(" ");
-        let header = format!(
-            "# Resolved config of this run. seed = {}; from step {} on with {sets}\n",
-            self.config.run.seed, self.progress.step
-        );
-        checkpoint::write_atomically(&self.run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())
+        let note = format!("from step {} on with {sets}, git revision {}", self.progress.step, git_revision());
+        write_config(&self.run_dir, &self.config, &note)
     }
 
     fn assemble(config: TrainConfig, run_dir: PathBuf, online: Online, device: Device) -> Result<Self> {
@@ -718,16 +714,8 @@ fn make_online(config: &TrainConfig, episodes_before: u64) -> Result<Online> {
 }
 
 fn write_run_files(run_dir: &Path, config: &TrainConfig) -> Result<()> {
-    let text = toml::to_string_pretty(config).context("serialising the resolved config")?;
-    let rev = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let header = format!("# Resolved config of this run. seed = {}, git revision {rev}\n", config.run.seed);
-    checkpoint::write_atomically(&run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())?;
+    let rev = git_revision();
+    write_config(run_dir, config, &format!("git revision {rev}"))?;
     let meta = serde_json::json!({
         "seed": config.run.seed,
         "git_revision": rev,
@@ -736,4 +724,23 @@ fn write_run_files(run_dir: &Path, config: &TrainConfig) -> Result<()> {
     });
     checkpoint::write_atomically(&run_dir.join("run.json"), serde_json::to_vec_pretty(&meta)?.as_slice())?;
     Ok(())
+}
+
+/// Writes the resolved `config` as the run's config.toml, under a header line with its seed
+/// and `note`.
+fn write_config(run_dir: &Path, config: &TrainConfig, note: &str) -> Result<()> {
+    let text = toml::to_string_pretty(config).context("serialising the resolved config")?;
+    let header = format!("# Resolved config of this run. seed = {}, {note}\n", config.run.seed);
+    checkpoint::write_atomically(&run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())
+}
+
+/// The commit the binary runs from (`git rev-parse HEAD`), or "unknown".
+fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
