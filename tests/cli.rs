@@ -180,7 +180,7 @@ fn data_commands_make_files_the_readers_accept() {
     let h5 = dir.path().join("lift.hdf5");
     let out = mvp(&["data", "robomimic", "--task", "lift", "--episodes", "1", "--workers", "1", "--out", h5.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let read = mvp_replay::read_robomimic(&h5, &Default::default()).unwrap();
+    let read = mvp_data::read_robomimic(&h5, &Default::default()).unwrap();
     assert_eq!(read.demos.len(), 1);
     assert_eq!(read.dataset.obs_dim, 19);
     // Bad input: an unknown OGBench dataset is a one-line error.

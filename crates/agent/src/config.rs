@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use mvp_actor::ActorConfig;
 use mvp_critic::CriticConfig;
+use mvp_data::DataConfig;
 use mvp_nn::{AdamConfig, Runtime};
 use serde::{Deserialize, Serialize};
 
@@ -72,32 +73,6 @@ pub struct EnvConfig {
 impl Default for EnvConfig {
     fn default() -> Self {
         Self { name: "branch-reach-v0".into(), sparse: false, eval_seed_offset: 1_000_000, num_envs: 1, workers: 1, eval_envs: 1, eval_workers: 1 }
-    }
-}
-
-/// The offline dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataConfig {
-    /// Dataset file: an OGBench `.npz` (official or from `mvp data ogbench`; singletask
-    /// rewards and masks are relabelled for `env.name`) or a robomimic `.hdf5`. Empty: the
-    /// native environment's demonstrator makes one, or none for pure online training
-    /// (`demo_episodes = 0`).
-    pub path: PathBuf,
-    /// When `path` does not exist: 0 = stop with an error that gives the command making it;
-    /// N > 0 = make it now with N episodes (OGBench: the scripted oracles).
-    pub generate_episodes: usize,
-    /// Processes that generate a missing dataset in parallel.
-    pub generate_workers: usize,
-    /// Episodes of the native demonstrator when no file is given.
-    pub demo_episodes: usize,
-    /// Action noise of the native demonstrator.
-    pub demo_noise: f64,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self { path: PathBuf::new(), generate_episodes: 0, generate_workers: 2, demo_episodes: 200, demo_noise: 0.3 }
     }
 }
 

@@ -90,32 +90,13 @@ pub fn step_seed(seed: u64, i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Loads the offline dataset the config names, or generates one with the native demonstrator.
+/// Loads the offline dataset the config names (see [`mvp_data::load`]), checked against the
+/// environment, with `env.sparse` applied.
 pub fn load_dataset(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Option<Dataset>> {
-    let d = &config.data;
-    let data = if !d.path.as_os_str().is_empty() {
-        load_dataset_file(config, spec)?
-    } else if d.demo_episodes == 0 {
+    let Some(mut data) = mvp_data::load(&config.data, &spec.name, config.run.seed)? else {
         return Ok(None);
-    } else if !mvp_envs::NATIVE_ENVS.contains(&spec.name.as_str()) {
-        bail!(
-            "no offline dataset for `{}`: set data.path to an OGBench .npz (made by `mvp data ogbench`, or set \
-             data.generate_episodes to make it) or a robomimic .hdf5; for pure online training set \
-             data.demo_episodes=0 and schedule.offline_steps=0",
-            spec.name
-        );
-    } else {
-        let (data, stats) = mvp_envs::generate_dataset(&spec.name, d.demo_episodes, d.demo_noise as f32, config.run.seed)?;
-        tracing::info!(
-            "generated {} transitions from {} demonstrator episodes (success rate {:.2})",
-            data.len(),
-            d.demo_episodes,
-            stats.success_rate()
-        );
-        data
     };
     check_dataset(&data, spec)?;
-    let mut data = data;
     if config.env.sparse {
         data.rewards.iter_mut().for_each(|r| *r = sparse_reward(*r));
     }
@@ -130,76 +111,6 @@ pub fn sparse_reward(r: f32) -> f32 {
     } else {
         0.0
     }
-}
-
-/// Reads `data.path` (OGBench `.npz`; robomimic `.hdf5`), making it first when it is missing
-/// and `data.generate_episodes > 0`.
-fn load_dataset_file(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Dataset> {
-    let d = &config.data;
-    let path = &d.path;
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("npz") => {
-            let task = mvp_envs::OgbenchTask::query(&spec.name)
-                .with_context(|| format!("data.path {} is an OGBench file, but env.name `{}` is not an OGBench singletask id", path.display(), spec.name))?;
-            if !path.exists() && d.generate_episodes > 0 {
-                let Some(dataset) = task.dataset.clone() else {
-                    bail!("cannot generate a dataset for `{}`: the id names no dataset (use e.g. cube-double-play-singletask-task2-v0)", spec.name);
-                };
-                generate_ogbench(&dataset, d.generate_episodes, d.generate_workers, config.run.seed, path)?;
-            }
-            let data = mvp_envs::load_ogbench_dataset(path, &task, mvp_envs::RewardTiming::Next)?;
-            tracing::info!("loaded {} transitions from {} (rewards relabelled for task {})", data.len(), path.display(), task.task_id);
-            Ok(data)
-        }
-        Some("hdf5" | "h5") => {
-            if !path.exists() && d.generate_episodes > 0 {
-                let task = spec.name.strip_prefix("robomimic/").with_context(|| {
-                    format!("cannot generate {}: env.name `{}` is not a robomimic task (robomimic/lift, can, square)", path.display(), spec.name)
-                })?;
-                generate_robomimic(task, d.generate_episodes, d.generate_workers, config.run.seed, path)?;
-            }
-            let options = mvp_replay::RobomimicOptions { task: spec.name.strip_prefix("robomimic/").map(String::from), ..Default::default() };
-            let read = mvp_replay::read_robomimic(path, &options)?;
-            tracing::info!("loaded {} transitions from {} demos in {}", read.dataset.len(), read.demos.len(), path.display());
-            Ok(read.dataset)
-        }
-        _ => bail!("data.path {}: unknown dataset format; expected an OGBench `.npz` or a robomimic `.hdf5` file", path.display()),
-    }
-}
-
-/// Runs `mvp data ogbench` for a missing dataset (progress on stderr).
-pub fn generate_ogbench(dataset: &str, episodes: usize, workers: usize, seed: u64, out: &Path) -> Result<()> {
-    tracing::info!("{} does not exist: generating {episodes} episodes of {dataset} with {workers} processes", out.display());
-    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut g = mvp_envs::OgbenchGenerate::new(dataset, episodes, out);
-    g.workers = workers;
-    g.seed = seed;
-    let status = g.command()?.stdout(std::process::Stdio::null()).status().context("starting the OGBench generator")?;
-    if !status.success() {
-        bail!("generating {} failed ({status}); see the generator's messages above", out.display());
-    }
-    Ok(())
-}
-
-/// Runs `mvp data robomimic` for a missing dataset (progress on stderr).
-pub fn generate_robomimic(task: &str, episodes: usize, workers: usize, seed: u64, out: &Path) -> Result<()> {
-    tracing::info!("{} does not exist: generating {episodes} scripted {task} demonstrations with {workers} processes", out.display());
-    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let out_abs = std::path::absolute(out)?;
-    let status = mvp_envs::python_module_command("mvp_envs.data_robomimic")?
-        .args(["--task", task, "--episodes", &episodes.to_string(), "--workers", &workers.to_string(), "--seed", &seed.to_string()])
-        .arg("--out")
-        .arg(&out_abs)
-        .status()
-        .context("starting the robomimic generator")?;
-    if !status.success() {
-        bail!("generating {} failed ({status}); see the generator's messages above", out.display());
-    }
-    Ok(())
 }
 
 /// A dataset must match the environment's observation and action sizes; the error shows both.

@@ -146,7 +146,7 @@ fn config_errors_name_the_key_and_the_allowed_values() {
 
 #[test]
 fn a_dataset_for_another_environment_is_refused_with_both_shapes() {
-    let (data, _) = mvp_envs::generate_dataset("branch-reach-v0", 2, 0.1, 0).unwrap();
+    let (data, _) = mvp_data::generate_dataset("branch-reach-v0", 2, 0.1, 0).unwrap();
     let mut spec = mvp_envs::make_native("branch-reach-v0").unwrap().spec().clone();
     spec.obs_dim = 37;
     let err = trainer::check_dataset(&data, &spec).unwrap_err().to_string();
@@ -313,7 +313,7 @@ fn offline_to_online_on_ogbench_with_a_generated_dataset_and_clear_errors() {
     // offline on it, then online.
     let cfg = tiny(dir.path(), "ogbench", &[env, &path, "data.generate_episodes=2", "schedule.eval_episodes=1"]);
     let mut trainer = Trainer::new(cfg).unwrap();
-    assert!(data.exists() && mvp_envs::ogbench_val_path(&data).exists());
+    assert!(data.exists() && mvp_data::ogbench_val_path(&data).exists());
     // 2 episodes of 1000 transitions (OGBench's 1001-row episodes).
     assert_eq!(trainer.buffer().len(), 2000);
     let s = trainer.run().unwrap();

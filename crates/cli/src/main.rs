@@ -196,26 +196,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train { config, overrides, resume } => train(config, overrides, resume),
         Command::Eval { run, episodes, engine, overrides } => eval(run, episodes, engine, overrides),
         Command::Data(DataCommand::Ogbench { env, episodes, out, workers, seed, episode_length, val_episodes }) => {
-            let mut g = mvp_envs::OgbenchGenerate::new(env, episodes, out);
-            (g.workers, g.seed, g.episode_length, g.val_episodes) = (workers, seed, episode_length, val_episodes);
+            let g = mvp_data::OgbenchGenerate { workers, seed, episode_length, val_episodes, ..mvp_data::OgbenchGenerate::new(env, episodes, &out) };
             // Progress goes to stderr; the generator's JSON summary is our stdout.
-            let status = g.command()?.status()?;
-            if !status.success() {
-                anyhow::bail!("the OGBench generator failed ({status})");
-            }
-            Ok(())
+            mvp_data::run_generator(g.command()?, &out, true)
         }
         Command::Data(DataCommand::Robomimic { task, episodes, out, workers, seed, noise }) => {
-            let status = mvp_envs::python_module_command("mvp_envs.data_robomimic")?
-                .args(["--task", &task, "--episodes", &episodes.to_string(), "--workers", &workers.to_string()])
-                .args(["--seed", &seed.to_string(), "--noise", &noise.to_string()])
-                .arg("--out")
-                .arg(std::path::absolute(&out)?)
-                .status()?;
-            if !status.success() {
-                anyhow::bail!("the robomimic generator failed ({status})");
-            }
-            Ok(())
+            let g = mvp_data::RobomimicGenerate { workers, seed, noise, ..mvp_data::RobomimicGenerate::new(task, episodes, &out) };
+            mvp_data::run_generator(g.command()?, &out, true)
         }
         Command::Export { .. } => not_implemented("export", 7),
         Command::Bench(cmd) => bench::run(cmd),

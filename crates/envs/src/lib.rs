@@ -1,46 +1,36 @@
 //! Environments for the mvp framework: the [`Env`] trait (the Gymnasium reset/step contract),
-//! Rust-native test environments, and scripted demonstrators that produce offline datasets.
+//! a Rust-native test environment with its scripted demonstrator, and real Gymnasium
+//! environments in Python worker processes.
 //!
 //! - [`Env`], [`EnvSpec`], [`Step`], [`Info`]: what every environment offers, whether it is
 //!   native Rust or a real Gymnasium environment behind a Python worker. The contract
 //!   is Gymnasium's: `reset(seed) -> (obs, info)`, `step(action) -> (obs, reward, terminated,
 //!   truncated, info)`.
 //! - [`BranchReach`] (`"branch-reach-v0"`): a 2-D point mass that must pass an obstacle on the
-//!   left **or** the right — a cheap task whose good behaviour is multimodal. Build native
-//!   environments by name with [`make_native`].
-//! - [`generate_dataset`]: rolls out a noisy scripted demonstrator ([`BranchReachDemo`]) and
-//!   returns a [`mvp_replay::Dataset`] together with [`DemoStats`].
+//!   left **or** the right — a cheap task whose good behaviour is multimodal — and
+//!   [`BranchReachDemo`], its noisy scripted demonstrator. Build native environments by name
+//!   with [`make_native`].
 //! - [`VecEnv`]: W worker processes × M environments stepped in parallel, restarting workers
 //!   that die or hang (their episodes end as [`Outcome::Lost`]).
-//! - [`PythonWorker`], [`WorkerEnv`]: real Gymnasium environments (OGBench, MuJoCo, ...) hosted
-//!   by Python worker processes (`envs/mvp_envs/worker.py`) and driven over pipes with a
-//!   versioned binary protocol (`envs/README.md`).
-//! - [`load_ogbench_dataset`]: OGBench `.npz` datasets (official files, or ones made by
-//!   [`OgbenchGenerate`] = `python -m mvp_envs.data_ogbench`) as a [`mvp_replay::Dataset`],
-//!   with the singletask reward/mask relabelling for an [`OgbenchTask`] at a chosen
-//!   [`RewardTiming`].
+//! - [`PythonWorker`], [`WorkerEnv`]: real Gymnasium environments (OGBench, robomimic, ...)
+//!   hosted by Python worker processes (`envs/mvp_envs/worker.py`) and driven over pipes with a
+//!   versioned binary protocol (`envs/README.md`); [`python_module_command`] runs the venv's
+//!   other tools (the dataset generators of `mvp-data`).
 //!
 //! Two flags, never to be confused: `terminated` means the new state is a true terminal state
 //! (success: the bootstrap mask is 0); `truncated` means the time limit ended the episode (the
 //! state is not terminal: the bootstrap mask stays 1). Either one ends the episode.
 //!
-//! Pure Rust: this crate depends on `mvp-replay`, `rand`, `rand_distr`, `serde`, `serde_json`,
-//! `libc` (poll for read deadlines), `zip` (npz files), `anyhow`, `thiserror` and `tracing` only — never on tch — so that
-//! data generation and environment benchmarks need no libtorch.
+//! A leaf of the workspace (no other mvp crate) and pure Rust: it depends on `rand`,
+//! `rand_distr`, `serde`, `serde_json`, `libc` (poll for read deadlines), `anyhow`,
+//! `thiserror` and `tracing` — never on tch, so environment benchmarks need no libtorch.
 #![warn(missing_docs)]
 
 mod branch_reach;
-mod demo;
-mod ogbench_data;
 mod vector;
 mod worker;
 
 pub use branch_reach::{BranchReach, BranchReachDemo, Route};
-pub use demo::{generate_dataset, DemoStats, DEFAULT_DEMO_NOISE_STD};
-pub use ogbench_data::{
-    load_ogbench_dataset, ogbench_val_path, OgbenchDataError, OgbenchGenerate, OgbenchNpz,
-    OgbenchTask, RewardTiming, GOAL_TOLERANCE,
-};
 pub use vector::{Outcome, VecEnv, VecEnvConfig};
 pub use worker::{
     auto_spin, project_root, python_command, python_module_command, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,

@@ -1,9 +1,7 @@
 //! Replay storage for the mvp framework: offline datasets, an episode-aware ring buffer of
 //! single-step transitions, and chunked sampling with Q-chunking (QC) semantics.
 //!
-//! - [`Dataset`]: the offline dataset type that the OGBench and robomimic readers fill.
-//! - [`read_robomimic`]: robomimic low-dim HDF5 files → [`Dataset`] (r − 1 rewards, masks 0
-//!   at success, terminals at the end of each demo), with a filter key (all/train/valid).
+//! - [`Dataset`]: the offline dataset type that the readers of `mvp-data` fill.
 //! - [`ReplayBuffer`]: a fixed-capacity ring of transitions stored as contiguous `f32`
 //!   arrays; seeded from a [`Dataset`], then extended with online transitions; saved and
 //!   loaded atomically for resume ([`ReplayBuffer::save`], [`ReplayBuffer::load`]).
@@ -15,24 +13,18 @@
 //! (success or time limit), `mask` is the **bootstrap** mask (0 only on a true terminal
 //! state, 1 on a time-limit truncation).
 //!
-//! Pure Rust on `f32` slices: this crate depends on `rand`, `thiserror`, `serde_json` and
-//! `hdf5-metno` (which links the system libhdf5: `scripts/setup-hdf5.sh` installs it) — never
-//! on tensors, so that data loading and sampling never need libtorch.
+//! A leaf of the workspace, pure Rust on `f32` slices: it depends on `rand` and `thiserror`
+//! only — never on tensors or system libraries, so sampling never needs libtorch.
 #![warn(missing_docs)]
 
 mod buffer;
 mod chunk;
 mod dataset;
 mod io;
-mod robomimic;
 
 pub use buffer::ReplayBuffer;
 pub use chunk::ChunkBatch;
 pub use dataset::Dataset;
-pub use robomimic::{
-    read_robomimic, robomimic_make_command, RobomimicData, RobomimicFilter, RobomimicOptions,
-    ROBOMIMIC_OBS_KEYS,
-};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -65,23 +57,6 @@ pub enum ReplayError {
         /// The file.
         path: std::path::PathBuf,
         /// What is wrong, with the values found and expected.
-        reason: String,
-    },
-    /// A dataset file does not exist; `hint` says how to make it.
-    #[error("dataset {path} not found; {hint}")]
-    MissingFile {
-        /// The file asked for.
-        path: std::path::PathBuf,
-        /// What to run (e.g. the `mvp data robomimic ...` command).
-        hint: String,
-    },
-    /// A robomimic HDF5 file lacks a group, dataset or key, or holds one of the wrong shape
-    /// or type; `reason` names the HDF5 path and the shapes found and expected.
-    #[error("robomimic file {path}: {reason}")]
-    Robomimic {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What is wrong.
         reason: String,
     },
     /// An I/O error while saving or loading.

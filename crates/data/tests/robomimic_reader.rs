@@ -7,7 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use hdf5::types::{FixedAscii, VarLenUnicode};
-use mvp_replay::{read_robomimic, ReplayError, RobomimicFilter, RobomimicOptions};
+use mvp_data::{read_robomimic, RobomimicError, RobomimicFilter, RobomimicOptions};
 
 /// One demo: T steps, action width 2, keys robot0_eef_pos (3), robot0_eef_quat (4),
 /// robot0_gripper_qpos (2), object (1-D per step when `object_1d`), values encoding
@@ -222,7 +222,7 @@ fn missing_file_names_the_command_that_makes_it() {
         &RobomimicOptions::default(),
     )
     .unwrap_err();
-    assert!(matches!(err, ReplayError::MissingFile { .. }));
+    assert!(matches!(err, RobomimicError::MissingFile { .. }));
     let msg = err.to_string();
     assert!(!msg.contains('\n'), "one line: {msg}");
     assert!(
@@ -246,7 +246,7 @@ fn missing_key_error_names_the_hdf5_path() {
     write_file(&path, &two_demos(), Some("next_obs/object"), &[]);
     let err = read_robomimic(&path, &RobomimicOptions::default()).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, ReplayError::Robomimic { .. }), "{msg}");
+    assert!(matches!(err, RobomimicError::BadFile { .. }), "{msg}");
     assert!(
         msg.contains("missing dataset `data/demo_0/next_obs/object`"),
         "{msg}"

@@ -7,10 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use mvp_envs::{
-    load_ogbench_dataset, ogbench_val_path, python_module_command, Env, OgbenchDataError,
-    OgbenchGenerate, OgbenchNpz, OgbenchTask, RewardTiming, WorkerConfig, WorkerEnv,
-};
+use mvp_data::{load_ogbench_dataset, ogbench_val_path, OgbenchDataError, OgbenchGenerate, OgbenchNpz, OgbenchTask, RewardTiming};
+use mvp_envs::{python_module_command, Env, WorkerConfig, WorkerEnv};
 use serde_json::Value;
 
 fn run_ok(out: Output, what: &str) -> String {
@@ -323,7 +321,7 @@ fn generator_rejects_bad_arguments_in_one_line() {
 }
 
 /// Reading speed of a large file: `MVP_OGBENCH_FILE=path/cube-double-play-v0.npz cargo test
-/// --release -p mvp-envs --test ogbench_data -- --ignored --nocapture load_speed`.
+/// --release -p mvp-data --test ogbench -- --ignored --nocapture load_speed`.
 #[test]
 #[ignore]
 fn load_speed() {

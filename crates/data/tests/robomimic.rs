@@ -5,7 +5,7 @@
 //! without them they fail with that instruction instead of being skipped.
 
 use mvp_envs::{python_command, Env, WorkerConfig, WorkerEnv};
-use mvp_replay::{read_robomimic, RobomimicFilter, RobomimicOptions};
+use mvp_data::{read_robomimic, RobomimicFilter, RobomimicOptions};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 

@@ -39,16 +39,14 @@
 //! environments with `success_timing='post'` (`envs/mvp_envs/make.py`), so both paths agree
 //! (tested in `tests/ogbench_data.rs`).
 
-use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use mvp_replay::Dataset;
 use serde::{Deserialize, Serialize};
 
-use crate::worker::python_module_command;
+use mvp_envs::python_module_command;
 
 /// Distance within which a cube (or the drawer, or the window) counts as placed.
 pub const GOAL_TOLERANCE: f64 = 0.04;
@@ -510,62 +508,6 @@ pub fn ogbench_val_path(path: &Path) -> PathBuf {
     }
 }
 
-/// Arguments of the dataset generator `python -m mvp_envs.data_ogbench` (see
-/// `envs/README.md`). Build with [`OgbenchGenerate::new`] and adjust the fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OgbenchGenerate {
-    /// Dataset name, e.g. `cube-double-play-v0` (`play`: plan oracles; `noisy`: Markov
-    /// oracles); a singletask id also works.
-    pub env: String,
-    /// Training episodes.
-    pub episodes: usize,
-    /// Output file `FILE.npz` (the validation split goes to `FILE-val.npz`).
-    pub out: PathBuf,
-    /// Parallel processes.
-    pub workers: usize,
-    /// Seed of the whole run (worker w gets child w of numpy's `SeedSequence(seed)`).
-    pub seed: u64,
-    /// Rows per episode (`None`: 1001, OGBench's value: 1000 transitions per episode).
-    pub episode_length: Option<usize>,
-    /// Validation episodes (`None`: max(1, episodes / 10)).
-    pub val_episodes: Option<usize>,
-}
-
-impl OgbenchGenerate {
-    /// `episodes` episodes of `env` into `out`, one worker, seed 0, OGBench's defaults.
-    pub fn new(env: impl Into<String>, episodes: usize, out: impl Into<PathBuf>) -> Self {
-        Self {
-            env: env.into(),
-            episodes,
-            out: out.into(),
-            workers: 1,
-            seed: 0,
-            episode_length: None,
-            val_episodes: None,
-        }
-    }
-
-    /// The command (venv interpreter, `envs/` on `PYTHONPATH`). Progress lines go to its
-    /// stderr, a JSON summary to its stdout; exit status 2 is a usage error (one line).
-    pub fn command(&self) -> anyhow::Result<Command> {
-        let mut cmd = python_module_command("mvp_envs.data_ogbench")?;
-        // The generator runs in the project root: make the output path absolute first.
-        let out = std::path::absolute(&self.out)?;
-        cmd.arg("--env").arg(&self.env);
-        cmd.arg("--episodes").arg(self.episodes.to_string());
-        cmd.arg("--workers").arg(self.workers.to_string());
-        cmd.arg("--seed").arg(self.seed.to_string());
-        cmd.arg("--out").arg(out);
-        if let Some(l) = self.episode_length {
-            cmd.arg("--episode-length").arg(l.to_string());
-        }
-        if let Some(v) = self.val_episodes {
-            cmd.arg("--val-episodes").arg(v.to_string());
-        }
-        Ok(cmd)
-    }
-}
-
 fn bad(path: &Path, reason: String) -> OgbenchDataError {
     OgbenchDataError::BadFile {
         path: path.to_path_buf(),
@@ -573,148 +515,81 @@ fn bad(path: &Path, reason: String) -> OgbenchDataError {
     }
 }
 
-/// An `.npz` file: a zip of `.npy` arrays.
+/// An `.npz` file (a zip of `.npy` arrays) read with `npyz`; every error names the file and
+/// the array.
 struct NpzFile {
     path: PathBuf,
-    zip: zip::ZipArchive<File>,
-    names: BTreeMap<String, String>,
+    archive: npyz::npz::NpzArchive<BufReader<File>>,
+    names: Vec<String>,
+}
+
+/// One `.npy` array: its header (read by `npyz`) and its bytes, read whole from the zip so
+/// that element conversion runs on memory, not on the decompressor.
+struct NpyArray {
+    shape: Vec<usize>,
+    header: npyz::NpyHeader,
+    dtype: npyz::TypeStr,
+    bytes: Vec<u8>,
+    data_start: usize,
 }
 
 impl NpzFile {
     fn open(path: &Path) -> Result<Self, OgbenchDataError> {
-        let file = File::open(path).map_err(|source| OgbenchDataError::Io {
-            path: path.to_path_buf(),
-            source,
+        let archive = npyz::npz::NpzArchive::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => bad(path, format!("not an npz (zip) file: {e}")),
+            _ => OgbenchDataError::Io { path: path.to_path_buf(), source: e },
         })?;
-        let zip = zip::ZipArchive::new(file)
-            .map_err(|e| bad(path, format!("not an npz (zip) file: {e}")))?;
-        let names = zip
-            .file_names()
-            .map(|n| {
-                (
-                    n.strip_suffix(".npy").unwrap_or(n).to_string(),
-                    n.to_string(),
-                )
-            })
-            .collect();
-        Ok(Self {
-            path: path.to_path_buf(),
-            zip,
-            names,
-        })
+        let names = archive.array_names().map(str::to_string).collect();
+        Ok(Self { path: path.to_path_buf(), archive, names })
     }
 
     fn has(&self, key: &str) -> bool {
-        self.names.contains_key(key)
+        self.names.iter().any(|n| n == key)
     }
 
     fn array(&mut self, key: &str) -> Result<NpyArray, OgbenchDataError> {
-        let Some(name) = self.names.get(key).cloned() else {
-            return Err(OgbenchDataError::MissingKey {
-                path: self.path.clone(),
-                key: key.to_string(),
-                present: self.names.keys().cloned().collect(),
-            });
+        let failed = |e: std::io::Error| bad(&self.path, format!("`{key}`: {e}"));
+        let mut bytes = Vec::new();
+        match self.archive.zip_archive().by_name(&npyz::npz::file_name_from_array_name(key)) {
+            Ok(mut entry) => entry.read_to_end(&mut bytes).map_err(failed)?,
+            Err(zip::result::ZipError::FileNotFound) => {
+                return Err(OgbenchDataError::MissingKey {
+                    path: self.path.clone(),
+                    key: key.to_string(),
+                    present: self.names.clone(),
+                })
+            }
+            Err(e) => return Err(bad(&self.path, format!("`{key}`: {e}"))),
         };
-        let mut entry = self
-            .zip
-            .by_name(&name)
-            .map_err(|e| bad(&self.path, format!("`{key}`: {e}")))?;
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(&self.path, format!("`{key}`: cannot decompress: {e}")))?;
         NpyArray::parse(bytes).map_err(|reason| bad(&self.path, format!("`{key}`: {reason}")))
     }
 }
 
-/// One `.npy` array: its shape, its element type and its raw (C-order) data.
-struct NpyArray {
-    shape: Vec<usize>,
-    kind: char,
-    size: usize,
-    little: bool,
-    data: Vec<u8>,
-}
-
 impl NpyArray {
-    /// Parses the `.npy` format (versions 1–3): magic, header dict, data.
+    /// Parses the header of an `.npy` array (versions 1–3) and checks the data length.
     fn parse(bytes: Vec<u8>) -> Result<Self, String> {
-        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-            return Err("not an .npy array".into());
-        }
-        let (header_len, start) = match bytes[6] {
-            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-            2 | 3 if bytes.len() >= 12 => (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                12,
-            ),
-            v => return Err(format!("unsupported .npy version {v}")),
-        };
-        let header = bytes
-            .get(start..start + header_len)
-            .ok_or("truncated .npy header")?;
-        let header = std::str::from_utf8(header).map_err(|_| "bad .npy header")?;
-        let descr = dict_value(header, "descr").ok_or("no `descr` in the .npy header")?;
-        let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-        let fortran =
-            dict_value(header, "fortran_order").ok_or("no `fortran_order` in the .npy header")?;
-        let shape = dict_value(header, "shape").ok_or("no `shape` in the .npy header")?;
-        let shape: Vec<usize> = shape
-            .trim_matches(|c| c == '(' || c == ')')
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<usize>()
-                    .map_err(|_| format!("bad shape entry `{s}`"))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut chars = descr.chars();
-        let order = chars.next().ok_or("empty dtype")?;
-        let kind = chars.next().ok_or("bad dtype")?;
-        let size: usize = chars
-            .as_str()
-            .parse()
-            .map_err(|_| format!("unsupported dtype `{descr}`"))?;
-        let little = match order {
-            '<' | '|' | '=' => true,
-            '>' => false,
-            _ => return Err(format!("unsupported dtype `{descr}`")),
-        };
+        let mut data = &bytes[..];
+        let header = npyz::NpyHeader::from_reader(&mut data).map_err(|e| format!("not an .npy array: {e}"))?;
+        let data_start = bytes.len() - data.len();
+        let npy = npyz::NpyFile::with_header(header.clone(), data);
+        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
         let count: usize = shape.iter().product();
-        if fortran.starts_with("True") && shape.len() > 1 && count > 0 {
+        if npy.order() == npyz::Order::Fortran && shape.len() > 1 && count > 0 {
             return Err("Fortran-ordered arrays are not supported".into());
         }
-        if !matches!(
-            (kind, size),
-            ('f', 4 | 8) | ('i' | 'u', 1 | 2 | 4 | 8) | ('b', 1)
-        ) {
-            return Err(format!("unsupported dtype `{descr}`"));
+        let dtype = match npy.dtype() {
+            npyz::DType::Plain(t) => t,
+            other => return Err(format!("unsupported dtype {}", other.descr())),
+        };
+        let size = dtype.num_bytes().ok_or_else(|| format!("unsupported dtype `{dtype}`"))?;
+        if data.len() != count * size {
+            return Err(format!("{} data bytes for shape {shape:?} of `{dtype}`", data.len()));
         }
-        let data_start = start + header_len;
-        if bytes.len() - data_start != count * size {
-            return Err(format!(
-                "{} data bytes for shape {shape:?} of `{descr}`",
-                bytes.len() - data_start
-            ));
-        }
-        let mut data = bytes;
-        data.drain(..data_start);
-        Ok(Self {
-            shape,
-            kind,
-            size,
-            little,
-            data,
-        })
+        Ok(Self { shape, header, dtype, bytes, data_start })
     }
 
     fn rows(&self, path: &Path, key: &str) -> Result<usize, OgbenchDataError> {
-        self.shape
-            .first()
-            .copied()
-            .ok_or_else(|| bad(path, format!("`{key}` is a scalar, expected an array")))
+        self.shape.first().copied().ok_or_else(|| bad(path, format!("`{key}` is a scalar, expected an array")))
     }
 
     /// Row width (1 for a 1-D array).
@@ -722,108 +597,57 @@ impl NpyArray {
         self.shape.iter().skip(1).product()
     }
 
-    /// Each element's bytes in little-endian order, zero-padded to 8 bytes.
-    fn chunks(&self) -> impl Iterator<Item = [u8; 8]> + '_ {
-        let (size, little) = (self.size, self.little);
-        self.data.chunks_exact(size).map(move |c| {
-            let mut b = [0u8; 8];
-            if little {
-                b[..size].copy_from_slice(c);
-            } else {
-                for (k, x) in c.iter().rev().enumerate() {
-                    b[k] = *x;
-                }
-            }
-            b
+    /// The elements converted by `f32`/`i64`/`bool` rules from any numeric dtype numpy writes.
+    fn convert<T>(
+        &self,
+        path: &Path,
+        key: &str,
+        float: impl Fn(f64) -> Option<T>,
+        int: impl Fn(i64) -> T,
+    ) -> Result<Vec<T>, OgbenchDataError> {
+        use npyz::TypeChar::{Bool, Float, Int, Uint};
+        let npy = npyz::NpyFile::with_header(self.header.clone(), &self.bytes[self.data_start..]);
+        let dtype = &self.dtype;
+        let unsupported = || bad(path, format!("`{key}`: unsupported dtype `{dtype}`"));
+        macro_rules! read {
+            ($t:ty, $f:expr) => {
+                npy.data::<$t>()
+                    .map_err(|e| bad(path, format!("`{key}`: {e}")))?
+                    .map(|x| x.map($f))
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(|e| bad(path, format!("`{key}`: {e}")))?
+            };
+        }
+        let floats = |v: Vec<Option<T>>| {
+            v.into_iter().collect::<Option<Vec<T>>>().ok_or_else(|| bad(path, format!("`{key}` holds floats ({dtype}); expected integers")))
+        };
+        Ok(match (dtype.type_char(), dtype.size_field()) {
+            (Float, 4) => floats(read!(f32, |x| float(f64::from(x))))?,
+            (Float, 8) => floats(read!(f64, |x| float(x)))?,
+            (Bool, 1) => read!(bool, |x| int(i64::from(x))),
+            (Int, 1) => read!(i8, |x| int(i64::from(x))),
+            (Int, 2) => read!(i16, |x| int(i64::from(x))),
+            (Int, 4) => read!(i32, |x| int(i64::from(x))),
+            (Int, 8) => read!(i64, |x| int(x)),
+            (Uint, 1) => read!(u8, |x| int(i64::from(x))),
+            (Uint, 2) => read!(u16, |x| int(i64::from(x))),
+            (Uint, 4) => read!(u32, |x| int(i64::from(x))),
+            (Uint, 8) => read!(u64, |x| int(x as i64)),
+            _ => return Err(unsupported()),
         })
     }
 
     fn to_f32(&self, path: &Path, key: &str) -> Result<Vec<f32>, OgbenchDataError> {
-        Ok(match (self.kind, self.size) {
-            ('f', 4) => self
-                .chunks()
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            ('f', 8) => self
-                .chunks()
-                .map(|b| f64::from_le_bytes(b) as f32)
-                .collect(),
-            ('b', _) => self
-                .chunks()
-                .map(|b| f32::from(u8::from(b[0] != 0)))
-                .collect(),
-            ('i' | 'u', _) => self
-                .to_i64(path, key)?
-                .into_iter()
-                .map(|x| x as f32)
-                .collect(),
-            _ => {
-                return Err(bad(
-                    path,
-                    format!(
-                        "`{key}`: cannot convert dtype {}{} to f32",
-                        self.kind, self.size
-                    ),
-                ))
-            }
-        })
+        self.convert(path, key, |x| Some(x as f32), |x| x as f32)
     }
 
     fn to_i64(&self, path: &Path, key: &str) -> Result<Vec<i64>, OgbenchDataError> {
-        let (kind, size) = (self.kind, self.size);
-        match kind {
-            'i' | 'u' | 'b' => Ok(self
-                .chunks()
-                .map(|b| {
-                    let u = u64::from_le_bytes(b);
-                    if kind == 'i' && size < 8 {
-                        // Sign-extend.
-                        let shift = 64 - 8 * size as u32;
-                        ((u << shift) as i64) >> shift
-                    } else {
-                        u as i64
-                    }
-                })
-                .collect()),
-            'f' => Err(bad(
-                path,
-                format!("`{key}` holds floats (f{size}); expected integers"),
-            )),
-            _ => Err(bad(path, format!("`{key}`: unsupported dtype"))),
-        }
+        self.convert(path, key, |_| None, |x| x)
     }
 
     fn to_bool(&self, path: &Path, key: &str) -> Result<Vec<bool>, OgbenchDataError> {
-        Ok(match self.kind {
-            'f' => self
-                .to_f32(path, key)?
-                .into_iter()
-                .map(|x| x != 0.0)
-                .collect(),
-            _ => self
-                .to_i64(path, key)?
-                .into_iter()
-                .map(|x| x != 0)
-                .collect(),
-        })
+        self.convert(path, key, |x| Some(x != 0.0), |x| x != 0)
     }
-}
-
-/// The text of `key`'s value in a Python dict literal (`{'descr': '<f4', 'shape': (3, 2), }`).
-fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let at = header
-        .find(&format!("'{key}'"))
-        .or_else(|| header.find(&format!("\"{key}\"")))?;
-    let rest = header[at + key.len() + 2..]
-        .trim_start()
-        .strip_prefix(':')?
-        .trim_start();
-    let end = if rest.starts_with('(') {
-        rest.find(')')? + 1
-    } else {
-        rest.find([',', '}']).unwrap_or(rest.len())
-    };
-    Some(rest[..end].trim())
 }
 
 #[cfg(test)]
@@ -885,7 +709,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "f.npz: `button_states` holds floats (f4); expected integers"
+            "f.npz: `button_states` holds floats (<f4); expected integers"
         );
     }
 
@@ -946,21 +770,6 @@ mod tests {
         assert_eq!(
             ogbench_val_path(Path::new("/d/cube-double-play-v0.npz")),
             PathBuf::from("/d/cube-double-play-v0-val.npz")
-        );
-    }
-
-    #[test]
-    fn dict_value_reads_numpy_headers() {
-        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (600, 37), }";
-        assert_eq!(dict_value(h, "descr"), Some("'<f4'"));
-        assert_eq!(dict_value(h, "fortran_order"), Some("False"));
-        assert_eq!(dict_value(h, "shape"), Some("(600, 37)"));
-        assert_eq!(
-            dict_value(
-                "{'descr': '|b1', 'fortran_order': False, 'shape': (5,), }",
-                "shape"
-            ),
-            Some("(5,)")
         );
     }
 }

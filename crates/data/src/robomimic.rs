@@ -24,7 +24,37 @@ use std::str::FromStr;
 
 use hdf5::types::{FixedAscii, VarLenAscii, VarLenUnicode};
 
-use crate::{Dataset, ReplayError, Result};
+use mvp_replay::{Dataset, ReplayError};
+
+/// Errors of the robomimic reader (one line each).
+#[derive(Debug, thiserror::Error)]
+pub enum RobomimicError {
+    /// The file does not exist; `hint` says how to make it.
+    #[error("dataset {path} not found; {hint}")]
+    MissingFile {
+        /// The file asked for.
+        path: PathBuf,
+        /// What to run (the `mvp data robomimic ...` command).
+        hint: String,
+    },
+    /// The file lacks a group, dataset or key, or holds one of the wrong shape or type;
+    /// `reason` names the HDF5 path and the shapes found and expected.
+    #[error("robomimic file {path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An option is out of range (an empty key list, an unknown filter).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The arrays read do not form a dataset.
+    #[error(transparent)]
+    Dataset(#[from] ReplayError),
+}
+
+type Result<T, E = RobomimicError> = std::result::Result<T, E>;
 
 /// Default observation keys, in the order the flat observation concatenates them.
 pub const ROBOMIMIC_OBS_KEYS: [&str; 4] = [
@@ -61,7 +91,7 @@ impl RobomimicFilter {
 }
 
 impl FromStr for RobomimicFilter {
-    type Err = ReplayError;
+    type Err = RobomimicError;
 
     /// `all`, `train`, `valid`, or any other mask name.
     fn from_str(s: &str) -> Result<Self> {
@@ -70,7 +100,7 @@ impl FromStr for RobomimicFilter {
             "train" => Self::Train,
             "valid" => Self::Valid,
             "" => {
-                return Err(ReplayError::Invalid(
+                return Err(RobomimicError::Invalid(
                     "empty robomimic filter key (use all, train, valid or a mask name)".into(),
                 ))
             }
@@ -143,13 +173,13 @@ pub fn robomimic_make_command(path: &Path, task: Option<&str>) -> String {
 /// Reads a robomimic low-dim HDF5 file (see the module docs for the conventions).
 ///
 /// Errors name what is wrong: a missing file gives one line with the `mvp data robomimic ...`
-/// command that makes it ([`ReplayError::MissingFile`]); a missing group, dataset or key, or
-/// an array of the wrong shape, gives [`ReplayError::Robomimic`] naming the HDF5 path and the
+/// command that makes it ([`RobomimicError::MissingFile`]); a missing group, dataset or key, or
+/// an array of the wrong shape, gives [`RobomimicError::BadFile`] naming the HDF5 path and the
 /// shapes found and expected.
 pub fn read_robomimic(path: impl AsRef<Path>, options: &RobomimicOptions) -> Result<RobomimicData> {
     let path = path.as_ref();
     if !path.is_file() {
-        return Err(ReplayError::MissingFile {
+        return Err(RobomimicError::MissingFile {
             path: path.to_path_buf(),
             hint: format!(
                 "make it with `{}` (or use robomimic's low_dim.hdf5)",
@@ -158,7 +188,7 @@ pub fn read_robomimic(path: impl AsRef<Path>, options: &RobomimicOptions) -> Res
         });
     }
     if options.obs_keys.is_empty() {
-        return Err(ReplayError::Invalid("robomimic obs_keys is empty".into()));
+        return Err(RobomimicError::Invalid("robomimic obs_keys is empty".into()));
     }
     Reader {
         path: path.to_path_buf(),
@@ -171,8 +201,8 @@ struct Reader {
 }
 
 impl Reader {
-    fn err(&self, reason: impl Into<String>) -> ReplayError {
-        ReplayError::Robomimic {
+    fn err(&self, reason: impl Into<String>) -> RobomimicError {
+        RobomimicError::BadFile {
             path: self.path.clone(),
             reason: reason.into(),
         }

@@ -6,7 +6,7 @@ use mvp_replay::Dataset;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{make_native, BranchReach, BranchReachDemo, EnvError, Route};
+use mvp_envs::{make_native, BranchReach, BranchReachDemo, EnvError, Route};
 
 /// Default standard deviation of the demonstrator's Gaussian action noise.
 pub const DEFAULT_DEMO_NOISE_STD: f32 = 0.25;
