@@ -5,7 +5,7 @@
 #
 # Idempotent: does nothing (one line) when .venv/ was built from the current requirements file.
 # A changed requirements file (or Python interpreter) rebuilds the venv from scratch instead of
-# upgrading in place: switching one venv between mujoco 3 and 4 breaks it (DESIGN.md §3.2).
+# upgrading in place: switching one venv between mujoco 3 and 4 breaks it.
 # PYTHON selects the interpreter that creates the venv (default python3, 3.9 or newer).
 set -euo pipefail
 

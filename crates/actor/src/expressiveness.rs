@@ -150,30 +150,6 @@ impl EvalSet {
             quality(self.task, &self.obs, &x, &self.truth)
         })
     }
-
-    /// Quality of the same policy run by the native engine (`mvp-infer`) at `precision`, from
-    /// the same noise; `None` when the policy has no native path or the CPU lacks the precision.
-    pub fn native_quality(&self, policy: &dyn GenerativePolicy, precision: mvp_infer::Precision) -> Option<Quality> {
-        let (actor, actor_kind) = policy.export().ok()?;
-        let shape = self.task.shape();
-        let weights = mvp_infer::PolicyWeights {
-            obs_dim: self.task.obs_dim(),
-            chunk_dim: shape.flat_dim(),
-            num_samples: 1,
-            actor,
-            actor_kind,
-            critics: Vec::new(),
-            aggregate: mvp_infer::Aggregate::Mean,
-        };
-        let mut native = mvp_infer::NativePolicy::new(&weights, precision, 0).ok()?;
-        Some(self.quality(|obs, noise| {
-            let host = |t: &Tensor| Vec::<f32>::try_from(&t.to_device(Device::Cpu).contiguous().view([-1])).expect("f32");
-            let (o, n) = (host(obs), host(noise));
-            let mut out = vec![0.0; n.len()];
-            native.act_with_noise(&o, &n, &mut out);
-            Tensor::from_slice(&out).view([-1, shape.flat_dim() as i64]).to_device(obs.device())
-        }))
-    }
 }
 
 /// Metrics of samples `x [S, n, D]` against true samples `y [S, n, D]` at states `obs [S, ·]`.
@@ -235,8 +211,17 @@ pub struct RunResult {
     pub quality_bf16: Option<Quality>,
 }
 
-/// Trains `config` on `task` from scratch and evaluates it.
-pub fn run(task: Task, config: &ActorConfig, seed: u64, budget: &Budget, device: Device) -> RunResult {
+/// Trains `config` on `task` from scratch and evaluates it; `native_bf16` gives the quality of
+/// the same trained network run in bf16 by the native engine on the same states and noise
+/// (`None` where there is none; the engine is not a dependency of this crate).
+pub fn run(
+    task: Task,
+    config: &ActorConfig,
+    seed: u64,
+    budget: &Budget,
+    device: Device,
+    native_bf16: impl FnOnce(&dyn GenerativePolicy, &EvalSet) -> Option<Quality>,
+) -> RunResult {
     tch::manual_seed(seed as i64);
     let vs = VarStore::new(device);
     let policy = config.build(&vs.root(), task.obs_dim(), task.shape());
@@ -251,7 +236,7 @@ pub fn run(task: Task, config: &ActorConfig, seed: u64, budget: &Budget, device:
     let train_seconds = start.elapsed().as_secs_f64();
     let eval = EvalSet::new(task, budget.eval_states, budget.samples_per_state, device);
     let quality = eval.quality(|obs, noise| policy.sample(obs, noise));
-    let quality_bf16 = eval.native_quality(policy.as_ref(), mvp_infer::Precision::Bf16);
+    let quality_bf16 = native_bf16(policy.as_ref(), &eval);
     let obs = task.sample_obs(1, device);
     let noise = Tensor::randn([1, task.shape().flat_dim() as i64], (Kind::Float, device));
     let mut times: Vec<f64> = (0..60)

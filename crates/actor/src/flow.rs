@@ -9,7 +9,7 @@ use mvp_nn::{MlpConfig, TimeFeatures};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, TimeSampler};
+use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, NativeActor, NativeSampler, TimeSampler};
 
 /// Settings of the flow-matching policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,8 +89,8 @@ impl GenerativePolicy for FlowPolicy {
         self.config.steps.max(1)
     }
 
-    fn export(&self) -> Result<(mvp_infer::MlpWeights, mvp_infer::ActorKind), String> {
-        Ok((self.net.export()?, mvp_infer::ActorKind::Flow { steps: self.config.steps.max(1) }))
+    fn native(&self) -> Result<NativeActor<'_>, String> {
+        Ok(NativeActor { net: self.net.native()?, sampler: NativeSampler::Flow { steps: self.config.steps.max(1) } })
     }
 
     fn shape(&self) -> ChunkShape {

@@ -8,7 +8,10 @@
 //!
 //! All share one conditional network shape ([`CondNet`]: an MLP on `[s, z, time features]`) and
 //! the noise convention of MeanFlow: `z_t = (1 − t)·x + t·ε`, data at t = 0, noise at t = 1.
-//! Samples are clipped to [−1, 1]. Depends on `mvp-nn` and tch.
+//! Samples are clipped to [−1, 1]. [`GenerativePolicy::native`] describes a policy for the
+//! libtorch-free engine without depending on it (the agent does the export).
+//!
+//! Depends on `mvp-nn`, tch, `serde`/`serde_json` and `anyhow`.
 #![warn(missing_docs)]
 
 mod diffusion;
@@ -22,6 +25,7 @@ pub use flow::{FlowConfig, FlowPolicy};
 pub use mvp::{MeanVelocityPolicy, MvpConfig};
 pub use net::CondNet;
 
+use mvp_nn::Mlp;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
@@ -62,11 +66,36 @@ pub trait GenerativePolicy {
     /// The chunk shape generated.
     fn shape(&self) -> ChunkShape;
 
-    /// The network and sampler for the libtorch-free acting path (`mvp-infer`), or why this
-    /// policy has none.
-    fn export(&self) -> Result<(mvp_infer::MlpWeights, mvp_infer::ActorKind), String> {
+    /// The network and sampler for the libtorch-free acting path (exported by the agent), or
+    /// why this policy has none.
+    fn native(&self) -> Result<NativeActor<'_>, String> {
         Err("this policy has no native acting path (MVP and flow actors with raw time features do)".into())
     }
+}
+
+/// What the libtorch-free acting path needs of a policy: its network, whose inputs are
+/// `[s, z, raw times]`, and how it is sampled.
+#[derive(Debug, Clone, Copy)]
+pub struct NativeActor<'a> {
+    /// The network.
+    pub net: &'a Mlp,
+    /// The sampler.
+    pub sampler: NativeSampler,
+}
+
+/// How a native actor's network is sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeSampler {
+    /// The mean velocity `u(s, z, r, t)` on `[s, z, t, t − r]` in `steps` jumps (1: one step).
+    MeanVelocity {
+        /// Network evaluations per sample.
+        steps: usize,
+    },
+    /// A flow velocity `v(s, z, t)` on `[s, z, t]`, `steps` Euler steps from t = 1 to 0.
+    Flow {
+        /// Euler steps.
+        steps: usize,
+    },
 }
 
 /// Which policy to build, with its settings. In TOML: `kind = "mvp" | "flow" | "diffusion"`

@@ -17,7 +17,7 @@ use mvp_nn::{MlpConfig, TimeFeatures};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, TimeSampler};
+use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, NativeActor, NativeSampler, TimeSampler};
 
 /// Settings of the mean velocity policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,8 +189,8 @@ impl GenerativePolicy for MeanVelocityPolicy {
         self.config.sampling_steps.max(1)
     }
 
-    fn export(&self) -> Result<(mvp_infer::MlpWeights, mvp_infer::ActorKind), String> {
-        Ok((self.net.export()?, mvp_infer::ActorKind::MeanVelocity { steps: self.config.sampling_steps.max(1) }))
+    fn native(&self) -> Result<NativeActor<'_>, String> {
+        Ok(NativeActor { net: self.net.native()?, sampler: NativeSampler::MeanVelocity { steps: self.config.sampling_steps.max(1) } })
     }
 
     fn shape(&self) -> ChunkShape {

@@ -32,11 +32,11 @@ impl CondNet {
         self.mlp.forward(&x)
     }
 
-    /// The MLP as plain weights, when its inputs are `[s, z, raw times]` (the layout of the
-    /// native acting path).
-    pub fn export(&self) -> Result<mvp_infer::MlpWeights, String> {
+    /// The MLP, when its inputs are `[s, z, raw times]` (the layout of the native acting
+    /// path).
+    pub fn native(&self) -> Result<&Mlp, String> {
         match self.time_features {
-            TimeFeatures::Raw => Ok(self.mlp.export()),
+            TimeFeatures::Raw => Ok(&self.mlp),
             other => Err(format!("native acting supports raw time features only, not {other:?}")),
         }
     }

@@ -138,7 +138,7 @@ fn one_step_mvp_covers_both_modes_where_a_regressor_falls_between() {
     let budget = Budget { steps: 5000, batch: 256, lr: 1e-3, eval_states: 32, samples_per_state: 128 };
     let net = MlpConfig { hidden: vec![64, 64, 64], ..MlpConfig::default() };
     let mvp = ActorConfig::Mvp(MvpConfig { network: net.clone(), ..MvpConfig::default() });
-    let r = expressiveness::run(task, &mvp, 1, &budget, Device::Cpu);
+    let r = expressiveness::run(task, &mvp, 1, &budget, Device::Cpu, |_, _| None);
     assert!(r.quality.coverage >= 0.99, "MVP covers {:.2} of the modes", r.quality.coverage);
     assert!(r.quality.between <= 0.10, "MVP puts {:.3} of its mass between modes", r.quality.between);
 

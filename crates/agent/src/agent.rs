@@ -156,17 +156,8 @@ impl Agent {
     /// actors without a native path (diffusion, Fourier time features) and for bf16 on CPUs
     /// without AVX512-BF16.
     pub fn native_policy(&self, precision: mvp_infer::Precision, seed: u64) -> Result<mvp_infer::NativePolicy> {
-        let (actor, actor_kind) = self.actor.export().map_err(anyhow::Error::msg)?;
-        let (critics, aggregate) = self.critic.export();
-        let weights = mvp_infer::PolicyWeights {
-            obs_dim: self.obs_dim,
-            chunk_dim: self.shape.flat_dim(),
-            num_samples: self.num_samples,
-            actor,
-            actor_kind,
-            critics,
-            aggregate,
-        };
+        let weights = crate::export::policy_weights(self.actor.as_ref(), Some(&self.critic), self.obs_dim, self.shape.flat_dim(), self.num_samples)
+            .map_err(anyhow::Error::msg)?;
         Ok(mvp_infer::NativePolicy::new(&weights, precision, seed)?)
     }
 

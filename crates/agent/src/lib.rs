@@ -1,12 +1,15 @@
 //! The MVP agent and everything that drives it: generate-and-select, the update step, the
 //! offline-to-online trainer with evaluation, logging and checkpoints, and the training config.
 //!
-//! Depends on every crate below it: `nn`, `actor`, `critic`, `replay`, `envs`, `logging`.
+//! Depends on every crate below it: `nn`, `actor`, `critic`, `replay`, `envs`, `data`, `rollout`,
+//! `logging`, and on `infer` through [`export`], the one place where trained networks become
+//! the native engine's weights; plus tch, `serde`, `toml`, `rand`, `indicatif` and `tracing`.
 #![warn(missing_docs)]
 
 pub mod agent;
 pub mod config;
 pub mod eval;
+pub mod export;
 pub mod trainer;
 
 pub use agent::{Agent, TensorBatch};

@@ -1,10 +1,11 @@
 //! The `mvp` command-line tool: training, evaluation, data generation, benchmarks, export.
+//!
+//! The top of the crate graph: it depends on `mvp-agent` and on the crates its commands use
+//! directly (`data` for `mvp data`, `infer` for the benchmarks, `logging` for reports), plus
+//! clap, tch and `tracing-subscriber`.
 
 mod bench;
-mod bench_env;
-mod expressiveness;
 mod report;
-mod speed;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,7 +4,7 @@
 //! `Q_j(s, a_{k..k+h})` estimates the return of executing the chunk open-loop from s. The TD
 //! target is `R + γ^h · m · agg_j Q̄_j(s_{k+h}, a*)`, where `R` is the discounted reward over
 //! the chunk, `m` the bootstrap mask and `a*` a chunk the agent selects (see the agent crate).
-//! Depends on `mvp-nn` and tch.
+//! Depends on `mvp-nn`, tch, `serde` and `anyhow`.
 #![warn(missing_docs)]
 
 use mvp_nn::{polyak_update, Activation, EnsembleMlp, MlpConfig};
@@ -132,13 +132,9 @@ impl Critic {
         (loss, metrics)
     }
 
-    /// The online members as plain weights, and the aggregation, for the native acting path.
-    pub fn export(&self) -> (Vec<mvp_infer::MlpWeights>, mvp_infer::Aggregate) {
-        let aggregate = match self.config.aggregate {
-            Aggregate::Mean => mvp_infer::Aggregate::Mean,
-            Aggregate::Min => mvp_infer::Aggregate::Min,
-        };
-        (self.online.export(), aggregate)
+    /// The online members (what acting scores candidates with).
+    pub fn online(&self) -> &EnsembleMlp {
+        &self.online
     }
 
     /// Moves the target networks toward the online ones by τ.

@@ -354,7 +354,7 @@ fn python_command_in(root: Option<&Path>, python: Option<&Path>) -> anyhow::Resu
     let mut cmd = Command::new(&python);
     cmd.current_dir(&root).env("PYTHONPATH", pythonpath);
     // One numerical thread per process unless the caller chose otherwise: workers are
-    // many and cores are few (DESIGN.md §3.1 on OpenMP stalls).
+    // many and cores are few (two OpenMP threads per process stall at random on 2-vCPU machines).
     for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
         if std::env::var_os(var).is_none() {
             cmd.env(var, "1");

@@ -33,7 +33,7 @@ fn cube_single_handshake_reports_design_dims() {
     assert_eq!(
         (spec.obs_dim, spec.action_dim),
         (28, 5),
-        "DESIGN.md §3.2: cube-single obs 28, action 5"
+        "OGBench cube-single: obs 28, action 5"
     );
     assert_eq!(spec.action_low, vec![-1.0; 5]);
     assert_eq!(spec.action_high, vec![1.0; 5]);

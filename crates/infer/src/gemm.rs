@@ -152,6 +152,25 @@ impl PackedLinear {
         self.precision
     }
 
+    /// The row multiple the forward kernels of this precision take: [`MR`] for fp32 and for
+    /// AVX512-BF16, the AMX block of 32 rows for bf16 where the CPU has AMX.
+    pub fn row_block(&self) -> usize {
+        match self.precision {
+            Precision::Bf16 if crate::amx::available() => crate::amx::ROWS,
+            _ => MR,
+        }
+    }
+
+    /// The kernel that runs this layer on this CPU, in words.
+    pub fn kernel(&self) -> &'static str {
+        match self.precision {
+            Precision::Bf16 if crate::amx::available() => "bf16 (AMX)",
+            Precision::Bf16 => "bf16 (AVX512-BF16)",
+            Precision::F32 if has_avx512() => "fp32 (AVX-512)",
+            Precision::F32 => "fp32 (portable)",
+        }
+    }
+
     /// `out = a·W + b` for `rows` rows (a multiple of [`MR`]) of fp32 input with stride
     /// [`Self::in_stride`]; `out` has stride [`Self::out_stride`]. fp32 layers only.
     pub fn forward_f32(&self, a: &[f32], rows: usize, out: &mut [f32]) {

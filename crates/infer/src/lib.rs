@@ -8,13 +8,16 @@
 //! memory is owned by the policy and sized on the first call, so acting afterwards performs no
 //! heap allocation (tested). One thread; the kernels are sized for the policy shapes (tens to
 //! hundreds of rows × 512).
+//!
+//! A leaf of the workspace: it depends on `rand`/`rand_distr` (the sampling noise), `libc` (the
+//! AMX permission request) and `thiserror` — never on libtorch.
 #![warn(missing_docs)]
 
-pub mod amx;
-pub mod gemm;
-pub mod mlp;
-pub mod policy;
+mod amx;
+mod gemm;
+mod mlp;
+mod policy;
 
-pub use gemm::{has_avx512, has_avx512_bf16, PackedLinear, Precision};
+pub use gemm::{from_bf16, has_avx512, has_avx512_bf16, to_bf16, PackedLinear, Precision};
 pub use mlp::{Activation, LayerWeights, Mlp, MlpWeights};
 pub use policy::{ActorKind, Aggregate, InferError, NativePolicy, PolicyWeights};

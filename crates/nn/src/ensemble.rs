@@ -30,6 +30,16 @@ impl EnsembleMlp {
         self.members
     }
 
+    /// The layers, input first; every tensor has the member dimension first.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The hidden activation.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
     /// Forward pass. `x` is `[B, in]` (the same input for every member) or `[E, B, in]`
     /// (one input per member); the output is `[E, B, out]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {

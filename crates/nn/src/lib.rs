@@ -4,7 +4,11 @@
 //! pieces: [`Mlp`] and its batched sibling [`EnsembleMlp`], [`TimeFeatures`] for flow times,
 //! exact Jacobian-vector products ([`ForwardJvp`], [`jvp_autograd`]), an [`Adam`] whose
 //! state can be saved, [`polyak_update`], atomic [`checkpoint`]s, and the [`Runtime`]
-//! settings (device, thread count, [`MatmulPrecision`]). Depends only on tch and serde.
+//! settings (device, thread count, [`MatmulPrecision`]).
+//!
+//! A leaf of the workspace: it depends on tch (and torch-sys for the thread settings), `serde`,
+//! `serde_json`, `anyhow` and `thiserror` — not on the native engine, which the agent exports
+//! into.
 #![warn(missing_docs)]
 
 mod adam;
@@ -19,10 +23,7 @@ mod time;
 pub use adam::{polyak_update, Adam, AdamConfig};
 pub use ensemble::EnsembleMlp;
 pub use jvp::{jvp_autograd, ForwardJvp};
-pub use mlp::{Activation, Mlp, MlpConfig};
+pub use mlp::{Activation, Layer, Mlp, MlpConfig};
 pub use precision::MatmulPrecision;
 pub use runtime::{DeviceChoice, Runtime};
 pub use time::TimeFeatures;
-
-/// Plain weights of a trained network for the libtorch-free acting path (`mvp-infer`).
-pub mod export;

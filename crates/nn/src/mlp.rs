@@ -67,13 +67,18 @@ impl Default for MlpConfig {
 
 pub(crate) const LN_EPS: f64 = 1e-5;
 
-/// One affine layer; the weight is stored `[in, out]` so that `y = x·W + b`.
+/// One affine layer; the weight is stored `[in, out]` so that `y = x·W + b` (with a leading
+/// member dimension `[E, in, out]`, `[E, 1, out]` in an [`crate::EnsembleMlp`]). Read through
+/// [`Mlp::layers`] / [`crate::EnsembleMlp::layers`], e.g. to export the weights.
 #[derive(Debug)]
-pub(crate) struct Layer {
-    pub(crate) weight: Tensor,
-    pub(crate) bias: Tensor,
-    /// LayerNorm scale and shift, present on hidden layers when enabled.
-    pub(crate) norm: Option<(Tensor, Tensor)>,
+pub struct Layer {
+    /// `[in, out]` (`[E, in, out]` in an ensemble).
+    pub weight: Tensor,
+    /// `[out]` (`[E, 1, out]` in an ensemble).
+    pub bias: Tensor,
+    /// LayerNorm scale and shift after this layer's activation, present on hidden layers
+    /// when enabled.
+    pub norm: Option<(Tensor, Tensor)>,
 }
 
 /// Creates the parameters of every layer under `path` (`l{i}.weight`, ...). With
@@ -147,6 +152,16 @@ impl Mlp {
     /// Output width.
     pub fn out_dim(&self) -> usize {
         self.out_dim
+    }
+
+    /// The layers, input first.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The hidden activation.
+    pub fn activation(&self) -> Activation {
+        self.activation
     }
 
     /// Forward pass on `[..., in]`.

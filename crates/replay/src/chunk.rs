@@ -1,7 +1,7 @@
 //! The batch of action chunks that [`crate::ReplayBuffer::sample_chunks`] fills.
 
 /// A batch of `B` windows of `h` consecutive transitions s_k, a_k..a_{k+h-1}, s_{k+h}, with
-/// the Q-chunking (QC) semantics of DESIGN.md §2. Row-major `f32` arrays, reused across
+/// the Q-chunking (QC) semantics described on [`crate::ReplayBuffer::sample_chunks`]. Row-major `f32` arrays, reused across
 /// calls: allocate once with [`ChunkBatch::new`] and sample into it.
 ///
 /// **`masks` (bootstrap) and `terminals` (episode end) are different things.** `terminals`

@@ -13,7 +13,8 @@
 //!   pool's environments. An episode lost to a crashed worker is run again with its seed.
 //!
 //! Pure Rust, no tensors: the policy is a closure from a batch of observations to a batch of
-//! flattened chunks, so that this crate serves any actor on any device.
+//! flattened chunks, so that this crate serves any actor on any device. Depends on `mvp-envs`,
+//! `serde`, `anyhow` and `tracing`.
 
 use std::collections::VecDeque;
 

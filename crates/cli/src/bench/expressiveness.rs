@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use mvp_actor::expressiveness::{self, Budget, RunResult, Task};
-use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig, TimeSampler};
+use mvp_actor::expressiveness::{self, Budget, EvalSet, RunResult, Task};
+use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, GenerativePolicy, MvpConfig, TimeSampler};
 use mvp_nn::{MatmulPrecision, MlpConfig, Runtime, TimeFeatures};
 use serde::Serialize;
+use tch::{Device, Tensor};
 
 /// Options of `mvp bench expressiveness`.
 #[derive(Debug, ClapArgs)]
@@ -206,7 +207,7 @@ pub fn run(args: Args) -> Result<()> {
     for &task in &tasks {
         for config in &configs {
             for seed in 0..args.seeds {
-                let r = expressiveness::run(task, config, seed, &budget, device);
+                let r = expressiveness::run(task, config, seed, &budget, device, |policy, eval| native_bf16(task, policy, eval));
                 tracing::info!(
                     "[{}/{total}] {:?} {} seed {seed}: energy {:.4}, coverage {:.3}, between {:.3}, {:.1} s",
                     runs.len() + 1,
@@ -233,4 +234,19 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Quality of `policy` run by the native engine in bf16 from the same states and noise; `None`
+/// when the policy has no native path or the CPU lacks bf16.
+fn native_bf16(task: Task, policy: &dyn GenerativePolicy, eval: &EvalSet) -> Option<expressiveness::Quality> {
+    let chunk_dim = task.shape().flat_dim();
+    let weights = mvp_agent::export::policy_weights(policy, None, task.obs_dim(), chunk_dim, 1).ok()?;
+    let mut native = mvp_infer::NativePolicy::new(&weights, mvp_infer::Precision::Bf16, 0).ok()?;
+    Some(eval.quality(|obs, noise| {
+        let host = |t: &Tensor| Vec::<f32>::try_from(&t.to_device(Device::Cpu).contiguous().view([-1])).expect("f32");
+        let (o, n) = (host(obs), host(noise));
+        let mut out = vec![0.0; n.len()];
+        native.act_with_noise(&o, &n, &mut out);
+        Tensor::from_slice(&out).view([-1, chunk_dim as i64]).to_device(obs.device())
+    }))
 }

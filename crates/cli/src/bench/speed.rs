@@ -504,9 +504,9 @@ pub fn gemm(args: GemmArgs) -> Result<()> {
     };
     let mut rows_out = Vec::new();
     for &rows in &args.rows {
-        let r8 = rows.div_ceil(mvp_infer::gemm::MR) * mvp_infer::gemm::MR;
-        // The bf16 path runs on AMX tiles in blocks of 32 rows where the CPU has AMX.
-        let block16 = if mvp_infer::amx::available() { mvp_infer::amx::ROWS } else { mvp_infer::gemm::MR };
+        // The kernels compute whole blocks of rows (8 for fp32; bf16 on AMX tiles: 32).
+        let r8 = rows.div_ceil(packed[0].row_block()) * packed[0].row_block();
+        let block16 = packed16.as_ref().map_or(1, |p| p[0].row_block());
         let r16 = rows.div_ceil(block16) * block16;
         let a: Vec<f32> = (0..r16.max(r8) * stride_in).map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5).collect();
         let at = Tensor::from_slice(&a[..rows * d]).view([rows as i64, d as i64]);
@@ -521,14 +521,14 @@ pub fn gemm(args: GemmArgs) -> Result<()> {
         // The native kernels compute whole blocks of 8 rows; count only the real ones.
         let native_f32 = gflops(rows, d, args.seconds, || packed[pick()].forward_f32(&a, r8, &mut out));
         let native_bf16 = packed16.as_ref().map(|p| {
-            let a16: Vec<u16> = a.iter().map(|&x| mvp_infer::gemm::to_bf16(x)).collect();
+            let a16: Vec<u16> = a.iter().map(|&x| mvp_infer::to_bf16(x)).collect();
             gflops(rows, d, args.seconds, || p[pick()].forward_bf16(&a16, r16, &mut out))
         });
         tracing::info!("rows {rows}: libtorch {libtorch_f32:.1}, native {native_f32:.1} GFLOP/s");
         rows_out.push(GemmRow { rows, dim: d, libtorch_f32, libtorch_bf16, native_f32, native_bf16 });
     }
     println!("GEMM [rows × {d}] · [{d} × {d}], {m} weight matrices cycled, one thread, GFLOP/s (median call)\n");
-    let bf16_kernel = if mvp_infer::amx::available() { "native bf16 (AMX)" } else { "native bf16 (AVX512-BF16)" };
+    let bf16_kernel = packed16.as_ref().map_or("native bf16".to_string(), |p| format!("native {}", p[0].kernel()));
     println!("| rows | libtorch fp32 | libtorch bf16 | native fp32 | {bf16_kernel} |");
     println!("|---|---|---|---|---|");
     for r in &rows_out {

@@ -1,4 +1,11 @@
-//! `mvp bench ...`: micro-benchmarks and, later, latency / training-speed comparisons.
+//! `mvp bench ...`: speed and quality measurements. `jvp` (here), `latency`, `train` and
+//! `gemm` (speed.rs), `env` (env.rs), `expressiveness` (expressiveness.rs). They reach the
+//! native engine only through its public API (`mvp_infer::{NativePolicy, PackedLinear}` and
+//! the agent's export).
+
+mod env;
+mod expressiveness;
+mod speed;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -31,15 +38,15 @@ pub enum BenchCommand {
         json: Option<std::path::PathBuf>,
     },
     /// Action latency of MVP against flow and diffusion policies.
-    Latency(crate::speed::LatencyArgs),
+    Latency(speed::LatencyArgs),
     /// Training iterations per second.
-    Train(crate::speed::TrainArgs),
+    Train(speed::TrainArgs),
     /// GEMM rate (GFLOP/s) of libtorch and of mvp-infer's kernels at the policy shapes.
-    Gemm(crate::speed::GemmArgs),
+    Gemm(speed::GemmArgs),
     /// Environment steps per second through the Python bridge against plain Python.
-    Env(crate::bench_env::EnvArgs),
+    Env(env::EnvArgs),
     /// Behaviour-cloning quality on known multimodal distributions.
-    Expressiveness(crate::expressiveness::Args),
+    Expressiveness(expressiveness::Args),
 }
 
 /// Runs a benchmark subcommand.
@@ -53,11 +60,11 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             }
             Ok(())
         }
-        BenchCommand::Latency(args) => crate::speed::latency(args),
-        BenchCommand::Train(args) => crate::speed::train(args),
-        BenchCommand::Gemm(args) => crate::speed::gemm(args),
-        BenchCommand::Env(args) => crate::bench_env::run(args),
-        BenchCommand::Expressiveness(args) => crate::expressiveness::run(args),
+        BenchCommand::Latency(args) => speed::latency(args),
+        BenchCommand::Train(args) => speed::train(args),
+        BenchCommand::Gemm(args) => speed::gemm(args),
+        BenchCommand::Env(args) => env::run(args),
+        BenchCommand::Expressiveness(args) => expressiveness::run(args),
     }
 }
 
@@ -95,7 +102,7 @@ impl JvpReport {
 }
 
 fn median_ms(iters: usize, f: impl FnMut()) -> f64 {
-    crate::speed::percentiles(crate::speed::time_calls(3, iters, f)).0
+    speed::percentiles(speed::time_calls(3, iters, f)).0
 }
 
 fn jvp(batch: i64, input: i64, output: i64, iters: usize, threads: usize) -> Result<JvpReport> {

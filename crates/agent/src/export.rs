@@ -1,0 +1,84 @@
+//! The deployment boundary: a trained agent's networks as the native engine's plain weights
+//! (`mvp-infer`, host f32 copies). The one place where the training crates (nn, actor,
+//! critic) meet the engine; they do not depend on it.
+
+use mvp_actor::{GenerativePolicy, NativeSampler};
+use mvp_critic::{Aggregate, Critic};
+use mvp_infer::{ActorKind, LayerWeights, MlpWeights, PolicyWeights};
+use mvp_nn::{Activation, EnsembleMlp, Layer, Mlp};
+use tch::{Device, Kind, Tensor};
+
+/// The weights of `net`.
+pub fn mlp(net: &Mlp) -> MlpWeights {
+    MlpWeights { layers: net.layers().iter().map(|l| layer(l, None)).collect(), activation: activation(net.activation()) }
+}
+
+/// The weights of each member of `net`.
+pub fn ensemble(net: &EnsembleMlp) -> Vec<MlpWeights> {
+    (0..net.members() as i64)
+        .map(|e| MlpWeights { layers: net.layers().iter().map(|l| layer(l, Some(e))).collect(), activation: activation(net.activation()) })
+        .collect()
+}
+
+/// The actor's network and sampler, or why it has no native path.
+pub fn actor(policy: &dyn GenerativePolicy) -> Result<(MlpWeights, ActorKind), String> {
+    let native = policy.native()?;
+    let kind = match native.sampler {
+        NativeSampler::MeanVelocity { steps } => ActorKind::MeanVelocity { steps },
+        NativeSampler::Flow { steps } => ActorKind::Flow { steps },
+    };
+    Ok((mlp(native.net), kind))
+}
+
+/// The online critic members and their aggregation.
+pub fn critic(critic: &Critic) -> (Vec<MlpWeights>, mvp_infer::Aggregate) {
+    let aggregate = match critic.config().aggregate {
+        Aggregate::Mean => mvp_infer::Aggregate::Mean,
+        Aggregate::Min => mvp_infer::Aggregate::Min,
+    };
+    (ensemble(critic.online()), aggregate)
+}
+
+/// A whole acting policy: the actor and, for generate-and-select with `num_samples` > 1, the
+/// online critic that scores the candidates.
+pub fn policy_weights(
+    policy: &dyn GenerativePolicy,
+    scorer: Option<&Critic>,
+    obs_dim: usize,
+    chunk_dim: usize,
+    num_samples: usize,
+) -> Result<PolicyWeights, String> {
+    let (actor, actor_kind) = actor(policy)?;
+    let (critics, aggregate) = scorer.map(critic).unwrap_or((Vec::new(), mvp_infer::Aggregate::Mean));
+    Ok(PolicyWeights { obs_dim, chunk_dim, num_samples, actor, actor_kind, critics, aggregate })
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
+    Vec::<f32>::try_from(&t).expect("a float tensor converts to Vec<f32>")
+}
+
+fn activation(a: Activation) -> mvp_infer::Activation {
+    match a {
+        Activation::Gelu => mvp_infer::Activation::Gelu,
+        Activation::Silu => mvp_infer::Activation::Silu,
+        Activation::Relu => mvp_infer::Activation::Relu,
+    }
+}
+
+/// Layer `l` of ensemble member `member` (`None`: a plain MLP).
+fn layer(l: &Layer, member: Option<i64>) -> LayerWeights {
+    let pick = |t: &Tensor| match member {
+        Some(e) => t.select(0, e),
+        None => t.shallow_clone(),
+    };
+    let w = pick(&l.weight);
+    let (in_dim, out_dim) = w.size2().expect("a layer weight is [in, out]");
+    LayerWeights {
+        in_dim: in_dim as usize,
+        out_dim: out_dim as usize,
+        weight: host(&w),
+        bias: host(&pick(&l.bias)),
+        norm: l.norm.as_ref().map(|(s, b)| (host(&pick(s)), host(&pick(b)))),
+    }
+}
