@@ -1,0 +1,345 @@
+//! The worker process: the venv's interpreter, spawning, the stderr tail, frame writes and
+//! reads with deadlines.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::protocol::MAX_FRAME;
+use super::{WorkerConfig, WorkerError};
+
+/// Lines of the worker's stderr kept for error messages.
+const STDERR_TAIL_LINES: usize = 40;
+
+/// The project root: `$MVP_ROOT`, else the nearest ancestor of the current directory that
+/// holds `envs/mvp_envs/worker.py`, else the checkout this crate was built from, else the
+/// current directory.
+pub fn project_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("MVP_ROOT") {
+        return PathBuf::from(root);
+    }
+    let marker = Path::new("envs/mvp_envs/worker.py");
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    if let Some(dir) = cwd.ancestors().find(|d| d.join(marker).is_file()) {
+        return dir.to_path_buf();
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if built.join(marker).is_file() {
+        return built.canonicalize().unwrap_or(built);
+    }
+    cwd
+}
+
+/// A command that runs `python -m <module>` from the project's venv, as the env workers are
+/// started: interpreter `$MVP_PYTHON`, else `<root>/.venv/bin/python` (root: [`project_root`]),
+/// `envs/` on `PYTHONPATH`, the project root as working directory, and one numerical thread
+/// (`OMP_NUM_THREADS` etc. = 1 unless already set). Use it for the Python tools, e.g.
+/// `python_module_command("mvp_envs.data_ogbench")?.args([...])`.
+///
+/// Errors: [`WorkerError::VenvMissing`] (says to run `make setup`) or
+/// [`WorkerError::PackageMissing`].
+pub fn python_module_command(module: &str) -> anyhow::Result<Command> {
+    python_module_command_in(module, None, None)
+}
+
+/// [`python_module_command`] with an explicit root and interpreter (`None`: the defaults).
+pub(crate) fn python_module_command_in(
+    module: &str,
+    root: Option<&Path>,
+    python: Option<&Path>,
+) -> anyhow::Result<Command> {
+    let mut cmd = python_command_in(root, python)?;
+    cmd.args(["-m", module]);
+    Ok(cmd)
+}
+
+/// The project's Python interpreter set up as for [`python_module_command`], with no
+/// arguments yet (for `-c CODE` and the like).
+pub fn python_command() -> anyhow::Result<Command> {
+    python_command_in(None, None)
+}
+
+fn python_command_in(root: Option<&Path>, python: Option<&Path>) -> anyhow::Result<Command> {
+    let root = root.map(Path::to_path_buf).unwrap_or_else(project_root);
+    let python = match (python, std::env::var_os("MVP_PYTHON")) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => root.join(".venv/bin/python"),
+    };
+    if !python.exists() {
+        let venv = python
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(&python)
+            .to_path_buf();
+        return Err(WorkerError::VenvMissing(venv).into());
+    }
+    let envs_dir = root.join("envs");
+    if !envs_dir.join("mvp_envs/worker.py").is_file() {
+        return Err(WorkerError::PackageMissing(envs_dir.join("mvp_envs")).into());
+    }
+    let mut pythonpath = envs_dir.into_os_string();
+    if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        pythonpath.push(":");
+        pythonpath.push(old);
+    }
+    let mut cmd = Command::new(&python);
+    cmd.current_dir(&root).env("PYTHONPATH", pythonpath);
+    // One numerical thread per process unless the caller chose otherwise: workers are
+    // many and cores are few (two OpenMP threads per process stall at random on 2-vCPU machines).
+    for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, "1");
+        }
+    }
+    Ok(cmd)
+}
+
+/// Keeps the last lines of the worker's stderr (and optionally copies them to ours).
+pub(super) type StderrTail = Arc<Mutex<VecDeque<String>>>;
+
+/// One running worker process.
+pub(super) struct Proc {
+    pub(super) child: Child,
+    pub(super) stdin: Option<ChildStdin>,
+    pub(super) stdout: ChildStdout,
+    pub(super) stderr_tail: StderrTail,
+    pub(super) stderr_thread: Option<JoinHandle<()>>,
+    pub(super) pid: u32,
+}
+
+impl Proc {
+    pub(super) fn spawn(config: &WorkerConfig) -> anyhow::Result<Proc> {
+        let mut cmd = python_module_command_in(
+            "mvp_envs.worker",
+            config.root.as_deref(),
+            config.python.as_deref(),
+        )?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let python = PathBuf::from(cmd.get_program());
+        let mut child = cmd.spawn().map_err(|e| WorkerError::Spawn {
+            python: python.clone(),
+            reason: e.to_string(),
+        })?;
+        let pid = child.id();
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr_tail: StderrTail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = Arc::clone(&stderr_tail);
+        let forward = config.forward_stderr;
+        let stderr_thread = std::thread::Builder::new()
+            .name(format!("env-worker-{pid}-stderr"))
+            .spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if forward {
+                        eprintln!("[env worker {pid}] {line}");
+                    }
+                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    if tail.len() == STDERR_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            })
+            .ok();
+        Ok(Proc {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            stderr_tail,
+            stderr_thread,
+            pid,
+        })
+    }
+
+    /// The exit status, waiting up to `wait` for the process to end.
+    pub(super) fn wait_exit(&mut self, wait: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The kept stderr lines, after giving the reader thread a moment to drain the pipe.
+    pub(super) fn stderr_text(&mut self) -> String {
+        if let Some(handle) = self.stderr_thread.take() {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                self.stderr_thread = Some(handle);
+            }
+        }
+        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Ends the process: closes its input (a healthy worker exits on end of input), waits
+    /// up to `grace`, then kills it. Always reaps it.
+    pub(super) fn shutdown(&mut self, grace: Duration) {
+        self.stdin = None;
+        if self.wait_exit(grace).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(handle) = self.stderr_thread.take() {
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+/// Failure of one read with a deadline.
+pub(super) enum ReadFail {
+    Timeout,
+    Eof,
+    Io(std::io::Error),
+}
+
+/// Reads exactly `buf.len()` bytes from `src`, polling so that no read blocks past `deadline`;
+/// until `spin_until` it polls without blocking (busy-waits).
+pub(super) fn read_exact_deadline(
+    src: &mut ChildStdout,
+    buf: &mut [u8],
+    deadline: Instant,
+    spin_until: Instant,
+) -> Result<(), ReadFail> {
+    let fd = src.as_raw_fd();
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadFail::Timeout);
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = if Instant::now() < spin_until { 0 } else { left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int };
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds = 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(ReadFail::Io(err));
+        }
+        if rc == 0 {
+            if ms == 0 {
+                std::hint::spin_loop();
+            }
+            continue; // the deadline check above ends the loop
+        }
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => return Err(ReadFail::Eof),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadFail::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `frame` (patching its length) and reads one reply payload into `buf`.
+pub(super) fn exchange(
+    proc: &mut Proc,
+    config: &WorkerConfig,
+    frame: &[u8],
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), WorkerError> {
+    write_frame(proc, config, frame, what)?;
+    read_frame(proc, config, buf, timeout, what)
+}
+
+/// Writes `frame` (a frame begun with [`begin_frame`]), patching its length.
+pub(super) fn write_frame(
+    proc: &mut Proc,
+    config: &WorkerConfig,
+    frame: &[u8],
+    what: &'static str,
+) -> Result<(), WorkerError> {
+    let len = (frame.len() - 4) as u32;
+    let stdin = proc
+        .stdin
+        .as_mut()
+        .expect("stdin open while the worker runs");
+    let written = stdin
+        .write_all(&len.to_le_bytes())
+        .and_then(|_| stdin.write_all(&frame[4..]))
+        .and_then(|_| stdin.flush());
+    written.map_err(|e| died(proc, config, what, format!("write failed: {e}")))
+}
+
+/// Reads one reply payload into `buf`, waiting at most `timeout`.
+pub(super) fn read_frame(
+    proc: &mut Proc,
+    config: &WorkerConfig,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), WorkerError> {
+    let now = Instant::now();
+    let deadline = now + timeout;
+    let spin_until = now + config.spin.unwrap_or_default(); // set at spawn
+    let fail = |proc: &mut Proc, f: ReadFail| match f {
+        ReadFail::Timeout => WorkerError::Timeout {
+            env_id: config.env_id.clone(),
+            pid: proc.pid,
+            request: what,
+            secs: timeout.as_secs_f64(),
+        },
+        ReadFail::Eof => died(proc, config, what, "end of output".into()),
+        ReadFail::Io(e) => died(proc, config, what, format!("read failed: {e}")),
+    };
+    let mut len = [0u8; 4];
+    read_exact_deadline(&mut proc.stdout, &mut len, deadline, spin_until).map_err(|f| fail(proc, f))?;
+    let n = u32::from_le_bytes(len) as usize;
+    if n == 0 || n > MAX_FRAME {
+        return Err(WorkerError::Protocol(format!(
+            "bad frame length {n} from the worker"
+        )));
+    }
+    buf.resize(n, 0);
+    read_exact_deadline(&mut proc.stdout, buf, deadline, spin_until).map_err(|f| fail(proc, f))
+}
+
+/// A [`WorkerError::Died`] with the exit status and the stderr tail.
+pub(super) fn died(proc: &mut Proc, config: &WorkerConfig, what: &'static str, detail: String) -> WorkerError {
+    let status = match proc.wait_exit(Duration::from_secs(2)) {
+        Some(s) => s.to_string(),
+        None => format!("still running after {detail}"),
+    };
+    WorkerError::Died {
+        env_id: config.env_id.clone(),
+        pid: proc.pid,
+        request: what,
+        status,
+        stderr: proc.stderr_text(),
+    }
+}
