@@ -83,24 +83,50 @@ fn mvp_learns_the_native_task_offline_to_online() {
 fn speed_benchmarks_compare_every_method_in_one_run() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("latency.json");
-    let out = mvp(&["bench", "latency", "--hidden", "16,16", "--calls", "5", "--envs", "2", "--json", json.to_str().unwrap()]);
+    let out = mvp(&[
+        "bench",
+        "latency",
+        "--hidden",
+        "16,16",
+        "--calls",
+        "5",
+        "--envs",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let names: Vec<&str> = rows.iter().filter_map(|r| r["method"].as_str()).collect();
     for m in ["MVP", "QC", "BFN", "diffusion (K=10", "diffusion (K=50"] {
         assert!(names.iter().any(|n| n.starts_with(m)), "{m} missing from {names:?}");
     }
-    assert!(rows.iter().all(|r| r["median_ms"].as_f64().unwrap() > 0.0 && r["mflop_per_action"].as_f64().unwrap() > 0.0));
+    assert!(rows
+        .iter()
+        .all(|r| r["median_ms"].as_f64().unwrap() > 0.0 && r["mflop_per_action"].as_f64().unwrap() > 0.0));
     // The native engine serves MVP, QC and BFN (not diffusion).
-    let native: Vec<&str> = rows.iter().filter(|r| r["engine"] == "native-f32").filter_map(|r| r["method"].as_str()).collect();
+    let native: Vec<&str> =
+        rows.iter().filter(|r| r["engine"] == "native-f32").filter_map(|r| r["method"].as_str()).collect();
     assert!(native.len() == 3 && !native.iter().any(|n| n.starts_with("diffusion")), "{native:?}");
     let out = mvp(&["bench", "gemm", "--rows", "8", "--dim", "64", "--seconds", "0.01"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("native fp32"), "{text}");
     let train_json = dir.path().join("train.json");
     let out = mvp(&[
-        "bench", "train", "--hidden", "16,16", "--batch", "8", "--iters", "2", "--only", "MVP", "--matmul", "f32,bf16",
-        "--json", train_json.to_str().unwrap(),
+        "bench",
+        "train",
+        "--hidden",
+        "16,16",
+        "--batch",
+        "8",
+        "--iters",
+        "2",
+        "--only",
+        "MVP",
+        "--matmul",
+        "f32,bf16",
+        "--json",
+        train_json.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("iterations / s"), "{text}");
@@ -119,11 +145,31 @@ fn report_tabulates_groups_of_runs_and_plots_their_curves() {
     // Two seeds of one method, one of another; tiny native runs with two evaluations.
     for (name, n) in [("mvp__seed0", "32"), ("mvp__seed1", "32"), ("mvp-N1__seed0", "1")] {
         let out = mvp(&[
-            "--log", "warn", "train", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/native-quick.toml"),
-            "--set", &format!("run.out_dir=\"{}\"", runs.display()), "--set", &format!("run.name=\"{name}\""),
-            "--set", &format!("agent.num_samples={n}"), "--set", "agent.batch_size=16", "--set", "data.demo_episodes=10",
-            "--set", "schedule.offline_steps=20", "--set", "schedule.online_steps=20", "--set", "schedule.warmup_steps=5",
-            "--set", "schedule.eval_interval=20", "--set", "schedule.eval_episodes=2",
+            "--log",
+            "warn",
+            "train",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/native-quick.toml"),
+            "--set",
+            &format!("run.out_dir=\"{}\"", runs.display()),
+            "--set",
+            &format!("run.name=\"{name}\""),
+            "--set",
+            &format!("agent.num_samples={n}"),
+            "--set",
+            "agent.batch_size=16",
+            "--set",
+            "data.demo_episodes=10",
+            "--set",
+            "schedule.offline_steps=20",
+            "--set",
+            "schedule.online_steps=20",
+            "--set",
+            "schedule.warmup_steps=5",
+            "--set",
+            "schedule.eval_interval=20",
+            "--set",
+            "schedule.eval_episodes=2",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -156,14 +202,30 @@ fn report_tabulates_groups_of_runs_and_plots_their_curves() {
 fn env_benchmark_compares_the_bridge_with_plain_python() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("env.json");
-    let out = mvp(&["bench", "env", "--env", "cube-single-play-singletask-task1-v0", "--workers", "1,2", "--steps", "100", "--rounds", "2", "--json", json.to_str().unwrap()]);
+    let out = mvp(&[
+        "bench",
+        "env",
+        "--env",
+        "cube-single-play-singletask-task1-v0",
+        "--workers",
+        "1,2",
+        "--steps",
+        "100",
+        "--rounds",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 4, "lockstep and async rows for 1 and 2 workers");
     for (row, (w, mode)) in rows.iter().zip([(1, "lockstep"), (1, "async"), (2, "lockstep"), (2, "async")]) {
         assert_eq!((row["workers"].as_u64().unwrap(), row["mode"].as_str().unwrap()), (w, mode));
-        assert!(row["bridge_steps_per_s"].as_f64().unwrap() > 0.0 && row["plain_steps_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(
+            row["bridge_steps_per_s"].as_f64().unwrap() > 0.0 && row["plain_steps_per_s"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
         assert_eq!(row["overhead_per_round"].as_array().unwrap().len(), 2, "{row}");
     }
     let text = String::from_utf8_lossy(&out.stdout);
@@ -174,16 +236,49 @@ fn env_benchmark_compares_the_bridge_with_plain_python() {
 fn data_commands_make_files_the_readers_accept() {
     let dir = tempfile::tempdir().unwrap();
     let npz = dir.path().join("cs.npz");
-    let out = mvp(&["data", "ogbench", "--env", "cube-single-play-v0", "--episodes", "1", "--episode-length", "50", "--workers", "1", "--out", npz.to_str().unwrap()]);
+    let out = mvp(&[
+        "data",
+        "ogbench",
+        "--env",
+        "cube-single-play-v0",
+        "--episodes",
+        "1",
+        "--episode-length",
+        "50",
+        "--workers",
+        "1",
+        "--out",
+        npz.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(npz.exists() && dir.path().join("cs-val.npz").exists());
     let h5 = dir.path().join("lift.hdf5");
-    let out = mvp(&["data", "robomimic", "--task", "lift", "--episodes", "1", "--workers", "1", "--out", h5.to_str().unwrap()]);
+    let out = mvp(&[
+        "data",
+        "robomimic",
+        "--task",
+        "lift",
+        "--episodes",
+        "1",
+        "--workers",
+        "1",
+        "--out",
+        h5.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let read = mvp_data::read_robomimic(&h5, &Default::default()).unwrap();
     assert_eq!(read.demos.len(), 1);
     assert_eq!(read.dataset.obs_dim, 19);
     // Bad input: an unknown OGBench dataset is a one-line error.
-    let out = mvp(&["data", "ogbench", "--env", "cube-nonexistent-play-v0", "--episodes", "1", "--out", dir.path().join("x.npz").to_str().unwrap()]);
+    let out = mvp(&[
+        "data",
+        "ogbench",
+        "--env",
+        "cube-nonexistent-play-v0",
+        "--episodes",
+        "1",
+        "--out",
+        dir.path().join("x.npz").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
 }

@@ -91,7 +91,8 @@ impl GenerativePolicy for DiffusionPolicy {
                 let beta = 1.0 - ab / ab_prev;
                 let eps = self.eps_hat(obs, &x, k);
                 let x0 = ((&x - eps * (1.0 - ab).sqrt()) / ab.sqrt()).clamp(-1.0, 1.0);
-                let mean = x0 * (ab_prev.sqrt() * beta / (1.0 - ab)) + &x * ((1.0 - beta).sqrt() * (1.0 - ab_prev) / (1.0 - ab));
+                let mean = x0 * (ab_prev.sqrt() * beta / (1.0 - ab))
+                    + &x * ((1.0 - beta).sqrt() * (1.0 - ab_prev) / (1.0 - ab));
                 x = if k > 1 {
                     let var = beta * (1.0 - ab_prev) / (1.0 - ab);
                     mean + x.randn_like() * var.sqrt()

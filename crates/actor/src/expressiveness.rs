@@ -154,7 +154,8 @@ impl EvalSet {
 
 /// Metrics of samples `x [S, n, D]` against true samples `y [S, n, D]` at states `obs [S, ·]`.
 pub fn quality(task: Task, obs: &Tensor, x: &Tensor, y: &Tensor) -> Quality {
-    let mean_dist = |a: &Tensor, b: &Tensor| Tensor::cdist(a, b, 2.0, None).mean_dim(&[1i64, 2][..], false, Kind::Float);
+    let mean_dist =
+        |a: &Tensor, b: &Tensor| Tensor::cdist(a, b, 2.0, None).mean_dim(&[1i64, 2][..], false, Kind::Float);
     let energy = (mean_dist(x, y) * 2.0 - mean_dist(x, x) - mean_dist(y, y)).mean(Kind::Float).double_value(&[]);
     let modes = task.modes(obs); // [S, M, D]
     let m = modes.size()[1];

@@ -190,7 +190,10 @@ impl GenerativePolicy for MeanVelocityPolicy {
     }
 
     fn native(&self) -> Result<NativeActor<'_>, String> {
-        Ok(NativeActor { net: self.net.native()?, sampler: NativeSampler::MeanVelocity { steps: self.config.sampling_steps.max(1) } })
+        Ok(NativeActor {
+            net: self.net.native()?,
+            sampler: NativeSampler::MeanVelocity { steps: self.config.sampling_steps.max(1) },
+        })
     }
 
     fn shape(&self) -> ChunkShape {

@@ -1,9 +1,7 @@
 //! Behaviour tests of the generative policies (CPU, one thread).
 
 use mvp_actor::expressiveness::{self, Budget, Task};
-use mvp_actor::{
-    ActorConfig, ChunkShape, DiffusionConfig, FlowConfig, MeanVelocityPolicy, MvpConfig,
-};
+use mvp_actor::{ActorConfig, ChunkShape, DiffusionConfig, FlowConfig, MeanVelocityPolicy, MvpConfig};
 use mvp_nn::{Adam, AdamConfig, Mlp, MlpConfig};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -118,7 +116,8 @@ fn samples_have_the_chunk_shape_and_lie_in_range() {
 
 #[test]
 fn actor_config_reads_toml_and_names_unknown_keys() {
-    let c: ActorConfig = toml::from_str("kind = \"mvp\"\nivc_weight = 0.5\n[time_sampler]\ndist = \"uniform\"\n").unwrap();
+    let c: ActorConfig =
+        toml::from_str("kind = \"mvp\"\nivc_weight = 0.5\n[time_sampler]\ndist = \"uniform\"\n").unwrap();
     match c {
         ActorConfig::Mvp(m) => assert_eq!(m.ivc_weight, 0.5),
         other => panic!("parsed as {other:?}"),
@@ -165,7 +164,8 @@ fn time_pairs_hit_the_one_step_point_at_the_configured_share() {
     tch::manual_seed(7);
     let like = Tensor::zeros([1], (Kind::Float, Device::Cpu));
     let share_at_jump = |one_step: f64, equal: f64| -> (f64, f64) {
-        let (_vs, p) = f64_mvp(MvpConfig { one_step_fraction: one_step, equal_time_fraction: equal, ..MvpConfig::default() });
+        let (_vs, p) =
+            f64_mvp(MvpConfig { one_step_fraction: one_step, equal_time_fraction: equal, ..MvpConfig::default() });
         let (r, t) = p.sample_times(20_000, &like);
         assert!(bool::try_from(r.le_tensor(&t).all()).unwrap(), "r ≤ t for every pair");
         let jump = r.eq(0.0).logical_and(&t.eq(1.0)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);

@@ -156,8 +156,14 @@ impl Agent {
     /// actors without a native path (diffusion, Fourier time features) and for bf16 on CPUs
     /// without AVX512-BF16.
     pub fn native_policy(&self, precision: mvp_infer::Precision, seed: u64) -> Result<mvp_infer::NativePolicy> {
-        let weights = crate::export::policy_weights(self.actor.as_ref(), Some(&self.critic), self.obs_dim, self.shape.flat_dim(), self.num_samples)
-            .map_err(anyhow::Error::msg)?;
+        let weights = crate::export::policy_weights(
+            self.actor.as_ref(),
+            Some(&self.critic),
+            self.obs_dim,
+            self.shape.flat_dim(),
+            self.num_samples,
+        )
+        .map_err(anyhow::Error::msg)?;
         Ok(mvp_infer::NativePolicy::new(&weights, precision, seed)?)
     }
 

@@ -72,7 +72,15 @@ pub struct EnvConfig {
 
 impl Default for EnvConfig {
     fn default() -> Self {
-        Self { name: "branch-reach-v0".into(), sparse: false, eval_seed_offset: 1_000_000, num_envs: 1, workers: 1, eval_envs: 1, eval_workers: 1 }
+        Self {
+            name: "branch-reach-v0".into(),
+            sparse: false,
+            eval_seed_offset: 1_000_000,
+            num_envs: 1,
+            workers: 1,
+            eval_envs: 1,
+            eval_workers: 1,
+        }
     }
 }
 
@@ -241,7 +249,11 @@ impl TrainConfig {
         check(s.utd >= 1, "schedule.utd", "an integer ≥ 1")?;
         check(s.online_fraction <= 1.0, "schedule.online_fraction", "a share in [0, 1], or negative for no split")?;
         check(s.eval_episodes >= 1, "schedule.eval_episodes", "an integer ≥ 1")?;
-        check(s.eval_execute_steps <= a.horizon, "schedule.eval_execute_steps", "0 (whole chunks) or 1..=agent.horizon")?;
+        check(
+            s.eval_execute_steps <= a.horizon,
+            "schedule.eval_execute_steps",
+            "0 (whole chunks) or 1..=agent.horizon",
+        )?;
         check(s.log_interval >= 1, "schedule.log_interval", "an integer ≥ 1")?;
         check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;
         check(s.buffer_capacity >= a.batch_size + a.horizon, "schedule.buffer_capacity", "≥ batch_size + horizon")?;
@@ -258,9 +270,7 @@ impl TrainConfig {
 /// Sets `a.b.c = value` in a TOML tree; the value is parsed as TOML (numbers, booleans,
 /// strings in quotes, arrays) and taken as a bare string otherwise.
 fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
-    let (key, raw) = assignment
-        .split_once('=')
-        .with_context(|| format!("override `{assignment}` is not KEY=VALUE"))?;
+    let (key, raw) = assignment.split_once('=').with_context(|| format!("override `{assignment}` is not KEY=VALUE"))?;
     let key = key.trim();
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim()))
         .ok()

@@ -28,7 +28,13 @@ pub struct EvalResult {
 
 /// Runs `episodes` evaluation episodes of `agent` over the environments of `pool`, executing
 /// the first `execute` actions of each chunk (the chunk length h: all of it).
-pub fn evaluate(agent: &Agent, pool: &mut dyn EnvPool, episodes: usize, execute: usize, seed: u64) -> Result<EvalResult> {
+pub fn evaluate(
+    agent: &Agent,
+    pool: &mut dyn EnvPool,
+    episodes: usize,
+    execute: usize,
+    seed: u64,
+) -> Result<EvalResult> {
     let mut policy = |obs: &[f32], k: usize| -> Result<Vec<f32>> {
         let o = Tensor::from_slice(obs).view([k as i64, -1]).to_kind(Kind::Float).to_device(agent.device());
         Ok(Vec::<f32>::try_from(agent.act(&o).view([-1]).to_device(Device::Cpu))?)

@@ -10,13 +10,19 @@ use tch::{Device, Kind, Tensor};
 
 /// The weights of `net`.
 pub fn mlp(net: &Mlp) -> MlpWeights {
-    MlpWeights { layers: net.layers().iter().map(|l| layer(l, None)).collect(), activation: activation(net.activation()) }
+    MlpWeights {
+        layers: net.layers().iter().map(|l| layer(l, None)).collect(),
+        activation: activation(net.activation()),
+    }
 }
 
 /// The weights of each member of `net`.
 pub fn ensemble(net: &EnsembleMlp) -> Vec<MlpWeights> {
     (0..net.members() as i64)
-        .map(|e| MlpWeights { layers: net.layers().iter().map(|l| layer(l, Some(e))).collect(), activation: activation(net.activation()) })
+        .map(|e| MlpWeights {
+            layers: net.layers().iter().map(|l| layer(l, Some(e))).collect(),
+            activation: activation(net.activation()),
+        })
         .collect()
 }
 

@@ -161,7 +161,8 @@ impl Trainer {
         let device = config.runtime.apply()?;
         let online = make_online(&config, 0)?;
         let name = if config.run.name.is_empty() {
-            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let secs =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let actor: String = config
                 .agent
                 .actor
@@ -263,12 +264,28 @@ impl Trainer {
             buffer.extend_from_dataset(d)?;
         }
         if !has_dataset && config.schedule.offline_steps > 0 {
-            bail!("schedule.offline_steps = {} but there is no dataset (data.demo_episodes = 0 and no data.path)", config.schedule.offline_steps);
+            bail!(
+                "schedule.offline_steps = {} but there is no dataset (data.demo_episodes = 0 and no data.path)",
+                config.schedule.offline_steps
+            );
         }
         let logger = Logger::for_run_dir(&run_dir)?;
         let a = &config.agent;
         let batch = ChunkBatch::new(a.batch_size, a.horizon, spec.obs_dim, spec.action_dim);
-        Ok(Self { config, run_dir, agent, buffer, has_dataset, online, spec, eval_pool, logger, progress: Progress::default(), batch, device })
+        Ok(Self {
+            config,
+            run_dir,
+            agent,
+            buffer,
+            has_dataset,
+            online,
+            spec,
+            eval_pool,
+            logger,
+            progress: Progress::default(),
+            batch,
+            device,
+        })
     }
 
     /// The run directory.
@@ -308,8 +325,10 @@ impl Trainer {
         );
         let bar = ProgressBar::new(total).with_position(self.progress.step);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}")
-                .expect("static template"),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}",
+            )
+            .expect("static template"),
         );
         let started = Instant::now();
         let mut last_status = started;
@@ -327,7 +346,9 @@ impl Trainer {
                 let episode = match &self.online {
                     Online::Single(_) => self.env_step(online, &mut rng)?,
                     // E environments step together every E steps of the axis.
-                    Online::Vector(c) if online.is_multiple_of(c.num_envs() as u64) => self.collect(online, &mut rng)?,
+                    Online::Vector(c) if online.is_multiple_of(c.num_envs() as u64) => {
+                        self.collect(online, &mut rng)?
+                    }
                     Online::Vector(_) => Vec::new(),
                 };
                 if online >= s.warmup_steps {
@@ -367,7 +388,10 @@ impl Trainer {
                     r.mean_return,
                     r.episodes
                 );
-                self.logger.log(step, &[("eval/success", r.success_rate), ("eval/return", r.mean_return), ("eval/length", r.mean_length)])?;
+                self.logger.log(
+                    step,
+                    &[("eval/success", r.success_rate), ("eval/return", r.mean_return), ("eval/length", r.mean_length)],
+                )?;
                 self.progress.eval_history.push((step, r.success_rate));
                 self.progress.last_eval = Some(r);
                 self.logger.flush()?;
@@ -415,7 +439,8 @@ impl Trainer {
                 let n = self.config.agent.horizon * a_dim;
                 (0..n).map(|_| rng.random_range(-1.0f32..=1.0)).collect()
             } else {
-                let obs = Tensor::from_slice(&self.progress.obs).view([1, -1]).to_device(self.device).to_kind(Kind::Float);
+                let obs =
+                    Tensor::from_slice(&self.progress.obs).view([1, -1]).to_device(self.device).to_kind(Kind::Float);
                 Vec::<f32>::try_from(self.agent.act(&obs).view([-1]).to_device(Device::Cpu))?
             };
             self.progress.next_action = 0;
@@ -577,9 +602,14 @@ impl Trainer {
     fn plot_learning_curve(&self) {
         let points: Vec<(f64, f64)> = self.progress.eval_history.iter().map(|&(s, r)| (s as f64, r)).collect();
         let label = self.config.agent.actor.label();
-        let title = format!("{} on {} (offline until step {})", label, self.config.env.name, self.config.schedule.offline_steps);
+        let title = format!(
+            "{} on {} (offline until step {})",
+            label, self.config.env.name, self.config.schedule.offline_steps
+        );
         let path = self.run_dir.join("learning_curve.png");
-        if let Err(e) = mvp_logging::plot_curves(&path, &title, &[(label.as_str(), points)], "step", "evaluation success rate") {
+        if let Err(e) =
+            mvp_logging::plot_curves(&path, &title, &[(label.as_str(), points)], "step", "evaluation success rate")
+        {
             tracing::warn!("could not plot {}: {e:#}", path.display());
         }
     }

@@ -53,7 +53,8 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     // the middle of the online phase (step 57 = 17 environment steps, inside a chunk).
     for stop in [40, 57] {
         let name = format!("part{stop}");
-        let part = Trainer::new(tiny(dir.path(), &name, &[&format!("schedule.stop_after={stop}")])).unwrap().run().unwrap();
+        let part =
+            Trainer::new(tiny(dir.path(), &name, &[&format!("schedule.stop_after={stop}")])).unwrap().run().unwrap();
         assert_eq!(part.steps, stop);
         let resumed = Trainer::resume(&part.run_dir, &["schedule.stop_after=0".into()]).unwrap().run().unwrap();
         assert_eq!(resumed.steps, full.steps);
@@ -63,7 +64,10 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
         let tb: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&b).unwrap();
         assert_eq!(ta.tensors.len(), tb.tensors.len());
         for (name, t) in &ta.tensors {
-            assert!(t.equal(&tb.tensors[name]), "{name} differs between the uninterrupted run and the one resumed at {stop}");
+            assert!(
+                t.equal(&tb.tensors[name]),
+                "{name} differs between the uninterrupted run and the one resumed at {stop}"
+            );
         }
         let (ba, bb) = (std::fs::read(a.join("buffer.bin")).unwrap(), std::fs::read(b.join("buffer.bin")).unwrap());
         assert!(ba == bb, "replay buffers differ (resumed at {stop})");
@@ -99,10 +103,8 @@ fn tensorboard_file_of_a_run_holds_the_logged_scalars() {
     let rows: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for tag in ["critic/loss", "actor/mf_loss", "actor/ivc_loss", "eval/success", "time/sps"] {
         let from_tb: Vec<(i64, f32)> = events.iter().filter(|e| e.tag == tag).map(|e| (e.step, e.value)).collect();
-        let from_jsonl: Vec<(i64, f32)> = rows
-            .iter()
-            .filter_map(|r| Some((r["step"].as_i64()?, r.get(tag)?.as_f64()? as f32)))
-            .collect();
+        let from_jsonl: Vec<(i64, f32)> =
+            rows.iter().filter_map(|r| Some((r["step"].as_i64()?, r.get(tag)?.as_f64()? as f32))).collect();
         assert!(!from_tb.is_empty(), "no `{tag}` in the event file");
         assert_eq!(from_tb, from_jsonl, "`{tag}` differs between TensorBoard and JSONL");
     }
@@ -160,7 +162,11 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let good = Trainer::new(tiny(dir.path(), "nan", &["schedule.stop_after=20"])).unwrap().run().unwrap();
     let before = latest_checkpoint(&good.run_dir);
     // Continue with a learning rate that makes the critic diverge at once.
-    let mut t = Trainer::resume(&good.run_dir, &["schedule.stop_after=0".into(), "agent.critic_optim.lr=1e38".into(), "schedule.checkpoint_interval=1".into()]).unwrap();
+    let mut t = Trainer::resume(
+        &good.run_dir,
+        &["schedule.stop_after=0".into(), "agent.critic_optim.lr=1e38".into(), "schedule.checkpoint_interval=1".into()],
+    )
+    .unwrap();
     let err = t.run().unwrap_err().to_string();
     assert!(err.contains("non-finite"), "{err}");
     // Checkpoints written before the divergence showed stay; none holds a non-finite value.
@@ -200,7 +206,19 @@ fn pure_online_training_runs_on_a_real_ogbench_environment() {
     let dir = tempfile::tempdir().unwrap();
     let env = "cube-single-play-singletask-task1-v0";
     let name = format!("env.name=\"{env}\"");
-    let cfg = tiny(dir.path(), "ogbench", &[&name, "data.demo_episodes=0", "schedule.offline_steps=0", "schedule.online_steps=30", "schedule.eval_episodes=3", "env.eval_envs=2", "env.eval_workers=2"]);
+    let cfg = tiny(
+        dir.path(),
+        "ogbench",
+        &[
+            &name,
+            "data.demo_episodes=0",
+            "schedule.offline_steps=0",
+            "schedule.online_steps=30",
+            "schedule.eval_episodes=3",
+            "env.eval_envs=2",
+            "env.eval_workers=2",
+        ],
+    );
     let s = Trainer::new(cfg).unwrap().run().unwrap();
     assert_eq!(s.steps, 30);
     // Three evaluation episodes over two environments in two worker processes.
@@ -236,7 +254,18 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
     let name = "env.name=\"cube-single-play-singletask-task1-v0\"";
-    let cfg = tiny(dir.path(), "fault", &[name, "data.demo_episodes=0", "schedule.offline_steps=0", "schedule.online_steps=3000", "schedule.warmup_steps=1000", "schedule.eval_episodes=1"]);
+    let cfg = tiny(
+        dir.path(),
+        "fault",
+        &[
+            name,
+            "data.demo_episodes=0",
+            "schedule.offline_steps=0",
+            "schedule.online_steps=3000",
+            "schedule.warmup_steps=1000",
+            "schedule.eval_episodes=1",
+        ],
+    );
     let before = env_worker_children();
     let mut trainer = Trainer::new(cfg).unwrap();
     // The training environment's worker starts first, the evaluation one second.
@@ -252,7 +281,8 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
     assert_eq!(killer.join().unwrap(), 0, "kill -9 of the training worker failed");
     assert_eq!(summary.steps, 3000, "the run must finish");
 
-    let ckpt: mvp_nn::checkpoint::Loaded<serde_json::Value> = mvp_nn::checkpoint::load(&latest_checkpoint(&summary.run_dir)).unwrap();
+    let ckpt: mvp_nn::checkpoint::Loaded<serde_json::Value> =
+        mvp_nn::checkpoint::load(&latest_checkpoint(&summary.run_dir)).unwrap();
     assert!(ckpt.meta["env_restarts"].as_u64().unwrap() >= 1, "the restart is counted: {}", ckpt.meta);
     let log = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
     assert!(log.contains("env/restarts"), "the restart is logged");
@@ -276,7 +306,11 @@ fn assert_no_transition_joins_two_episodes(buffer: &mvp_replay::ReplayBuffer) ->
             ends += 1;
             continue;
         }
-        assert_eq!(&one.next_observations[k * d..(k + 1) * d], &one.observations[(k + 1) * d..(k + 2) * d], "transition {k} joins two episodes");
+        assert_eq!(
+            &one.next_observations[k * d..(k + 1) * d],
+            &one.observations[(k + 1) * d..(k + 2) * d],
+            "transition {k} joins two episodes"
+        );
     }
     ends
 }
@@ -364,7 +398,9 @@ fn offline_candidate_count_and_online_levers_take_effect_by_phase() {
     let s = Trainer::new(tiny(dir.path(), "levers", &levers)).unwrap().run().unwrap();
     let jsonl = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let steps_with = |tag: &str| -> Vec<u64> { rows.iter().filter(|r| r.get(tag).is_some()).map(|r| r["step"].as_u64().unwrap()).collect() };
+    let steps_with = |tag: &str| -> Vec<u64> {
+        rows.iter().filter(|r| r.get(tag).is_some()).map(|r| r["step"].as_u64().unwrap()).collect()
+    };
     // Selection diagnostics exist only where more than one candidate is scored: online.
     let selected = steps_with("select/q_selected");
     assert!(!selected.is_empty() && selected.iter().all(|&s| s > 40), "select/* logged at {selected:?}");

@@ -197,12 +197,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train { config, overrides, resume } => train(config, overrides, resume),
         Command::Eval { run, episodes, engine, overrides } => eval(run, episodes, engine, overrides),
         Command::Data(DataCommand::Ogbench { env, episodes, out, workers, seed, episode_length, val_episodes }) => {
-            let g = mvp_data::OgbenchGenerate { workers, seed, episode_length, val_episodes, ..mvp_data::OgbenchGenerate::new(env, episodes, &out) };
+            let g = mvp_data::OgbenchGenerate {
+                workers,
+                seed,
+                episode_length,
+                val_episodes,
+                ..mvp_data::OgbenchGenerate::new(env, episodes, &out)
+            };
             // Progress goes to stderr; the generator's JSON summary is our stdout.
             mvp_data::run_generator(g.command()?, &out, true)
         }
         Command::Data(DataCommand::Robomimic { task, episodes, out, workers, seed, noise }) => {
-            let g = mvp_data::RobomimicGenerate { workers, seed, noise, ..mvp_data::RobomimicGenerate::new(task, episodes, &out) };
+            let g = mvp_data::RobomimicGenerate {
+                workers,
+                seed,
+                noise,
+                ..mvp_data::RobomimicGenerate::new(task, episodes, &out)
+            };
             mvp_data::run_generator(g.command()?, &out, true)
         }
         Command::Export { .. } => not_implemented("export", 7),

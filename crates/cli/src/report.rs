@@ -47,7 +47,8 @@ fn read_run(dir: &Path, metric: &str) -> Result<Option<Run>> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let (mut curve, mut first, mut last) = (Vec::new(), f64::NAN, f64::NAN);
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("bad line in {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("bad line in {}", path.display()))?;
         if let Some(t) = v["wall_time"].as_f64() {
             if first.is_nan() {
                 first = t;
@@ -103,7 +104,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let mut csv = format!("group,run,final_{},seconds\n", args.metric.replace('/', "_"));
     for r in &runs {
-        csv += &format!("{},{},{},{:.0}\n", r.group, r.name, r.curve.last().map(|p| p.1).unwrap_or(f64::NAN), r.seconds);
+        csv +=
+            &format!("{},{},{},{:.0}\n", r.group, r.name, r.curve.last().map(|p| p.1).unwrap_or(f64::NAN), r.seconds);
     }
     std::fs::write(out.join("results.csv"), csv)?;
 
@@ -111,7 +113,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
     for r in &runs {
         groups.entry(r.group.as_str()).or_default().push(r);
     }
-    let mut md = format!("| group | runs | final {} (mean ± std) | per run | time per run (mean) |\n|---|---|---|---|---|\n", args.metric);
+    let mut md = format!(
+        "| group | runs | final {} (mean ± std) | per run | time per run (mean) |\n|---|---|---|---|---|\n",
+        args.metric
+    );
     let mut curves_csv = String::from("group,step,mean,std,runs,seconds\n");
     let (mut series, mut series_wall) = (Vec::new(), Vec::new());
     for (group, rs) in &groups {

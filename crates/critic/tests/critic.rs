@@ -5,7 +5,11 @@ use mvp_nn::MlpConfig;
 use tch::{Device, Kind, Tensor};
 
 fn small() -> CriticConfig {
-    CriticConfig { network: MlpConfig { hidden: vec![16, 16], layer_norm: true, ..MlpConfig::default() }, ensemble: 3, ..CriticConfig::default() }
+    CriticConfig {
+        network: MlpConfig { hidden: vec![16, 16], layer_norm: true, ..MlpConfig::default() },
+        ensemble: 3,
+        ..CriticConfig::default()
+    }
 }
 
 #[test]
@@ -18,7 +22,12 @@ fn target_starts_equal_to_online_and_follows_by_tau() {
     assert_eq!(c.q(&obs, &a).size(), vec![3, 5]);
     // One gradient step moves the online critic away; the target stays until soft_update.
     let mut opt = mvp_nn::Adam::new(&c.vs, mvp_nn::AdamConfig { lr: 1e-2, ..Default::default() });
-    let (loss, _) = c.td_loss(&obs, &a, &Tensor::ones([5], (Kind::Float, Device::Cpu)), &Tensor::ones([5], (Kind::Float, Device::Cpu)));
+    let (loss, _) = c.td_loss(
+        &obs,
+        &a,
+        &Tensor::ones([5], (Kind::Float, Device::Cpu)),
+        &Tensor::ones([5], (Kind::Float, Device::Cpu)),
+    );
     let before = c.q_target(&obs, &a);
     opt.backward_step(&loss);
     assert!(c.q_target(&obs, &a).equal(&before), "target changed without soft_update");

@@ -109,26 +109,13 @@ pub fn generate_dataset(
     let mut observations = Vec::with_capacity(cap * obs_dim);
     let mut actions = Vec::with_capacity(cap * act_dim);
     let mut next_observations = Vec::with_capacity(cap * obs_dim);
-    let (mut rewards, mut terminals, mut masks) = (
-        Vec::with_capacity(cap),
-        Vec::with_capacity(cap),
-        Vec::with_capacity(cap),
-    );
-    let mut stats = DemoStats {
-        episodes,
-        successes: 0,
-        transitions: 0,
-        route_counts: [0; 2],
-        route_successes: [0; 2],
-    };
+    let (mut rewards, mut terminals, mut masks) =
+        (Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap));
+    let mut stats = DemoStats { episodes, successes: 0, transitions: 0, route_counts: [0; 2], route_successes: [0; 2] };
 
     for episode in 0..episodes {
         let (mut obs, _) = env.reset(if episode == 0 { Some(seed) } else { None })?;
-        let route = if rng.random_bool(0.5) {
-            Route::Right
-        } else {
-            Route::Left
-        };
+        let route = if rng.random_bool(0.5) { Route::Right } else { Route::Left };
         let r = route as usize;
         stats.route_counts[r] += 1;
         demo.begin_episode(route);
@@ -152,16 +139,7 @@ pub fn generate_dataset(
             obs = step.obs;
         }
     }
-    let dataset = Dataset::new(
-        obs_dim,
-        act_dim,
-        observations,
-        actions,
-        rewards,
-        terminals,
-        masks,
-        next_observations,
-    )?;
+    let dataset = Dataset::new(obs_dim, act_dim, observations, actions, rewards, terminals, masks, next_observations)?;
     Ok((dataset, stats))
 }
 
@@ -194,8 +172,7 @@ mod tests {
 
     #[test]
     fn demonstrator_succeeds_often_and_covers_both_routes() {
-        let (d, stats) =
-            generate_dataset(BranchReach::NAME, 200, DEFAULT_DEMO_NOISE_STD, 0).unwrap();
+        let (d, stats) = generate_dataset(BranchReach::NAME, 200, DEFAULT_DEMO_NOISE_STD, 0).unwrap();
         eprintln!("demonstrator: {stats}");
         assert!(stats.success_rate() >= 0.7, "{stats}");
         assert_eq!(stats.route_counts.iter().sum::<usize>(), 200);
@@ -205,11 +182,7 @@ mod tests {
         let right = eps.iter().filter(|&&ep| side(&d, ep) == Some(1.0)).count();
         // 200 fair coin flips: each side gets 100 ± 7 (1σ); 60 is more than 5σ away.
         assert!(left >= 60 && right >= 60, "left {left}, right {right}");
-        assert_eq!(
-            [left, right],
-            stats.route_counts,
-            "data and demonstrator disagree on routes"
-        );
+        assert_eq!([left, right], stats.route_counts, "data and demonstrator disagree on routes");
     }
 
     #[test]
@@ -231,16 +204,10 @@ mod tests {
             // Inside an episode: not terminal, mask 1, reward −1, and s_{t+1} is the next s.
             for i in s..e - 1 {
                 assert_eq!((d.terminals[i], d.masks[i], d.rewards[i]), (0.0, 1.0, -1.0));
-                assert_eq!(
-                    d.next_observations[2 * i..2 * i + 2],
-                    d.observations[2 * i + 2..2 * i + 4]
-                );
+                assert_eq!(d.next_observations[2 * i..2 * i + 2], d.observations[2 * i + 2..2 * i + 4]);
             }
             let last = e - 1;
-            let success = BranchReach::is_success([
-                d.next_observations[2 * last],
-                d.next_observations[2 * last + 1],
-            ]);
+            let success = BranchReach::is_success([d.next_observations[2 * last], d.next_observations[2 * last + 1]]);
             if success {
                 assert_eq!((d.masks[last], d.rewards[last]), (0.0, 0.0));
             } else {
@@ -253,10 +220,7 @@ mod tests {
         let zero_masks = d.masks.iter().filter(|&&m| m == 0.0).count();
         assert_eq!(zero_masks, stats.successes);
         assert_eq!(zero_masks + truncations, 50);
-        assert!(
-            zero_masks > 0 && truncations > 0,
-            "successes {zero_masks}, truncations {truncations}"
-        );
+        assert!(zero_masks > 0 && truncations > 0, "successes {zero_masks}, truncations {truncations}");
     }
 
     #[test]
@@ -270,12 +234,7 @@ mod tests {
 
     #[test]
     fn unknown_env_for_dataset_lists_known_names() {
-        let msg = generate_dataset("nope-v0", 1, 0.1, 0)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("nope-v0") && msg.contains(BranchReach::NAME),
-            "{msg}"
-        );
+        let msg = generate_dataset("nope-v0", 1, 0.1, 0).unwrap_err().to_string();
+        assert!(msg.contains("nope-v0") && msg.contains(BranchReach::NAME), "{msg}");
     }
 }

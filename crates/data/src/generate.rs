@@ -93,7 +93,14 @@ impl RobomimicGenerate {
     /// The command (venv interpreter, `envs/` on `PYTHONPATH`); progress goes to its stderr.
     pub fn command(&self) -> Result<Command> {
         let mut cmd = python_module_command("mvp_envs.data_robomimic")?;
-        cmd.args(["--task", &self.task, "--episodes", &self.episodes.to_string(), "--workers", &self.workers.to_string()]);
+        cmd.args([
+            "--task",
+            &self.task,
+            "--episodes",
+            &self.episodes.to_string(),
+            "--workers",
+            &self.workers.to_string(),
+        ]);
         cmd.args(["--seed", &self.seed.to_string(), "--noise", &self.noise.to_string()]);
         cmd.arg("--out").arg(std::path::absolute(&self.out)?);
         Ok(cmd)

@@ -32,9 +32,12 @@ use serde::{Deserialize, Serialize};
 
 pub use demo::{generate_dataset, DemoStats, DEFAULT_DEMO_NOISE_STD};
 pub use generate::{run_generator, OgbenchGenerate, RobomimicGenerate};
-pub use ogbench::{load_ogbench_dataset, ogbench_val_path, OgbenchDataError, OgbenchNpz, OgbenchTask, RewardTiming, GOAL_TOLERANCE};
+pub use ogbench::{
+    load_ogbench_dataset, ogbench_val_path, OgbenchDataError, OgbenchNpz, OgbenchTask, RewardTiming, GOAL_TOLERANCE,
+};
 pub use robomimic::{
-    read_robomimic, robomimic_make_command, RobomimicData, RobomimicError, RobomimicFilter, RobomimicOptions, ROBOMIMIC_OBS_KEYS,
+    read_robomimic, robomimic_make_command, RobomimicData, RobomimicError, RobomimicFilter, RobomimicOptions,
+    ROBOMIMIC_OBS_KEYS,
 };
 
 /// The offline dataset of a run (the `[data]` table of a training config).
@@ -100,8 +103,12 @@ fn load_file(config: &DataConfig, env: &str, seed: u64) -> Result<Dataset> {
     };
     match path.extension().and_then(|e| e.to_str()) {
         Some("npz") => {
-            let task = OgbenchTask::query(env)
-                .with_context(|| format!("data.path {} is an OGBench file, but env.name `{env}` is not an OGBench singletask id", path.display()))?;
+            let task = OgbenchTask::query(env).with_context(|| {
+                format!(
+                    "data.path {} is an OGBench file, but env.name `{env}` is not an OGBench singletask id",
+                    path.display()
+                )
+            })?;
             if missing {
                 let Some(dataset) = task.dataset.clone() else {
                     bail!("cannot generate a dataset for `{env}`: the id names no dataset (use e.g. cube-double-play-singletask-task2-v0)");
@@ -111,14 +118,22 @@ fn load_file(config: &DataConfig, env: &str, seed: u64) -> Result<Dataset> {
                 run_generator(generate.command()?, path, false)?;
             }
             let data = load_ogbench_dataset(path, &task, RewardTiming::Next)?;
-            tracing::info!("loaded {} transitions from {} (rewards relabelled for task {})", data.len(), path.display(), task.task_id);
+            tracing::info!(
+                "loaded {} transitions from {} (rewards relabelled for task {})",
+                data.len(),
+                path.display(),
+                task.task_id
+            );
             Ok(data)
         }
         Some("hdf5" | "h5") => {
             let task = env.strip_prefix("robomimic/");
             if missing {
                 let task = task.with_context(|| {
-                    format!("cannot generate {}: env.name `{env}` is not a robomimic task (robomimic/lift, can, square)", path.display())
+                    format!(
+                        "cannot generate {}: env.name `{env}` is not a robomimic task (robomimic/lift, can, square)",
+                        path.display()
+                    )
                 })?;
                 announce(&format!("scripted {task} demonstrations"));
                 let generate = RobomimicGenerate { workers, seed, ..RobomimicGenerate::new(task, episodes, path) };
@@ -126,9 +141,17 @@ fn load_file(config: &DataConfig, env: &str, seed: u64) -> Result<Dataset> {
             }
             let options = RobomimicOptions { task: task.map(String::from), ..Default::default() };
             let read = read_robomimic(path, &options)?;
-            tracing::info!("loaded {} transitions from {} demos in {}", read.dataset.len(), read.demos.len(), path.display());
+            tracing::info!(
+                "loaded {} transitions from {} demos in {}",
+                read.dataset.len(),
+                read.demos.len(),
+                path.display()
+            );
             Ok(read.dataset)
         }
-        _ => bail!("data.path {}: unknown dataset format; expected an OGBench `.npz` or a robomimic `.hdf5` file", path.display()),
+        _ => bail!(
+            "data.path {}: unknown dataset format; expected an OGBench `.npz` or a robomimic `.hdf5` file",
+            path.display()
+        ),
     }
 }

@@ -177,9 +177,7 @@ impl OgbenchTask {
     /// project's venv, about 2 s). Fails with the tool's one-line message for an id that is
     /// not an OGBench manipulation singletask id.
     pub fn query(env_id: &str) -> anyhow::Result<Self> {
-        let out = python_module_command("mvp_envs.task_info")?
-            .arg(env_id)
-            .output()?;
+        let out = python_module_command("mvp_envs.task_info")?.arg(env_id).output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             let line = stderr
@@ -189,18 +187,11 @@ impl OgbenchTask {
                 .map(|l| l.trim_start_matches("error: ").to_string());
             match line {
                 Some(msg) => anyhow::bail!("{msg}"),
-                None => anyhow::bail!(
-                    "mvp_envs.task_info {env_id} failed ({}):\n{stderr}",
-                    out.status
-                ),
+                None => anyhow::bail!("mvp_envs.task_info {env_id} failed ({}):\n{stderr}", out.status),
             }
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let json = stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .unwrap_or("");
+        let json = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
         Self::from_json(json).map_err(|e| anyhow::anyhow!("mvp_envs.task_info {env_id}: {e}"))
     }
 
@@ -234,11 +225,7 @@ impl OgbenchTask {
             self.drawer_goal.is_some() == scene && self.window_goal.is_some() == scene,
             "drawer and window goals must be given for scene only"
         );
-        anyhow::ensure!(
-            self.qpos_needed() <= self.nq,
-            "qpos of width {} is too short for the objects",
-            self.nq
-        );
+        anyhow::ensure!(self.qpos_needed() <= self.nq, "qpos of width {} is too short for the objects", self.nq);
         Ok(())
     }
 
@@ -282,11 +269,7 @@ impl OgbenchTask {
             }
         }
         if self.family != "cube" {
-            n += buttons
-                .iter()
-                .zip(&self.button_goals)
-                .filter(|(b, g)| b == g)
-                .count();
+            n += buttons.iter().zip(&self.button_goals).filter(|(b, g)| b == g).count();
         }
         if let (Some(drawer), Some(window)) = (self.drawer_goal, self.window_goal) {
             let d = QPOS_OBJ_START + QPOS_CUBE_LEN * self.num_cubes + self.num_buttons;
@@ -352,37 +335,20 @@ impl OgbenchNpz {
         let terminals = zip.array("terminals")?;
         let qpos = zip.array("qpos")?;
         let want_buttons = buttons || zip.has("button_states");
-        let button_states = if want_buttons {
-            Some(zip.array("button_states")?)
-        } else {
-            None
-        };
-        for (key, a) in [
-            ("actions", &actions),
-            ("terminals", &terminals),
-            ("qpos", &qpos),
-        ]
-        .into_iter()
-        .chain(button_states.as_ref().map(|b| ("button_states", b)))
+        let button_states = if want_buttons { Some(zip.array("button_states")?) } else { None };
+        for (key, a) in [("actions", &actions), ("terminals", &terminals), ("qpos", &qpos)]
+            .into_iter()
+            .chain(button_states.as_ref().map(|b| ("button_states", b)))
         {
             if a.rows(path, key)? != rows {
                 return Err(OgbenchDataError::BadFile {
                     path: path.to_path_buf(),
-                    reason: format!(
-                        "`{key}` has {} rows but `observations` has {rows}",
-                        a.shape[0]
-                    ),
+                    reason: format!("`{key}` has {} rows but `observations` has {rows}", a.shape[0]),
                 });
             }
         }
         if terminals.shape.len() != 1 {
-            return Err(bad(
-                path,
-                format!(
-                    "`terminals` has shape {:?}, expected [{rows}]",
-                    terminals.shape
-                ),
-            ));
+            return Err(bad(path, format!("`terminals` has shape {:?}, expected [{rows}]", terminals.shape)));
         }
         let (num_buttons, button_states) = match button_states {
             Some(b) => (b.width(), b.to_i64(path, "button_states")?),
@@ -429,14 +395,13 @@ impl OgbenchNpz {
     }
 
     /// The transitions as OGBench's loader builds them, relabelled for `task` with `timing`.
-    pub fn to_dataset(
-        &self,
-        task: &OgbenchTask,
-        timing: RewardTiming,
-    ) -> Result<Dataset, OgbenchDataError> {
+    pub fn to_dataset(&self, task: &OgbenchTask, timing: RewardTiming) -> Result<Dataset, OgbenchDataError> {
         self.check_task(task)?;
         if self.rows > 0 && !self.terminals[self.rows - 1] {
-            return Err(bad(&self.path, "the last row does not end an episode (`terminals` is 0 there); the file is truncated".into()));
+            return Err(bad(
+                &self.path,
+                "the last row does not end an episode (`terminals` is 0 there); the file is truncated".into(),
+            ));
         }
         let (o, a, q, b) = (self.obs_dim, self.act_dim, self.nq, self.num_buttons);
         let n = self.terminals.iter().filter(|t| !**t).count();
@@ -451,25 +416,16 @@ impl OgbenchNpz {
             next_observations: Vec::with_capacity(n * o),
         };
         for j in (0..self.rows).filter(|&j| !self.terminals[j]) {
-            d.observations
-                .extend_from_slice(&self.observations[j * o..(j + 1) * o]);
-            d.actions
-                .extend_from_slice(&self.actions[j * a..(j + 1) * a]);
-            d.next_observations
-                .extend_from_slice(&self.observations[(j + 1) * o..(j + 2) * o]);
-            d.terminals
-                .push(if self.terminals[j + 1] { 1.0 } else { 0.0 });
+            d.observations.extend_from_slice(&self.observations[j * o..(j + 1) * o]);
+            d.actions.extend_from_slice(&self.actions[j * a..(j + 1) * a]);
+            d.next_observations.extend_from_slice(&self.observations[(j + 1) * o..(j + 2) * o]);
+            d.terminals.push(if self.terminals[j + 1] { 1.0 } else { 0.0 });
             let s = match timing {
                 RewardTiming::Current => j,
                 RewardTiming::Next => j + 1,
             };
-            let buttons = if task.uses_buttons() {
-                &self.button_states[s * b..(s + 1) * b]
-            } else {
-                &[][..]
-            };
-            let (reward, success) =
-                task.reward_and_success(&self.qpos[s * q..(s + 1) * q], buttons);
+            let buttons = if task.uses_buttons() { &self.button_states[s * b..(s + 1) * b] } else { &[][..] };
+            let (reward, success) = task.reward_and_success(&self.qpos[s * q..(s + 1) * q], buttons);
             d.rewards.push(reward);
             d.masks.push(if success { 0.0 } else { 1.0 });
         }
@@ -491,10 +447,7 @@ pub fn load_ogbench_dataset(
     timing: RewardTiming,
 ) -> Result<Dataset, OgbenchDataError> {
     if !path.exists() {
-        return Err(OgbenchDataError::Missing {
-            path: path.to_path_buf(),
-            dataset: task.dataset_name(),
-        });
+        return Err(OgbenchDataError::Missing { path: path.to_path_buf(), dataset: task.dataset_name() });
     }
     OgbenchNpz::read(path, task.uses_buttons())?.to_dataset(task, timing)
 }
@@ -509,10 +462,7 @@ pub fn ogbench_val_path(path: &Path) -> PathBuf {
 }
 
 fn bad(path: &Path, reason: String) -> OgbenchDataError {
-    OgbenchDataError::BadFile {
-        path: path.to_path_buf(),
-        reason,
-    }
+    OgbenchDataError::BadFile { path: path.to_path_buf(), reason }
 }
 
 /// An `.npz` file (a zip of `.npy` arrays) read with `npyz`; every error names the file and
@@ -619,7 +569,9 @@ impl NpyArray {
             };
         }
         let floats = |v: Vec<Option<T>>| {
-            v.into_iter().collect::<Option<Vec<T>>>().ok_or_else(|| bad(path, format!("`{key}` holds floats ({dtype}); expected integers")))
+            v.into_iter()
+                .collect::<Option<Vec<T>>>()
+                .ok_or_else(|| bad(path, format!("`{key}` holds floats ({dtype}); expected integers")))
         };
         Ok(match (dtype.type_char(), dtype.size_field()) {
             (Float, 4) => floats(read!(f32, |x| float(f64::from(x))))?,
@@ -655,8 +607,7 @@ mod tests {
     use super::*;
 
     fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -670,22 +621,13 @@ mod tests {
 
     #[test]
     fn npy_parses_shapes_and_converts_dtypes() {
-        let data: Vec<u8> = [1.5f32, -2.0, 3.0, 4.0, 5.0, 6.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
+        let data: Vec<u8> = [1.5f32, -2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|x| x.to_le_bytes()).collect();
         let a = NpyArray::parse(npy("<f4", "(3, 2)", &data)).unwrap();
         assert_eq!((a.shape.clone(), a.width()), (vec![3, 2], 2));
-        assert_eq!(
-            a.to_f32(Path::new("x"), "k").unwrap(),
-            vec![1.5, -2.0, 3.0, 4.0, 5.0, 6.0]
-        );
+        assert_eq!(a.to_f32(Path::new("x"), "k").unwrap(), vec![1.5, -2.0, 3.0, 4.0, 5.0, 6.0]);
 
         let b = NpyArray::parse(npy("|b1", "(3,)", &[1, 0, 1])).unwrap();
-        assert_eq!(
-            b.to_bool(Path::new("x"), "k").unwrap(),
-            vec![true, false, true]
-        );
+        assert_eq!(b.to_bool(Path::new("x"), "k").unwrap(), vec![true, false, true]);
 
         let data: Vec<u8> = [-1i32, 7].iter().flat_map(|x| x.to_le_bytes()).collect();
         let c = NpyArray::parse(npy("<i4", "(2,)", &data)).unwrap();
@@ -698,19 +640,11 @@ mod tests {
 
     #[test]
     fn npy_rejects_wrong_lengths_and_float_buttons() {
-        let err = NpyArray::parse(npy("<f4", "(3, 2)", &[0; 20]))
-            .err()
-            .unwrap();
+        let err = NpyArray::parse(npy("<f4", "(3, 2)", &[0; 20])).err().unwrap();
         assert!(err.contains("20 data bytes"), "{err}");
         let a = NpyArray::parse(npy("<f4", "(1,)", &[0; 4])).unwrap();
-        let err = a
-            .to_i64(Path::new("f.npz"), "button_states")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "f.npz: `button_states` holds floats (<f4); expected integers"
-        );
+        let err = a.to_i64(Path::new("f.npz"), "button_states").unwrap_err().to_string();
+        assert_eq!(err, "f.npz: `button_states` holds floats (<f4); expected integers");
     }
 
     fn cube_task() -> OgbenchTask {

@@ -57,12 +57,7 @@ pub enum RobomimicError {
 type Result<T, E = RobomimicError> = std::result::Result<T, E>;
 
 /// Default observation keys, in the order the flat observation concatenates them.
-pub const ROBOMIMIC_OBS_KEYS: [&str; 4] = [
-    "robot0_eef_pos",
-    "robot0_eef_quat",
-    "robot0_gripper_qpos",
-    "object",
-];
+pub const ROBOMIMIC_OBS_KEYS: [&str; 4] = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"];
 
 /// Which demos of a file to read.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -158,10 +153,7 @@ impl RobomimicData {
 pub fn robomimic_make_command(path: &Path, task: Option<&str>) -> String {
     let guess = task.map(str::to_string).or_else(|| {
         let p = path.to_string_lossy().to_lowercase();
-        ["square", "lift", "can"]
-            .iter()
-            .find(|t| p.contains(*t))
-            .map(|t| t.to_string())
+        ["square", "lift", "can"].iter().find(|t| p.contains(*t)).map(|t| t.to_string())
     });
     format!(
         "mvp data robomimic --task {} --episodes 200 --out {}",
@@ -190,10 +182,7 @@ pub fn read_robomimic(path: impl AsRef<Path>, options: &RobomimicOptions) -> Res
     if options.obs_keys.is_empty() {
         return Err(RobomimicError::Invalid("robomimic obs_keys is empty".into()));
     }
-    Reader {
-        path: path.to_path_buf(),
-    }
-    .read(options)
+    Reader { path: path.to_path_buf() }.read(options)
 }
 
 struct Reader {
@@ -202,36 +191,23 @@ struct Reader {
 
 impl Reader {
     fn err(&self, reason: impl Into<String>) -> RobomimicError {
-        RobomimicError::BadFile {
-            path: self.path.clone(),
-            reason: reason.into(),
-        }
+        RobomimicError::BadFile { path: self.path.clone(), reason: reason.into() }
     }
 
     fn group(&self, parent: &hdf5::Group, name: &str, full: &str) -> Result<hdf5::Group> {
         if !parent.link_exists(name) {
             let members = parent.member_names().unwrap_or_default();
-            return Err(self.err(format!(
-                "missing group `{full}` (members of its parent: {})",
-                list(&members)
-            )));
+            return Err(self.err(format!("missing group `{full}` (members of its parent: {})", list(&members))));
         }
-        parent
-            .group(name)
-            .map_err(|e| self.err(format!("`{full}` is not a readable group: {e}")))
+        parent.group(name).map_err(|e| self.err(format!("`{full}` is not a readable group: {e}")))
     }
 
     fn dataset(&self, parent: &hdf5::Group, name: &str, full: &str) -> Result<hdf5::Dataset> {
         if !parent.link_exists(name) {
             let members = parent.member_names().unwrap_or_default();
-            return Err(self.err(format!(
-                "missing dataset `{full}` (members of its parent: {})",
-                list(&members)
-            )));
+            return Err(self.err(format!("missing dataset `{full}` (members of its parent: {})", list(&members))));
         }
-        parent
-            .dataset(name)
-            .map_err(|e| self.err(format!("`{full}` is not a readable dataset: {e}")))
+        parent.dataset(name).map_err(|e| self.err(format!("`{full}` is not a readable dataset: {e}")))
     }
 
     /// Reads a numeric dataset as f32 with its shape.
@@ -251,9 +227,9 @@ impl Reader {
         let full = format!("{prefix}/{name}");
         let (v, shape) = self.floats(&self.dataset(g, name, &full)?, &full)?;
         if shape != [t] && shape != [t, 1] {
-            return Err(self.err(format!(
-                "`{full}` has shape {shape:?}, expected [{t}] (T = {t} rows of `{prefix}/actions`)"
-            )));
+            return Err(
+                self.err(format!("`{full}` has shape {shape:?}, expected [{t}] (T = {t} rows of `{prefix}/actions`)"))
+            );
         }
         Ok(v)
     }
@@ -273,9 +249,7 @@ impl Reader {
             [n, d] if *n == t => *d,
             _ => {
                 let w = want.map_or("d".to_string(), |w| w.to_string());
-                return Err(self.err(format!(
-                    "`{full}` has shape {shape:?}, expected [{t}, {w}] ({what})"
-                )));
+                return Err(self.err(format!("`{full}` has shape {shape:?}, expected [{t}, {w}] ({what})")));
             }
         };
         if let Some(w) = want {
@@ -293,9 +267,7 @@ impl Reader {
         if let Ok(s) = attr.read_scalar::<VarLenUnicode>() {
             return Some(s.as_str().to_string());
         }
-        attr.read_scalar::<VarLenAscii>()
-            .ok()
-            .map(|s| s.as_str().to_string())
+        attr.read_scalar::<VarLenAscii>().ok().map(|s| s.as_str().to_string())
     }
 
     fn mask(&self, file: &hdf5::File, key: &str) -> Result<Vec<String>> {
@@ -311,10 +283,7 @@ impl Reader {
         } else {
             return Err(self.err(format!(
                 "`{full}` is not a list of demo names (byte strings); its type is {:?}",
-                ds.dtype()
-                    .and_then(|d| d.to_descriptor())
-                    .map(|d| d.to_string())
-                    .unwrap_or_default()
+                ds.dtype().and_then(|d| d.to_descriptor()).map(|d| d.to_string()).unwrap_or_default()
             )));
         };
         if names.is_empty() {
@@ -324,8 +293,7 @@ impl Reader {
     }
 
     fn read(&self, options: &RobomimicOptions) -> Result<RobomimicData> {
-        let file = hdf5::File::open(&self.path)
-            .map_err(|e| self.err(format!("cannot open as HDF5: {e}")))?;
+        let file = hdf5::File::open(&self.path).map_err(|e| self.err(format!("cannot open as HDF5: {e}")))?;
         let data = self.group(&file, "data", "data")?;
         let env_args = self.env_args(&data);
         let mut demos = match options.filter.mask_key() {
@@ -344,12 +312,7 @@ impl Reader {
             Some(key) => self.mask(&file, key)?,
         };
         // robomimic orders demos by the number after `demo_`.
-        demos.sort_by_key(|n| {
-            (
-                n.strip_prefix("demo_").and_then(|k| k.parse::<u64>().ok()),
-                n.clone(),
-            )
-        });
+        demos.sort_by_key(|n| (n.strip_prefix("demo_").and_then(|k| k.parse::<u64>().ok()), n.clone()));
 
         let keys = &options.obs_keys;
         let mut key_dims: Vec<Option<usize>> = vec![None; keys.len()];
@@ -386,13 +349,8 @@ impl Reader {
                 let mut cols = Vec::with_capacity(keys.len());
                 for (k, key) in keys.iter().enumerate() {
                     let full = format!("{gpath}/{key}");
-                    let (v, w) = self.matrix(
-                        &self.dataset(&og, key, &full)?,
-                        &full,
-                        t,
-                        key_dims[k],
-                        "observation key",
-                    )?;
+                    let (v, w) =
+                        self.matrix(&self.dataset(&og, key, &full)?, &full, t, key_dims[k], "observation key")?;
                     key_dims[k] = Some(w);
                     cols.push((v, w));
                 }
@@ -410,26 +368,13 @@ impl Reader {
             lengths.push(t);
         }
         let obs_dim = key_dims.iter().map(|w| w.unwrap_or(0)).sum();
-        let dataset = Dataset::new(
-            obs_dim,
-            act_dim.unwrap_or(0),
-            obs,
-            actions,
-            rewards,
-            terminals,
-            masks,
-            next_obs,
-        )?;
+        let dataset = Dataset::new(obs_dim, act_dim.unwrap_or(0), obs, actions, rewards, terminals, masks, next_obs)?;
         Ok(RobomimicData {
             dataset,
             env_args,
             demos,
             demo_lengths: lengths,
-            obs_key_dims: keys
-                .iter()
-                .cloned()
-                .zip(key_dims.into_iter().map(|w| w.unwrap_or(0)))
-                .collect(),
+            obs_key_dims: keys.iter().cloned().zip(key_dims.into_iter().map(|w| w.unwrap_or(0))).collect(),
         })
     }
 }
@@ -439,12 +384,7 @@ fn list(names: &[String]) -> String {
         return "none".into();
     }
     const MAX: usize = 12;
-    let mut s = names
-        .iter()
-        .take(MAX)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = names.iter().take(MAX).cloned().collect::<Vec<_>>().join(", ");
     if names.len() > MAX {
         s.push_str(&format!(", ... ({} in all)", names.len()));
     }

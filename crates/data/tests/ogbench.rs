@@ -7,29 +7,19 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use mvp_data::{load_ogbench_dataset, ogbench_val_path, OgbenchDataError, OgbenchGenerate, OgbenchNpz, OgbenchTask, RewardTiming};
+use mvp_data::{
+    load_ogbench_dataset, ogbench_val_path, OgbenchDataError, OgbenchGenerate, OgbenchNpz, OgbenchTask, RewardTiming,
+};
 use mvp_envs::{python_module_command, Env, WorkerConfig, WorkerEnv};
 use serde_json::Value;
 
 fn run_ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{what} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn last_json(stdout: &str) -> Value {
-    serde_json::from_str(
-        stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .expect("a JSON line"),
-    )
-    .unwrap()
+    serde_json::from_str(stdout.lines().rev().find(|l| l.starts_with('{')).expect("a JSON line")).unwrap()
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
@@ -44,13 +34,7 @@ fn f32s(v: &Value) -> Vec<f32> {
     out
 }
 
-fn generate(
-    dir: &Path,
-    dataset: &str,
-    episodes: usize,
-    workers: usize,
-    length: usize,
-) -> (PathBuf, Value) {
+fn generate(dir: &Path, dataset: &str, episodes: usize, workers: usize, length: usize) -> (PathBuf, Value) {
     let out = dir.join(format!("{dataset}.npz"));
     let mut job = OgbenchGenerate::new(dataset, episodes, &out);
     job.workers = workers;
@@ -61,20 +45,11 @@ fn generate(
 }
 
 /// Generates a small dataset, loads it with OGBench's loader and with ours, and compares.
-fn matches_ogbench_loader(
-    dataset: &str,
-    env_id: &str,
-    episodes: usize,
-    workers: usize,
-    length: usize,
-) {
+fn matches_ogbench_loader(dataset: &str, env_id: &str, episodes: usize, workers: usize, length: usize) {
     let dir = tempfile::tempdir().unwrap();
     let (path, summary) = generate(dir.path(), dataset, episodes, workers, length);
     assert_eq!(summary["train_rows"], episodes * length);
-    assert_eq!(
-        summary["val_rows"], length,
-        "default validation split: max(1, episodes / 10) episodes"
-    );
+    assert_eq!(summary["val_rows"], length, "default validation split: max(1, episodes / 10) episodes");
     assert!(ogbench_val_path(&path).is_file());
 
     let reference = python_module_command("mvp_envs.ogbench_reference")
@@ -89,10 +64,7 @@ fn matches_ogbench_loader(
     let goal = &r["goal"];
     let cube_goals: Vec<[f64; 3]> = serde_json::from_value(goal["cube_goals"].clone()).unwrap();
     assert_eq!(task.cube_goals, cube_goals);
-    assert_eq!(
-        task.button_goals,
-        serde_json::from_value::<Vec<i64>>(goal["button_goals"].clone()).unwrap()
-    );
+    assert_eq!(task.button_goals, serde_json::from_value::<Vec<i64>>(goal["button_goals"].clone()).unwrap());
     assert_eq!(task.drawer_goal, goal["drawer_goal"].as_f64());
 
     let n = episodes * (length - 1);
@@ -102,23 +74,12 @@ fn matches_ogbench_loader(
     assert_eq!(cur.actions, f32s(&r["actions"]));
     assert_eq!(cur.next_observations, f32s(&r["next_observations"]));
     assert_eq!(cur.terminals, f32s(&r["terminals"]));
-    assert_eq!(
-        cur.rewards,
-        f32s(&r["rewards"]),
-        "Current timing = OGBench's loader"
-    );
+    assert_eq!(cur.rewards, f32s(&r["rewards"]), "Current timing = OGBench's loader");
     assert_eq!(cur.masks, f32s(&r["masks"]));
 
     let next = load_ogbench_dataset(&path, &task, RewardTiming::Next).unwrap();
-    assert_eq!(
-        (&next.observations, &next.actions, &next.terminals),
-        (&cur.observations, &cur.actions, &cur.terminals)
-    );
-    assert_eq!(
-        next.rewards,
-        f32s(&r["rewards_next"]),
-        "Next timing = OGBench's relabelling of s_{{t+1}}"
-    );
+    assert_eq!((&next.observations, &next.actions, &next.terminals), (&cur.observations, &cur.actions, &cur.terminals));
+    assert_eq!(next.rewards, f32s(&r["rewards_next"]), "Next timing = OGBench's relabelling of s_{{t+1}}");
     assert_eq!(next.masks, f32s(&r["masks_next"]));
     // Within an episode, Next is Current shifted by one transition.
     for t in 0..n - 1 {
@@ -132,25 +93,13 @@ fn matches_ogbench_loader(
 
 #[test]
 fn cube_double_matches_ogbench_loader() {
-    matches_ogbench_loader(
-        "cube-double-play-v0",
-        "cube-double-play-singletask-task2-v0",
-        3,
-        2,
-        200,
-    );
+    matches_ogbench_loader("cube-double-play-v0", "cube-double-play-singletask-task2-v0", 3, 2, 200);
 }
 
 #[test]
 fn puzzle_matches_ogbench_loader() {
     // Button states change often in play data, so the two timings really differ here.
-    matches_ogbench_loader(
-        "puzzle-3x3-play-v0",
-        "puzzle-3x3-play-singletask-task1-v0",
-        2,
-        1,
-        200,
-    );
+    matches_ogbench_loader("puzzle-3x3-play-v0", "puzzle-3x3-play-singletask-task1-v0", 2, 1, 200);
 }
 
 #[test]
@@ -175,17 +124,8 @@ fn online_rewards_equal_relabelled_rewards_of_the_next_state() {
     let e = last_json(&run_ok(out, "ogbench_reference episode"));
     let actions = f32s(&e["actions"]);
     let steps = actions.len() / 5;
-    let flags = |k: &str| -> Vec<bool> {
-        e[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_bool().unwrap())
-            .collect()
-    };
-    assert!(
-        flags("terminated_post")[steps - 1],
-        "the oracle episode must reach the goal"
-    );
+    let flags = |k: &str| -> Vec<bool> { e[k].as_array().unwrap().iter().map(|x| x.as_bool().unwrap()).collect() };
+    assert!(flags("terminated_post")[steps - 1], "the oracle episode must reach the goal");
 
     // Online, through the Rust bridge, replaying the oracle's actions from the same seed.
     let mut config = WorkerConfig::new(env_id);
@@ -197,11 +137,7 @@ fn online_rewards_equal_relabelled_rewards_of_the_next_state() {
     let mut online = Vec::new();
     for t in 0..steps {
         let step = env.step(&actions[t * 5..(t + 1) * 5]).unwrap();
-        assert_eq!(
-            step.obs,
-            observations[(t + 1) * 28..(t + 2) * 28],
-            "same trajectory at step {t}"
-        );
+        assert_eq!(step.obs, observations[(t + 1) * 28..(t + 2) * 28], "same trajectory at step {t}");
         online.push(step);
     }
     env.close().unwrap();
@@ -212,25 +148,16 @@ fn online_rewards_equal_relabelled_rewards_of_the_next_state() {
     for (t, step) in online.iter().enumerate() {
         assert_eq!(step.reward, next.rewards[t], "reward at step {t}");
         assert_eq!(step.mask(), next.masks[t], "mask at step {t}");
-        assert_eq!(
-            step.info.success,
-            next.masks[t] == 0.0,
-            "success at step {t}"
-        );
+        assert_eq!(step.info.success, next.masks[t] == 0.0, "success at step {t}");
     }
     let last = online.last().unwrap();
     assert!(last.terminated && last.info.success && last.reward == 0.0);
-    assert!(online[..steps - 1]
-        .iter()
-        .all(|s| !s.terminated && s.reward == -1.0));
+    assert!(online[..steps - 1].iter().all(|s| !s.terminated && s.reward == -1.0));
 
     // OGBench's own env reports the state before the action, like its loader.
     let cur = load_ogbench_dataset(&path, &task, RewardTiming::Current).unwrap();
     assert_eq!(f32s(&e["rewards_pre"]), cur.rewards);
-    assert!(
-        !flags("terminated_pre")[steps - 1],
-        "'pre' ends the episode one step late"
-    );
+    assert!(!flags("terminated_pre")[steps - 1], "'pre' ends the episode one step late");
     assert_ne!(next.rewards, cur.rewards);
 }
 
@@ -244,13 +171,7 @@ fn errors_name_the_command_the_key_and_both_shapes() {
     assert!(matches!(err, OgbenchDataError::Missing { .. }));
     let msg = err.to_string();
     assert!(!msg.contains('\n'), "{msg}");
-    assert!(
-        msg.contains(&format!(
-            "mvp data ogbench --env cube-double-play-v0 --out {}",
-            missing.display()
-        )),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("mvp data ogbench --env cube-double-play-v0 --out {}", missing.display())), "{msg}");
     assert_eq!(task.dataset_path(dir.path()), Some(missing));
 
     // A cube-single dataset loaded for cube-double.
@@ -271,17 +192,11 @@ fn errors_name_the_command_the_key_and_both_shapes() {
         dst = stripped.to_str().unwrap()
     );
     let py = python_module_command("mvp_envs.task_info").unwrap();
-    let out = std::process::Command::new(py.get_program())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(py.get_program()).args(["-c", &script]).output().unwrap();
     run_ok(out, "strip qpos");
     let err = OgbenchNpz::read(&stripped, false).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        matches!(err, OgbenchDataError::MissingKey { ref key, .. } if key == "qpos"),
-        "{msg}"
-    );
+    assert!(matches!(err, OgbenchDataError::MissingKey { ref key, .. } if key == "qpos"), "{msg}");
     assert!(msg.contains("no array `qpos`"), "{msg}");
 
     // Not a zip file.
@@ -291,32 +206,18 @@ fn errors_name_the_command_the_key_and_both_shapes() {
     assert!(err.to_string().contains("not an npz (zip) file"), "{err}");
 
     // Task lookups for ids that are not manipulation singletask ids fail in one line.
-    let err = OgbenchTask::query("antmaze-large-navigate-singletask-v0")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("is not an OGBench manipulation singletask id"),
-        "{err}"
-    );
+    let err = OgbenchTask::query("antmaze-large-navigate-singletask-v0").unwrap_err().to_string();
+    assert!(err.contains("is not an OGBench manipulation singletask id"), "{err}");
 }
 
 #[test]
 fn generator_rejects_bad_arguments_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let job = OgbenchGenerate::new(
-        "humanoidmaze-medium-navigate-v0",
-        1,
-        dir.path().join("x.npz"),
-    );
+    let job = OgbenchGenerate::new("humanoidmaze-medium-navigate-v0", 1, dir.path().join("x.npz"));
     let out = job.command().unwrap().output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr
-            .trim()
-            .starts_with("error: 'humanoidmaze-medium-navigate-v0' is not"),
-        "{stderr}"
-    );
+    assert!(stderr.trim().starts_with("error: 'humanoidmaze-medium-navigate-v0' is not"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
@@ -326,16 +227,10 @@ fn generator_rejects_bad_arguments_in_one_line() {
 #[ignore]
 fn load_speed() {
     let path = PathBuf::from(std::env::var("MVP_OGBENCH_FILE").expect("set MVP_OGBENCH_FILE"));
-    let env_id =
-        std::env::var("MVP_OGBENCH_ENV").unwrap_or("cube-double-play-singletask-task2-v0".into());
+    let env_id = std::env::var("MVP_OGBENCH_ENV").unwrap_or("cube-double-play-singletask-task2-v0".into());
     let task = OgbenchTask::query(&env_id).unwrap();
     let start = std::time::Instant::now();
     let d = load_ogbench_dataset(&path, &task, RewardTiming::Next).unwrap();
     let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{}: {} transitions in {secs:.2} s ({:.0} transitions/s)",
-        path.display(),
-        d.len(),
-        d.len() as f64 / secs
-    );
+    println!("{}: {} transitions in {secs:.2} s ({:.0} transitions/s)", path.display(), d.len(), d.len() as f64 / secs);
 }

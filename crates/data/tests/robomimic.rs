@@ -4,8 +4,8 @@
 //! They need the project's venv (`.venv/`, `make setup`) and libhdf5 (`scripts/setup-hdf5.sh`);
 //! without them they fail with that instruction instead of being skipped.
 
-use mvp_envs::{python_command, Env, WorkerConfig, WorkerEnv};
 use mvp_data::{read_robomimic, RobomimicFilter, RobomimicOptions};
+use mvp_envs::{python_command, Env, WorkerConfig, WorkerEnv};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
@@ -20,11 +20,7 @@ fn steps_for_real(task: &str, obs_dim: usize, horizon: usize) {
     let id = format!("robomimic/{task}");
     let mut env = env(&id, None);
     let spec = env.spec().clone();
-    assert_eq!(
-        (spec.obs_dim, spec.action_dim, spec.max_episode_steps),
-        (obs_dim, 7, horizon),
-        "{id}"
-    );
+    assert_eq!((spec.obs_dim, spec.action_dim, spec.max_episode_steps), (obs_dim, 7, horizon), "{id}");
     assert_eq!(spec.action_low, vec![-1.0; 7]);
     assert_eq!(spec.action_high, vec![1.0; 7]);
     let (obs0, info) = env.reset(Some(7)).unwrap();
@@ -36,11 +32,7 @@ fn steps_for_real(task: &str, obs_dim: usize, horizon: usize) {
         let step = env.step(&action).unwrap();
         assert_eq!(step.obs.len(), obs_dim);
         assert!(step.obs.iter().all(|x| x.is_finite()));
-        assert!(
-            step.reward == -1.0 || step.reward == 0.0,
-            "reward {}",
-            step.reward
-        );
+        assert!(step.reward == -1.0 || step.reward == 0.0, "reward {}", step.reward);
         assert_eq!(step.terminated, step.info.success);
         assert_eq!(step.reward == 0.0, step.info.success);
         assert!(!step.truncated);
@@ -128,27 +120,13 @@ fn generated_lift_file_reads_in_rust_as_in_h5py() {
     let dir = tempfile::tempdir().unwrap();
     let path = generate_lift(dir.path(), 2);
     for filter in ["all", "train", "valid"] {
-        let want: serde_json::Value = serde_json::from_str(&run_python(&[
-            "-c",
-            H5PY_DUMP,
-            path.to_str().unwrap(),
-            filter,
-        ]))
-        .unwrap();
-        let opts = RobomimicOptions {
-            filter: filter.parse::<RobomimicFilter>().unwrap(),
-            ..Default::default()
-        };
+        let want: serde_json::Value =
+            serde_json::from_str(&run_python(&["-c", H5PY_DUMP, path.to_str().unwrap(), filter])).unwrap();
+        let opts = RobomimicOptions { filter: filter.parse::<RobomimicFilter>().unwrap(), ..Default::default() };
         let got = read_robomimic(&path, &opts).unwrap_or_else(|e| panic!("{e}"));
         let ds = &got.dataset;
-        let f32s = |k: &str| -> Vec<f32> {
-            want[k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        };
+        let f32s =
+            |k: &str| -> Vec<f32> { want[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
         assert_eq!(ds.obs_dim, 19, "lift: 3 + 4 + 2 + 10");
         assert_eq!(ds.act_dim, 7);
         assert_eq!(ds.observations, f32s("obs"), "{filter}");
@@ -160,28 +138,16 @@ fn generated_lift_file_reads_in_rust_as_in_h5py() {
         let names: Vec<String> = serde_json::from_value(want["names"].clone()).unwrap();
         assert_eq!(got.demos, names);
         if filter == "all" {
-            assert_eq!(
-                ds.len() as u64,
-                want["total"].as_u64().unwrap(),
-                "attr total"
-            );
+            assert_eq!(ds.len() as u64, want["total"].as_u64().unwrap(), "attr total");
             assert_eq!(got.demos.len(), 2);
-            let args: serde_json::Value =
-                serde_json::from_str(got.env_args.as_deref().unwrap()).unwrap();
+            let args: serde_json::Value = serde_json::from_str(got.env_args.as_deref().unwrap()).unwrap();
             assert_eq!(args, want["env_args"]);
             assert_eq!(got.env_name().as_deref(), Some("Lift"));
             // Only successful demos are kept: each ends with reward 0 and mask 0.
             let mut end = 0;
             for len in &got.demo_lengths {
                 end += len;
-                assert_eq!(
-                    (
-                        ds.rewards[end - 1],
-                        ds.masks[end - 1],
-                        ds.terminals[end - 1]
-                    ),
-                    (0.0, 0.0, 1.0)
-                );
+                assert_eq!((ds.rewards[end - 1], ds.masks[end - 1], ds.terminals[end - 1]), (0.0, 0.0, 1.0));
             }
         } else {
             assert_eq!(got.demos.len(), 1, "{filter}: 2 demos split 1/1");
@@ -208,26 +174,15 @@ fn dataset_replays_in_the_online_env_with_the_same_conventions() {
     .parse()
     .unwrap();
     assert_eq!(seed, 3, "episode 0 of --seed 3");
-    let mut env = env(
-        "robomimic/lift",
-        Some(serde_json::json!({ "dataset": path })),
-    );
+    let mut env = env("robomimic/lift", Some(serde_json::json!({ "dataset": path })));
     let (obs, _) = env.reset(Some(seed)).unwrap();
     assert_eq!(obs, ds.observations[..19].to_vec(), "initial observation");
     let t = ds.len();
     for i in 0..t {
         let step = env.step(&ds.actions[i * 7..(i + 1) * 7]).unwrap();
         let stored = &ds.next_observations[i * 19..(i + 1) * 19];
-        let gap = step
-            .obs
-            .iter()
-            .zip(stored)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            gap < 1e-3,
-            "step {i}: online obs differs from next_obs by {gap}"
-        );
+        let gap = step.obs.iter().zip(stored).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(gap < 1e-3, "step {i}: online obs differs from next_obs by {gap}");
         assert_eq!(step.reward, ds.rewards[i], "step {i}");
         assert_eq!(step.mask(), ds.masks[i], "step {i}");
         assert_eq!(step.done(), i + 1 == t, "step {i} of {t}");
@@ -238,10 +193,7 @@ fn dataset_replays_in_the_online_env_with_the_same_conventions() {
     let mut config = WorkerConfig::new("robomimic/can");
     config.env_kwargs = Some(serde_json::json!({ "dataset": path }));
     let err = format!("{:#}", WorkerEnv::new(config).unwrap_err());
-    assert!(
-        err.contains("'Lift'") && err.contains("robomimic/can"),
-        "{err}"
-    );
+    assert!(err.contains("'Lift'") && err.contains("robomimic/can"), "{err}");
 }
 
 #[test]
@@ -260,39 +212,18 @@ fn broken_generated_file_fails_with_the_key_named() {
     };
     // A missing key.
     edit("f['data/demo_0/saved'] = f['data/demo_0/next_obs/object'][:]\ndel f['data/demo_0/next_obs/object']");
-    let msg = read_robomimic(&path, &RobomimicOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("missing dataset `data/demo_0/next_obs/object`"),
-        "{msg}"
-    );
+    let msg = read_robomimic(&path, &RobomimicOptions::default()).unwrap_err().to_string();
+    assert!(msg.contains("missing dataset `data/demo_0/next_obs/object`"), "{msg}");
     edit("f['data/demo_0/next_obs/object'] = f['data/demo_0/saved'][:]");
     // Asking for a key the file lacks.
-    let opts = RobomimicOptions {
-        obs_keys: vec!["robot0_eef_vel_lin".into()],
-        ..Default::default()
-    };
+    let opts = RobomimicOptions { obs_keys: vec!["robot0_eef_vel_lin".into()], ..Default::default() };
     let msg = read_robomimic(&path, &opts).unwrap_err().to_string();
-    assert!(
-        msg.contains("`data/demo_0/obs/robot0_eef_vel_lin`"),
-        "{msg}"
-    );
+    assert!(msg.contains("`data/demo_0/obs/robot0_eef_vel_lin`"), "{msg}");
     // A wrong shape: one reward short.
-    edit(
-        "r = f['data/demo_0/rewards'][:]\ndel f['data/demo_0/rewards']\nf['data/demo_0/rewards'] = r[:-1]",
-    );
+    edit("r = f['data/demo_0/rewards'][:]\ndel f['data/demo_0/rewards']\nf['data/demo_0/rewards'] = r[:-1]");
     let t = read_robomimic_len(&path);
-    let msg = read_robomimic(&path, &RobomimicOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains(&format!(
-            "`data/demo_0/rewards` has shape [{}], expected [{t}]",
-            t - 1
-        )),
-        "{msg}"
-    );
+    let msg = read_robomimic(&path, &RobomimicOptions::default()).unwrap_err().to_string();
+    assert!(msg.contains(&format!("`data/demo_0/rewards` has shape [{}], expected [{t}]", t - 1)), "{msg}");
 }
 
 /// Rows of `data/demo_0/actions` (via h5py).

@@ -107,15 +107,7 @@ impl BranchReach {
 
     /// One move of `delta` along one axis from `from` (the other coordinate is `across`),
     /// stopped by the arena walls and by the obstacle's faces.
-    fn move_axis(
-        from: f32,
-        delta: f32,
-        across: f32,
-        lo: f32,
-        hi: f32,
-        across_lo: f32,
-        across_hi: f32,
-    ) -> f32 {
+    fn move_axis(from: f32, delta: f32, across: f32, lo: f32, hi: f32, across_lo: f32, across_hi: f32) -> f32 {
         let mut to = (from + delta).clamp(-ARENA, ARENA);
         if across > across_lo && across < across_hi {
             // The obstacle spans this line: stop at the face we would cross.
@@ -166,12 +158,7 @@ impl Env for BranchReach {
         self.pos = [x, y];
         self.t = 0;
         self.running = true;
-        Ok((
-            self.pos.to_vec(),
-            Info {
-                success: Self::is_success(self.pos),
-            },
-        ))
+        Ok((self.pos.to_vec(), Info { success: Self::is_success(self.pos) }))
     }
 
     fn step(&mut self, action: &[f32]) -> anyhow::Result<Step> {
@@ -179,11 +166,7 @@ impl Env for BranchReach {
             return Err(EnvError::NoEpisode.into());
         }
         if action.len() != self.spec.action_dim {
-            return Err(EnvError::ActionDim {
-                expected: self.spec.action_dim,
-                got: action.len(),
-            }
-            .into());
+            return Err(EnvError::ActionDim { expected: self.spec.action_dim, got: action.len() }.into());
         }
         if !action.iter().all(|a| a.is_finite()) {
             return Err(EnvError::NonFiniteAction(action.to_vec()).into());
@@ -261,17 +244,9 @@ impl BranchReachDemo {
     /// set to the left route until [`begin_episode`](Self::begin_episode) is called.
     pub fn new(noise_std: f32) -> anyhow::Result<Self> {
         if !(noise_std.is_finite() && noise_std >= 0.0) {
-            return Err(EnvError::Invalid(format!(
-                "noise_std must be finite and >= 0, got {noise_std}"
-            ))
-            .into());
+            return Err(EnvError::Invalid(format!("noise_std must be finite and >= 0, got {noise_std}")).into());
         }
-        Ok(Self {
-            noise_std,
-            gain: Self::GAIN,
-            route: Route::Left,
-            waypoint: 0,
-        })
+        Ok(Self { noise_std, gain: Self::GAIN, route: Route::Left, waypoint: 0 })
     }
 
     /// Starts an episode along `route`.
@@ -322,10 +297,7 @@ mod tests {
     use super::*;
 
     /// Runs `policy` for one episode from `seed`; returns the steps and the positions visited.
-    fn rollout(
-        seed: u64,
-        mut policy: impl FnMut(&[f32]) -> [f32; 2],
-    ) -> (Vec<Step>, Vec<[f32; 2]>) {
+    fn rollout(seed: u64, mut policy: impl FnMut(&[f32]) -> [f32; 2]) -> (Vec<Step>, Vec<[f32; 2]>) {
         let mut env = BranchReach::new();
         let (mut obs, _) = env.reset(Some(seed)).unwrap();
         let (mut steps, mut path) = (vec![], vec![env.position()]);
@@ -351,9 +323,8 @@ mod tests {
     #[test]
     fn same_seed_gives_same_trajectory() {
         let mut noise = StdRng::seed_from_u64(7);
-        let actions: Vec<[f32; 2]> = (0..100)
-            .map(|_| [noise.random_range(-1.0..1.0), noise.random_range(-1.0..1.0)])
-            .collect();
+        let actions: Vec<[f32; 2]> =
+            (0..100).map(|_| [noise.random_range(-1.0..1.0), noise.random_range(-1.0..1.0)]).collect();
         let run = |seed| {
             let mut i = 0;
             rollout(seed, |_| {
@@ -362,11 +333,7 @@ mod tests {
             })
         };
         assert_eq!(run(3), run(3));
-        assert_ne!(
-            run(3).1[0],
-            run(4).1[0],
-            "different seeds should start elsewhere"
-        );
+        assert_ne!(run(3).1[0], run(4).1[0], "different seeds should start elsewhere");
     }
 
     #[test]
@@ -397,9 +364,7 @@ mod tests {
         assert!(last.terminated && !last.truncated && last.info.success);
         assert_eq!((last.reward, last.mask()), (0.0, 0.0));
         assert!(BranchReach::is_success(*path.last().unwrap()));
-        assert!(steps[..steps.len() - 1]
-            .iter()
-            .all(|s| s.reward == -1.0 && !s.info.success && !s.done()));
+        assert!(steps[..steps.len() - 1].iter().all(|s| s.reward == -1.0 && !s.info.success && !s.done()));
     }
 
     #[test]
@@ -421,13 +386,7 @@ mod tests {
         let mut env = BranchReach::new();
         env.reset(Some(0)).unwrap();
         let err = env.step(&[0.0]).unwrap_err();
-        assert_eq!(
-            err.downcast_ref::<EnvError>(),
-            Some(&EnvError::ActionDim {
-                expected: 2,
-                got: 1
-            })
-        );
+        assert_eq!(err.downcast_ref::<EnvError>(), Some(&EnvError::ActionDim { expected: 2, got: 1 }));
         assert!(env.step(&[f32::NAN, 0.0]).is_err());
     }
 
@@ -444,16 +403,10 @@ mod tests {
     fn obstacle_blocks_the_straight_up_route() {
         for seed in 0..50 {
             let (steps, path) = rollout(seed, |_| [0.0, 1.0]);
-            assert!(
-                steps.iter().all(|s| !s.info.success && !s.terminated),
-                "seed {seed}"
-            );
+            assert!(steps.iter().all(|s| !s.info.success && !s.terminated), "seed {seed}");
             assert!(steps.last().unwrap().truncated);
             let end = path.last().unwrap();
-            assert_eq!(
-                end[1], OBSTACLE[2],
-                "should rest against the obstacle's lower face"
-            );
+            assert_eq!(end[1], OBSTACLE[2], "should rest against the obstacle's lower face");
         }
     }
 
@@ -461,12 +414,8 @@ mod tests {
     fn agent_never_enters_the_obstacle() {
         let mut rng = StdRng::seed_from_u64(1);
         for seed in 0..50 {
-            let (_, path) = rollout(seed, |_| {
-                [rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0)]
-            });
-            assert!(path
-                .iter()
-                .all(|&p| !BranchReach::in_obstacle(p) && p[0].abs() <= 1.0 && p[1].abs() <= 1.0));
+            let (_, path) = rollout(seed, |_| [rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0)]);
+            assert!(path.iter().all(|&p| !BranchReach::in_obstacle(p) && p[0].abs() <= 1.0 && p[1].abs() <= 1.0));
         }
         // Diagonal moves that would cut the corner are stopped at a face.
         let (_, path) = rollout(0, |p| if p[1] < -0.3 { [-0.6, 0.2] } else { [1.0, 1.0] });
@@ -480,11 +429,7 @@ mod tests {
                 let (steps, path) = rollout(seed, scripted(route));
                 assert!(steps.last().unwrap().info.success, "{route:?} seed {seed}");
                 assert!(steps.len() <= 40, "{route:?} took {} steps", steps.len());
-                let passed = path
-                    .iter()
-                    .filter(|p| p[1].abs() < 0.2)
-                    .map(|p| p[0].signum())
-                    .collect::<Vec<_>>();
+                let passed = path.iter().filter(|p| p[1].abs() < 0.2).map(|p| p[0].signum()).collect::<Vec<_>>();
                 assert!(
                     !passed.is_empty() && passed.iter().all(|&s| s == route.sign()),
                     "{route:?} went the other way"
@@ -498,10 +443,7 @@ mod tests {
         // The crudest chunked policy: one action per chunk of 5, repeated open-loop; gain 2
         // makes the held action cover the distance to the waypoint over the chunk.
         for route in Route::ALL {
-            let mut demo = BranchReachDemo {
-                gain: 2.0,
-                ..BranchReachDemo::new(0.0).unwrap()
-            };
+            let mut demo = BranchReachDemo { gain: 2.0, ..BranchReachDemo::new(0.0).unwrap() };
             demo.begin_episode(route);
             let mut rng = StdRng::seed_from_u64(0);
             let mut ctl = |obs: &[f32]| demo.act(obs, &mut rng);

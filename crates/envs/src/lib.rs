@@ -33,8 +33,8 @@ mod worker;
 pub use branch_reach::{BranchReach, BranchReachDemo, Route};
 pub use vector::{Outcome, VecEnv, VecEnvConfig};
 pub use worker::{
-    auto_spin, project_root, python_command, python_module_command, BatchReset, BatchStep, PythonWorker, WorkerConfig, WorkerEnv, WorkerError,
-    WorkerInfo, PROTOCOL_VERSION,
+    auto_spin, project_root, python_command, python_module_command, BatchReset, BatchStep, PythonWorker, WorkerConfig,
+    WorkerEnv, WorkerError, WorkerInfo, PROTOCOL_VERSION,
 };
 
 use serde::{Deserialize, Serialize};
@@ -230,40 +230,21 @@ mod tests {
 
     #[test]
     fn unknown_env_name_error_lists_known_names() {
-        let Err(err) = make_native("cube-triple-v9") else {
-            panic!("unknown name accepted")
-        };
+        let Err(err) = make_native("cube-triple-v9") else { panic!("unknown name accepted") };
         let msg = err.to_string();
         assert!(msg.contains("cube-triple-v9"), "{msg}");
         for name in NATIVE_ENVS {
             assert!(msg.contains(name), "{msg}");
         }
-        assert!(matches!(
-            err.downcast_ref::<EnvError>(),
-            Some(EnvError::UnknownEnv { .. })
-        ));
+        assert!(matches!(err.downcast_ref::<EnvError>(), Some(EnvError::UnknownEnv { .. })));
     }
 
     #[test]
     fn step_mask_and_done_follow_terminated_and_truncated() {
-        let step = |terminated, truncated| Step {
-            obs: vec![],
-            reward: 0.0,
-            terminated,
-            truncated,
-            info: Info::default(),
-        };
-        assert_eq!(
-            (step(false, false).mask(), step(false, false).done()),
-            (1.0, false)
-        );
-        assert_eq!(
-            (step(true, false).mask(), step(true, false).done()),
-            (0.0, true)
-        );
-        assert_eq!(
-            (step(false, true).mask(), step(false, true).done()),
-            (1.0, true)
-        );
+        let step =
+            |terminated, truncated| Step { obs: vec![], reward: 0.0, terminated, truncated, info: Info::default() };
+        assert_eq!((step(false, false).mask(), step(false, false).done()), (1.0, false));
+        assert_eq!((step(true, false).mask(), step(true, false).done()), (0.0, true));
+        assert_eq!((step(false, true).mask(), step(false, true).done()), (1.0, true));
     }
 }

@@ -36,13 +36,7 @@ pub struct VecEnvConfig {
 impl VecEnvConfig {
     /// `workers` × `envs_per_worker` environments of `env_id`, seeded from `seed`.
     pub fn new(env_id: &str, workers: usize, envs_per_worker: usize, seed: u64) -> Self {
-        Self {
-            worker: WorkerConfig::new(env_id),
-            workers,
-            envs_per_worker,
-            seed,
-            max_consecutive_failures: 3,
-        }
+        Self { worker: WorkerConfig::new(env_id), workers, envs_per_worker, seed, max_consecutive_failures: 3 }
     }
 }
 
@@ -173,14 +167,16 @@ impl VecEnv {
                     let (_, j) = self.locate(envs[r])?;
                     let i = envs[r];
                     let given = seeds.get(r).copied().flatten();
-                    let seed = given.or_else(|| self.reseed[i].then(|| {
-                        let base = self.config.seed + i as u64;
-                        if self.episodes[i] == 0 {
-                            base
-                        } else {
-                            derived_seed(base, self.episodes[i])
-                        }
-                    }));
+                    let seed = given.or_else(|| {
+                        self.reseed[i].then(|| {
+                            let base = self.config.seed + i as u64;
+                            if self.episodes[i] == 0 {
+                                base
+                            } else {
+                                derived_seed(base, self.episodes[i])
+                            }
+                        })
+                    });
                     items.push((j, seed));
                 }
                 match self.workers[w].reset_envs(&items) {
@@ -188,7 +184,9 @@ impl VecEnv {
                     Err(err) => {
                         attempt += 1;
                         if attempt >= self.config.max_consecutive_failures {
-                            return Err(err.context(format!("resetting environments of worker {w} failed {attempt} times")));
+                            return Err(
+                                err.context(format!("resetting environments of worker {w} failed {attempt} times"))
+                            );
                         }
                         tracing::warn!("env worker {w} failed during reset: {err:#}; restarting it");
                         self.restart(w)?;
@@ -251,12 +249,12 @@ impl VecEnv {
                     let why = format!("{err:#}").lines().next().unwrap_or_default().to_string();
                     self.failures[w] += 1;
                     if self.failures[w] >= self.config.max_consecutive_failures {
-                        return Err(err.context(format!(
-                            "env worker {w} failed {} times in a row; giving up",
-                            self.failures[w]
-                        )));
+                        return Err(err
+                            .context(format!("env worker {w} failed {} times in a row; giving up", self.failures[w])));
                     }
-                    tracing::warn!("env worker {w} failed during step ({why}); its episodes end as truncated and it restarts");
+                    tracing::warn!(
+                        "env worker {w} failed during step ({why}); its episodes end as truncated and it restarts"
+                    );
                     self.restart(w)?;
                     for &r in rows {
                         out[r] = Some(Outcome::Lost(why.clone()));

@@ -30,23 +30,13 @@ fn cube_single_handshake_reports_design_dims() {
     let mut env = env(CUBE_SINGLE);
     let spec = env.spec().clone();
     assert_eq!(spec.name, CUBE_SINGLE);
-    assert_eq!(
-        (spec.obs_dim, spec.action_dim),
-        (28, 5),
-        "OGBench cube-single: obs 28, action 5"
-    );
+    assert_eq!((spec.obs_dim, spec.action_dim), (28, 5), "OGBench cube-single: obs 28, action 5");
     assert_eq!(spec.action_low, vec![-1.0; 5]);
     assert_eq!(spec.action_high, vec![1.0; 5]);
     assert_eq!(spec.max_episode_steps, 200);
     let info = env.worker().info().clone();
-    assert_eq!(
-        info.versions.get("mujoco").map(String::as_str),
-        Some("3.3.7")
-    );
-    assert_eq!(
-        info.versions.get("ogbench").map(String::as_str),
-        Some("1.2.2")
-    );
+    assert_eq!(info.versions.get("mujoco").map(String::as_str), Some("3.3.7"));
+    assert_eq!(info.versions.get("ogbench").map(String::as_str), Some("1.2.2"));
     env.close().unwrap();
 }
 
@@ -64,20 +54,12 @@ fn cube_single_random_steps_give_sane_rewards_and_flags() {
         assert_eq!(step.obs.len(), 28);
         assert!(step.obs.iter().all(|x| x.is_finite()), "{:?}", step.obs);
         // cube-single has one subgoal: reward = successes - 1 is -1 or 0.
-        assert!(
-            step.reward == -1.0 || step.reward == 0.0,
-            "reward {}",
-            step.reward
-        );
+        assert!(step.reward == -1.0 || step.reward == 0.0, "reward {}", step.reward);
         assert!(!(step.terminated && step.truncated));
         if step.terminated {
             assert!(step.info.success, "terminated without success");
         }
-        assert_eq!(
-            step.truncated,
-            !step.terminated && t == 200,
-            "time limit at step {t}"
-        );
+        assert_eq!(step.truncated, !step.terminated && t == 200, "time limit at step {t}");
         if step.done() {
             // No auto-reset: stepping on is an error until reset.
             assert!(env.step(&[0.0; 5]).is_err());
@@ -99,18 +81,10 @@ fn reset_with_seed_is_deterministic_and_batches_agree() {
     let mut w = spawn(config);
     let first = w.reset_all(None).unwrap();
     assert_eq!(first.obs.len(), 2 * 28);
-    assert_ne!(
-        first.obs[..28],
-        first.obs[28..],
-        "different seeds, different starts"
-    );
+    assert_ne!(first.obs[..28], first.obs[28..], "different seeds, different starts");
 
     let same = w.reset_all(Some(&[11, 11])).unwrap();
-    assert_eq!(
-        same.obs[..28],
-        first.obs[..28],
-        "same seed → same first obs"
-    );
+    assert_eq!(same.obs[..28], first.obs[..28], "same seed → same first obs");
     assert_eq!(same.obs[..28], same.obs[28..]);
 
     // Same seed and same actions → same trajectory, in both environments of the batch.
@@ -131,22 +105,12 @@ fn reset_with_seed_is_deterministic_and_batches_agree() {
 
 #[test]
 fn unknown_env_id_gives_one_line_error() {
-    let err = PythonWorker::spawn(WorkerConfig::new("cube-sextuple-play-singletask-task1-v0"))
-        .unwrap_err();
+    let err = PythonWorker::spawn(WorkerConfig::new("cube-sextuple-play-singletask-task1-v0")).unwrap_err();
     let msg = format!("{err:#}");
     assert!(!msg.contains('\n'), "one line expected: {msg}");
-    assert!(
-        msg.contains("unknown environment id 'cube-sextuple-play-singletask-task1-v0'"),
-        "{msg}"
-    );
+    assert!(msg.contains("unknown environment id 'cube-sextuple-play-singletask-task1-v0'"), "{msg}");
     assert!(msg.contains("check the spelling"), "{msg}");
-    assert!(
-        matches!(
-            err.downcast_ref::<WorkerError>(),
-            Some(WorkerError::User(_))
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err.downcast_ref::<WorkerError>(), Some(WorkerError::User(_))), "{err:?}");
 }
 
 #[test]
@@ -155,16 +119,10 @@ fn python_exception_traceback_reaches_rust_and_worker_survives() {
     env.reset(Some(0)).unwrap();
     let err = env.step(&[0.95, 0.0]).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains("ValueError: deliberate failure in FaultyEnv.step"),
-        "{msg}"
-    );
+    assert!(msg.contains("ValueError: deliberate failure in FaultyEnv.step"), "{msg}");
     assert!(msg.contains("Traceback (most recent call last)"), "{msg}");
     assert!(msg.contains("testing.py"), "{msg}");
-    assert!(matches!(
-        err.downcast_ref::<WorkerError>(),
-        Some(WorkerError::Exception { .. })
-    ));
+    assert!(matches!(err.downcast_ref::<WorkerError>(), Some(WorkerError::Exception { .. })));
     // The process is still usable; the failed environment needs a reset first.
     assert!(env.step(&[0.0, 0.0]).is_err());
     env.reset(None).unwrap();
@@ -182,27 +140,11 @@ fn hung_worker_times_out_and_restarts() {
     w.reset_all(Some(&[0])).unwrap();
     let start = Instant::now();
     let err = w.step_all(&[-0.95, 0.0]).unwrap_err();
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "timeout not honoured: {:?}",
-        start.elapsed()
-    );
-    assert!(
-        matches!(
-            err.downcast_ref::<WorkerError>(),
-            Some(WorkerError::Timeout { .. })
-        ),
-        "{err:#}"
-    );
+    assert!(start.elapsed() < Duration::from_secs(10), "timeout not honoured: {:?}", start.elapsed());
+    assert!(matches!(err.downcast_ref::<WorkerError>(), Some(WorkerError::Timeout { .. })), "{err:#}");
     assert!(w.broken().is_some());
     let again = w.reset_all(None).unwrap_err();
-    assert!(
-        matches!(
-            again.downcast_ref::<WorkerError>(),
-            Some(WorkerError::Broken { .. })
-        ),
-        "{again:#}"
-    );
+    assert!(matches!(again.downcast_ref::<WorkerError>(), Some(WorkerError::Broken { .. })), "{again:#}");
 
     w.restart().unwrap();
     assert_eq!(w.restarts(), 1);
@@ -218,13 +160,7 @@ fn crashed_worker_reports_its_exit_status() {
     w.reset_all(Some(&[0])).unwrap();
     let err = w.step_all(&[0.0, 0.95]).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(
-        matches!(
-            err.downcast_ref::<WorkerError>(),
-            Some(WorkerError::Died { .. })
-        ),
-        "{msg}"
-    );
+    assert!(matches!(err.downcast_ref::<WorkerError>(), Some(WorkerError::Died { .. })), "{msg}");
     assert!(msg.contains("exit status: 3"), "{msg}");
 }
 

@@ -26,10 +26,10 @@ pub use plot::{
     plot_bars_log, plot_curves, plot_curves_with_size, plot_font_available, DEFAULT_PLOT_SIZE, PLOT_FONT_ENV,
 };
 pub use sinks::{
-    check_metric_name, CsvSink, JsonlSink, Logger, MetricSink, TensorBoardSink, CSV_FILE_NAME,
-    JSONL_FILE_NAME, TB_DIR_NAME,
+    check_metric_name, CsvSink, JsonlSink, Logger, MetricSink, TensorBoardSink, CSV_FILE_NAME, JSONL_FILE_NAME,
+    TB_DIR_NAME,
 };
 pub use tb_reader::{
-    crc32c, find_event_files, masked_crc32c, read_records, read_scalars, read_scalars_in_dir,
-    CrcMismatch, CrcPart, ScalarEvent,
+    crc32c, find_event_files, masked_crc32c, read_records, read_scalars, read_scalars_in_dir, CrcMismatch, CrcPart,
+    ScalarEvent,
 };

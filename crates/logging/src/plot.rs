@@ -78,10 +78,7 @@ fn find_font_bytes() -> Option<Vec<u8>> {
     if let Some(bytes) = FONT_CANDIDATES.iter().find_map(|p| fs::read(p).ok()) {
         return Some(bytes);
     }
-    let mut dirs = vec![
-        PathBuf::from("/usr/share/fonts"),
-        PathBuf::from("/usr/local/share/fonts"),
-    ];
+    let mut dirs = vec![PathBuf::from("/usr/share/fonts"), PathBuf::from("/usr/local/share/fonts")];
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".fonts"));
         dirs.push(Path::new(&home).join(".local/share/fonts"));
@@ -92,13 +89,8 @@ fn find_font_bytes() -> Option<Vec<u8>> {
     }
     // Prefer plain sans-serif faces over bold, italic, mono or condensed ones.
     let rank = |p: &PathBuf| {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().to_lowercase())
-            .unwrap_or_default();
-        let styled = ["bold", "italic", "oblique", "mono", "condensed", "light"]
-            .iter()
-            .any(|s| name.contains(s));
+        let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let styled = ["bold", "italic", "oblique", "mono", "condensed", "light"].iter().any(|s| name.contains(s));
         (styled, !name.contains("sans"), p.clone())
     };
     found.sort_by_key(rank);
@@ -151,10 +143,7 @@ pub fn plot_curves_with_size(
     size: (u32, u32),
 ) -> Result<()> {
     let path = path_png.as_ref();
-    ensure!(
-        size.0 >= 64 && size.1 >= 64,
-        "plot size {size:?} is too small (minimum 64x64)"
-    );
+    ensure!(size.0 >= 64 && size.1 >= 64, "plot size {size:?} is too small (minimum 64x64)");
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)?;
     }
@@ -165,18 +154,12 @@ pub fn plot_curves_with_size(
 
 /// Axis range covering `values` with a 5% margin; never empty.
 fn axis_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return (0.0, 1.0);
     }
     let span = hi - lo;
-    let pad = if span > 0.0 {
-        0.05 * span
-    } else {
-        (0.05 * lo.abs()).max(0.5)
-    };
+    let pad = if span > 0.0 { 0.05 * span } else { (0.05 * lo.abs()).max(0.5) };
     (lo - pad, hi + pad)
 }
 
@@ -200,11 +183,7 @@ fn tick_label(v: f64, span: f64) -> String {
 
 /// Runs of consecutive finite points.
 fn finite_segments(points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
-    points
-        .split(|(x, y)| !(x.is_finite() && y.is_finite()))
-        .filter(|s| !s.is_empty())
-        .map(<[_]>::to_vec)
-        .collect()
+    points.split(|(x, y)| !(x.is_finite() && y.is_finite())).filter(|s| !s.is_empty()).map(<[_]>::to_vec).collect()
 }
 
 fn draw(
@@ -216,12 +195,8 @@ fn draw(
     size: (u32, u32),
     with_text: bool,
 ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let finite = || {
-        series
-            .iter()
-            .flat_map(|(_, pts)| pts.iter().copied())
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-    };
+    let finite =
+        || series.iter().flat_map(|(_, pts)| pts.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite());
     let (x0, x1) = axis_range(finite().map(|p| p.0));
     let (y0, y1) = axis_range(finite().map(|p| p.1));
 
@@ -230,17 +205,13 @@ fn draw(
     let mut builder = ChartBuilder::on(&root);
     builder.margin(16);
     if with_text {
-        builder
-            .caption(title, ("sans-serif", 24))
-            .x_label_area_size(48)
-            .y_label_area_size(72);
+        builder.caption(title, ("sans-serif", 24)).x_label_area_size(48).y_label_area_size(72);
     }
     let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1)?;
     let x_tick = |v: &f64| tick_label(*v, x1 - x0);
     let y_tick = |v: &f64| tick_label(*v, y1 - y0);
     let mut mesh = chart.configure_mesh();
-    mesh.light_line_style(RGBColor(235, 235, 235))
-        .bold_line_style(RGBColor(205, 205, 205));
+    mesh.light_line_style(RGBColor(235, 235, 235)).bold_line_style(RGBColor(205, 205, 205));
     if with_text {
         mesh.x_desc(x_label)
             .y_desc(y_label)
@@ -261,18 +232,14 @@ fn draw(
                 chart.draw_series(LineSeries::new(segment, style))?
             };
             if with_text && !labelled {
-                drawn.label(*label).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+                drawn
+                    .label(*label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
                 labelled = true;
             }
         }
     }
-    if with_text
-        && series
-            .iter()
-            .any(|(_, pts)| !finite_segments(pts).is_empty())
-    {
+    if with_text && series.iter().any(|(_, pts)| !finite_segments(pts).is_empty()) {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -303,26 +270,14 @@ mod tests {
             .iter()
             .map(|&v| tick_label(v, 1.0))
             .collect();
-        assert_eq!(
-            got,
-            ["0", "0", "0.25", "100000", "-1.5e6", "2.0e-4", "0", "3.1"]
-        );
+        assert_eq!(got, ["0", "0", "0.25", "100000", "-1.5e6", "2.0e-4", "0", "3.1"]);
         assert_eq!(tick_label(2e-12, 1e-11), "2.0e-12");
     }
 
     #[test]
     fn non_finite_points_split_a_series_into_segments() {
-        let pts = [
-            (0.0, 1.0),
-            (1.0, f64::NAN),
-            (2.0, 2.0),
-            (3.0, 3.0),
-            (f64::INFINITY, 0.0),
-        ];
-        assert_eq!(
-            finite_segments(&pts),
-            vec![vec![(0.0, 1.0)], vec![(2.0, 2.0), (3.0, 3.0)]]
-        );
+        let pts = [(0.0, 1.0), (1.0, f64::NAN), (2.0, 2.0), (3.0, 3.0), (f64::INFINITY, 0.0)];
+        assert_eq!(finite_segments(&pts), vec![vec![(0.0, 1.0)], vec![(2.0, 2.0), (3.0, 3.0)]]);
     }
 }
 
@@ -368,7 +323,11 @@ fn draw_bars(
     let names = categories.to_vec();
     let x_tick = move |v: &f64| {
         let i = v.floor() as usize;
-        if (v - i as f64 - 0.5).abs() < 1e-6 { names.get(i).cloned().unwrap_or_default() } else { String::new() }
+        if (v - i as f64 - 0.5).abs() < 1e-6 {
+            names.get(i).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
     };
     let mut mesh = chart.configure_mesh();
     mesh.disable_x_mesh().light_line_style(RGBColor(235, 235, 235)).bold_line_style(RGBColor(205, 205, 205));

@@ -47,10 +47,7 @@ pub trait MetricSink {
 /// characters, and not one of the reserved JSONL keys `step` and `wall_time`.
 pub fn check_metric_name(name: &str) -> Result<()> {
     ensure!(!name.is_empty(), "metric name is empty");
-    ensure!(
-        !name.chars().any(char::is_control),
-        "metric name {name:?} contains a control character"
-    );
+    ensure!(!name.chars().any(char::is_control), "metric name {name:?} contains a control character");
     ensure!(
         !RESERVED_NAMES.contains(&name),
         "metric name {name:?} is reserved (rows already have `step` and `wall_time`)"
@@ -63,20 +60,14 @@ fn check_scalars(scalars: &[(&str, f64)]) -> Result<()> {
     let mut seen = HashSet::with_capacity(scalars.len());
     for (name, _) in scalars {
         check_metric_name(name)?;
-        ensure!(
-            seen.insert(*name),
-            "metric name {name:?} appears twice in one log call"
-        );
+        ensure!(seen.insert(*name), "metric name {name:?} appears twice in one log call");
     }
     Ok(())
 }
 
 /// Seconds since the Unix epoch, as TensorBoard stores `wall_time`.
 fn wall_time_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// Opens `path` for appending (creating it and its parent directory), and ends a final
@@ -84,8 +75,7 @@ fn wall_time_now() -> f64 {
 /// Returns the file and whether it was empty.
 fn open_append(path: &Path) -> Result<(File, bool)> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("creating directory {}", parent.display()))?;
+        fs::create_dir_all(parent).with_context(|| format!("creating directory {}", parent.display()))?;
     }
     let mut file = OpenOptions::new()
         .read(true)
@@ -99,8 +89,7 @@ fn open_append(path: &Path) -> Result<(File, bool)> {
         file.seek(SeekFrom::Start(len - 1))?;
         file.read_exact(&mut last)?;
         if last[0] != b'\n' {
-            file.write_all(b"\n")
-                .with_context(|| format!("ending the partial last line of {}", path.display()))?;
+            file.write_all(b"\n").with_context(|| format!("ending the partial last line of {}", path.display()))?;
         }
     }
     Ok((file, len == 0))
@@ -137,10 +126,7 @@ impl JsonlSink {
     pub fn open_file(path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
         let (file, _) = open_append(&path)?;
-        Ok(Self {
-            path,
-            out: BufWriter::new(file),
-        })
+        Ok(Self { path, out: BufWriter::new(file) })
     }
 
     /// Path of the file this sink appends to.
@@ -156,11 +142,7 @@ impl MetricSink for JsonlSink {
             return Ok(());
         }
         let mut line = String::with_capacity(48 + 32 * scalars.len());
-        write!(
-            line,
-            "{{\"step\":{step},\"wall_time\":{}",
-            json_number(wall_time_now())
-        )?;
+        write!(line, "{{\"step\":{step},\"wall_time\":{}", json_number(wall_time_now()))?;
         for (name, value) in scalars {
             line.push(',');
             line.push_str(&serde_json::to_string(name)?);
@@ -168,15 +150,11 @@ impl MetricSink for JsonlSink {
             line.push_str(&json_number(*value));
         }
         line.push_str("}\n");
-        self.out
-            .write_all(line.as_bytes())
-            .with_context(|| format!("writing to {}", self.path.display()))
+        self.out.write_all(line.as_bytes()).with_context(|| format!("writing to {}", self.path.display()))
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.out
-            .flush()
-            .with_context(|| format!("flushing {}", self.path.display()))
+        self.out.flush().with_context(|| format!("flushing {}", self.path.display()))
     }
 }
 
@@ -216,9 +194,7 @@ impl CsvSink {
         } else {
             let mut head = Vec::with_capacity(CSV_HEADER.len());
             file.seek(SeekFrom::Start(0))?;
-            (&file)
-                .take(CSV_HEADER.len() as u64)
-                .read_to_end(&mut head)?;
+            (&file).take(CSV_HEADER.len() as u64).read_to_end(&mut head)?;
             ensure!(
                 head == CSV_HEADER.as_bytes(),
                 "{} exists but does not start with the header {:?}",
@@ -226,10 +202,7 @@ impl CsvSink {
                 CSV_HEADER.trim_end()
             );
         }
-        Ok(Self {
-            path,
-            out: BufWriter::new(file),
-        })
+        Ok(Self { path, out: BufWriter::new(file) })
     }
 
     /// Path of the file this sink appends to.
@@ -246,15 +219,11 @@ impl MetricSink for CsvSink {
         for (name, value) in scalars {
             writeln!(rows, "{step},{wall_time:?},{},{value:?}", csv_field(name))?;
         }
-        self.out
-            .write_all(rows.as_bytes())
-            .with_context(|| format!("writing to {}", self.path.display()))
+        self.out.write_all(rows.as_bytes()).with_context(|| format!("writing to {}", self.path.display()))
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.out
-            .flush()
-            .with_context(|| format!("flushing {}", self.path.display()))
+        self.out.flush().with_context(|| format!("flushing {}", self.path.display()))
     }
 }
 
@@ -285,19 +254,11 @@ impl TensorBoardSink {
         fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating TensorBoard directory {}", log_dir.display()))?;
         let probe = log_dir.join(format!(".mvp-write-probe.{}", std::process::id()));
-        File::create(&probe).with_context(|| {
-            format!(
-                "TensorBoard directory {} is not writable",
-                log_dir.display()
-            )
-        })?;
+        File::create(&probe).with_context(|| format!("TensorBoard directory {} is not writable", log_dir.display()))?;
         fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))?;
         wait_for_unused_event_file_name(&log_dir)?;
         let writer = SummaryWriter::new(&log_dir);
-        Ok(Self {
-            log_dir,
-            writer: Some(writer),
-        })
+        Ok(Self { log_dir, writer: Some(writer) })
     }
 
     /// Opens a sink on `<run_dir>/tb`.
@@ -316,9 +277,7 @@ impl TensorBoardSink {
 fn wait_for_unused_event_file_name(dir: &Path) -> Result<()> {
     let suffix = format!(".{}.0", std::process::id());
     loop {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let prefix = format!("events.out.tfevents.{:010}.", now.as_secs());
         let mut taken = false;
         for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -332,8 +291,7 @@ fn wait_for_unused_event_file_name(dir: &Path) -> Result<()> {
         if !taken {
             return Ok(());
         }
-        let to_next_second =
-            Duration::from_secs(1) - Duration::from_nanos(now.subsec_nanos().into());
+        let to_next_second = Duration::from_secs(1) - Duration::from_nanos(now.subsec_nanos().into());
         std::thread::sleep(to_next_second + Duration::from_millis(5));
     }
 }

@@ -86,11 +86,7 @@ const CRC32C_TABLE: [u32; 256] = {
         let mut crc = i as u32;
         let mut bit = 0;
         while bit < 8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
             bit += 1;
         }
         table[i] = crc;
@@ -121,11 +117,7 @@ fn split_records<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<&'a [u8]>> {
     let mut pos = 0usize;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
-        ensure!(
-            rest.len() >= 12,
-            "{} ends inside the header of the record at byte {pos}",
-            path.display()
-        );
+        ensure!(rest.len() >= 12, "{} ends inside the header of the record at byte {pos}", path.display());
         let len_bytes = &rest[..8];
         let stored = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
         let computed = masked_crc32c(len_bytes);
@@ -140,15 +132,10 @@ fn split_records<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<&'a [u8]>> {
             .into());
         }
         let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= rest.len() - 12 && rest.len() - 12 - l >= 4)
-            .with_context(|| {
-                format!(
-                    "{} ends inside the record at byte {pos} ({len} data bytes announced)",
-                    path.display()
-                )
-            })?;
+        let len =
+            usize::try_from(len).ok().filter(|&l| l <= rest.len() - 12 && rest.len() - 12 - l >= 4).with_context(
+                || format!("{} ends inside the record at byte {pos} ({len} data bytes announced)", path.display()),
+            )?;
         let data = &rest[12..12 + len];
         let stored = u32::from_le_bytes(rest[12 + len..16 + len].try_into().expect("4 bytes"));
         let computed = masked_crc32c(data);
@@ -172,10 +159,7 @@ fn split_records<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<&'a [u8]>> {
 pub fn read_records(path: impl AsRef<Path>) -> Result<Vec<Vec<u8>>> {
     let path = path.as_ref();
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(split_records(&bytes, path)?
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect())
+    Ok(split_records(&bytes, path)?.into_iter().map(<[u8]>::to_vec).collect())
 }
 
 /// Reads the scalar summaries of one event file, in file order. Events without scalar
@@ -185,8 +169,7 @@ pub fn read_scalars(path: impl AsRef<Path>) -> Result<Vec<ScalarEvent>> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, record) in split_records(&bytes, path)?.into_iter().enumerate() {
-        decode_event(record, &mut out)
-            .with_context(|| format!("decoding event {i} of {}", path.display()))?;
+        decode_event(record, &mut out).with_context(|| format!("decoding event {i} of {}", path.display()))?;
     }
     Ok(out)
 }
@@ -244,10 +227,7 @@ impl<'a> ProtoReader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        ensure!(
-            self.buf.len() - self.pos >= n,
-            "protobuf message ends early"
-        );
+        ensure!(self.buf.len() - self.pos >= n, "protobuf message ends early");
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
@@ -274,16 +254,12 @@ impl<'a> ProtoReader<'a> {
         ensure!(number != 0, "protobuf field number 0");
         let field = match key & 7 {
             0 => Field::Varint(self.varint()?),
-            1 => Field::Fixed64(u64::from_le_bytes(
-                self.take(8)?.try_into().expect("8 bytes"),
-            )),
+            1 => Field::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"))),
             2 => {
                 let len = usize::try_from(self.varint()?).context("protobuf length too large")?;
                 Field::Bytes(self.take(len)?)
             }
-            5 => Field::Fixed32(u32::from_le_bytes(
-                self.take(4)?.try_into().expect("4 bytes"),
-            )),
+            5 => Field::Fixed32(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"))),
             w => bail!("unsupported protobuf wire type {w} (field {number})"),
         };
         Ok(Some((number, field)))
@@ -313,12 +289,7 @@ fn decode_event(bytes: &[u8], out: &mut Vec<ScalarEvent>) -> Result<()> {
             match (number, field) {
                 (1, Field::Bytes(value)) => {
                     if let Some((tag, value)) = decode_value(value)? {
-                        out.push(ScalarEvent {
-                            step,
-                            wall_time,
-                            tag,
-                            value,
-                        });
+                        out.push(ScalarEvent { step, wall_time, tag, value });
                     }
                 }
                 (1, other) => bail!("Summary field 1 has an unexpected wire type: {other:?}"),
@@ -336,9 +307,7 @@ fn decode_value(bytes: &[u8]) -> Result<Option<(String, f32)>> {
     let mut reader = ProtoReader::new(bytes);
     while let Some((number, field)) = reader.next_field()? {
         match (number, field) {
-            (1, Field::Bytes(b)) => {
-                tag = String::from_utf8(b.to_vec()).context("Summary.Value.tag is not UTF-8")?
-            }
+            (1, Field::Bytes(b)) => tag = String::from_utf8(b.to_vec()).context("Summary.Value.tag is not UTF-8")?,
             (2, Field::Fixed32(bits)) => simple_value = Some(f32::from_bits(bits)),
             (1 | 2, other) => {
                 bail!("Summary.Value field {number} has an unexpected wire type: {other:?}")
@@ -387,15 +356,7 @@ mod tests {
         let records = split_records(&framed, Path::new("mem")).unwrap();
         let mut out = Vec::new();
         decode_event(records[0], &mut out).unwrap();
-        assert_eq!(
-            out,
-            vec![ScalarEvent {
-                step: 300,
-                wall_time: 2.5,
-                tag: "a/b".into(),
-                value: 1.5
-            }]
-        );
+        assert_eq!(out, vec![ScalarEvent { step: 300, wall_time: 2.5, tag: "a/b".into(), value: 1.5 }]);
     }
 
     #[test]

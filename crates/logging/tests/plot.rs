@@ -17,31 +17,15 @@ fn decode(path: &std::path::Path) -> (u32, u32, Vec<u8>, usize) {
 }
 
 fn curves() -> Vec<(&'static str, Vec<(f64, f64)>)> {
-    let line = |a: f64| {
-        (0..100)
-            .map(|i| (i as f64 * 1000.0, a * (i as f64 / 10.0).sin()))
-            .collect()
-    };
-    vec![
-        ("mvp", line(1.0)),
-        ("fql", line(0.5)),
-        ("with gap", vec![(0.0, 0.0), (1.0, f64::NAN), (5e4, 0.9)]),
-    ]
+    let line = |a: f64| (0..100).map(|i| (i as f64 * 1000.0, a * (i as f64 / 10.0).sin())).collect();
+    vec![("mvp", line(1.0)), ("fql", line(0.5)), ("with gap", vec![(0.0, 0.0), (1.0, f64::NAN), (5e4, 0.9)])]
 }
 
 #[test]
 fn plot_writes_valid_png_with_requested_size() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plots/return.png");
-    plot_curves_with_size(
-        &path,
-        "eval/return",
-        &curves(),
-        "env steps",
-        "return",
-        (640, 400),
-    )
-    .unwrap();
+    plot_curves_with_size(&path, "eval/return", &curves(), "env steps", "return", (640, 400)).unwrap();
     let (w, h, pixels, channels) = decode(&path);
     assert_eq!((w, h), (640, 400));
     // The first two series colours (tab10 blue and orange) appear.
@@ -63,33 +47,16 @@ fn plot_text_is_rendered_when_a_system_font_exists() {
     // Text adds dark pixels in the title and label areas outside the data region.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("text.png");
-    plot_curves_with_size(
-        &path,
-        "TITLE",
-        &[("x", vec![(0.0, 0.0), (1.0, 1.0)])],
-        "x",
-        "y",
-        (400, 300),
-    )
-    .unwrap();
+    plot_curves_with_size(&path, "TITLE", &[("x", vec![(0.0, 0.0), (1.0, 1.0)])], "x", "y", (400, 300)).unwrap();
     let (w, _, pixels, channels) = decode(&path);
     let top_rows = &pixels[..(w as usize) * channels * 30];
-    assert!(top_rows
-        .chunks(channels)
-        .any(|p| p[0] < 100 && p[1] < 100 && p[2] < 100));
+    assert!(top_rows.chunks(channels).any(|p| p[0] < 100 && p[1] < 100 && p[2] < 100));
 }
 
 #[test]
 fn plot_of_empty_or_non_finite_series_still_writes_a_png() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.png");
-    plot_curves(
-        &path,
-        "nothing",
-        &[("a", vec![]), ("b", vec![(f64::NAN, 1.0)])],
-        "x",
-        "y",
-    )
-    .unwrap();
+    plot_curves(&path, "nothing", &[("a", vec![]), ("b", vec![(f64::NAN, 1.0)])], "x", "y").unwrap();
     assert_eq!(decode(&path).0, DEFAULT_PLOT_SIZE.0);
 }

@@ -16,13 +16,9 @@ fn plot_without_font_still_draws_the_curves() {
     // IHDR is the first chunk: width and height are big-endian u32 at bytes 16..24.
     assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 300);
     assert_eq!(u32::from_be_bytes(bytes[20..24].try_into().unwrap()), 200);
-    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-        .read_info()
-        .unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).unwrap();
     let ch = info.color_type.samples();
-    assert!(buf[..info.buffer_size()]
-        .chunks(ch)
-        .any(|p| p[..3] == [31, 119, 180]));
+    assert!(buf[..info.buffer_size()].chunks(ch).any(|p| p[..3] == [31, 119, 180]));
 }

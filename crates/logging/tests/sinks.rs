@@ -2,9 +2,7 @@
 
 use std::fs;
 
-use mvp_logging::{
-    read_scalars_in_dir, CsvSink, JsonlSink, Logger, MetricSink, CSV_FILE_NAME, JSONL_FILE_NAME,
-};
+use mvp_logging::{read_scalars_in_dir, CsvSink, JsonlSink, Logger, MetricSink, CSV_FILE_NAME, JSONL_FILE_NAME};
 use serde_json::Value;
 
 fn jsonl_rows(path: &std::path::Path) -> Vec<serde_json::Map<String, Value>> {
@@ -23,10 +21,8 @@ fn jsonl_sink_writes_parseable_rows_and_appends_on_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut sink = JsonlSink::open(dir.path()).unwrap();
-        sink.log_scalars(1, &[("critic/q_mean", 1.5), ("actor/mf_loss", -0.25)])
-            .unwrap();
-        sink.log_scalars(2, &[("critic/q_mean", 1e300), ("eval/success", f64::NAN)])
-            .unwrap();
+        sink.log_scalars(1, &[("critic/q_mean", 1.5), ("actor/mf_loss", -0.25)]).unwrap();
+        sink.log_scalars(2, &[("critic/q_mean", 1e300), ("eval/success", f64::NAN)]).unwrap();
         sink.flush().unwrap();
     }
     {
@@ -43,11 +39,7 @@ fn jsonl_sink_writes_parseable_rows_and_appends_on_reopen() {
     assert_eq!(rows[0]["critic/q_mean"], 1.5);
     assert_eq!(rows[0]["actor/mf_loss"], -0.25);
     assert_eq!(rows[1]["critic/q_mean"], 1e300);
-    assert_eq!(
-        rows[1]["eval/success"],
-        Value::Null,
-        "NaN is written as null"
-    );
+    assert_eq!(rows[1]["eval/success"], Value::Null, "NaN is written as null");
     assert_eq!(rows[2]["time/sps"], 1234.5);
     // `step` and `wall_time` come first on every line.
     let text = fs::read_to_string(dir.path().join(JSONL_FILE_NAME)).unwrap();
@@ -58,11 +50,7 @@ fn jsonl_sink_writes_parseable_rows_and_appends_on_reopen() {
 fn jsonl_sink_starts_a_new_line_after_a_partial_last_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(JSONL_FILE_NAME);
-    fs::write(
-        &path,
-        "{\"step\":1,\"wall_time\":1.0,\"a/b\":1.0}\n{\"step\":2,\"wall_",
-    )
-    .unwrap();
+    fs::write(&path, "{\"step\":1,\"wall_time\":1.0,\"a/b\":1.0}\n{\"step\":2,\"wall_").unwrap();
     let mut sink = JsonlSink::open(dir.path()).unwrap();
     sink.log_scalars(3, &[("a/b", 3.0)]).unwrap();
     sink.flush().unwrap();
@@ -78,8 +66,7 @@ fn csv_sink_writes_long_format_rows_and_header_once() {
     for (step, name, value) in [(1u64, "critic/q_mean", 0.5), (2, "eval/success", 1.0)] {
         // A new sink each time: the header must still appear only once.
         let mut sink = CsvSink::open(dir.path()).unwrap();
-        sink.log_scalars(step, &[(name, value), ("odd,name\"x", f64::INFINITY)])
-            .unwrap();
+        sink.log_scalars(step, &[(name, value), ("odd,name\"x", f64::INFINITY)]).unwrap();
         sink.flush().unwrap();
     }
     let text = fs::read_to_string(dir.path().join(CSV_FILE_NAME)).unwrap();
@@ -97,26 +84,12 @@ fn csv_sink_writes_long_format_rows_and_header_once() {
         } else {
             name.to_string()
         };
-        (
-            step.parse().unwrap(),
-            wall.parse().unwrap(),
-            name,
-            value.parse().unwrap(),
-        )
+        (step.parse().unwrap(), wall.parse().unwrap(), name, value.parse().unwrap())
     };
     let rows: Vec<_> = lines[1..].iter().map(|l| parse(l)).collect();
-    assert_eq!(
-        (rows[0].0, rows[0].2.as_str(), rows[0].3),
-        (1, "critic/q_mean", 0.5)
-    );
-    assert_eq!(
-        (rows[1].0, rows[1].2.as_str(), rows[1].3),
-        (1, "odd,name\"x", f64::INFINITY)
-    );
-    assert_eq!(
-        (rows[2].0, rows[2].2.as_str(), rows[2].3),
-        (2, "eval/success", 1.0)
-    );
+    assert_eq!((rows[0].0, rows[0].2.as_str(), rows[0].3), (1, "critic/q_mean", 0.5));
+    assert_eq!((rows[1].0, rows[1].2.as_str(), rows[1].3), (1, "odd,name\"x", f64::INFINITY));
+    assert_eq!((rows[2].0, rows[2].2.as_str(), rows[2].3), (2, "eval/success", 1.0));
     assert!(rows.iter().all(|r| r.1 > 1.6e9));
 }
 
@@ -133,9 +106,7 @@ fn logger_fans_out_to_every_sink_and_keeps_latest_values() {
     let dir = tempfile::tempdir().unwrap();
     let mut logger = Logger::for_run_dir(dir.path()).unwrap();
     assert_eq!(logger.num_sinks(), 3);
-    logger
-        .log(10, &[("critic/q_mean", 1.0), ("time/sps", 100.0)])
-        .unwrap();
+    logger.log(10, &[("critic/q_mean", 1.0), ("time/sps", 100.0)]).unwrap();
     logger.log(20, &[("critic/q_mean", 2.0)]).unwrap();
     assert_eq!(logger.latest("critic/q_mean"), Some(2.0));
     assert_eq!(logger.latest("time/sps"), Some(100.0));
@@ -146,11 +117,8 @@ fn logger_fans_out_to_every_sink_and_keeps_latest_values() {
     assert_eq!(jsonl_rows(&dir.path().join(JSONL_FILE_NAME)).len(), 2);
     let csv = fs::read_to_string(dir.path().join(CSV_FILE_NAME)).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3);
-    let tb: Vec<(i64, String, f32)> = read_scalars_in_dir(dir.path().join("tb"))
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.step, e.tag, e.value))
-        .collect();
+    let tb: Vec<(i64, String, f32)> =
+        read_scalars_in_dir(dir.path().join("tb")).unwrap().into_iter().map(|e| (e.step, e.tag, e.value)).collect();
     assert_eq!(
         tb,
         [
@@ -176,8 +144,5 @@ fn logger_rejects_bad_names_before_writing_anything() {
     }
     assert!(logger.latest_all().is_empty());
     logger.flush().unwrap();
-    assert_eq!(
-        fs::read_to_string(dir.path().join(JSONL_FILE_NAME)).unwrap(),
-        ""
-    );
+    assert_eq!(fs::read_to_string(dir.path().join(JSONL_FILE_NAME)).unwrap(), "");
 }

@@ -4,8 +4,7 @@ use std::fs;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mvp_logging::{
-    find_event_files, read_records, read_scalars, read_scalars_in_dir, CrcMismatch, MetricSink,
-    TensorBoardSink,
+    find_event_files, read_records, read_scalars, read_scalars_in_dir, CrcMismatch, MetricSink, TensorBoardSink,
 };
 
 /// Writes a few steps and returns the sink's directory and what was logged.
@@ -24,11 +23,7 @@ fn write_event_file(dir: &std::path::Path) -> Vec<(i64, String, f32)> {
     sink.close().unwrap();
     logged
         .iter()
-        .flat_map(|(step, scalars)| {
-            scalars
-                .iter()
-                .map(move |(tag, v)| (*step as i64, tag.to_string(), *v as f32))
-        })
+        .flat_map(|(step, scalars)| scalars.iter().map(move |(tag, v)| (*step as i64, tag.to_string(), *v as f32)))
         .collect()
 }
 
@@ -42,27 +37,15 @@ fn tensorboard_event_file_is_read_back_with_crcs_checked() {
     assert_eq!(files.len(), 1, "{files:?}");
     let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("events.out.tfevents."), "{name}");
-    assert!(
-        name.ends_with(&format!(".{}.0", std::process::id())),
-        "{name}"
-    );
+    assert!(name.ends_with(&format!(".{}.0", std::process::id())), "{name}");
 
     let events = read_scalars(&files[0]).unwrap();
-    let got: Vec<(i64, String, f32)> = events
-        .iter()
-        .map(|e| (e.step, e.tag.clone(), e.value))
-        .collect();
+    let got: Vec<(i64, String, f32)> = events.iter().map(|e| (e.step, e.tag.clone(), e.value)).collect();
     assert_eq!(got, expected);
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     for e in &events {
-        assert!(
-            e.wall_time > now - 600.0 && e.wall_time <= now + 1.0,
-            "{e:?}"
-        );
+        assert!(e.wall_time > now - 600.0 && e.wall_time <= now + 1.0, "{e:?}");
     }
     // The file starts with the `brain.Event:2` file_version record, which has no scalars.
     assert_eq!(read_records(&files[0]).unwrap().len(), 1 + expected.len());
@@ -96,16 +79,11 @@ fn reopening_tensorboard_sink_in_same_dir_keeps_both_event_files() {
     for step in [1u64, 2] {
         // tensorboard-rs names files by second and pid and truncates on create.
         let mut sink = TensorBoardSink::new(dir.path()).unwrap();
-        sink.log_scalars(step, &[("time/sps", step as f64)])
-            .unwrap();
+        sink.log_scalars(step, &[("time/sps", step as f64)]).unwrap();
         sink.close().unwrap();
     }
     assert_eq!(find_event_files(dir.path()).unwrap().len(), 2);
-    let steps: Vec<i64> = read_scalars_in_dir(dir.path())
-        .unwrap()
-        .iter()
-        .map(|e| e.step)
-        .collect();
+    let steps: Vec<i64> = read_scalars_in_dir(dir.path()).unwrap().iter().map(|e| e.step).collect();
     assert_eq!(steps, [1, 2]);
 }
 

@@ -47,8 +47,7 @@ pub struct Adam {
 impl Adam {
     /// Optimises every trainable variable of `vs` (in name order).
     pub fn new(vs: &VarStore, config: AdamConfig) -> Self {
-        let mut vars: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let (names, params): (Vec<_>, Vec<_>) = vars.into_iter().unzip();
         let m = params.iter().map(|p| p.zeros_like()).collect();
@@ -99,8 +98,7 @@ impl Adam {
         tch::no_grad(|| {
             let grads: Vec<Tensor> = self.params.iter().map(|p| p.grad()).collect();
             let norm = c.max_grad_norm.map(|max| {
-                let sq: Vec<Tensor> =
-                    grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(g.kind())).collect();
+                let sq: Vec<Tensor> = grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(g.kind())).collect();
                 let norm = Tensor::stack(&sq, 0).sum(sq[0].kind()).sqrt().double_value(&[]);
                 (norm, (max / (norm + 1e-6)).min(1.0))
             });

@@ -136,10 +136,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         sync_dir(dir);
         Ok(())
     };
-    write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
-    .with_context(|| format!("writing {}", path.display()))
+    write()
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Name of the newest complete checkpoint under `root`, if any.
@@ -163,8 +164,9 @@ pub fn load<M: DeserializeOwned>(dir: &Path) -> Result<Loaded<M>> {
     }
     let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
     let meta_path = dir.join(META);
-    let meta = serde_json::from_slice(&fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?)
-        .with_context(|| format!("parsing {}", meta_path.display()))?;
+    let meta =
+        serde_json::from_slice(&fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?)
+            .with_context(|| format!("parsing {}", meta_path.display()))?;
     Ok(Loaded { dir: dir.to_path_buf(), tensors: tensors.into_iter().collect(), meta })
 }
 

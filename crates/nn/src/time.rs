@@ -21,7 +21,6 @@ pub enum TimeFeatures {
     },
 }
 
-
 impl TimeFeatures {
     /// Features produced per scalar column.
     pub fn dim_per_column(&self) -> usize {
@@ -65,8 +64,7 @@ impl TimeFeatures {
                 let wt = t.unsqueeze(-1) * &w;
                 let wdt = dt.unsqueeze(-1) * &w;
                 let y = Tensor::cat(&[t.unsqueeze(-1), wt.sin(), wt.cos()], -1).reshape([b, -1]);
-                let dy = Tensor::cat(&[dt.unsqueeze(-1), wt.cos() * &wdt, -(wt.sin() * &wdt)], -1)
-                    .reshape([b, -1]);
+                let dy = Tensor::cat(&[dt.unsqueeze(-1), wt.cos() * &wdt, -(wt.sin() * &wdt)], -1).reshape([b, -1]);
                 (y, dy)
             }
         }

@@ -92,10 +92,7 @@ impl EnvPool for LocalPool {
         self.envs.len()
     }
     fn reset(&mut self, envs: &[usize], seeds: &[Option<u64>]) -> Result<Vec<Vec<f32>>> {
-        envs.iter()
-            .enumerate()
-            .map(|(k, &i)| Ok(self.envs[i].reset(seeds.get(k).copied().flatten())?.0))
-            .collect()
+        envs.iter().enumerate().map(|(k, &i)| Ok(self.envs[i].reset(seeds.get(k).copied().flatten())?.0)).collect()
     }
     fn step(&mut self, envs: &[usize], actions: &[f32]) -> Result<Vec<Outcome>> {
         let a = self.spec.action_dim;
@@ -197,9 +194,11 @@ pub fn evaluate(
             break;
         }
         // One policy call for every environment whose chunk is used up.
-        let need: Vec<usize> = active.iter().copied().filter(|&i| slots[i].as_ref().is_some_and(|s| s.queue.is_empty())).collect();
+        let need: Vec<usize> =
+            active.iter().copied().filter(|&i| slots[i].as_ref().is_some_and(|s| s.queue.is_empty())).collect();
         if !need.is_empty() {
-            let obs: Vec<f32> = need.iter().flat_map(|&i| slots[i].as_ref().map(|s| s.obs.clone()).unwrap_or_default()).collect();
+            let obs: Vec<f32> =
+                need.iter().flat_map(|&i| slots[i].as_ref().map(|s| s.obs.clone()).unwrap_or_default()).collect();
             debug_assert_eq!(obs.len(), need.len() * o_dim);
             let chunks = policy(&obs, need.len())?;
             if chunks.len() != need.len() * h * a_dim {
@@ -223,7 +222,8 @@ pub fn evaluate(
                     s.ret += step.reward as f64;
                     s.length += 1;
                     if step.done() {
-                        results[s.episode] = Some(EpisodeStats { ret: s.ret, length: s.length, success: step.info.success });
+                        results[s.episode] =
+                            Some(EpisodeStats { ret: s.ret, length: s.length, success: step.info.success });
                         slots[i] = None;
                         if next < episodes {
                             starts.push((i, next));
@@ -345,7 +345,8 @@ impl Collector {
             }
         }
         let envs: Vec<usize> = (0..n).collect();
-        let actions: Vec<f32> = self.lanes.iter_mut().flat_map(|l| l.queue.drain(..a_dim).collect::<Vec<_>>()).collect();
+        let actions: Vec<f32> =
+            self.lanes.iter_mut().flat_map(|l| l.queue.drain(..a_dim).collect::<Vec<_>>()).collect();
         let mut out = Collected::default();
         let mut restart = Vec::new();
         for (i, outcome) in self.pool.step(&envs, &actions)?.into_iter().enumerate() {
@@ -365,7 +366,11 @@ impl Collector {
                         mask: step.mask(),
                     });
                     if done {
-                        out.finished.push(EpisodeStats { ret: lane.ret, length: lane.length, success: step.info.success });
+                        out.finished.push(EpisodeStats {
+                            ret: lane.ret,
+                            length: lane.length,
+                            success: step.info.success,
+                        });
                         out.ready.append(&mut lane.staged);
                         restart.push(i);
                     } else {
@@ -373,7 +378,9 @@ impl Collector {
                     }
                 }
                 Outcome::Lost(why) => {
-                    tracing::warn!("training episode of environment {i} lost ({why}); its stored part ends as a truncation");
+                    tracing::warn!(
+                        "training episode of environment {i} lost ({why}); its stored part ends as a truncation"
+                    );
                     if let Some(last) = lane.staged.last_mut() {
                         last.terminal = true;
                     }

@@ -207,7 +207,9 @@ pub fn run(args: Args) -> Result<()> {
     for &task in &tasks {
         for config in &configs {
             for seed in 0..args.seeds {
-                let r = expressiveness::run(task, config, seed, &budget, device, |policy, eval| native_bf16(task, policy, eval));
+                let r = expressiveness::run(task, config, seed, &budget, device, |policy, eval| {
+                    native_bf16(task, policy, eval)
+                });
                 tracing::info!(
                     "[{}/{total}] {:?} {} seed {seed}: energy {:.4}, coverage {:.3}, between {:.3}, {:.1} s",
                     runs.len() + 1,

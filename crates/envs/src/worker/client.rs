@@ -125,12 +125,9 @@ impl PythonWorker {
         }
         if let Some(seeds) = &config.seeds {
             if seeds.len() != config.num_envs {
-                return Err(EnvError::Invalid(format!(
-                    "{} seeds for {} environments",
-                    seeds.len(),
-                    config.num_envs
-                ))
-                .into());
+                return Err(
+                    EnvError::Invalid(format!("{} seeds for {} environments", seeds.len(), config.num_envs)).into()
+                );
             }
         }
         let (proc, info) = Self::start(&config)?;
@@ -173,17 +170,10 @@ impl PythonWorker {
             begin_frame(&mut frame, tag::HELLO);
             frame.extend_from_slice(hello.to_string().as_bytes());
             let mut buf = Vec::new();
-            exchange(
-                &mut proc,
-                config,
-                &frame,
-                &mut buf,
-                config.startup_timeout,
-                "the handshake",
-            )?;
+            exchange(&mut proc, config, &frame, &mut buf, config.startup_timeout, "the handshake")?;
             let body = expect_reply(&mut proc, config, &buf, tag::READY)?;
-            let info: WorkerInfo = serde_json::from_slice(body)
-                .map_err(|e| WorkerError::Protocol(format!("bad READY message: {e}")))?;
+            let info: WorkerInfo =
+                serde_json::from_slice(body).map_err(|e| WorkerError::Protocol(format!("bad READY message: {e}")))?;
             let valid = info.protocol == PROTOCOL_VERSION
                 && info.num_envs == config.num_envs
                 && info.obs_dim > 0
@@ -191,9 +181,7 @@ impl PythonWorker {
                 && info.action_low.len() == info.action_dim
                 && info.action_high.len() == info.action_dim;
             if !valid {
-                return Err(WorkerError::Protocol(format!(
-                    "inconsistent READY message: {info:?}"
-                )));
+                return Err(WorkerError::Protocol(format!("inconsistent READY message: {info:?}")));
             }
             Ok(info)
         })();
@@ -299,8 +287,7 @@ impl PythonWorker {
         for &(i, seed) in items {
             put_u32(&mut self.send_buf, i);
             self.send_buf.push(seed.is_some() as u8);
-            self.send_buf
-                .extend_from_slice(&seed.unwrap_or(0).to_le_bytes());
+            self.send_buf.extend_from_slice(&seed.unwrap_or(0).to_le_bytes());
         }
         // Whatever the outcome, these environments have no usable episode until it succeeds.
         for &(i, _) in items {
@@ -311,10 +298,7 @@ impl PythonWorker {
         let body = self.request("reset", tag::RESET_OK)?;
         let mut r = Cursor::new(body, "RESET_OK");
         r.count(k)?;
-        let reply = BatchReset {
-            obs: r.f32s(k * obs_dim)?,
-            success: r.bools(k)?,
-        };
+        let reply = BatchReset { obs: r.f32s(k * obs_dim)?, success: r.bools(k)? };
         r.finish()?;
         for &(i, _) in items {
             self.running[i] = true;
@@ -328,9 +312,7 @@ impl PythonWorker {
         let m = self.num_envs();
         if let Some(s) = seeds {
             if s.len() != m {
-                return Err(
-                    EnvError::Invalid(format!("{} seeds for {m} environments", s.len())).into(),
-                );
+                return Err(EnvError::Invalid(format!("{} seeds for {m} environments", s.len())).into());
             }
         }
         let items: Vec<(usize, Option<u64>)> = (0..m).map(|i| (i, seeds.map(|s| s[i]))).collect();
@@ -360,24 +342,16 @@ impl PythonWorker {
         }
         let a = self.info.action_dim;
         if actions.len() != indices.len() * a {
-            return Err(EnvError::ActionDim {
-                expected: indices.len() * a,
-                got: actions.len(),
-            }
-            .into());
+            return Err(EnvError::ActionDim { expected: indices.len() * a, got: actions.len() }.into());
         }
         for (j, &i) in indices.iter().enumerate() {
             self.check_index(i)?;
             if !self.running[i] {
-                return Err(anyhow::Error::from(EnvError::NoEpisode).context(format!(
-                    "environment {i} of worker `{}`",
-                    self.config.env_id
-                )));
+                return Err(anyhow::Error::from(EnvError::NoEpisode)
+                    .context(format!("environment {i} of worker `{}`", self.config.env_id)));
             }
             if indices[..j].contains(&i) {
-                return Err(
-                    EnvError::Invalid(format!("environment {i} listed twice in one step")).into(),
-                );
+                return Err(EnvError::Invalid(format!("environment {i} listed twice in one step")).into());
             }
             let row = &actions[j * a..(j + 1) * a];
             if row.iter().any(|x| !x.is_finite()) {
@@ -421,21 +395,11 @@ impl PythonWorker {
         let success = r.bools(k)?;
         r.finish()?;
         // Gymnasium's TimeLimit may set both flags; ours are exclusive (see `Env`).
-        let truncated: Vec<bool> = truncated
-            .iter()
-            .zip(&terminated)
-            .map(|(&tr, &te)| tr && !te)
-            .collect();
+        let truncated: Vec<bool> = truncated.iter().zip(&terminated).map(|(&tr, &te)| tr && !te).collect();
         for (j, &i) in indices.iter().enumerate() {
             self.running[i] = !(terminated[j] || truncated[j]);
         }
-        Ok(BatchStep {
-            obs,
-            reward,
-            terminated,
-            truncated,
-            success,
-        })
+        Ok(BatchStep { obs, reward, terminated, truncated, success })
     }
 
     /// Steps every environment (each must have a running episode); `actions` is
@@ -460,17 +424,8 @@ impl PythonWorker {
             let mut frame = Vec::new();
             begin_frame(&mut frame, tag::CLOSE);
             let timeout = self.config.timeout.min(Duration::from_secs(10));
-            result = exchange(
-                &mut proc,
-                &self.config,
-                &frame,
-                &mut self.recv_buf,
-                timeout,
-                "close",
-            )
-            .and_then(|_| {
-                expect_reply(&mut proc, &self.config, &self.recv_buf, tag::CLOSED).map(|_| ())
-            });
+            result = exchange(&mut proc, &self.config, &frame, &mut self.recv_buf, timeout, "close")
+                .and_then(|_| expect_reply(&mut proc, &self.config, &self.recv_buf, tag::CLOSED).map(|_| ()));
         }
         proc.shutdown(Duration::from_secs(2));
         result.map_err(Into::into)
@@ -501,16 +456,9 @@ impl PythonWorker {
             return Err(WorkerError::Closed(self.config.env_id.clone()).into());
         }
         if let Some(reason) = &self.broken {
-            return Err(WorkerError::Broken {
-                env_id: self.config.env_id.clone(),
-                reason: reason.clone(),
-            }
-            .into());
+            return Err(WorkerError::Broken { env_id: self.config.env_id.clone(), reason: reason.clone() }.into());
         }
-        let proc = self
-            .proc
-            .as_mut()
-            .expect("a worker that is neither closed nor broken has a process");
+        let proc = self.proc.as_mut().expect("a worker that is neither closed nor broken has a process");
         let result = write_frame(proc, &self.config, &self.send_buf, what);
         result.map_err(|err| self.fail(err))
     }
@@ -557,12 +505,7 @@ impl Drop for PythonWorker {
 }
 
 /// Checks the reply's tag: `want` gives its body; `ERROR` becomes the matching error.
-fn expect_reply<'a>(
-    proc: &mut Proc,
-    config: &WorkerConfig,
-    buf: &'a [u8],
-    want: u8,
-) -> Result<&'a [u8], WorkerError> {
+fn expect_reply<'a>(proc: &mut Proc, config: &WorkerConfig, buf: &'a [u8], want: u8) -> Result<&'a [u8], WorkerError> {
     match buf[0] {
         t if t == want => Ok(&buf[1..]),
         tag::ERROR if buf.len() >= 2 => {
@@ -570,16 +513,10 @@ fn expect_reply<'a>(
             if buf[1] == tag::ERR_USER {
                 Err(WorkerError::User(message))
             } else {
-                Err(WorkerError::Exception {
-                    env_id: config.env_id.clone(),
-                    pid: proc.pid,
-                    message,
-                })
+                Err(WorkerError::Exception { env_id: config.env_id.clone(), pid: proc.pid, message })
             }
         }
-        t => Err(WorkerError::Protocol(format!(
-            "expected reply {want:#04x}, got {t:#04x}"
-        ))),
+        t => Err(WorkerError::Protocol(format!("expected reply {want:#04x}, got {t:#04x}"))),
     }
 }
 
@@ -599,17 +536,8 @@ mod tests {
         }
         let err = PythonWorker::spawn(config).unwrap_err();
         let msg = err.to_string();
-        assert_eq!(
-            msg,
-            format!(
-                "Python env venv not found at {}; run `make setup`",
-                dir.join(".venv").display()
-            )
-        );
-        assert!(matches!(
-            err.downcast_ref::<WorkerError>(),
-            Some(WorkerError::VenvMissing(_))
-        ));
+        assert_eq!(msg, format!("Python env venv not found at {}; run `make setup`", dir.join(".venv").display()));
+        assert!(matches!(err.downcast_ref::<WorkerError>(), Some(WorkerError::VenvMissing(_))));
         std::fs::remove_dir_all(&dir).ok();
     }
 

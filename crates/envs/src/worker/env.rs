@@ -14,9 +14,7 @@ impl WorkerEnv {
     /// `seeds`, if given, must hold one seed).
     pub fn new(mut config: WorkerConfig) -> anyhow::Result<Self> {
         config.num_envs = 1;
-        Ok(Self {
-            worker: PythonWorker::spawn(config)?,
-        })
+        Ok(Self { worker: PythonWorker::spawn(config)? })
     }
 
     /// A worker for `env_id` with the default configuration.
@@ -37,21 +35,12 @@ impl Env for WorkerEnv {
 
     fn reset(&mut self, seed: Option<u64>) -> anyhow::Result<(Vec<f32>, Info)> {
         let r = self.worker.reset_envs(&[(0, seed)])?;
-        Ok((
-            r.obs,
-            Info {
-                success: r.success[0],
-            },
-        ))
+        Ok((r.obs, Info { success: r.success[0] }))
     }
 
     fn step(&mut self, action: &[f32]) -> anyhow::Result<Step> {
         if action.len() != self.worker.spec().action_dim {
-            return Err(EnvError::ActionDim {
-                expected: self.worker.spec().action_dim,
-                got: action.len(),
-            }
-            .into());
+            return Err(EnvError::ActionDim { expected: self.worker.spec().action_dim, got: action.len() }.into());
         }
         if !self.worker.is_running(0) {
             return Err(EnvError::NoEpisode.into());

@@ -80,7 +80,9 @@ pub enum WorkerError {
         message: String,
     },
     /// The worker did not answer in time; it has been killed.
-    #[error("env worker `{env_id}` (pid {pid}) did not answer {request} within {secs:.1} s and was killed; restart it")]
+    #[error(
+        "env worker `{env_id}` (pid {pid}) did not answer {request} within {secs:.1} s and was killed; restart it"
+    )]
     Timeout {
         /// The environment id of the worker.
         env_id: String,

@@ -72,11 +72,7 @@ fn python_command_in(root: Option<&Path>, python: Option<&Path>) -> anyhow::Resu
         (None, None) => root.join(".venv/bin/python"),
     };
     if !python.exists() {
-        let venv = python
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(&python)
-            .to_path_buf();
+        let venv = python.parent().and_then(Path::parent).unwrap_or(&python).to_path_buf();
         return Err(WorkerError::VenvMissing(venv).into());
     }
     let envs_dir = root.join("envs");
@@ -115,19 +111,11 @@ pub(super) struct Proc {
 
 impl Proc {
     pub(super) fn spawn(config: &WorkerConfig) -> anyhow::Result<Proc> {
-        let mut cmd = python_module_command_in(
-            "mvp_envs.worker",
-            config.root.as_deref(),
-            config.python.as_deref(),
-        )?;
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = python_module_command_in("mvp_envs.worker", config.root.as_deref(), config.python.as_deref())?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let python = PathBuf::from(cmd.get_program());
-        let mut child = cmd.spawn().map_err(|e| WorkerError::Spawn {
-            python: python.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut child =
+            cmd.spawn().map_err(|e| WorkerError::Spawn { python: python.clone(), reason: e.to_string() })?;
         let pid = child.id();
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -151,14 +139,7 @@ impl Proc {
                 }
             })
             .ok();
-        Ok(Proc {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            stderr_tail,
-            stderr_thread,
-            pid,
-        })
+        Ok(Proc { child, stdin: Some(stdin), stdout, stderr_tail, stderr_thread, pid })
     }
 
     /// The exit status, waiting up to `wait` for the process to end.
@@ -167,9 +148,7 @@ impl Proc {
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
                 _ => return None,
             }
         }
@@ -189,10 +168,7 @@ impl Proc {
             }
         }
         let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
-        tail.iter()
-            .map(|l| format!("  {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
     }
 
     /// Ends the process: closes its input (a healthy worker exits on end of input), waits
@@ -233,12 +209,9 @@ pub(super) fn read_exact_deadline(
         if left.is_zero() {
             return Err(ReadFail::Timeout);
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = if Instant::now() < spin_until { 0 } else { left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let ms =
+            if Instant::now() < spin_until { 0 } else { left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int };
         // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds = 1.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc < 0 {
@@ -285,14 +258,9 @@ pub(super) fn write_frame(
     what: &'static str,
 ) -> Result<(), WorkerError> {
     let len = (frame.len() - 4) as u32;
-    let stdin = proc
-        .stdin
-        .as_mut()
-        .expect("stdin open while the worker runs");
-    let written = stdin
-        .write_all(&len.to_le_bytes())
-        .and_then(|_| stdin.write_all(&frame[4..]))
-        .and_then(|_| stdin.flush());
+    let stdin = proc.stdin.as_mut().expect("stdin open while the worker runs");
+    let written =
+        stdin.write_all(&len.to_le_bytes()).and_then(|_| stdin.write_all(&frame[4..])).and_then(|_| stdin.flush());
     written.map_err(|e| died(proc, config, what, format!("write failed: {e}")))
 }
 
@@ -321,9 +289,7 @@ pub(super) fn read_frame(
     read_exact_deadline(&mut proc.stdout, &mut len, deadline, spin_until).map_err(|f| fail(proc, f))?;
     let n = u32::from_le_bytes(len) as usize;
     if n == 0 || n > MAX_FRAME {
-        return Err(WorkerError::Protocol(format!(
-            "bad frame length {n} from the worker"
-        )));
+        return Err(WorkerError::Protocol(format!("bad frame length {n} from the worker")));
     }
     buf.resize(n, 0);
     read_exact_deadline(&mut proc.stdout, buf, deadline, spin_until).map_err(|f| fail(proc, f))

@@ -29,7 +29,6 @@ pub(super) mod tag {
     pub const ERR_USER: u8 = 0;
 }
 
-
 /// What the worker reported in its handshake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
@@ -91,9 +90,7 @@ impl BatchStep {
             reward: self.reward[k],
             terminated: self.terminated[k],
             truncated: self.truncated[k],
-            info: Info {
-                success: self.success[k],
-            },
+            info: Info { success: self.success[k] },
         }
     }
 }
@@ -145,11 +142,7 @@ impl<'a> Cursor<'a> {
     }
 
     pub(super) fn f32s(&mut self, n: usize) -> Result<Vec<f32>, WorkerError> {
-        Ok(self
-            .take(4 * n)?
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect())
+        Ok(self.take(4 * n)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     }
 
     pub(super) fn bools(&mut self, n: usize) -> Result<Vec<bool>, WorkerError> {
