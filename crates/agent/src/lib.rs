@@ -10,6 +10,7 @@ pub mod agent;
 pub mod config;
 pub mod eval;
 pub mod export;
+pub mod run_dir;
 pub mod trainer;
 
 pub use agent::{Agent, TensorBatch};

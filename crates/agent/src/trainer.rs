@@ -24,10 +24,10 @@ use tch::{Device, Kind, Tensor};
 use crate::agent::{Agent, TensorBatch};
 use crate::config::TrainConfig;
 use crate::eval::{evaluate, EvalResult};
+use crate::run_dir;
 
 const CHECKPOINTS: &str = "checkpoints";
 const BUFFER_FILE: &str = "buffer.bin";
-const CONFIG_FILE: &str = "config.toml";
 
 /// Counters and rollout state saved with each checkpoint.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -160,28 +160,7 @@ impl Trainer {
     pub fn new(config: TrainConfig) -> Result<Self> {
         let device = config.runtime.apply()?;
         let online = make_online(&config, 0)?;
-        let name = if config.run.name.is_empty() {
-            let secs =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let actor: String = config
-                .agent
-                .actor
-                .label()
-                .replace('λ', "lambda")
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
-                .collect();
-            // `robomimic/lift` names a task, not a folder.
-            format!("{}__{actor}__{}__{secs}", config.env.name.replace('/', "-"), config.run.seed)
-        } else {
-            config.run.name.clone()
-        };
-        let run_dir = config.run.out_dir.join(name);
-        if run_dir.join(CONFIG_FILE).exists() {
-            bail!("run directory {} already holds a run; resume it with `mvp train --resume {}` or choose another run.name", run_dir.display(), run_dir.display());
-        }
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        write_run_files(&run_dir, &config)?;
+        let run_dir = run_dir::create(&config)?;
         let mut t = Self::assemble(config, run_dir, online, device)?;
         t.start_episode()?;
         Ok(t)
@@ -189,7 +168,7 @@ impl Trainer {
 
     /// Reopens `run_dir` and restores its latest checkpoint.
     pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Self> {
-        let config = TrainConfig::load(Some(&run_dir.join(CONFIG_FILE)), overrides)
+        let config = TrainConfig::load(Some(&run_dir.join(run_dir::CONFIG_FILE)), overrides)
             .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
         let device = config.runtime.apply()?;
         let loaded: checkpoint::Loaded<Progress> = checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
@@ -244,8 +223,8 @@ impl Trainer {
             return Ok(());
         }
         let sets = overrides.iter().map(|o| format!("--set {o}")).collect::<Vec<_>>().join(" ");
-        let note = format!("from step {} on with {sets}, git revision {}", self.progress.step, git_revision());
-        write_config(&self.run_dir, &self.config, &note)
+        let note = format!("from step {} on with {sets}, git revision {}", self.progress.step, run_dir::git_revision());
+        run_dir::write_config(&self.run_dir, &self.config, &note)
     }
 
     fn assemble(config: TrainConfig, run_dir: PathBuf, online: Online, device: Device) -> Result<Self> {
@@ -652,36 +631,4 @@ fn make_online(config: &TrainConfig, episodes_before: u64) -> Result<Online> {
     let seed = config.run.seed + episodes_before;
     let pool = mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed)?;
     Ok(Online::Vector(Collector::new(pool, config.agent.horizon, seed)?))
-}
-
-fn write_run_files(run_dir: &Path, config: &TrainConfig) -> Result<()> {
-    let rev = git_revision();
-    write_config(run_dir, config, &format!("git revision {rev}"))?;
-    let meta = serde_json::json!({
-        "seed": config.run.seed,
-        "git_revision": rev,
-        "command": std::env::args().collect::<Vec<_>>(),
-        "started_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-    });
-    checkpoint::write_atomically(&run_dir.join("run.json"), serde_json::to_vec_pretty(&meta)?.as_slice())?;
-    Ok(())
-}
-
-/// Writes the resolved `config` as the run's config.toml, under a header line with its seed
-/// and `note`.
-fn write_config(run_dir: &Path, config: &TrainConfig, note: &str) -> Result<()> {
-    let text = toml::to_string_pretty(config).context("serialising the resolved config")?;
-    let header = format!("# Resolved config of this run. seed = {}, {note}\n", config.run.seed);
-    checkpoint::write_atomically(&run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())
-}
-
-/// The commit the binary runs from (`git rev-parse HEAD`), or "unknown".
-fn git_revision() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }

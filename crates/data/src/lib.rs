@@ -21,6 +21,7 @@
 
 mod demo;
 mod generate;
+mod npz;
 mod ogbench;
 mod robomimic;
 
