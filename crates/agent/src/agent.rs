@@ -180,6 +180,13 @@ impl Agent {
         self.sample_actions(obs, self.num_samples)
     }
 
+    /// [`Agent::act`] on host rows: `k` observations (row-major `[k, S]`) → `k` flattened
+    /// chunks. The policy closure of collection and evaluation.
+    pub fn act_rows(&self, obs: &[f32], k: usize) -> Result<Vec<f32>> {
+        let o = Tensor::from_slice(obs).view([k as i64, -1]).to_device(self.device).to_kind(Kind::Float);
+        Ok(Vec::<f32>::try_from(self.act(&o).view([-1]).to_device(Device::Cpu))?)
+    }
+
     /// The critic's TD loss. The target selects `a*` at `s_{k+h}` with the online critic (as in
     /// acting) and values it with the target critic; it is detached. With N > 1 it also reports
     /// what selection does (the diagnostics of a young critic): the online Q of the selected
@@ -253,6 +260,22 @@ impl Agent {
         t.extend(a);
         t.extend(c);
         (t, [a_steps, c_steps])
+    }
+
+    /// An agent for the networks of checkpoint `dir` (one written by the trainer), built with
+    /// `config` for observations of `obs_dim` and actions of `action_dim`; returns it with the
+    /// checkpoint's metadata. Only the networks are read: no dataset, buffer or environment.
+    pub fn load<M: serde::de::DeserializeOwned>(
+        dir: &std::path::Path,
+        obs_dim: usize,
+        action_dim: usize,
+        config: &AgentConfig,
+        device: Device,
+    ) -> Result<(Self, M)> {
+        let loaded: checkpoint::Loaded<M> = checkpoint::load(dir)?;
+        let mut agent = Self::new(obs_dim, action_dim, config, device);
+        agent.load_state(&loaded.tensors, [0, 0])?;
+        Ok((agent, loaded.meta))
     }
 
     /// Restores what [`Agent::state`] wrote.

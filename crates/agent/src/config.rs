@@ -57,10 +57,11 @@ pub struct EnvConfig {
     pub sparse: bool,
     /// Seed offset of evaluation environments, so they never share seeds with training's.
     pub eval_seed_offset: u64,
-    /// Training environments E. 1 (the paper's setting) steps one environment in the training
-    /// loop and resumes exactly; E > 1 steps E environments together every E steps (one
-    /// batched policy call, episodes staged and stored whole; `schedule.utd` stays per
-    /// environment step). A resumed E > 1 run starts new episodes.
+    /// Training environments E, stepped together every E steps of the schedule by one
+    /// collector (one batched policy call for those that need a chunk; `schedule.utd` stays
+    /// per environment step); episode k over all environments is reset with seed
+    /// `run.seed + k`. E = 1 (the paper's setting) stores each transition at once and resumes
+    /// exactly; E > 1 stores whole episodes, and a resumed run restarts the running ones.
     pub num_envs: usize,
     /// Python worker processes hosting the training environments (at most `num_envs`).
     pub workers: usize,
@@ -200,6 +201,14 @@ impl Default for ScheduleConfig {
 }
 
 impl TrainConfig {
+    /// The evaluation protocol: episodes, actions executed per chunk (`eval_execute_steps`, 0 =
+    /// the chunk length) and the seed of the first episode (a stream apart from training's).
+    pub fn eval_protocol(&self) -> (usize, usize, u64) {
+        let s = &self.schedule;
+        let execute = if s.eval_execute_steps == 0 { self.agent.horizon } else { s.eval_execute_steps };
+        (s.eval_episodes, execute, self.env.eval_seed_offset + self.run.seed * 10_000)
+    }
+
     /// Reads `file` (if any), applies `KEY=VALUE` overrides, deserialises and validates.
     /// Errors name the key: unknown keys list the allowed ones.
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self> {

@@ -6,12 +6,16 @@
 //! environments of a pool ([`mvp_rollout::evaluate`]); every environment that needs a chunk
 //! is served by one batched call of the agent.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use mvp_nn::checkpoint;
 use mvp_rollout::EnvPool;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
 
 use crate::agent::Agent;
+use crate::config::TrainConfig;
+use crate::trainer::{step_seed, Progress};
 
 /// Outcome of an evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +30,54 @@ pub struct EvalResult {
     pub mean_length: f64,
 }
 
+/// A trained agent read from a run directory for evaluation only (`mvp eval`): the run's
+/// config (with overrides), the networks of its latest checkpoint and the evaluation
+/// environments — no dataset, no replay buffer, no training environments.
+pub struct RunEvaluation {
+    config: TrainConfig,
+    agent: Agent,
+    pool: Box<dyn EnvPool>,
+    step: u64,
+}
+
+impl RunEvaluation {
+    /// Opens `run_dir` with `overrides` (e.g. `schedule.eval_episodes=100`).
+    pub fn open(run_dir: &Path, overrides: &[String]) -> Result<Self> {
+        let config = TrainConfig::load(Some(&run_dir.join(crate::run_dir::CONFIG_FILE)), overrides)
+            .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
+        let device = config.runtime.apply()?;
+        let e = &config.env;
+        let pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset)?;
+        let root = run_dir.join(crate::trainer::CHECKPOINTS);
+        let dir = root
+            .join(checkpoint::latest(&root).with_context(|| format!("no complete checkpoint in {}", root.display()))?);
+        // The same generator state as a resumed run's (the networks' initialisation draws).
+        tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
+        let (o, a) = (pool.spec().obs_dim, pool.spec().action_dim);
+        let (mut agent, progress): (Agent, Progress) = Agent::load(&dir, o, a, &config.agent, device)?;
+        // A checkpoint of the offline phase acts with the offline candidate count.
+        agent.set_num_samples(config.agent.num_samples_in(progress.step <= config.schedule.offline_steps));
+        Ok(Self { config, agent, pool, step: progress.step })
+    }
+
+    /// The step of the checkpoint evaluated.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The evaluation protocol of the run's config with the libtorch networks.
+    pub fn evaluate(&mut self) -> Result<EvalResult> {
+        let (episodes, execute, seed) = self.config.eval_protocol();
+        evaluate(&self.agent, self.pool.as_mut(), episodes, execute, seed)
+    }
+
+    /// The same protocol on the native engine at `precision` (see [`evaluate_native`]).
+    pub fn evaluate_native(&mut self, precision: mvp_infer::Precision) -> Result<EvalResult> {
+        let (episodes, execute, seed) = self.config.eval_protocol();
+        evaluate_native(&self.agent, self.pool.as_mut(), episodes, execute, seed, precision)
+    }
+}
+
 /// Runs `episodes` evaluation episodes of `agent` over the environments of `pool`, executing
 /// the first `execute` actions of each chunk (the chunk length h: all of it).
 pub fn evaluate(
@@ -35,11 +87,7 @@ pub fn evaluate(
     execute: usize,
     seed: u64,
 ) -> Result<EvalResult> {
-    let mut policy = |obs: &[f32], k: usize| -> Result<Vec<f32>> {
-        let o = Tensor::from_slice(obs).view([k as i64, -1]).to_kind(Kind::Float).to_device(agent.device());
-        Ok(Vec::<f32>::try_from(agent.act(&o).view([-1]).to_device(Device::Cpu))?)
-    };
-    run_episodes(agent, pool, episodes, execute, seed, &mut policy)
+    run_episodes(agent, pool, episodes, execute, seed, &mut |obs, k| agent.act_rows(obs, k))
 }
 
 /// [`evaluate`] with the acting networks run by the native engine (`mvp-infer`) at

@@ -15,5 +15,5 @@ pub mod trainer;
 
 pub use agent::{Agent, TensorBatch};
 pub use config::TrainConfig;
-pub use eval::{evaluate, EvalResult};
+pub use eval::{evaluate, EvalResult, RunEvaluation};
 pub use trainer::{Summary, Trainer};

@@ -12,21 +12,21 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mvp_envs::Env;
 use mvp_logging::Logger;
 use mvp_nn::checkpoint;
 use mvp_replay::{ChunkBatch, Dataset, ReplayBuffer};
-use mvp_rollout::Collector;
+use mvp_rollout::{Collector, CollectorState};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::agent::{Agent, TensorBatch};
 use crate::config::TrainConfig;
 use crate::eval::{evaluate, EvalResult};
 use crate::run_dir;
 
-const CHECKPOINTS: &str = "checkpoints";
+/// Checkpoints of a run, in its directory.
+pub const CHECKPOINTS: &str = "checkpoints";
 const BUFFER_FILE: &str = "buffer.bin";
 
 /// Counters and rollout state saved with each checkpoint.
@@ -36,20 +36,11 @@ pub struct Progress {
     pub step: u64,
     /// Optimiser steps of actor and critic.
     pub optimizer_steps: [u64; 2],
-    /// Online episodes started so far (environment seeds are `seed + episodes`).
+    /// Online episodes ended so far (finished or lost).
     pub episodes: u64,
-    /// Current observation of the online episode.
-    pub obs: Vec<f32>,
-    /// The chunk being executed, flattened `[h·A]`, and the index of its next action.
-    pub chunk: Vec<f32>,
-    /// Index of the next action of `chunk` to execute.
-    pub next_action: usize,
-    /// Return and length of the current online episode.
-    pub episode_return: f64,
-    /// Steps into the current online episode.
-    pub episode_length: u64,
-    /// The environment's own state for an exact mid-episode resume, when it can give one.
-    pub env_state: Option<Vec<u8>>,
+    /// The collector's running episodes (exact resume with one environment).
+    #[serde(default)]
+    pub collector: Option<CollectorState>,
     /// The last evaluation.
     pub last_eval: Option<EvalResult>,
     /// Every evaluation so far as (step, success rate), for the learning curve.
@@ -57,9 +48,6 @@ pub struct Progress {
     /// Times the training environment failed (a worker died, hung or raised) and was restarted.
     #[serde(default)]
     pub env_restarts: u64,
-    /// Failures since the last good environment step (three in a row stop the run).
-    #[serde(default)]
-    pub env_failures_in_row: u32,
     /// Transitions stored from the online environments (the newest rows of the buffer).
     #[serde(default)]
     pub online_rows: u64,
@@ -131,13 +119,6 @@ pub fn check_dataset(data: &Dataset, spec: &mvp_envs::EnvSpec) -> Result<()> {
     Ok(())
 }
 
-/// Where online data comes from: one environment stepped in this loop (exact resume), or E
-/// environments of a [`Collector`] (`env.num_envs > 1`).
-enum Online {
-    Single(Box<dyn Env>),
-    Vector(Collector),
-}
-
 /// A training run: the agent, its data, its environment and its outputs.
 pub struct Trainer {
     config: TrainConfig,
@@ -145,8 +126,8 @@ pub struct Trainer {
     agent: Agent,
     buffer: ReplayBuffer,
     has_dataset: bool,
-    /// The training environment(s).
-    online: Online,
+    /// The training environments (E ≥ 1).
+    collector: Collector,
     spec: mvp_envs::EnvSpec,
     eval_pool: Box<dyn mvp_rollout::EnvPool>,
     logger: Logger,
@@ -159,11 +140,9 @@ impl Trainer {
     /// Starts a new run in a fresh run directory.
     pub fn new(config: TrainConfig) -> Result<Self> {
         let device = config.runtime.apply()?;
-        let online = make_online(&config, 0)?;
+        let collector = make_collector(&config, None)?.0;
         let run_dir = run_dir::create(&config)?;
-        let mut t = Self::assemble(config, run_dir, online, device)?;
-        t.start_episode()?;
-        Ok(t)
+        Self::assemble(config, run_dir, collector, device)
     }
 
     /// Reopens `run_dir` and restores its latest checkpoint.
@@ -172,10 +151,10 @@ impl Trainer {
             .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
         let device = config.runtime.apply()?;
         let loaded: checkpoint::Loaded<Progress> = checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
-        // A vector collector restarts its episodes (with fresh seeds): the transitions it had
-        // staged in unfinished episodes are not in the checkpoint.
-        let online = make_online(&config, loaded.meta.episodes)?;
-        let mut t = Self::assemble(config, run_dir.to_path_buf(), online, device)?;
+        // One environment continues its episode exactly where it can restore its state; see
+        // `Collector::resume` for the rest.
+        let (collector, cut) = make_collector(&config, Some(&loaded.meta))?;
+        let mut t = Self::assemble(config, run_dir.to_path_buf(), collector, device)?;
         t.agent.load_state(&loaded.tensors, loaded.meta.optimizer_steps)?;
         let buffer_path = loaded.dir.join(BUFFER_FILE);
         if buffer_path.exists() {
@@ -187,30 +166,15 @@ impl Trainer {
             );
         }
         t.progress = loaded.meta;
+        if cut {
+            // The environment cannot resume mid-episode: the stored part of the episode ends
+            // as a truncation, and a new episode has started.
+            t.buffer.end_episode();
+            t.progress.episodes += 1;
+        }
         // Acting and evaluation from a checkpoint of the offline phase use its candidate count.
         let offline = t.progress.step <= t.config.schedule.offline_steps;
         t.agent.set_num_samples(t.config.agent.num_samples_in(offline));
-        if t.progress.step > t.config.schedule.offline_steps && matches!(t.online, Online::Single(_)) {
-            match t.progress.env_state.clone() {
-                Some(state) => t.single().restore(&state)?,
-                None => {
-                    // The environment cannot resume mid-episode: the stored part of the
-                    // episode ends as a truncation, and a new episode starts.
-                    if t.progress.episode_length > 0 {
-                        t.buffer.end_episode();
-                        t.progress.episodes += 1;
-                        t.progress.episode_return = 0.0;
-                        t.progress.episode_length = 0;
-                    }
-                    t.start_episode()?;
-                    t.progress.chunk.clear();
-                }
-            }
-        } else if matches!(t.online, Online::Single(_)) {
-            // A checkpoint of the offline phase: the environment has not stepped yet; reset it
-            // as a new run does (same seed), so the online phase starts where it would have.
-            t.start_episode()?;
-        }
         tracing::info!("resumed {} at step {}", run_dir.display(), t.progress.step);
         Ok(t)
     }
@@ -227,13 +191,10 @@ impl Trainer {
         run_dir::write_config(&self.run_dir, &self.config, &note)
     }
 
-    fn assemble(config: TrainConfig, run_dir: PathBuf, online: Online, device: Device) -> Result<Self> {
+    fn assemble(config: TrainConfig, run_dir: PathBuf, collector: Collector, device: Device) -> Result<Self> {
         let e = &config.env;
         let eval_pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset)?;
-        let spec = match &online {
-            Online::Single(env) => env.spec().clone(),
-            Online::Vector(c) => c.pool().spec().clone(),
-        };
+        let spec = collector.pool().spec().clone();
         tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
         let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device);
         let mut buffer = ReplayBuffer::new(config.schedule.buffer_capacity, spec.obs_dim, spec.action_dim)?;
@@ -257,7 +218,7 @@ impl Trainer {
             agent,
             buffer,
             has_dataset,
-            online,
+            collector,
             spec,
             eval_pool,
             logger,
@@ -322,13 +283,11 @@ impl Trainer {
                 metrics = self.update(&mut rng, false)?;
             } else {
                 let online = i - s.offline_steps;
-                let episode = match &self.online {
-                    Online::Single(_) => self.env_step(online, &mut rng)?,
-                    // E environments step together every E steps of the axis.
-                    Online::Vector(c) if online.is_multiple_of(c.num_envs() as u64) => {
-                        self.collect(online, &mut rng)?
-                    }
-                    Online::Vector(_) => Vec::new(),
+                // E environments step together every E steps of the axis.
+                let episode = if online.is_multiple_of(self.collector.num_envs() as u64) {
+                    self.collect(online, &mut rng)?
+                } else {
+                    Vec::new()
                 };
                 if online >= s.warmup_steps {
                     for _ in 0..s.utd {
@@ -410,123 +369,23 @@ impl Trainer {
         self.agent.update(&batch)
     }
 
-    /// One online environment step; returns episode metrics when an episode ended.
-    fn env_step(&mut self, online_step: u64, rng: &mut StdRng) -> Result<Vec<(&'static str, f64)>> {
-        let a_dim = self.spec.action_dim;
-        if self.progress.next_action * a_dim >= self.progress.chunk.len() {
-            self.progress.chunk = if !self.has_dataset && online_step < self.config.schedule.warmup_steps {
-                let n = self.config.agent.horizon * a_dim;
-                (0..n).map(|_| rng.random_range(-1.0f32..=1.0)).collect()
-            } else {
-                let obs =
-                    Tensor::from_slice(&self.progress.obs).view([1, -1]).to_device(self.device).to_kind(Kind::Float);
-                Vec::<f32>::try_from(self.agent.act(&obs).view([-1]).to_device(Device::Cpu))?
-            };
-            self.progress.next_action = 0;
-        }
-        let at = self.progress.next_action * a_dim;
-        self.progress.next_action += 1;
-        let action = &self.progress.chunk[at..at + a_dim];
-        let Online::Single(env) = &mut self.online else { unreachable!("env_step needs a single environment") };
-        let step = match env.step(action) {
-            Ok(step) => step,
-            Err(err) => return self.lose_episode(err),
-        };
-        self.progress.env_failures_in_row = 0;
-        let reward = if self.config.env.sparse { sparse_reward(step.reward) } else { step.reward };
-        self.buffer.push(&self.progress.obs, action, reward, &step.obs, step.done(), step.mask())?;
-        self.progress.online_rows += 1;
-        self.progress.episode_return += reward as f64;
-        self.progress.episode_length += 1;
-        let mut out = Vec::new();
-        if step.done() {
-            out.push(("train/episode_return", self.progress.episode_return));
-            out.push(("train/episode_length", self.progress.episode_length as f64));
-            out.push(("train/episode_success", step.info.success as u8 as f64));
-            self.progress.episodes += 1;
-            self.progress.episode_return = 0.0;
-            self.progress.episode_length = 0;
-            self.progress.chunk.clear();
-            self.start_episode()?;
-        } else {
-            self.progress.obs = step.obs;
-        }
-        Ok(out)
-    }
-
-    /// Resets the training environment for episode `progress.episodes` (seed `seed +
-    /// episodes`), restarting a failed worker once if needed.
-    fn start_episode(&mut self) -> Result<()> {
-        if matches!(self.online, Online::Vector(_)) {
-            return Ok(()); // the collector starts its own episodes
-        }
-        let seed = self.config.run.seed + self.progress.episodes;
-        let (obs, _) = match self.single().reset(Some(seed)) {
-            Ok(r) => r,
-            Err(err) if self.single().recover()? => {
-                tracing::warn!("environment reset failed ({err:#}); retrying after a restart");
-                self.progress.env_restarts += 1;
-                self.single().reset(Some(seed))?
-            }
-            Err(err) => return Err(err),
-        };
-        self.progress.obs = obs;
-        Ok(())
-    }
-
-    /// A failed environment step: restart the environment (its worker), end the stored part
-    /// of the episode as a truncation (so that no sampled window joins it to the next
-    /// episode), count the restart and start a new episode. Three failures in a row, or an
-    /// environment that cannot recover, stop the run with the error.
-    fn lose_episode(&mut self, err: anyhow::Error) -> Result<Vec<(&'static str, f64)>> {
-        self.progress.env_failures_in_row += 1;
-        if self.progress.env_failures_in_row >= 3 || !self.single().recover()? {
-            return Err(err.context(format!(
-                "environment step failed at online episode {} ({} failures in a row)",
-                self.progress.episodes, self.progress.env_failures_in_row
-            )));
-        }
-        self.progress.env_restarts += 1;
-        tracing::warn!(
-            "environment failed ({}); restarted (restart {}), the episode ends as truncated",
-            format!("{err:#}").lines().next().unwrap_or_default(),
-            self.progress.env_restarts
-        );
-        if self.progress.episode_length > 0 {
-            self.buffer.end_episode();
-        }
-        self.progress.episodes += 1;
-        self.progress.episode_return = 0.0;
-        self.progress.episode_length = 0;
-        self.progress.chunk.clear();
-        self.start_episode()?;
-        Ok(vec![("env/restarts", self.progress.env_restarts as f64)])
-    }
-
-    /// The single training environment (`env.num_envs = 1`).
-    fn single(&mut self) -> &mut dyn Env {
-        match &mut self.online {
-            Online::Single(env) => env.as_mut(),
-            Online::Vector(_) => unreachable!("single-environment path used with env.num_envs > 1"),
-        }
-    }
-
-    /// One step of the E environments of the collector (`env.num_envs > 1`): released
-    /// episodes go into the buffer whole; returns episode metrics (means over the episodes
-    /// that ended).
+    /// One step of the E environments of the collector: released transitions go into the
+    /// buffer (with E > 1 whole episodes); returns episode metrics (means over the episodes
+    /// that ended). Before updates start without a dataset, chunks are uniform at random.
     fn collect(&mut self, online_step: u64, rng: &mut StdRng) -> Result<Vec<(&'static str, f64)>> {
-        let Online::Vector(collector) = &mut self.online else { unreachable!("collect needs a collector") };
         let random = !self.has_dataset && online_step < self.config.schedule.warmup_steps;
-        let (agent, device) = (&self.agent, self.device);
+        let agent = &self.agent;
         let width = self.config.agent.horizon * self.spec.action_dim;
         let mut policy = |obs: &[f32], k: usize| -> Result<Vec<f32>> {
             if random {
                 return Ok((0..k * width).map(|_| rng.random_range(-1.0f32..=1.0)).collect());
             }
-            let o = Tensor::from_slice(obs).view([k as i64, -1]).to_device(device).to_kind(Kind::Float);
-            Ok(Vec::<f32>::try_from(agent.act(&o).view([-1]).to_device(Device::Cpu))?)
+            agent.act_rows(obs, k)
         };
-        let got = collector.step(&mut policy)?;
+        let got = self.collector.step(&mut policy)?;
+        if got.cut_stored_episode {
+            self.buffer.end_episode();
+        }
         let sparse = self.config.env.sparse;
         for t in &got.ready {
             let reward = if sparse { sparse_reward(t.reward) } else { t.reward };
@@ -536,6 +395,7 @@ impl Trainer {
         let mut out = Vec::new();
         if got.lost > 0 {
             self.progress.env_restarts += got.lost as u64;
+            self.progress.episodes += got.lost as u64;
             out.push(("env/restarts", self.progress.env_restarts as f64));
         }
         if !got.finished.is_empty() {
@@ -550,30 +410,8 @@ impl Trainer {
 
     /// Runs the evaluation protocol on the evaluation environment.
     pub fn evaluate(&mut self) -> Result<EvalResult> {
-        let seed = self.eval_seed();
-        let (episodes, execute) = (self.config.schedule.eval_episodes, self.eval_execute());
+        let (episodes, execute, seed) = self.config.eval_protocol();
         evaluate(&self.agent, self.eval_pool.as_mut(), episodes, execute, seed)
-    }
-
-    /// Actions of each chunk executed in evaluation before the next query.
-    fn eval_execute(&self) -> usize {
-        match self.config.schedule.eval_execute_steps {
-            0 => self.config.agent.horizon,
-            k => k,
-        }
-    }
-
-    /// Seed of the first evaluation episode (a stream apart from training's).
-    fn eval_seed(&self) -> u64 {
-        self.config.env.eval_seed_offset + self.config.run.seed * 10_000
-    }
-
-    /// The evaluation protocol with the native acting engine at `precision` (see
-    /// [`crate::eval::evaluate_native`]); same episodes and seeds as [`Trainer::evaluate`].
-    pub fn evaluate_native(&mut self, precision: mvp_infer::Precision) -> Result<EvalResult> {
-        let seed = self.eval_seed();
-        let (episodes, execute) = (self.config.schedule.eval_episodes, self.eval_execute());
-        crate::eval::evaluate_native(&self.agent, self.eval_pool.as_mut(), episodes, execute, seed, precision)
     }
 
     /// Writes `learning_curve.png` (evaluation success against steps); a plotting failure is
@@ -604,10 +442,7 @@ impl Trainer {
             );
         }
         self.progress.optimizer_steps = steps;
-        self.progress.env_state = match &self.online {
-            Online::Single(env) => env.snapshot(),
-            Online::Vector(_) => None,
-        };
+        self.progress.collector = Some(self.collector.state());
         let root = self.run_dir.join(CHECKPOINTS);
         let name = format!("step_{:010}", self.progress.step);
         let buffer = self.config.schedule.save_buffer.then_some(&self.buffer);
@@ -620,15 +455,18 @@ impl Trainer {
     }
 }
 
-/// The training environment(s) of `config`: one (the exact-resume path), or a collector over
-/// `env.num_envs` environments in up to `env.workers` processes, seeded from `run.seed +
-/// episodes_before`.
-fn make_online(config: &TrainConfig, episodes_before: u64) -> Result<Online> {
-    let e = &config.env;
-    if e.num_envs <= 1 {
-        return Ok(Online::Single(mvp_envs::make(&e.name)?));
-    }
-    let seed = config.run.seed + episodes_before;
+/// The training environments of `config` (`env.num_envs` in up to `env.workers` processes)
+/// and their collector: new, or continuing the episodes saved in `progress` (with whether a
+/// stored episode was cut, see [`Collector::resume`]).
+fn make_collector(config: &TrainConfig, progress: Option<&Progress>) -> Result<(Collector, bool)> {
+    let (e, h, seed) = (&config.env, config.agent.horizon, config.run.seed);
     let pool = mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed)?;
-    Ok(Online::Vector(Collector::new(pool, config.agent.horizon, seed)?))
+    match progress {
+        Some(Progress { collector: Some(state), .. }) => Collector::resume(pool, h, seed, state),
+        // A checkpoint without the collector's state (written before it was saved): a
+        // running online episode cannot continue, it ends as a truncation.
+        Some(p) if p.online_rows > 0 => Ok((Collector::new(pool, h, seed, p.episodes + 1)?, true)),
+        Some(p) => Ok((Collector::new(pool, h, seed, p.episodes)?, false)),
+        None => Ok((Collector::new(pool, h, seed, 0)?, false)),
+    }
 }

@@ -354,6 +354,14 @@ fn offline_to_online_on_ogbench_with_a_generated_dataset_and_clear_errors() {
     assert_eq!(s.steps, 100);
     // Every online transition is stored (one environment).
     assert_eq!(trainer.buffer().len(), 2000 + 60);
+    // Evaluating the run reads its networks only: it works with the dataset gone.
+    let run = trainer.run_dir().to_path_buf();
+    drop(trainer);
+    std::fs::rename(&data, dir.path().join("moved.npz")).unwrap();
+    let mut eval = mvp_agent::RunEvaluation::open(&run, &["schedule.eval_episodes=2".into()]).unwrap();
+    assert_eq!(eval.step(), 100);
+    assert_eq!(eval.evaluate().unwrap().episodes, 2);
+    std::fs::rename(dir.path().join("moved.npz"), &data).unwrap();
     // A dataset made for another environment is refused with both shapes.
     let cfg = tiny(dir.path(), "other", &["env.name=\"cube-double-play-singletask-task2-v0\"", &path]);
     let err = format!("{:#}", Trainer::new(cfg).err().expect("wrong dataset"));

@@ -182,11 +182,12 @@ enum EvalEngine {
 
 fn eval(run: PathBuf, episodes: usize, engine: EvalEngine, mut overrides: Vec<String>) -> anyhow::Result<()> {
     overrides.push(format!("schedule.eval_episodes={episodes}"));
-    let mut trainer = mvp_agent::Trainer::resume(&run, &overrides)?;
+    let mut run = mvp_agent::RunEvaluation::open(&run, &overrides)?;
+    tracing::info!("evaluating the checkpoint of step {}", run.step());
     let r = match engine {
-        EvalEngine::Libtorch => trainer.evaluate()?,
-        EvalEngine::NativeF32 => trainer.evaluate_native(mvp_infer::Precision::F32)?,
-        EvalEngine::NativeBf16 => trainer.evaluate_native(mvp_infer::Precision::Bf16)?,
+        EvalEngine::Libtorch => run.evaluate()?,
+        EvalEngine::NativeF32 => run.evaluate_native(mvp_infer::Precision::F32)?,
+        EvalEngine::NativeBf16 => run.evaluate_native(mvp_infer::Precision::Bf16)?,
     };
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())

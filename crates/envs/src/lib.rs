@@ -192,16 +192,6 @@ pub enum EnvError {
 /// Names accepted by [`make_native`].
 pub const NATIVE_ENVS: &[&str] = &[BranchReach::NAME];
 
-/// Makes environment `name`: a native one when the name is registered in [`NATIVE_ENVS`],
-/// otherwise a Gymnasium environment (OGBench singletask ids included) in a Python worker.
-pub fn make(name: &str) -> anyhow::Result<Box<dyn Env>> {
-    if NATIVE_ENVS.contains(&name) {
-        make_native(name)
-    } else {
-        Ok(Box::new(WorkerEnv::make(name)?))
-    }
-}
-
 /// Builds a Rust-native environment by its registered name (see [`NATIVE_ENVS`]).
 ///
 /// An unknown name gives [`EnvError::UnknownEnv`], whose message lists the known names.

@@ -6,8 +6,10 @@
 //!   × M environments, stepping in parallel) or [`LocalPool`] (native Rust environments).
 //!   Build one by name with [`make_pool`]. A failed environment reports [`Outcome::Lost`]: its
 //!   episode is over, it was restarted and needs a reset.
-//! - [`Collector`]: online data collection over a pool; each environment's episode is staged
-//!   and released whole, so that a replay buffer never interleaves two episodes.
+//! - [`Collector`]: online data collection over a pool of E ≥ 1 environments, the one online
+//!   path of training: one environment releases each transition at once and resumes exactly
+//!   ([`CollectorState`]); several stage each episode and release it whole, so that a replay
+//!   buffer never interleaves two episodes.
 //! - [`evaluate`]: the evaluation protocol (one query per chunk, executed open-loop, success
 //!   from `info.success` at the episode's end; episode `e` seeded `seed + e`) spread over the
 //!   pool's environments. An episode lost to a crashed worker is run again with its seed.
@@ -38,6 +40,15 @@ pub trait EnvPool: Send {
     fn step(&mut self, envs: &[usize], actions: &[f32]) -> Result<Vec<Outcome>>;
     /// How many times an environment (worker) failed and was restarted.
     fn restarts(&self) -> u64;
+    /// The state of environment `env`'s running episode ([`Env::snapshot`]), where the pool
+    /// can give one.
+    fn snapshot(&self, _env: usize) -> Option<Vec<u8>> {
+        None
+    }
+    /// Restores a state from [`EnvPool::snapshot`] of environment `env`.
+    fn restore(&mut self, env: usize, _state: &[u8]) -> Result<()> {
+        bail!("the environments of this pool cannot restore a snapshot (environment {env})")
+    }
     /// Releases the environments.
     fn close(&mut self) -> Result<()>;
 }
@@ -113,6 +124,12 @@ impl EnvPool for LocalPool {
     }
     fn restarts(&self) -> u64 {
         self.restarts
+    }
+    fn snapshot(&self, env: usize) -> Option<Vec<u8>> {
+        self.envs[env].snapshot()
+    }
+    fn restore(&mut self, env: usize, state: &[u8]) -> Result<()> {
+        self.envs[env].restore(state)
     }
     fn close(&mut self) -> Result<()> {
         self.envs.iter_mut().try_for_each(|e| e.close())
@@ -200,10 +217,7 @@ pub fn evaluate(
             let obs: Vec<f32> =
                 need.iter().flat_map(|&i| slots[i].as_ref().map(|s| s.obs.clone()).unwrap_or_default()).collect();
             debug_assert_eq!(obs.len(), need.len() * o_dim);
-            let chunks = policy(&obs, need.len())?;
-            if chunks.len() != need.len() * h * a_dim {
-                bail!("policy returned {} values for {} chunks of {h}×{a_dim}", chunks.len(), need.len());
-            }
+            let chunks = query(policy, &obs, need.len(), h, a_dim)?;
             for (k, &i) in need.iter().enumerate() {
                 if let Some(s) = slots[i].as_mut() {
                     s.queue.extend(&chunks[k * h * a_dim..(k * h + execute) * a_dim]);
@@ -268,48 +282,142 @@ pub struct Transition {
 /// What one [`Collector::step`] produced.
 #[derive(Debug, Default)]
 pub struct Collected {
-    /// Transitions ready for a replay buffer: whole episodes, each contiguous and closed by
-    /// a `terminal` transition (an episode is released when it ends).
+    /// Transitions ready for a replay buffer, in an order that never interleaves two episodes:
+    /// with one environment each transition as it happens, with several whole episodes, each
+    /// contiguous and closed by a `terminal` transition.
     pub ready: Vec<Transition>,
     /// Episodes that ended in this step.
     pub finished: Vec<EpisodeStats>,
     /// Episodes lost to a failed environment in this step (their stored part ends as a
     /// truncation).
     pub lost: usize,
+    /// One environment only: an episode whose transitions were already released was lost, so
+    /// the newest stored transition must end its episode (`ReplayBuffer::end_episode`).
+    pub cut_stored_episode: bool,
 }
 
 /// One environment's running episode in a [`Collector`].
 struct Lane {
+    /// Index of the episode (over all environments); its reset seed is `seed + episode`.
+    episode: u64,
     obs: Vec<f32>,
+    /// Actions of the current chunk still to execute, flattened.
     queue: VecDeque<f32>,
     ret: f64,
     length: usize,
     staged: Vec<Transition>,
 }
 
-/// Online data collection over the E environments of a pool: each environment executes its
-/// chunk open-loop; environments whose chunk is used up are served by one policy call; each
-/// environment's transitions are staged until its episode ends and then released together,
-/// so that episodes from different environments never interleave in a replay buffer.
-/// Environment `i` starts with seed `seed + i`; later episodes continue its generator.
+/// A collector's running episodes, saved with a checkpoint so that a one-environment run
+/// resumes exactly (see [`Collector::resume`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CollectorState {
+    /// Episodes started so far over all environments.
+    pub started: u64,
+    /// Each environment's running episode.
+    pub lanes: Vec<LaneState>,
+}
+
+/// One environment's running episode in a [`CollectorState`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LaneState {
+    /// Index of the episode (its seed is `seed + episode`).
+    pub episode: u64,
+    /// The current observation.
+    pub obs: Vec<f32>,
+    /// Actions of the current chunk still to execute.
+    pub queue: Vec<f32>,
+    /// Return so far.
+    pub ret: f64,
+    /// Steps so far.
+    pub length: usize,
+    /// The environment's own state ([`EnvPool::snapshot`]), when it can give one.
+    pub env: Option<Vec<u8>>,
+}
+
+/// Online data collection over the E ≥ 1 environments of a pool, the one online path of
+/// training: each environment executes its chunk open-loop; environments whose chunk is used
+/// up are served by one policy call. Episodes are numbered over all environments in the order
+/// they start, and episode k is reset with seed `seed + k`. With one environment every
+/// transition is released at once (and the run resumes exactly, see [`Collector::resume`]);
+/// with several, each environment's transitions are staged until its episode ends and then
+/// released together, so that episodes never interleave in a replay buffer.
 pub struct Collector {
     pool: Box<dyn EnvPool>,
     h: usize,
+    seed: u64,
+    started: u64,
     lanes: Vec<Lane>,
 }
 
 impl Collector {
-    /// Resets every environment of `pool` (environment `i` with seed `seed + i`).
-    pub fn new(mut pool: Box<dyn EnvPool>, h: usize, seed: u64) -> Result<Self> {
+    /// Starts an episode on every environment of `pool`: environment i runs episode
+    /// `started + i` (seed `seed + started + i`).
+    pub fn new(mut pool: Box<dyn EnvPool>, h: usize, seed: u64, started: u64) -> Result<Self> {
         let n = pool.num_envs();
         let envs: Vec<usize> = (0..n).collect();
-        let seeds: Vec<Option<u64>> = (0..n).map(|i| Some(seed + i as u64)).collect();
+        let seeds: Vec<Option<u64>> = (0..n).map(|i| Some(seed + started + i as u64)).collect();
         let lanes = pool
             .reset(&envs, &seeds)?
             .into_iter()
-            .map(|obs| Lane { obs, queue: VecDeque::new(), ret: 0.0, length: 0, staged: Vec::new() })
+            .enumerate()
+            .map(|(i, obs)| Lane::new(started + i as u64, obs))
             .collect();
-        Ok(Self { pool, h, lanes })
+        Ok(Self { pool, h, seed, started: started + n as u64, lanes })
+    }
+
+    /// Continues the episodes of `state` on `pool` (of as many environments): an environment
+    /// that restores its snapshot continues its episode exactly; one that cannot restarts the
+    /// same episode when it had not stepped yet, else starts the next episode. Returns the
+    /// collector and whether, with one environment, an episode whose transitions were already
+    /// released was cut (end the stored episode then, as for [`Collected::cut_stored_episode`]).
+    pub fn resume(mut pool: Box<dyn EnvPool>, h: usize, seed: u64, state: &CollectorState) -> Result<(Self, bool)> {
+        let n = pool.num_envs();
+        if state.lanes.len() != n {
+            bail!("the saved collector has {} environments, the pool {n}", state.lanes.len());
+        }
+        let mut started = state.started;
+        let (mut lanes, mut restart, mut cut) = (Vec::with_capacity(n), Vec::new(), false);
+        for (i, l) in state.lanes.iter().enumerate() {
+            let restored = match &l.env {
+                Some(bytes) => pool.restore(i, bytes).is_ok(),
+                None => false,
+            };
+            let mut lane = Lane::new(l.episode, l.obs.clone());
+            if restored {
+                (lane.queue, lane.ret, lane.length) = (l.queue.iter().copied().collect(), l.ret, l.length);
+            } else {
+                if l.length > 0 {
+                    // The stored part of the episode ends as a truncation; the next one starts.
+                    cut |= n == 1;
+                    lane.episode = started;
+                    started += 1;
+                }
+                restart.push(i);
+            }
+            lanes.push(lane);
+        }
+        let mut c = Self { pool, h, seed, started, lanes };
+        c.reset(&restart)?;
+        Ok((c, cut))
+    }
+
+    /// The running episodes, with each environment's snapshot where it can give one.
+    pub fn state(&self) -> CollectorState {
+        let lanes = self
+            .lanes
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LaneState {
+                episode: l.episode,
+                obs: l.obs.clone(),
+                queue: l.queue.iter().copied().collect(),
+                ret: l.ret,
+                length: l.length,
+                env: self.pool.snapshot(i),
+            })
+            .collect();
+        CollectorState { started: self.started, lanes }
     }
 
     /// Number of environments E (transitions per [`step`](Self::step)).
@@ -329,17 +437,13 @@ impl Collector {
 
     /// Steps every environment once.
     pub fn step(&mut self, policy: &mut Policy<'_>) -> Result<Collected> {
-        let (o_dim, a_dim) = (self.pool.spec().obs_dim, self.pool.spec().action_dim);
+        let a_dim = self.pool.spec().action_dim;
         let n = self.lanes.len();
         let need: Vec<usize> = (0..n).filter(|&i| self.lanes[i].queue.is_empty()).collect();
         if !need.is_empty() {
             let obs: Vec<f32> = need.iter().flat_map(|&i| self.lanes[i].obs.iter().copied()).collect();
-            debug_assert_eq!(obs.len(), need.len() * o_dim);
-            let chunks = policy(&obs, need.len())?;
+            let chunks = query(policy, &obs, need.len(), self.h, a_dim)?;
             let w = self.h * a_dim;
-            if chunks.len() != need.len() * w {
-                bail!("policy returned {} values for {} chunks of {}×{a_dim}", chunks.len(), need.len(), self.h);
-            }
             for (k, &i) in need.iter().enumerate() {
                 self.lanes[i].queue.extend(&chunks[k * w..(k + 1) * w]);
             }
@@ -349,6 +453,7 @@ impl Collector {
             self.lanes.iter_mut().flat_map(|l| l.queue.drain(..a_dim).collect::<Vec<_>>()).collect();
         let mut out = Collected::default();
         let mut restart = Vec::new();
+        let stage = n > 1;
         for (i, outcome) in self.pool.step(&envs, &actions)?.into_iter().enumerate() {
             let lane = &mut self.lanes[i];
             match outcome {
@@ -371,10 +476,12 @@ impl Collector {
                             length: lane.length,
                             success: step.info.success,
                         });
-                        out.ready.append(&mut lane.staged);
                         restart.push(i);
                     } else {
                         lane.obs = step.obs;
+                    }
+                    if done || !stage {
+                        out.ready.append(&mut lane.staged);
                     }
                 }
                 Outcome::Lost(why) => {
@@ -385,21 +492,47 @@ impl Collector {
                         last.terminal = true;
                     }
                     out.ready.append(&mut lane.staged);
+                    out.cut_stored_episode |= !stage && lane.length > 0;
                     out.lost += 1;
                     restart.push(i);
                 }
             }
         }
-        if !restart.is_empty() {
-            let seeds = vec![None; restart.len()];
-            for (&i, obs) in restart.iter().zip(self.pool.reset(&restart, &seeds)?) {
-                let lane = &mut self.lanes[i];
-                (lane.obs, lane.ret, lane.length) = (obs, 0.0, 0);
-                lane.queue.clear();
-            }
+        for &i in &restart {
+            self.lanes[i].episode = self.started;
+            self.started += 1;
         }
+        self.reset(&restart)?;
         Ok(out)
     }
+
+    /// Resets `envs` for their lanes' episodes (seed `seed + episode`).
+    fn reset(&mut self, envs: &[usize]) -> Result<()> {
+        if envs.is_empty() {
+            return Ok(());
+        }
+        let seeds: Vec<Option<u64>> = envs.iter().map(|&i| Some(self.seed + self.lanes[i].episode)).collect();
+        for (&i, obs) in envs.iter().zip(self.pool.reset(envs, &seeds)?) {
+            let episode = self.lanes[i].episode;
+            self.lanes[i] = Lane::new(episode, obs);
+        }
+        Ok(())
+    }
+}
+
+impl Lane {
+    fn new(episode: u64, obs: Vec<f32>) -> Self {
+        Self { episode, obs, queue: VecDeque::new(), ret: 0.0, length: 0, staged: Vec::new() }
+    }
+}
+
+/// Calls `policy` for `k` observations and checks that it returned `k` chunks of `h × a_dim`.
+fn query(policy: &mut Policy<'_>, obs: &[f32], k: usize, h: usize, a_dim: usize) -> Result<Vec<f32>> {
+    let chunks = policy(obs, k)?;
+    if chunks.len() != k * h * a_dim {
+        bail!("policy returned {} values for {k} chunks of {h}×{a_dim}", chunks.len());
+    }
+    Ok(chunks)
 }
 
 #[cfg(test)]
@@ -476,7 +609,7 @@ mod tests {
         let h = 3;
         let pool = native_pool(3);
         let a = pool.spec().action_dim;
-        let mut c = Collector::new(pool, h, 11).unwrap();
+        let mut c = Collector::new(pool, h, 11, 0).unwrap();
         let mut calls = Vec::new();
         let mut policy = constant(h, a, &mut calls);
         let mut released = Vec::new();
