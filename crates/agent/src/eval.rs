@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
 use crate::config::TrainConfig;
-use crate::trainer::{step_seed, Progress};
+use crate::progress::{step_seed, Progress};
 
 /// Outcome of an evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,10 +10,12 @@ pub mod agent;
 pub mod config;
 pub mod eval;
 pub mod export;
+pub mod progress;
 pub mod run_dir;
 pub mod trainer;
 
 pub use agent::{Agent, TensorBatch};
 pub use config::TrainConfig;
 pub use eval::{evaluate, EvalResult, RunEvaluation};
-pub use trainer::{Summary, Trainer};
+pub use progress::{Progress, Summary};
+pub use trainer::Trainer;

@@ -12,111 +12,35 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use mvp_envs::sparse_reward;
 use mvp_logging::Logger;
 use mvp_nn::checkpoint;
 use mvp_replay::{ChunkBatch, Dataset, ReplayBuffer};
-use mvp_rollout::{Collector, CollectorState};
+use mvp_rollout::Collector;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::agent::{Agent, TensorBatch};
 use crate::config::TrainConfig;
 use crate::eval::{evaluate, EvalResult};
+use crate::progress::{step_seed, Progress, Summary};
 use crate::run_dir;
 
 /// Checkpoints of a run, in its directory.
 pub const CHECKPOINTS: &str = "checkpoints";
 const BUFFER_FILE: &str = "buffer.bin";
 
-/// Counters and rollout state saved with each checkpoint.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Progress {
-    /// Next step to run on the global axis.
-    pub step: u64,
-    /// Optimiser steps of actor and critic.
-    pub optimizer_steps: [u64; 2],
-    /// Online episodes ended so far (finished or lost).
-    pub episodes: u64,
-    /// The collector's running episodes (exact resume with one environment).
-    #[serde(default)]
-    pub collector: Option<CollectorState>,
-    /// The last evaluation.
-    pub last_eval: Option<EvalResult>,
-    /// Every evaluation so far as (step, success rate), for the learning curve.
-    pub eval_history: Vec<(u64, f64)>,
-    /// Times the training environment failed (a worker died, hung or raised) and was restarted.
-    #[serde(default)]
-    pub env_restarts: u64,
-    /// Transitions stored from the online environments (the newest rows of the buffer).
-    #[serde(default)]
-    pub online_rows: u64,
-}
-
-/// What a finished (or stopped) run reports.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Summary {
-    /// The run directory.
-    pub run_dir: PathBuf,
-    /// Steps completed.
-    pub steps: u64,
-    /// The final evaluation, if one ran.
-    pub eval: Option<EvalResult>,
-    /// Every evaluation of the run as (step, success rate), the learning curve.
-    pub curve: Vec<(u64, f64)>,
-    /// The step where the online phase starts.
-    pub offline_steps: u64,
-    /// Wall-clock seconds of this invocation.
-    pub seconds: f64,
-}
-
-/// Derives a 64-bit seed for step `i` of run `seed` (SplitMix64 finaliser).
-pub fn step_seed(seed: u64, i: u64) -> u64 {
-    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_add(0xD1B5_4A32_D192_ED03);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Loads the offline dataset the config names (see [`mvp_data::load`]), checked against the
-/// environment, with `env.sparse` applied.
+/// environment ([`mvp_data::check_dataset`]), with `env.sparse` applied.
 pub fn load_dataset(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Option<Dataset>> {
     let Some(mut data) = mvp_data::load(&config.data, &spec.name, config.run.seed)? else {
         return Ok(None);
     };
-    check_dataset(&data, spec)?;
+    mvp_data::check_dataset(&data, spec)?;
     if config.env.sparse {
         data.rewards.iter_mut().for_each(|r| *r = sparse_reward(*r));
     }
     Ok(Some(data))
-}
-
-/// OGBench's `sparse` option (`env.sparse`): every non-zero reward becomes −1, so a step
-/// earns 0 only when the whole task is solved. Applied to datasets and online rewards alike.
-pub fn sparse_reward(r: f32) -> f32 {
-    if r != 0.0 {
-        -1.0
-    } else {
-        0.0
-    }
-}
-
-/// A dataset must match the environment's observation and action sizes; the error shows both.
-pub fn check_dataset(data: &Dataset, spec: &mvp_envs::EnvSpec) -> Result<()> {
-    if data.obs_dim != spec.obs_dim || data.act_dim != spec.action_dim {
-        bail!(
-            "dataset shapes do not match the environment: dataset observations [{}, {}] and actions [{}, {}], \
-             environment {} observations [{}] and actions [{}]; was the dataset made for another environment?",
-            data.len(),
-            data.obs_dim,
-            data.len(),
-            data.act_dim,
-            spec.name,
-            spec.obs_dim,
-            spec.action_dim
-        );
-    }
-    Ok(())
 }
 
 /// A training run: the agent, its data, its environment and its outputs.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use mvp_agent::{trainer, TrainConfig, Trainer};
+use mvp_agent::{TrainConfig, Trainer};
 
 /// libtorch's RNG is global: runs in one test process must not interleave.
 static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -151,7 +151,7 @@ fn a_dataset_for_another_environment_is_refused_with_both_shapes() {
     let (data, _) = mvp_data::generate_dataset("branch-reach-v0", 2, 0.1, 0).unwrap();
     let mut spec = mvp_envs::make_native("branch-reach-v0").unwrap().spec().clone();
     spec.obs_dim = 37;
-    let err = trainer::check_dataset(&data, &spec).unwrap_err().to_string();
+    let err = mvp_data::check_dataset(&data, &spec).unwrap_err().to_string();
     assert!(err.contains(&format!("[{}, 2]", data.len())) && err.contains("[37]"), "{err}");
 }
 
@@ -390,7 +390,7 @@ fn offline_to_online_on_robomimic_lift_with_generated_demonstrations() {
 
 #[test]
 fn sparse_option_maps_partial_progress_to_minus_one() {
-    assert_eq!([-3.0f32, -1.0, -0.5, 0.0].map(trainer::sparse_reward), [-1.0, -1.0, -1.0, 0.0]);
+    assert_eq!([-3.0f32, -1.0, -0.5, 0.0].map(mvp_envs::sparse_reward), [-1.0, -1.0, -1.0, 0.0]);
 }
 
 #[test]

@@ -93,6 +93,24 @@ pub fn load(config: &DataConfig, env: &str, seed: u64) -> Result<Option<Dataset>
     Ok(Some(data))
 }
 
+/// A dataset must match the environment's observation and action sizes; the error shows both.
+pub fn check_dataset(data: &Dataset, spec: &mvp_envs::EnvSpec) -> Result<()> {
+    if data.obs_dim != spec.obs_dim || data.act_dim != spec.action_dim {
+        bail!(
+            "dataset shapes do not match the environment: dataset observations [{}, {}] and actions [{}, {}], \
+             environment {} observations [{}] and actions [{}]; was the dataset made for another environment?",
+            data.len(),
+            data.obs_dim,
+            data.len(),
+            data.act_dim,
+            spec.name,
+            spec.obs_dim,
+            spec.action_dim
+        );
+    }
+    Ok(())
+}
+
 /// Reads `config.path` (OGBench `.npz`; robomimic `.hdf5`), making it first when it is missing
 /// and `generate_episodes > 0`.
 fn load_file(config: &DataConfig, env: &str, seed: u64) -> Result<Dataset> {

@@ -192,6 +192,17 @@ pub enum EnvError {
 /// Names accepted by [`make_native`].
 pub const NATIVE_ENVS: &[&str] = &[BranchReach::NAME];
 
+/// OGBench's `sparse` option (`env.sparse` of a training config): every non-zero reward
+/// becomes −1, so a step earns 0 only when the whole task is solved. Applied to datasets and
+/// online rewards alike.
+pub fn sparse_reward(r: f32) -> f32 {
+    if r != 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
 /// Builds a Rust-native environment by its registered name (see [`NATIVE_ENVS`]).
 ///
 /// An unknown name gives [`EnvError::UnknownEnv`], whose message lists the known names.
