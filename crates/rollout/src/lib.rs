@@ -634,4 +634,35 @@ mod tests {
         drop(policy);
         assert!(calls.iter().any(|&k| k > 1), "batched queries");
     }
+
+    #[test]
+    fn one_environment_releases_each_transition_and_resumes_from_its_saved_state() {
+        let h = 4;
+        let mut a = Collector::new(native_pool(1), h, 3, 0).unwrap();
+        let dim = a.pool().spec().action_dim;
+        // A policy whose chunks depend on the observation, so a wrong resume shows.
+        let mut policy =
+            |obs: &[f32], k: usize| Ok((0..k * h * dim).map(|j| (obs[j % obs.len()] * 3.0).sin()).collect());
+        for _ in 0..10 {
+            assert_eq!(a.step(&mut policy).unwrap().ready.len(), 1);
+        }
+        // Resume mid-chunk from the saved state on a fresh pool: the same transitions follow.
+        let (mut b, cut) = Collector::resume(native_pool(1), h, 3, &a.state()).unwrap();
+        assert!(!cut, "a native environment restores its state");
+        for _ in 0..60 {
+            let (x, y) = (a.step(&mut policy).unwrap(), b.step(&mut policy).unwrap());
+            assert_eq!(x.ready, y.ready);
+            assert_eq!(x.finished, y.finished);
+        }
+        // Without the environment's snapshot the stored episode is cut and the next episode
+        // starts (seed 3 + its index).
+        let mut state = a.state();
+        assert!(state.lanes[0].length > 0, "the saved episode is under way");
+        state.lanes[0].env = None;
+        let (c, cut) = Collector::resume(native_pool(1), h, 3, &state).unwrap();
+        let resumed = c.state();
+        assert!(cut);
+        assert_eq!((resumed.lanes[0].episode, resumed.lanes[0].length), (state.started, 0));
+        assert_eq!(resumed.started, state.started + 1);
+    }
 }
