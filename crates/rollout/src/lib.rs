@@ -162,16 +162,6 @@ pub struct EpisodeStats {
     pub success: bool,
 }
 
-/// One environment's running episode during [`evaluate`].
-struct Slot {
-    episode: usize,
-    obs: Vec<f32>,
-    /// Actions of the current chunk still to execute, flattened.
-    queue: VecDeque<f32>,
-    ret: f64,
-    length: usize,
-}
-
 /// Runs `episodes` evaluation episodes of `policy` over the pool's environments: of each chunk
 /// of `h` actions the first `execute` (1 ≤ execute ≤ h) are executed open-loop before the next
 /// query (`execute = h`: whole chunks; 1: receding horizon, closed loop). Episode `e` is reset
@@ -188,9 +178,9 @@ pub fn evaluate(
     if execute == 0 || execute > h {
         bail!("evaluation executes {execute} actions of chunks of {h}: allowed 1..={h}");
     }
-    let (o_dim, a_dim) = (pool.spec().obs_dim, pool.spec().action_dim);
+    let a_dim = pool.spec().action_dim;
     let mut results: Vec<Option<EpisodeStats>> = vec![None; episodes];
-    let mut slots: Vec<Option<Slot>> = (0..pool.num_envs()).map(|_| None).collect();
+    let mut slots: Vec<Option<Lane>> = (0..pool.num_envs()).map(|_| None).collect();
     let mut next = 0usize;
     // Environments to (re)start, with the episode each one runs.
     let mut starts: Vec<(usize, usize)> = Vec::new();
@@ -203,7 +193,7 @@ pub fn evaluate(
             let envs: Vec<usize> = starts.iter().map(|&(i, _)| i).collect();
             let seeds: Vec<Option<u64>> = starts.iter().map(|&(_, e)| Some(seed + e as u64)).collect();
             for ((i, episode), obs) in starts.drain(..).zip(pool.reset(&envs, &seeds)?) {
-                slots[i] = Some(Slot { episode, obs, queue: VecDeque::new(), ret: 0.0, length: 0 });
+                slots[i] = Some(Lane::new(episode as u64, obs));
             }
         }
         let active: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
@@ -211,19 +201,7 @@ pub fn evaluate(
             break;
         }
         // One policy call for every environment whose chunk is used up.
-        let need: Vec<usize> =
-            active.iter().copied().filter(|&i| slots[i].as_ref().is_some_and(|s| s.queue.is_empty())).collect();
-        if !need.is_empty() {
-            let obs: Vec<f32> =
-                need.iter().flat_map(|&i| slots[i].as_ref().map(|s| s.obs.clone()).unwrap_or_default()).collect();
-            debug_assert_eq!(obs.len(), need.len() * o_dim);
-            let chunks = query(policy, &obs, need.len(), h, a_dim)?;
-            for (k, &i) in need.iter().enumerate() {
-                if let Some(s) = slots[i].as_mut() {
-                    s.queue.extend(&chunks[k * h * a_dim..(k * h + execute) * a_dim]);
-                }
-            }
-        }
+        refill(slots.iter_mut().flatten(), policy, h, a_dim, execute)?;
         let mut actions = Vec::with_capacity(active.len() * a_dim);
         for &i in &active {
             let s = slots[i].as_mut().expect("active");
@@ -236,7 +214,7 @@ pub fn evaluate(
                     s.ret += step.reward as f64;
                     s.length += 1;
                     if step.done() {
-                        results[s.episode] =
+                        results[s.episode as usize] =
                             Some(EpisodeStats { ret: s.ret, length: s.length, success: step.info.success });
                         slots[i] = None;
                         if next < episodes {
@@ -249,7 +227,7 @@ pub fn evaluate(
                 }
                 Outcome::Lost(why) => {
                     tracing::warn!("evaluation episode {} lost ({why}); running it again", s.episode);
-                    let episode = s.episode;
+                    let episode = s.episode as usize;
                     slots[i] = None;
                     starts.push((i, episode));
                 }
@@ -296,7 +274,7 @@ pub struct Collected {
     pub cut_stored_episode: bool,
 }
 
-/// One environment's running episode in a [`Collector`].
+/// One environment's running episode (in a [`Collector`] or during [`evaluate`]).
 struct Lane {
     /// Index of the episode (over all environments); its reset seed is `seed + episode`.
     episode: u64,
@@ -439,15 +417,7 @@ impl Collector {
     pub fn step(&mut self, policy: &mut Policy<'_>) -> Result<Collected> {
         let a_dim = self.pool.spec().action_dim;
         let n = self.lanes.len();
-        let need: Vec<usize> = (0..n).filter(|&i| self.lanes[i].queue.is_empty()).collect();
-        if !need.is_empty() {
-            let obs: Vec<f32> = need.iter().flat_map(|&i| self.lanes[i].obs.iter().copied()).collect();
-            let chunks = query(policy, &obs, need.len(), self.h, a_dim)?;
-            let w = self.h * a_dim;
-            for (k, &i) in need.iter().enumerate() {
-                self.lanes[i].queue.extend(&chunks[k * w..(k + 1) * w]);
-            }
-        }
+        refill(self.lanes.iter_mut(), policy, self.h, a_dim, self.h)?;
         let envs: Vec<usize> = (0..n).collect();
         let actions: Vec<f32> =
             self.lanes.iter_mut().flat_map(|l| l.queue.drain(..a_dim).collect::<Vec<_>>()).collect();
@@ -526,13 +496,28 @@ impl Lane {
     }
 }
 
-/// Calls `policy` for `k` observations and checks that it returned `k` chunks of `h × a_dim`.
-fn query(policy: &mut Policy<'_>, obs: &[f32], k: usize, h: usize, a_dim: usize) -> Result<Vec<f32>> {
-    let chunks = policy(obs, k)?;
-    if chunks.len() != k * h * a_dim {
-        bail!("policy returned {} values for {k} chunks of {h}×{a_dim}", chunks.len());
+/// The chunk queue: every lane whose chunk is used up gets the first `execute` actions of a
+/// new chunk of `h`, all from one policy call (lanes in the iterator's order).
+fn refill<'a>(
+    lanes: impl Iterator<Item = &'a mut Lane>,
+    policy: &mut Policy<'_>,
+    h: usize,
+    a_dim: usize,
+    execute: usize,
+) -> Result<()> {
+    let mut need: Vec<&mut Lane> = lanes.filter(|l| l.queue.is_empty()).collect();
+    if need.is_empty() {
+        return Ok(());
     }
-    Ok(chunks)
+    let obs: Vec<f32> = need.iter().flat_map(|l| l.obs.iter().copied()).collect();
+    let chunks = policy(&obs, need.len())?;
+    if chunks.len() != need.len() * h * a_dim {
+        bail!("policy returned {} values for {} chunks of {h}×{a_dim}", chunks.len(), need.len());
+    }
+    for (k, lane) in need.iter_mut().enumerate() {
+        lane.queue.extend(&chunks[k * h * a_dim..(k * h + execute) * a_dim]);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
