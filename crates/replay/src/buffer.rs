@@ -135,7 +135,6 @@ impl ReplayBuffer {
         self.pos = (self.pos + 1) % self.capacity;
     }
 
-    /// Row of the oldest stored transition (the write head once the ring is full).
     /// Marks the newest transition as an episode end (a truncation: its bootstrap mask is
     /// left as it is). For episodes cut short from outside, e.g. a run resumed with an
     /// environment that cannot restore its state, or a crashed environment worker, so that no
@@ -147,6 +146,7 @@ impl ReplayBuffer {
         }
     }
 
+    /// Row of the oldest stored transition (the write head once the ring is full).
     fn oldest(&self) -> usize {
         (self.pos + self.capacity - self.len) % self.capacity
     }
