@@ -2,7 +2,7 @@
 
 - `mvp_envs.worker`: the worker server (`python -m mvp_envs.worker`), protocol in envs/README.md.
 - `mvp_envs.protocol`: message tags, version and the binary layouts shared with
-  crates/envs/src/worker.rs.
+  crates/envs/src/worker/.
 - `mvp_envs.make`: builds an environment from an id (OGBench singletask names, robomimic
   tasks, any Gymnasium id).
 - `mvp_envs.robomimic`: robomimic lift/can/square built with robosuite from `env_args`

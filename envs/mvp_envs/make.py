@@ -16,7 +16,7 @@ convention is the usual one: the transition (s_t, a_t, r_t, s_{t+1}) carries the
 success of s_{t+1}, and `terminated` is set when s_{t+1} is a success. `make_env` therefore
 builds OGBench singletask environments with `success_timing='post'` (unless `env_kwargs`
 says otherwise), and the Rust dataset reader relabels datasets from the next state's qpos to
-match (crates/envs/src/ogbench_data.rs, `RewardTiming::Next`).
+match (crates/data/src/ogbench.rs, `RewardTiming::Next`).
 """
 
 import gymnasium

@@ -1,5 +1,5 @@
 """Reference values from OGBench's own code, for the tests of the Rust dataset reader
-(crates/envs/tests/ogbench_data.rs). Each command prints one JSON line.
+(crates/data/tests/ogbench.rs). Each command prints one JSON line.
 
     python -m mvp_envs.ogbench_reference loader DATASET.npz ENV_ID
         The dataset as `ogbench.make_env_and_datasets(ENV_ID, dataset_path=...)` returns it

@@ -1,4 +1,4 @@
-"""Wire format of the worker protocol (mirror of crates/envs/src/worker.rs; see envs/README.md).
+"""Wire format of the worker protocol (mirror of crates/envs/src/worker/protocol.rs; see envs/README.md).
 
 Every message, in both directions, is one frame: a u32 little-endian payload length followed by
 the payload; the payload's first byte is the message tag. Numbers are little-endian; arrays are

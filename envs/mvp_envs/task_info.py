@@ -3,7 +3,7 @@ for one singletask environment:
 
     python -m mvp_envs.task_info cube-double-play-singletask-task2-v0
 
-The reward arithmetic itself lives in Rust (crates/envs/src/ogbench_data.rs); this module only
+The reward arithmetic itself lives in Rust (crates/data/src/ogbench.rs); this module only
 reads the task's goal out of the environment, the same way OGBench's `relabel_dataset` does
 (after an `env.reset()` in task mode): the cube targets are the mocap positions, then the target
 button states and the drawer and window target positions (scene). Singletask environments

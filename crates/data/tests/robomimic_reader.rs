@@ -1,7 +1,7 @@
 //! The robomimic HDF5 reader on small files written here with hdf5-metno in robomimic's layout
 //! (float64 arrays, int64 dones, byte-string masks, a JSON `env_args` attribute). The reader on
 //! files written by h5py (`python -m mvp_envs.data_robomimic`) is tested in
-//! crates/envs/tests/robomimic.rs.
+//! crates/data/tests/robomimic.rs.
 
 use std::path::Path;
 use std::str::FromStr;
