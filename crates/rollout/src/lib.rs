@@ -358,7 +358,12 @@ impl Collector {
         let (mut lanes, mut restart, mut cut) = (Vec::with_capacity(n), Vec::new(), false);
         for (i, l) in state.lanes.iter().enumerate() {
             let restored = match &l.env {
-                Some(bytes) => pool.restore(i, bytes).is_ok(),
+                // A snapshot that does not restore is an error (another environment, a damaged
+                // checkpoint), as before the collector took over the one-environment path.
+                Some(bytes) => {
+                    pool.restore(i, bytes)?;
+                    true
+                }
                 None => false,
             };
             let mut lane = Lane::new(l.episode, l.obs.clone());
