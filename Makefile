@@ -6,9 +6,10 @@ export OMP_NUM_THREADS ?= 1
 .PHONY: setup build run test clean-setup
 
 ## setup: install libtorch 2.13.0 into .libtorch/ and the environment workers' Python venv
-## into .venv/, both from PyPI, and the system HDF5 library for robomimic files (idempotent)
+## into .venv/, both from PyPI, and the Debian packages: HDF5 for robomimic files, EGL for
+## offscreen rendering (idempotent)
 setup:
-	@scripts/setup-hdf5.sh
+	@scripts/setup-debian.sh
 	@scripts/setup-libtorch.sh
 	@scripts/setup-venv.sh
 
@@ -17,7 +18,7 @@ build: setup
 	$(CARGO) build --release
 
 ## run: the main job: MVP offline-to-online on robomimic lift at a CPU budget (generates 50
-## scripted demonstrations on first use; about 10 minutes after the build on 2 cores), then
+## scripted demonstrations on first use; about 5 minutes after the build on 2 cores), then
 ## prints the learning curve
 run: build
 	target/release/mvp train --config configs/cpu/robomimic-lift.toml

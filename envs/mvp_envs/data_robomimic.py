@@ -139,10 +139,11 @@ def write_file(path, env_args, demos, seed, generator_info):
                 t = len(ep["actions"])
                 total += t
                 g.attrs["num_samples"] = t
-                g.attrs["model_file"] = ep["model_file"]
+                g.attrs["model_file"] = ep.get("model_file", "")
                 g.attrs["seed"] = ep["seed"]
                 for key in ("actions", "rewards", "dones", "states"):
-                    g.create_dataset(key, data=ep[key])
+                    if key in ep:
+                        g.create_dataset(key, data=ep[key])
                 for group in ("obs", "next_obs"):
                     sub = g.create_group(group)
                     for key, arr in ep[group].items():

@@ -6,6 +6,7 @@ Accepted ids:
   env_only=True)`, which drops the dataset word).
 - Robomimic tasks `robomimic/lift`, `robomimic/can`, `robomimic/square` (mvp_envs.robomimic;
   env_kwargs `dataset` = a robomimic HDF5 file whose `env_args` to use, or `env_args`).
+- Meta-World v3 tasks `metaworld/reach-v3`, `metaworld/door-open-v3`, ... (mvp_envs.metaworld_env).
 - Any id in Gymnasium's registry once `ogbench`, `mvp_envs.robomimic` and `mvp_envs.testing` are
   imported: `cube-double-singletask-task2-v0`, `HalfCheetah-v5`, `mvp_envs/Faulty-v0`, ...
 
@@ -19,14 +20,21 @@ says otherwise), and the Rust dataset reader relabels datasets from the next sta
 match (crates/data/src/ogbench.rs, `RewardTiming::Next`).
 """
 
-import gymnasium
-import numpy as np
+import os
+
+# Offscreen rendering (videos): MuJoCo picks its GL backend when it is first imported, and its
+# default (GLFW) needs a display. EGL with Mesa renders in software on a machine without a GPU.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium  # noqa: E402
+import numpy as np  # noqa: E402
 
 # Registering imports: OGBench's ids and our test environments join Gymnasium's registry.
-import ogbench
-import mvp_envs.robomimic  # noqa: F401  (registers robomimic/*; robosuite loads on first make)
-import mvp_envs.testing  # noqa: F401
-from mvp_envs.protocol import UserError
+import ogbench  # noqa: E402
+import mvp_envs.robomimic  # noqa: F401, E402  (registers robomimic/*; robosuite loads on first make)
+import mvp_envs.metaworld_env  # noqa: F401, E402  (registers metaworld/<task>-v3)
+import mvp_envs.testing  # noqa: F401, E402
+from mvp_envs.protocol import UserError  # noqa: E402
 
 
 def _ogbench_base_id(env_id):
@@ -48,15 +56,20 @@ def _is_ogbench_singletask(gym_id):
     return spec.entry_point.startswith("ogbench.") and "success_timing" in (spec.kwargs or {})
 
 
-def make_env(env_id, max_episode_steps=None, env_kwargs=None):
+def make_env(env_id, max_episode_steps=None, env_kwargs=None, render=None):
     """Returns a Gymnasium env for `env_id` with a time limit, or raises UserError.
 
     OGBench singletask environments get `success_timing='post'` (module doc) unless
     `env_kwargs` sets `success_timing`.
     `max_episode_steps` overrides the registered time limit; an environment without one must
-    be given it. `env_kwargs` go to the environment's constructor.
+    be given it. `env_kwargs` go to the environment's constructor. `render` = [width, height]
+    makes an environment whose `render()` returns RGB frames of that size, drawn offscreen by
+    MuJoCo (`MUJOCO_GL`, default `egl`).
     """
     kwargs = dict(env_kwargs or {})
+    if render is not None:
+        width, height = (int(x) for x in render)
+        kwargs.update(render_mode="rgb_array", width=width, height=height)
     if max_episode_steps:
         kwargs["max_episode_steps"] = int(max_episode_steps)
     base = _ogbench_base_id(env_id)

@@ -13,17 +13,18 @@ class UserError(Exception):
 
 
 # Bump on any change to a layout below; the Rust side and the worker refuse a mismatch.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # A frame longer than this is refused (protects against reading garbage as a length).
 MAX_FRAME = 1 << 30
 
 # Parent -> worker.
-HELLO = 0x01  # JSON: {"protocol", "env_id", "num_envs", "seeds", "max_episode_steps", "env_kwargs"}
+HELLO = 0x01  # JSON: {"protocol", "env_id", "num_envs", "seeds", "max_episode_steps", "env_kwargs", "render"}
 RESET = 0x02  # u32 K, K x (u32 index, u8 has_seed, u64 seed)
 STEP = 0x03  # u32 K, u32 index[K], f32 action[K*A]
 PING = 0x04  # empty
 CLOSE = 0x05  # empty
+RENDER = 0x06  # u32 index (environments made with "render": [width, height] in HELLO)
 
 # Worker -> parent.
 READY = 0x81  # JSON: {"protocol", "env_id", "num_envs", "obs_dim", "action_dim", ...}
@@ -31,6 +32,7 @@ RESET_OK = 0x82  # u32 K, f32 obs[K*O], u8 success[K]
 STEP_OK = 0x83  # u32 K, f32 obs[K*O], f32 reward[K], u8 terminated[K], u8 truncated[K], u8 success[K]
 PONG = 0x84  # empty
 CLOSED = 0x85  # empty
+RENDER_OK = 0x86  # u32 height, u32 width, u8 rgb[H*W*3] (row-major, top row first)
 ERROR = 0xFF  # u8 kind, utf-8 message (rest of the payload)
 
 # Error kinds.

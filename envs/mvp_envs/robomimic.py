@@ -227,10 +227,12 @@ def object_obs(task, obs):
 class RobomimicEnv(gymnasium.Env):
     """A robomimic task as a Gymnasium env: see the module docstring."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, task, dataset=None, env_args=None):
+    def __init__(self, task, dataset=None, env_args=None, render_mode=None, width=256, height=256, camera="agentview"):
         self.task = check_task(task)
+        self.render_mode = render_mode
+        self._render_size, self._camera, self._renderer = (int(width), int(height)), camera, None
         self.env_args = resolve_env_args(task, dataset, env_args)
         self.sim_env = make_robosuite(self.env_args)
         self.raw_obs = self.sim_env.reset()
@@ -264,7 +266,30 @@ class RobomimicEnv(gymnasium.Env):
         success = self.success()
         return self._obs(), float(success) - 1.0, success, False, {"success": success}
 
+    def render(self):
+        """An RGB frame from `camera` (robomimic's agentview), drawn offscreen by MuJoCo."""
+        if self.render_mode != "rgb_array":
+            return None
+        import mujoco
+
+        if self._renderer is None:
+            width, height = self._render_size
+            model = self.sim_env.sim.model._model
+            # The model's offscreen buffer bounds the frame size.
+            model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
+            model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+            self._renderer = mujoco.Renderer(model, height=height, width=width)
+            # Visual geoms only: robosuite puts collision geoms in group 0, as robomimic's
+            # videos hide them.
+            self._scene_option = mujoco.MjvOption()
+            self._scene_option.geomgroup[0] = 0
+        self._renderer.update_scene(self.sim_env.sim.data._data, camera=self._camera, scene_option=self._scene_option)
+        return self._renderer.render().copy()
+
     def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
         self.sim_env.close()
 
 

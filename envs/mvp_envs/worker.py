@@ -12,6 +12,7 @@ and when its parent process disappears (a watchdog thread, for a worker stuck in
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -87,7 +88,7 @@ class Worker:
         try:
             for _ in range(num_envs):
                 self.envs.append(
-                    make_env(self.env_id, hello.get("max_episode_steps"), hello.get("env_kwargs"))
+                    make_env(self.env_id, hello.get("max_episode_steps"), hello.get("env_kwargs"), hello.get("render"))
                 )
         except BaseException:
             self.close()
@@ -178,6 +179,16 @@ class Worker:
             success.tobytes(),
         )
 
+    def render(self, body):
+        (i,) = P.U32.unpack_from(body, 0)
+        frame = self.envs[self._index(i)].render()
+        if frame is None:
+            raise P.UserError(f"environment '{self.env_id}' was not made for rendering (HELLO without \"render\")")
+        frame = np.ascontiguousarray(frame, dtype=np.uint8)
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise P.UserError(f"environment '{self.env_id}' rendered an array of shape {frame.shape}, not H x W x 3")
+        return P.RENDER_OK, (P.U32.pack(frame.shape[0]), P.U32.pack(frame.shape[1]), frame.tobytes())
+
     def close(self):
         for env in self.envs:
             try:
@@ -223,6 +234,8 @@ def serve(channel):
                 channel.send(*_flat(worker.reset(body)))
             elif tag == P.STEP:
                 channel.send(*_flat(worker.step(body)))
+            elif tag == P.RENDER:
+                channel.send(*_flat(worker.render(body)))
             else:
                 channel.send_error(P.ERR_USER, f"unknown request tag {tag:#04x}")
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
@@ -243,6 +256,9 @@ def _flat(reply):
 
 
 def main():
+    # Ctrl-C in a terminal reaches the whole process group: the trainer handles it (it
+    # checkpoints, then closes its workers), so a worker must not die of it first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Keep the protocol stream private: fd 1 goes to a new descriptor, and fd 1 itself (and
     # sys.stdout) then points at stderr, so prints from any library cannot corrupt the stream.
     proto_out = os.dup(1)

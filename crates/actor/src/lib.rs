@@ -22,7 +22,7 @@ mod net;
 
 pub use diffusion::{DiffusionConfig, DiffusionPolicy};
 pub use flow::{FlowConfig, FlowPolicy};
-pub use mvp::{MeanVelocityPolicy, MvpConfig};
+pub use mvp::{dispersive_loss, MeanVelocityPolicy, MvpConfig};
 pub use net::CondNet;
 
 use mvp_nn::Mlp;

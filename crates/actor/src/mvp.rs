@@ -44,6 +44,19 @@ pub struct MvpConfig {
     pub time_features: TimeFeatures,
     /// Network evaluations per sample: 1 is the one-step policy; more is an ablation.
     pub sampling_steps: usize,
+    /// ω of the CFG-folded tangent (MP1: 2): the MeanFlow target and its JVP tangent use
+    /// v̂ = ω·v + (1 − ω)·u_θ(z, t, t | s) (computed without gradient) instead of v. 1 = the
+    /// plain MeanFlow target.
+    pub cfg_omega: f64,
+    /// Weight of the dispersive loss (MP1: 0.5; 0 = off): log mean_ij exp(−D_ij / τ) over the
+    /// batch's activations of hidden layer `dispersive_layer`, with D_ij the squared distance
+    /// between samples i and j divided by the batch's largest. It pushes the representations
+    /// of different states apart.
+    pub dispersive_weight: f64,
+    /// The hidden layer whose activations the dispersive loss spreads (0 = the first).
+    pub dispersive_layer: usize,
+    /// τ of the dispersive loss (MP1: 1).
+    pub dispersive_tau: f64,
 }
 
 impl Default for MvpConfig {
@@ -58,6 +71,10 @@ impl Default for MvpConfig {
             adaptive_c: 1e-3,
             time_features: TimeFeatures::Raw,
             sampling_steps: 1,
+            cfg_omega: 1.0,
+            dispersive_weight: 0.0,
+            dispersive_layer: 0,
+            dispersive_tau: 1.0,
         }
     }
 }
@@ -81,6 +98,8 @@ pub struct MvpLossParts {
     pub target: Tensor,
     /// The prediction `u_θ(s, z_t, r, t)`.
     pub prediction: Tensor,
+    /// The dispersive loss (zero when its weight is 0).
+    pub dispersive: Tensor,
 }
 
 impl MeanVelocityPolicy {
@@ -129,10 +148,20 @@ impl MeanVelocityPolicy {
     ) -> MvpLossParts {
         let z = (1.0 - t) * x + t * eps;
         let v = eps - x;
-        // Tangent of the inputs (s, z, t, t − r) along d/dt with dz = v, dr = 0.
+        // MP1's CFG folding: the velocity of the tangent and the target mixes in the network's
+        // own instantaneous velocity (no gradient).
+        // (The IVC below keeps the plain v.)
+        let v_hat = if self.config.cfg_omega != 1.0 {
+            let w = self.config.cfg_omega;
+            let u_tt = tch::no_grad(|| self.net.forward(obs, &z, &Tensor::cat(&[t, &t.zeros_like()], 1)));
+            w * &v + (1.0 - w) * u_tt
+        } else {
+            v.shallow_clone()
+        };
+        // Tangent of the inputs (s, z, t, t − r) along d/dt with dz = v̂, dr = 0.
         let times = Tensor::cat(&[t, &(t - r)], 1);
-        let (u, dudt) = self.net.forward_jvp_sg(obs, &z, &times, &v, &times.ones_like());
-        let target = (&v - (t - r) * dudt).detach();
+        let (u, dudt) = self.net.forward_jvp_sg(obs, &z, &times, &v_hat, &times.ones_like());
+        let target = (&v_hat - (t - r) * dudt).detach();
         let (mf_mean, mf_per_sample) = masked_sq_err(&(&u - &target), valid, self.shape);
         let mean_flow = if self.config.adaptive_p > 0.0 {
             let d = self.shape.flat_dim() as f64;
@@ -144,14 +173,30 @@ impl MeanVelocityPolicy {
         };
         // IVC: at r = t the mean velocity is the instantaneous one, whose regression target is
         // the conditional velocity v. This is the boundary condition L_MF cannot supply.
-        let ivc = if self.config.ivc_weight > 0.0 {
-            let u_inst = self.net.forward(obs, &z, &Tensor::cat(&[t, &t.zeros_like()], 1));
-            masked_sq_err(&(u_inst - &v), valid, self.shape).0
-        } else {
-            u.zeros_like().sum(u.kind())
+        // The IVC's forward pass also gives the hidden activations of the dispersive loss.
+        let inst_times = Tensor::cat(&[t, &t.zeros_like()], 1);
+        let zero = || u.zeros_like().sum(u.kind());
+        let (ivc, dispersive) = match (self.config.ivc_weight > 0.0, self.config.dispersive_weight > 0.0) {
+            (false, false) => (zero(), zero()),
+            (ivc_on, disp_on) => {
+                let (u_inst, hidden) = self.net.forward_with_hidden(obs, &z, &inst_times, self.config.dispersive_layer);
+                let ivc = if ivc_on { masked_sq_err(&(u_inst - &v), valid, self.shape).0 } else { zero() };
+                let disp = if disp_on { dispersive_loss(&hidden, self.config.dispersive_tau) } else { zero() };
+                (ivc, disp)
+            }
         };
-        MvpLossParts { mean_flow, ivc, target, prediction: u }
+        MvpLossParts { mean_flow, ivc, target, prediction: u, dispersive }
     }
+}
+
+/// MP1's dispersive loss of representations `h` (`[B, H]`): log mean_{i,j} exp(−D_ij / τ), with
+/// D_ij = ‖h_i − h_j‖² / max_kl ‖h_k − h_l‖² (every pair, i = j included).
+pub fn dispersive_loss(h: &Tensor, tau: f64) -> Tensor {
+    let sq = h.square().sum_dim_intlist(1, true, h.kind());
+    let gram: Tensor = h.matmul(&h.transpose(0, 1));
+    let d: Tensor = (&sq + sq.transpose(0, 1) - gram * 2.0).clamp_min(0.0);
+    let d = &d / d.max().clamp_min(1e-12);
+    (-d / tau).exp().mean(h.kind()).log()
 }
 
 impl GenerativePolicy for MeanVelocityPolicy {
@@ -160,12 +205,15 @@ impl GenerativePolicy for MeanVelocityPolicy {
         let eps = actions.randn_like();
         let (r, t) = self.sample_times(b, actions);
         let p = self.loss_parts(obs, actions, valid, &eps, &r, &t);
-        let loss = &p.mean_flow + self.config.ivc_weight * &p.ivc;
-        let metrics = vec![
+        let loss = &p.mean_flow + self.config.ivc_weight * &p.ivc + self.config.dispersive_weight * &p.dispersive;
+        let mut metrics = vec![
             ("actor/mf_loss", p.mean_flow.detach()),
             ("actor/ivc_loss", p.ivc.detach()),
             ("actor/loss", loss.detach()),
         ];
+        if self.config.dispersive_weight > 0.0 {
+            metrics.push(("actor/dispersive_loss", p.dispersive.detach()));
+        }
         (loss, metrics)
     }
 

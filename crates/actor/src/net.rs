@@ -32,6 +32,12 @@ impl CondNet {
         self.mlp.forward(&x)
     }
 
+    /// [`CondNet::forward`] and the activations of hidden layer `hidden`.
+    pub fn forward_with_hidden(&self, obs: &Tensor, z: &Tensor, times: &Tensor, hidden: usize) -> (Tensor, Tensor) {
+        let x = Tensor::cat(&[obs, z, &self.time_features.forward(times)], 1);
+        self.mlp.forward_with_hidden(&x, hidden)
+    }
+
     /// The MLP, when its inputs are `[s, z, raw times]` (the layout of the native acting
     /// path).
     pub fn native(&self) -> Result<&Mlp, String> {

@@ -73,6 +73,70 @@ fn mean_flow_target_matches_a_finite_difference_target() {
     assert!(parts.prediction.requires_grad());
 }
 
+/// MP1's CFG folding: at ω = 1 the target is the plain MeanFlow target; at ω = 2 it is the
+/// finite-difference target along v̂ = 2v − u(z, t, t) (the network's own instantaneous velocity).
+#[test]
+fn cfg_folded_target_reduces_to_the_plain_target_at_omega_one() {
+    let _g = lock();
+    let (obs, x, eps, t) = batch(8);
+    let r = &t * Tensor::rand([8, 1], (Kind::Double, Device::Cpu));
+    let (_vs, plain) = f64_mvp(MvpConfig::default());
+    let (_vs1, one) = f64_mvp(MvpConfig { cfg_omega: 1.0, ..MvpConfig::default() });
+    let (_vs2, two) = f64_mvp(MvpConfig { cfg_omega: 2.0, ..MvpConfig::default() });
+    let target = |p: &MeanVelocityPolicy| p.loss_parts(&obs, &x, None, &eps, &r, &t).target;
+    assert_eq!(target(&one), target(&plain));
+    let z = (1.0 - &t) * &x + &t * &eps;
+    let v_hat = 2.0 * (&eps - &x) - two.mean_velocity(&obs, &z, &t, &t);
+    let h = 1e-5;
+    let up = two.mean_velocity(&obs, &(&z + &v_hat * h), &r, &(&t + h));
+    let down = two.mean_velocity(&obs, &(&z - &v_hat * h), &r, &(&t - h));
+    let fd_target = &v_hat - (&t - &r) * ((up - down) / (2.0 * h));
+    let got = target(&two);
+    let rel = (&got - &fd_target).norm().double_value(&[]) / fd_target.norm().double_value(&[]);
+    assert!(rel < 1e-6, "CFG-folded target vs finite differences: relative error {rel:e}");
+    assert!((&got - target(&plain)).norm().double_value(&[]) > 1e-3, "ω = 2 changes the target");
+}
+
+/// The dispersive loss and its gradient equal a direct pair-by-pair computation.
+#[test]
+fn dispersive_loss_value_and_gradient_match_a_direct_computation() {
+    let _g = lock();
+    tch::manual_seed(4);
+    let (b, tau) = (6usize, 0.7);
+    let h = Tensor::randn([b as i64, 5], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let fast = mvp_actor::dispersive_loss(&h, tau);
+    let g_fast = Tensor::run_backward(&[&fast], &[&h], false, false).pop().unwrap();
+    // Directly: every pair's squared distance, divided by the largest, through exp and log.
+    let h2 = h.detach().copy().set_requires_grad(true);
+    let d: Vec<Tensor> = (0..b)
+        .flat_map(|i| (0..b).map(move |j| (i, j)))
+        .map(|(i, j)| (h2.get(i as i64) - h2.get(j as i64)).square().sum(Kind::Double))
+        .collect();
+    let d = Tensor::stack(&d, 0);
+    let direct = (-(&d / d.max()) / tau).exp().mean(Kind::Double).log();
+    let g_direct = Tensor::run_backward(&[&direct], &[&h2], false, false).pop().unwrap();
+    // And the value in plain f64 arithmetic.
+    let rows: Vec<Vec<f64>> = (0..b).map(|i| Vec::<f64>::try_from(h.get(i as i64).detach()).unwrap()).collect();
+    let dist = |i: usize, j: usize| rows[i].iter().zip(&rows[j]).map(|(p, q)| (p - q) * (p - q)).sum::<f64>();
+    let max = (0..b).flat_map(|i| (0..b).map(move |j| (i, j))).map(|(i, j)| dist(i, j)).fold(0.0, f64::max);
+    let by_hand =
+        ((0..b).flat_map(|i| (0..b).map(move |j| (i, j))).map(|(i, j)| (-dist(i, j) / max / tau).exp()).sum::<f64>()
+            / (b * b) as f64)
+            .ln();
+    let (v_fast, v_direct) = (fast.double_value(&[]), direct.double_value(&[]));
+    assert!((v_fast - v_direct).abs() < 1e-12 && (v_fast - by_hand).abs() < 1e-12, "{v_fast} {v_direct} {by_hand}");
+    let g_err = (&g_fast - &g_direct).abs().max().double_value(&[]);
+    assert!(g_err < 1e-10, "gradients differ by {g_err}");
+    assert!(g_fast.abs().max().double_value(&[]) > 1e-6, "a gradient to compare");
+    // In the MVP loss it is its own term, logged, and zero when off.
+    let (_vs, p) = f64_mvp(MvpConfig { dispersive_weight: 0.5, dispersive_layer: 1, ..MvpConfig::default() });
+    let (obs, x, eps, t) = batch(8);
+    let parts = p.loss_parts(&obs, &x, None, &eps, &(&t * 0.5), &t);
+    assert!(parts.dispersive.double_value(&[]) < 0.0 && parts.dispersive.requires_grad());
+    let (_vs, off) = f64_mvp(MvpConfig::default());
+    assert_eq!(off.loss_parts(&obs, &x, None, &eps, &t, &t).dispersive.double_value(&[]), 0.0);
+}
+
 #[test]
 fn masked_steps_do_not_count_in_the_loss() {
     let _g = lock();

@@ -19,17 +19,30 @@
 
 use std::collections::HashMap;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use mvp_actor::{ChunkShape, GenerativePolicy};
 use mvp_critic::Critic;
-use mvp_nn::{checkpoint, Adam};
+use mvp_infer::{NativePolicy, Precision};
+use mvp_nn::{checkpoint, polyak_update, Adam};
 use mvp_replay::ChunkBatch;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, SelectEngine};
 
 /// Scalars of one update, as detached 0-d tensors.
 pub type Metrics = Vec<(&'static str, Tensor)>;
+
+/// Called between the phases of an update with the name of the phase that just ended
+/// ([`Agent::update_marked`]; `mvp bench train --profile` times them).
+pub type Mark<'a> = &'a mut dyn FnMut(&'static str);
+
+/// The TD target's generate-and-select on the native engine: its precision, and the policy
+/// once the first target has packed it (re-packed from the current weights before each target).
+struct NativeSelect {
+    precision: Precision,
+    policy: Option<NativePolicy>,
+    chosen: Vec<f32>,
+}
 
 /// A batch of chunks as tensors on the agent's device (the QC/FQL batch contract).
 #[derive(Debug)]
@@ -78,18 +91,50 @@ pub struct Agent {
     obs_dim: usize,
     shape: ChunkShape,
     device: Device,
+    native_select: Option<NativeSelect>,
+    diagnostics: bool,
+    imitation: bool,
+    /// The moving average of the actor's weights that acts (`agent.actor_ema`), with its decay.
+    ema: Option<(VarStore, Box<dyn GenerativePolicy>, f64)>,
 }
 
 impl Agent {
     /// Builds networks and optimisers for `obs_dim` observations and `action_dim` actions.
-    pub fn new(obs_dim: usize, action_dim: usize, config: &AgentConfig, device: Device) -> Self {
+    /// Fails when `agent.select_engine` asks for the native engine where it cannot run.
+    pub fn new(obs_dim: usize, action_dim: usize, config: &AgentConfig, device: Device) -> Result<Self> {
         let shape = ChunkShape { horizon: config.horizon, action_dim };
         let actor_vs = VarStore::new(device);
         let actor = config.actor.build(&actor_vs.root(), obs_dim, shape);
         let critic = Critic::new(device, obs_dim, shape.flat_dim(), config.critic.clone());
         let actor_opt = Adam::new(&actor_vs, config.actor_optim.clone());
+        let ema = (config.actor_ema > 0.0).then(|| {
+            let mut vs = VarStore::new(device);
+            let net = config.actor.build(&vs.root(), obs_dim, shape);
+            vs.copy(&actor_vs).expect("the same actor layout");
+            vs.freeze();
+            (vs, net, config.actor_ema)
+        });
         let critic_opt = Adam::new(&critic.vs, config.critic_optim.clone());
-        Self {
+        let precision = match config.select_engine {
+            SelectEngine::Libtorch => None,
+            SelectEngine::Auto => (device == Device::Cpu && actor.native().is_ok())
+                .then_some(if mvp_infer::has_avx512_bf16() { Precision::Bf16 } else { Precision::F32 }),
+            engine @ (SelectEngine::NativeF32 | SelectEngine::NativeBf16) => {
+                let key = "config key `agent.select_engine`";
+                if device != Device::Cpu {
+                    bail!("{key}: the native engine runs on the CPU, the networks are on {device:?}; use auto or libtorch");
+                }
+                if let Err(why) = actor.native() {
+                    bail!("{key}: {why}; use auto or libtorch");
+                }
+                if engine == SelectEngine::NativeBf16 && !mvp_infer::has_avx512_bf16() {
+                    bail!("{key}: native-bf16 needs a CPU with AVX512-BF16 (this one has none); use native-f32");
+                }
+                Some(if engine == SelectEngine::NativeBf16 { Precision::Bf16 } else { Precision::F32 })
+            }
+        };
+        let native_select = precision.map(|precision| NativeSelect { precision, policy: None, chosen: Vec::new() });
+        Ok(Self {
             actor_vs,
             actor,
             critic,
@@ -100,7 +145,28 @@ impl Agent {
             obs_dim,
             shape,
             device,
-        }
+            native_select,
+            diagnostics: true,
+            imitation: config.imitation,
+            ema,
+        })
+    }
+
+    /// Whether updates compute the selection diagnostics (`select/*` metrics: the candidates'
+    /// scores and spread). On by default; the trainer turns them on only for updates it logs.
+    pub fn set_diagnostics(&mut self, on: bool) {
+        self.diagnostics = on;
+    }
+
+    /// Whether the TD target's selection runs on the native engine (`agent.select_engine`).
+    pub fn selects_natively(&self) -> bool {
+        self.native_select.is_some()
+    }
+
+    /// The native engine's precision where selection runs on it (also the precision of
+    /// background evaluations).
+    pub fn select_precision(&self) -> Option<Precision> {
+        self.native_select.as_ref().map(|n| n.precision)
     }
 
     /// The chunk shape the actor generates.
@@ -124,6 +190,31 @@ impl Agent {
         self.actor.as_ref()
     }
 
+    /// The actor that acts (collection, evaluation, export): the moving average of the weights
+    /// where `agent.actor_ema` is set, else the trained actor.
+    pub fn acting_actor(&self) -> &dyn GenerativePolicy {
+        match &self.ema {
+            Some((_, net, _)) => net.as_ref(),
+            None => self.actor.as_ref(),
+        }
+    }
+
+    /// Backward pass and Adam step of the actor, then its moving average.
+    fn actor_step(&mut self, actor_loss: &Tensor, mark: Mark) {
+        self.actor_opt.zero_grad();
+        actor_loss.backward();
+        mark("actor: backward");
+        self.actor_opt.step();
+        self.update_ema();
+        mark("actor: adam");
+    }
+
+    fn update_ema(&mut self) {
+        if let Some((vs, _, decay)) = &self.ema {
+            polyak_update(vs, &self.actor_vs, 1.0 - *decay);
+        }
+    }
+
     /// Generate-and-select: for each row of `obs [B, S]`, draws `n` candidate chunks in one
     /// actor call over `B·n` rows, scores them with the online critic (aggregated over the
     /// ensemble) and returns the best, `[B, h·A]`. With `n = 1` the critic is not consulted.
@@ -136,19 +227,68 @@ impl Agent {
     /// [`Agent::sample_actions`] from given starting noise `[B·n, D]` (the candidates of row b
     /// are rows b·n .. b·n + n); also returns the candidates and their scores (`None` for n = 1).
     pub fn select_with_noise(&self, obs: &Tensor, noise: &Tensor, n: usize) -> (Tensor, Option<(Tensor, Tensor)>) {
+        self.select_marked(self.acting_actor(), obs, noise, n, &mut |_| {})
+    }
+
+    fn select_marked(
+        &self,
+        actor: &dyn GenerativePolicy,
+        obs: &Tensor,
+        noise: &Tensor,
+        n: usize,
+        mark: Mark,
+    ) -> (Tensor, Option<(Tensor, Tensor)>) {
         tch::no_grad(|| {
             let b = obs.size()[0];
             if n <= 1 {
-                return (self.actor.sample(obs, noise), None);
+                let chosen = actor.sample(obs, noise);
+                mark("target: generate");
+                return (chosen, None);
             }
             let n = n as i64;
             let obs_rep = obs.repeat_interleave_self_int(n, 0, None); // [B·n, S]
-            let candidates = self.actor.sample(&obs_rep, noise); // [B·n, D]
+            let candidates = actor.sample(&obs_rep, noise); // [B·n, D]
+            mark("target: generate");
             let scores = self.critic.score(&obs_rep, &candidates);
+            mark("target: score");
             let best = scores.view([b, n]).argmax(1, false); // [B]
             let index = (Tensor::arange(b, (Kind::Int64, obs.device())) * n + best).view([-1]);
             (candidates.index_select(0, &index), Some((candidates, scores)))
         })
+    }
+
+    /// [`Agent::select_with_noise`] on the native engine, with weights packed from the
+    /// networks as they are now (CPU tensors only).
+    fn select_native(
+        &mut self,
+        obs: &Tensor,
+        noise: &Tensor,
+        n: usize,
+        mark: Mark,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let d = self.shape.flat_dim();
+        let weights = crate::export::policy_weights(self.actor.as_ref(), Some(&self.critic), self.obs_dim, d, n)
+            .map_err(anyhow::Error::msg)?;
+        let native = self.native_select.as_mut().expect("select_native is called only with a native engine");
+        match native.policy.as_mut() {
+            Some(p) => p.set_weights(&weights)?,
+            None => native.policy = Some(NativePolicy::new(&weights, native.precision, 0)?),
+        }
+        let policy = native.policy.as_mut().expect("packed above");
+        mark("target: pack weights");
+        let b = obs.size()[0] as usize;
+        native.chosen.resize(b * d, 0.0);
+        policy.act_with_noise(&host(obs), &host(noise), &mut native.chosen);
+        let chosen = Tensor::from_slice(&native.chosen).view([b as i64, d as i64]);
+        let scored = (n > 1 && self.diagnostics).then(|| {
+            let rows = b * n;
+            (
+                Tensor::from_slice(&policy.candidates()[..rows * d]).view([rows as i64, d as i64]),
+                Tensor::from_slice(&policy.scores()[..rows]),
+            )
+        });
+        mark("target: generate and score (native)");
+        Ok((chosen, scored))
     }
 
     /// The acting networks (actor and online critic) as a libtorch-free policy with its own
@@ -156,15 +296,21 @@ impl Agent {
     /// actors without a native path (diffusion, Fourier time features) and for bf16 on CPUs
     /// without AVX512-BF16.
     pub fn native_policy(&self, precision: mvp_infer::Precision, seed: u64) -> Result<mvp_infer::NativePolicy> {
-        let weights = crate::export::policy_weights(
-            self.actor.as_ref(),
+        Ok(mvp_infer::NativePolicy::new(&self.policy_weights()?, precision, seed)?)
+    }
+
+    /// The acting networks (actor and online critic) and the current candidate count as plain
+    /// host weights: what [`Agent::native_policy`] packs and `mvp export` writes. Fails for
+    /// actors without a native path.
+    pub fn policy_weights(&self) -> Result<mvp_infer::PolicyWeights> {
+        crate::export::policy_weights(
+            self.acting_actor(),
             Some(&self.critic),
             self.obs_dim,
             self.shape.flat_dim(),
             self.num_samples,
         )
-        .map_err(anyhow::Error::msg)?;
-        Ok(mvp_infer::NativePolicy::new(&weights, precision, seed)?)
+        .map_err(anyhow::Error::msg)
     }
 
     /// Converts the networks used for acting (actor and online critic) to `kind`, e.g.
@@ -192,30 +338,52 @@ impl Agent {
     /// what selection does (the diagnostics of a young critic): the online Q of the selected
     /// chunks (compare with the critic's `critic/q_data`, the stored chunks scored the same way),
     /// the spread of the candidates' scores and of the candidates themselves.
-    pub fn critic_loss(&self, b: &TensorBatch) -> (Tensor, Metrics) {
-        let mut selection = Vec::new();
-        let target = tch::no_grad(|| {
-            let n = self.num_samples;
-            let (bs, d) = (b.next_observations.size()[0], self.shape.flat_dim() as i64);
-            let noise = Tensor::randn([bs * n as i64, d], (b.next_observations.kind(), b.next_observations.device()));
-            let (next_chunk, scored) = self.select_with_noise(&b.next_observations, &noise, n);
-            if let Some((candidates, scores)) = scored {
-                let scores = scores.view([bs, n as i64]);
-                let best = scores.amax(1, false);
-                selection.push(("select/q_selected", best.mean(Kind::Float)));
-                selection.push(("select/q_candidates", scores.mean(Kind::Float)));
-                selection.push(("select/score_std", scores.std_dim(1, true, false).mean(Kind::Float)));
-                let spread = candidates.view([bs, n as i64, d]).std_dim(1, true, false).mean(Kind::Float);
-                selection.push(("select/candidate_std", spread));
-            }
-            let next_q = self.critic.q_target(&b.next_observations, &next_chunk);
-            let next_v = self.critic.config().aggregate.apply(&next_q);
-            self.critic.td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon)
-        });
+    pub fn critic_loss(&mut self, b: &TensorBatch) -> Result<(Tensor, Metrics)> {
+        self.critic_loss_marked(b, &mut |_| {})
+    }
+
+    fn critic_loss_marked(&mut self, b: &TensorBatch, mark: Mark) -> Result<(Tensor, Metrics)> {
+        let (target, _, selection) = self.td_target_marked(b, mark)?;
         let last_valid = b.valid.select(1, self.shape.horizon as i64 - 1);
         let (loss, mut metrics) = self.critic.td_loss(&b.observations, &b.actions, &target, &last_valid);
         metrics.extend(selection);
-        (loss, metrics)
+        mark("critic: loss");
+        Ok((loss, metrics))
+    }
+
+    /// The TD target `[B]` of the batch and the chunk selected at each next state `[B, h·A]`
+    /// (on the engine of `agent.select_engine`), without a graph; noise from libtorch's
+    /// generator either way.
+    pub fn td_target(&mut self, b: &TensorBatch) -> Result<(Tensor, Tensor)> {
+        let (target, next_chunk, _) = self.td_target_marked(b, &mut |_| {})?;
+        Ok((target, next_chunk))
+    }
+
+    fn td_target_marked(&mut self, b: &TensorBatch, mark: Mark) -> Result<(Tensor, Tensor, Metrics)> {
+        let _no_grad = tch::no_grad_guard();
+        let n = self.num_samples;
+        let (bs, d) = (b.next_observations.size()[0], self.shape.flat_dim() as i64);
+        let noise = Tensor::randn([bs * n as i64, d], (b.next_observations.kind(), b.next_observations.device()));
+        let (next_chunk, scored) = if self.native_select.is_some() {
+            self.select_native(&b.next_observations, &noise, n, mark)?
+        } else {
+            self.select_marked(self.actor.as_ref(), &b.next_observations, &noise, n, mark)
+        };
+        let mut selection = Vec::new();
+        if let Some((candidates, scores)) = scored.filter(|_| self.diagnostics) {
+            let scores = scores.view([bs, n as i64]);
+            let best = scores.amax(1, false);
+            selection.push(("select/q_selected", best.mean(Kind::Float)));
+            selection.push(("select/q_candidates", scores.mean(Kind::Float)));
+            selection.push(("select/score_std", scores.std_dim(1, true, false).mean(Kind::Float)));
+            let spread = candidates.view([bs, n as i64, d]).std_dim(1, true, false).mean(Kind::Float);
+            selection.push(("select/candidate_std", spread));
+        }
+        let next_q = self.critic.q_target(&b.next_observations, &next_chunk);
+        let next_v = self.critic.config().aggregate.apply(&next_q);
+        let target = self.critic.td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon);
+        mark("target: value");
+        Ok((target, next_chunk, selection))
     }
 
     /// The actor's loss: its own generative loss, masked by `valid`, on the buffer's chunks —
@@ -237,15 +405,36 @@ impl Agent {
 
     /// One update of critic and actor, then the target networks.
     pub fn update(&mut self, b: &TensorBatch) -> Result<Metrics> {
-        let (critic_loss, mut metrics) = self.critic_loss(b);
+        self.update_marked(b, &mut |_| {})
+    }
+
+    /// [`Agent::update`], calling `mark` after each phase (TD target, losses, backward passes,
+    /// optimiser steps, Polyak averaging) with the phase's name, for profiling.
+    pub fn update_marked(&mut self, b: &TensorBatch, mark: Mark) -> Result<Metrics> {
+        if self.imitation {
+            // Behaviour cloning: the actor's loss on the stored chunks, nothing else.
+            let (actor_loss, metrics) = self.actor_loss(b);
+            mark("actor: loss");
+            let al = actor_loss.double_value(&[]);
+            anyhow::ensure!(al.is_finite(), "non-finite actor loss {al}; stopping, the last checkpoint is kept");
+            self.actor_step(&actor_loss, mark);
+            return Ok(metrics);
+        }
+        let (critic_loss, mut metrics) = self.critic_loss_marked(b, mark)?;
         let (actor_loss, actor_metrics) = self.actor_loss(b);
+        mark("actor: loss");
         let (cl, al) = (critic_loss.double_value(&[]), actor_loss.double_value(&[]));
         if !cl.is_finite() || !al.is_finite() {
             anyhow::bail!("non-finite loss (critic {cl}, actor {al}); stopping, the last checkpoint is kept");
         }
-        self.critic_opt.backward_step(&critic_loss);
-        self.actor_opt.backward_step(&actor_loss);
+        self.critic_opt.zero_grad();
+        critic_loss.backward();
+        mark("critic: backward");
+        self.critic_opt.step();
+        mark("critic: adam");
+        self.actor_step(&actor_loss, mark);
         self.critic.soft_update();
+        mark("polyak");
         metrics.extend(actor_metrics);
         Ok(metrics)
     }
@@ -253,6 +442,9 @@ impl Agent {
     /// Every tensor of the agent's state, named, for a checkpoint, and the optimiser steps.
     pub fn state(&self) -> (Vec<(String, Tensor)>, [u64; 2]) {
         let mut t = checkpoint::varstore_tensors(&self.actor_vs, "actor/");
+        if let Some((vs, _, _)) = &self.ema {
+            t.extend(checkpoint::varstore_tensors(vs, "actor_ema/"));
+        }
         t.extend(checkpoint::varstore_tensors(&self.critic.vs, "critic/"));
         t.extend(checkpoint::varstore_tensors(&self.critic.target_vs, "critic_target/"));
         let (a, a_steps) = self.actor_opt.state("actor_opt/");
@@ -273,7 +465,7 @@ impl Agent {
         device: Device,
     ) -> Result<(Self, M)> {
         let loaded: checkpoint::Loaded<M> = checkpoint::load(dir)?;
-        let mut agent = Self::new(obs_dim, action_dim, config, device);
+        let mut agent = Self::new(obs_dim, action_dim, config, device)?;
         agent.load_state(&loaded.tensors, [0, 0])?;
         Ok((agent, loaded.meta))
     }
@@ -281,10 +473,23 @@ impl Agent {
     /// Restores what [`Agent::state`] wrote.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: [u64; 2]) -> Result<()> {
         checkpoint::load_varstore(&self.actor_vs, tensors, "actor/")?;
+        if let Some((vs, _, _)) = &mut self.ema {
+            // A checkpoint written without the average starts it from the trained weights.
+            if tensors.keys().any(|k| k.starts_with("actor_ema/")) {
+                checkpoint::load_varstore(vs, tensors, "actor_ema/")?;
+            } else {
+                vs.copy(&self.actor_vs)?;
+            }
+        }
         checkpoint::load_varstore(&self.critic.vs, tensors, "critic/")?;
         checkpoint::load_varstore(&self.critic.target_vs, tensors, "critic_target/")?;
         self.actor_opt.load_state(tensors, "actor_opt/", steps[0])?;
         self.critic_opt.load_state(tensors, "critic_opt/", steps[1])?;
         Ok(())
     }
+}
+
+/// A CPU float tensor's values, row-major.
+fn host(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().view([-1])).expect("a float tensor converts to Vec<f32>")
 }

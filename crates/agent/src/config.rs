@@ -65,6 +65,12 @@ pub struct EnvConfig {
     pub num_envs: usize,
     /// Python worker processes hosting the training environments (at most `num_envs`).
     pub workers: usize,
+    /// Collect on a thread of its own during the online phase, so that environment steps
+    /// overlap updates: collector step k + 2 acts with the networks after the learner's step k
+    /// (one step staler than lockstep) on the native engine. An uninterrupted run repeats
+    /// itself, but a resumed one starts new episodes (the thread's running ones are not in the
+    /// checkpoint). Off (lockstep, exact resume) by default. Needs the native engine.
+    pub async_collect: bool,
     /// Evaluation environments run at once (their chunks come from one batched policy call).
     pub eval_envs: usize,
     /// Python worker processes that host the evaluation environments (at most `eval_envs`).
@@ -79,6 +85,7 @@ impl Default for EnvConfig {
             eval_seed_offset: 1_000_000,
             num_envs: 1,
             workers: 1,
+            async_collect: false,
             eval_envs: 1,
             eval_workers: 1,
         }
@@ -101,6 +108,23 @@ pub struct AgentConfig {
     /// at the batch state (best of N by the online critic) instead of the stored chunk. 0 = QC's
     /// stored chunks; the MVP paper calls a* "the target action for policy training".
     pub selected_target_fraction: f64,
+    /// Where the TD target's generate-and-select (N candidates at every next state of the
+    /// batch, scored by the online critic) runs: `auto` (on a CPU, for actors with a native
+    /// path — MVP, and flow with raw time features — the native engine in bf16 where the CPU
+    /// has AVX512-BF16, else in fp32; libtorch otherwise), `libtorch`, `native-f32` or
+    /// `native-bf16`. The native engine is re-packed from the current weights before every
+    /// target and gets the same noise as libtorch would, so `native-f32` selects the same
+    /// chunks within fp32 rounding; bf16 rounds the candidates and scores (learning measured
+    /// the same, experiments/speed/). It is most of an update's arithmetic at N = 32.
+    pub select_engine: SelectEngine,
+    /// Imitation learning: the actor is trained on the dataset's chunks alone (behaviour
+    /// cloning with the actor's generative loss), with no critic update, no TD target and no
+    /// selection; needs `num_samples = 1` and no online phase. MP1-style runs.
+    pub imitation: bool,
+    /// Exponential moving average of the actor's weights for acting, evaluation and export
+    /// (MP1, diffusion policies): after each actor update ema ← d·ema + (1 − d)·θ with this d;
+    /// 0 = off (act with the trained weights). TD targets always use the trained actor.
+    pub actor_ema: f64,
     /// Batch size.
     pub batch_size: usize,
     /// The generative actor (`kind = "mvp" | "flow" | "diffusion"` and its fields).
@@ -111,6 +135,22 @@ pub struct AgentConfig {
     pub actor_optim: AdamConfig,
     /// Adam for the critic.
     pub critic_optim: AdamConfig,
+}
+
+/// Where the TD target's generate-and-select runs (`agent.select_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectEngine {
+    /// `native-bf16` (or `native-f32` without AVX512-BF16) on a CPU for actors with a native
+    /// path, `libtorch` otherwise.
+    #[default]
+    Auto,
+    /// The training code's own tensors.
+    Libtorch,
+    /// The native engine (`mvp-infer`), fp32.
+    NativeF32,
+    /// The native engine with bf16 weights and inputs (fp32 accumulation); needs AVX512-BF16.
+    NativeBf16,
 }
 
 impl AgentConfig {
@@ -132,6 +172,9 @@ impl Default for AgentConfig {
             num_samples: 32,
             offline_num_samples: 0,
             selected_target_fraction: 0.0,
+            imitation: false,
+            actor_ema: 0.0,
+            select_engine: SelectEngine::Auto,
             batch_size: 256,
             actor: ActorConfig::default(),
             critic: CriticConfig::default(),
@@ -164,6 +207,20 @@ pub struct ScheduleConfig {
     /// 0 = the whole chunk (h, open loop, as trained); 1 = receding horizon (closed loop).
     /// Training always executes whole chunks (the critic values whole chunks).
     pub eval_execute_steps: usize,
+    /// Run evaluations on their own thread while training goes on: the acting networks are
+    /// packed for the native engine at the evaluation's step (the precision of
+    /// `agent.select_engine`) and its result is logged at that step when it finishes. Needs
+    /// the native engine (MVP and flow actors on a CPU); otherwise evaluation stops training
+    /// as it does with `false`. Training is the same either way (evaluation draws none of its
+    /// randomness); the final evaluation always runs in the foreground.
+    pub eval_background: bool,
+    /// Episodes recorded as videos at each evaluation (0: none): GIFs in `<run>/videos/` and a
+    /// strip of frames per episode in TensorBoard (`video/episode_K`). Rendering is offscreen
+    /// in a separate worker (MuJoCo environments only) and costs about a frame's drawing per
+    /// step; the episodes are extra, not the evaluation's.
+    pub video_episodes: usize,
+    /// Width and height of video frames in pixels.
+    pub video_size: [u32; 2],
     /// Steps between metric logs.
     pub log_interval: u64,
     /// Steps between checkpoints (0 = only at the end).
@@ -190,6 +247,9 @@ impl Default for ScheduleConfig {
             eval_interval: 100_000,
             eval_episodes: 50,
             eval_execute_steps: 0,
+            eval_background: true,
+            video_episodes: 0,
+            video_size: [256, 256],
             log_interval: 1_000,
             checkpoint_interval: 100_000,
             keep_checkpoints: 2,
@@ -243,6 +303,7 @@ impl TrainConfig {
         check(a.horizon >= 1, "agent.horizon", "an integer ≥ 1")?;
         check(a.num_samples >= 1, "agent.num_samples", "an integer ≥ 1")?;
         check(a.batch_size >= 1, "agent.batch_size", "an integer ≥ 1")?;
+        check((0.0..1.0).contains(&a.actor_ema), "agent.actor_ema", "0 (off) or a decay in (0, 1)")?;
         check((0.0..=1.0).contains(&a.selected_target_fraction), "agent.selected_target_fraction", "[0, 1]")?;
         check(a.critic.ensemble >= 1, "agent.critic.ensemble", "an integer ≥ 1")?;
         check((0.0..=1.0).contains(&a.critic.tau), "agent.critic.tau", "0 ≤ τ ≤ 1")?;
@@ -253,8 +314,26 @@ impl TrainConfig {
             check(m.ivc_weight >= 0.0, "agent.actor.ivc_weight", "λ ≥ 0")?;
             check((0.0..=1.0).contains(&m.equal_time_fraction), "agent.actor.equal_time_fraction", "[0, 1]")?;
             check((0.0..=1.0).contains(&m.one_step_fraction), "agent.actor.one_step_fraction", "[0, 1]")?;
+            check(m.dispersive_weight >= 0.0, "agent.actor.dispersive_weight", "≥ 0")?;
+            check(m.dispersive_tau > 0.0, "agent.actor.dispersive_tau", "τ > 0")?;
+            let hidden = m.network.hidden.len();
+            check(
+                m.dispersive_layer < hidden,
+                "agent.actor.dispersive_layer",
+                "a hidden layer index below the network's depth",
+            )?;
         }
         let s = &self.schedule;
+        if a.imitation {
+            let n = a.num_samples_in(true).max(a.num_samples);
+            check(n == 1, "agent.num_samples", "1 with agent.imitation = true (no critic selects)")?;
+            check(s.online_steps == 0, "schedule.online_steps", "0 with agent.imitation = true")?;
+            check(
+                a.selected_target_fraction == 0.0,
+                "agent.selected_target_fraction",
+                "0 with agent.imitation = true",
+            )?;
+        }
         check(s.utd >= 1, "schedule.utd", "an integer ≥ 1")?;
         check(s.online_fraction <= 1.0, "schedule.online_fraction", "a share in [0, 1], or negative for no split")?;
         check(s.eval_episodes >= 1, "schedule.eval_episodes", "an integer ≥ 1")?;
@@ -262,6 +341,11 @@ impl TrainConfig {
             s.eval_execute_steps <= a.horizon,
             "schedule.eval_execute_steps",
             "0 (whole chunks) or 1..=agent.horizon",
+        )?;
+        check(
+            s.video_size.iter().all(|&x| (16..=2048).contains(&x)),
+            "schedule.video_size",
+            "[width, height], each 16..=2048 pixels",
         )?;
         check(s.log_interval >= 1, "schedule.log_interval", "an integer ≥ 1")?;
         check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;

@@ -31,6 +31,10 @@ pub struct Progress {
     /// Transitions stored from the online environments (the newest rows of the buffer).
     #[serde(default)]
     pub online_rows: u64,
+    /// A background evaluation of this checkpoint's networks that had not finished when it was
+    /// written (its step): a resumed run runs it first.
+    #[serde(default)]
+    pub pending_eval: Option<u64>,
 }
 
 /// What a finished (or stopped) run reports.
@@ -48,6 +52,10 @@ pub struct Summary {
     pub offline_steps: u64,
     /// Wall-clock seconds of this invocation.
     pub seconds: f64,
+    /// The run stopped early on a signal ([`crate::Trainer::stop_handle`]), after writing a
+    /// checkpoint.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 /// Derives a 64-bit seed for step `i` of run `seed` (SplitMix64 finaliser).

@@ -74,3 +74,45 @@ pub fn git_revision() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// Before a resumed run logs again: drops the rows of `metrics.jsonl` and `metrics.csv` that
+/// the stopped run logged after its checkpoint of step `step` (the resumed run logs those steps
+/// again), and the evaluation rows of step `pending_eval` (an evaluation the resumed run
+/// repeats). TensorBoard needs nothing: it discards the events of a file's steps that a later
+/// event of a lower step orphans.
+pub fn truncate_metrics(run_dir: &Path, step: u64, pending_eval: Option<u64>) -> Result<()> {
+    let keep = |s: u64, eval: bool| s <= step && !(eval && Some(s) == pending_eval);
+    let jsonl = run_dir.join("metrics.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&jsonl) {
+        let mut out = String::with_capacity(text.len());
+        for line in text.lines() {
+            let row: Option<serde_json::Value> = serde_json::from_str(line).ok();
+            let s = row.as_ref().and_then(|r| r["step"].as_u64());
+            let eval = row.as_ref().is_some_and(|r| r.get("eval/success").is_some());
+            if s.is_some_and(|s| keep(s, eval)) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if out.len() != text.len() {
+            checkpoint::write_atomically(&jsonl, out.as_bytes())?;
+        }
+    }
+    let csv = run_dir.join("metrics.csv");
+    if let Ok(text) = std::fs::read_to_string(&csv) {
+        let mut out = String::with_capacity(text.len());
+        for (i, line) in text.lines().enumerate() {
+            let mut fields = line.split(',');
+            let s = fields.next().and_then(|f| f.parse::<u64>().ok());
+            let eval = fields.nth(1).is_some_and(|name| name.starts_with("eval/"));
+            if i == 0 || s.is_some_and(|s| keep(s, eval)) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if out.len() != text.len() {
+            checkpoint::write_atomically(&csv, out.as_bytes())?;
+        }
+    }
+    Ok(())
+}

@@ -8,6 +8,8 @@
 //! created per step), so a resumed run repeats an uninterrupted one bit for bit on CPU.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -16,18 +18,21 @@ use mvp_envs::sparse_reward;
 use mvp_logging::Logger;
 use mvp_nn::checkpoint;
 use mvp_replay::{ChunkBatch, Dataset, ReplayBuffer};
-use mvp_rollout::Collector;
+use mvp_rollout::{AsyncCollector, Collected, Collector, OwnedPolicy};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tch::{Device, Tensor};
 
 use crate::agent::{Agent, TensorBatch};
 use crate::config::TrainConfig;
-use crate::eval::{evaluate, EvalResult};
+use crate::eval::{evaluate, evaluate_native, BackgroundEval, EvalResult};
 use crate::progress::{step_seed, Progress, Summary};
 use crate::run_dir;
 
 /// Checkpoints of a run, in its directory.
 pub const CHECKPOINTS: &str = "checkpoints";
+/// The run-directory folder holding the policy of the best evaluation so far (an exported
+/// policy: `mvp eval --policy RUN/best`).
+pub const BEST: &str = "best";
 const BUFFER_FILE: &str = "buffer.bin";
 
 /// Loads the offline dataset the config names (see [`mvp_data::load`]), checked against the
@@ -50,14 +55,21 @@ pub struct Trainer {
     agent: Agent,
     buffer: ReplayBuffer,
     has_dataset: bool,
-    /// The training environments (E ≥ 1).
-    collector: Collector,
+    /// The training environments (E ≥ 1); moved to `async_collector` while it runs.
+    collector: Option<Collector>,
+    /// The collector on its own thread (`env.async_collect`), from the first online step on.
+    async_collector: Option<AsyncCollector>,
+    num_envs: usize,
     spec: mvp_envs::EnvSpec,
-    eval_pool: Box<dyn mvp_rollout::EnvPool>,
+    /// The evaluation environments; lent to a background evaluation while one runs.
+    eval_pool: Option<Box<dyn mvp_rollout::EnvPool>>,
+    background_eval: Option<BackgroundEval>,
     logger: Logger,
     progress: Progress,
     batch: ChunkBatch,
     device: Device,
+    /// Set by a signal handler (`stop_handle`): finish the step, checkpoint, end the run.
+    stop: Arc<AtomicBool>,
 }
 
 impl Trainer {
@@ -71,13 +83,24 @@ impl Trainer {
 
     /// Reopens `run_dir` and restores its latest checkpoint.
     pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Self> {
+        Self::resume_from(run_dir, overrides, None)
+    }
+
+    /// [`Trainer::resume`] from the checkpoint of step `step` (`mvp train --resume-step`), e.g.
+    /// the newest intact one when the latest is damaged; `None` = the latest.
+    pub fn resume_from(run_dir: &Path, overrides: &[String], step: Option<u64>) -> Result<Self> {
         let config = TrainConfig::load(Some(&run_dir.join(run_dir::CONFIG_FILE)), overrides)
             .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
         let device = config.runtime.apply()?;
-        let loaded: checkpoint::Loaded<Progress> = checkpoint::load_latest(&run_dir.join(CHECKPOINTS))?;
+        let root = run_dir.join(CHECKPOINTS);
+        let loaded: checkpoint::Loaded<Progress> = match step {
+            Some(step) => checkpoint::load(&root.join(checkpoint::step_name(step)))?,
+            None => checkpoint::load_latest(&root)?,
+        };
         // One environment continues its episode exactly where it can restore its state; see
         // `Collector::resume` for the rest.
         let (collector, cut) = make_collector(&config, Some(&loaded.meta))?;
+        run_dir::truncate_metrics(run_dir, loaded.meta.step, loaded.meta.pending_eval)?;
         let mut t = Self::assemble(config, run_dir.to_path_buf(), collector, device)?;
         t.agent.load_state(&loaded.tensors, loaded.meta.optimizer_steps)?;
         let buffer_path = loaded.dir.join(BUFFER_FILE);
@@ -119,8 +142,9 @@ impl Trainer {
         let e = &config.env;
         let eval_pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset)?;
         let spec = collector.pool().spec().clone();
+        let num_envs = collector.num_envs();
         tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
-        let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device);
+        let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device)?;
         let mut buffer = ReplayBuffer::new(config.schedule.buffer_capacity, spec.obs_dim, spec.action_dim)?;
         let dataset = load_dataset(&config, &spec)?;
         let has_dataset = dataset.is_some();
@@ -142,14 +166,24 @@ impl Trainer {
             agent,
             buffer,
             has_dataset,
-            collector,
+            collector: Some(collector),
+            async_collector: None,
+            num_envs,
             spec,
-            eval_pool,
+            eval_pool: Some(eval_pool),
+            background_eval: None,
             logger,
             progress: Progress::default(),
             batch,
             device,
+            stop: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// A flag that, once set (e.g. from a SIGINT handler), makes [`Trainer::run`] finish the
+    /// current step, write a checkpoint and return with `interrupted`.
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     /// The run directory.
@@ -187,6 +221,16 @@ impl Trainer {
             s.eval_episodes,
             self.config.env.eval_seed_offset
         );
+        let engine = match self.agent.select_precision() {
+            Some(mvp_infer::Precision::Bf16) => "the native engine (bf16)",
+            Some(mvp_infer::Precision::F32) => "the native engine (fp32)",
+            None => "libtorch",
+        };
+        let background = s.eval_background && self.agent.select_precision().is_some();
+        tracing::info!(
+            "TD-target selection and evaluation on {engine}; evaluations {}",
+            if background { "in the background while training goes on" } else { "stop training while they run" }
+        );
         let bar = ProgressBar::new(total).with_position(self.progress.step);
         bar.set_style(
             ProgressStyle::with_template(
@@ -196,6 +240,13 @@ impl Trainer {
         );
         let started = Instant::now();
         let mut last_status = started;
+        // Seconds of this process spent in each part of the loop.
+        let mut clock = WallClock::default();
+        let mut interrupted = false;
+        if let Some(step) = self.progress.pending_eval.take() {
+            // The checkpoint's background evaluation did not finish before the run stopped.
+            self.start_evaluation(step, step == total, &mut clock)?;
+        }
         let first = self.progress.step;
         while self.progress.step < end {
             let i = self.progress.step;
@@ -203,20 +254,30 @@ impl Trainer {
             let mut rng = StdRng::seed_from_u64(step_seed(self.config.run.seed, i));
             let mut metrics: Vec<(&'static str, Tensor)> = Vec::new();
             self.agent.set_num_samples(self.config.agent.num_samples_in(i < s.offline_steps));
+            // Only the updates of logged steps compute the selection diagnostics.
+            self.agent.set_diagnostics((i + 1).is_multiple_of(s.log_interval));
             if i < s.offline_steps {
+                let t = Instant::now();
                 metrics = self.update(&mut rng, false)?;
+                clock.updates += t.elapsed().as_secs_f64();
             } else {
                 let online = i - s.offline_steps;
                 // E environments step together every E steps of the axis.
-                let episode = if online.is_multiple_of(self.collector.num_envs() as u64) {
-                    self.collect(online, &mut rng)?
-                } else {
+                let t = Instant::now();
+                let episode = if !online.is_multiple_of(self.num_envs as u64) {
                     Vec::new()
+                } else if self.config.env.async_collect {
+                    self.collect_async(online)?
+                } else {
+                    self.collect(online, &mut rng)?
                 };
+                clock.env_steps += t.elapsed().as_secs_f64();
                 if online >= s.warmup_steps {
+                    let t = Instant::now();
                     for _ in 0..s.utd {
                         metrics = self.update(&mut rng, true)?;
                     }
+                    clock.updates += t.elapsed().as_secs_f64();
                 }
                 // Episode statistics are logged when an episode ends, whatever the interval.
                 if !episode.is_empty() {
@@ -225,10 +286,14 @@ impl Trainer {
             }
             self.progress.step = i + 1;
             let step = i + 1;
+            if self.background_eval.as_ref().is_some_and(|b| b.is_finished()) {
+                self.finish_background_eval(&mut clock)?;
+            }
             if step.is_multiple_of(s.log_interval) && !metrics.is_empty() {
                 let mut scalars: Vec<(&str, f64)> = metrics.iter().map(|(n, t)| (*n, t.double_value(&[]))).collect();
                 let sps = (step - first) as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 scalars.push(("time/sps", sps));
+                scalars.extend(clock.shares(started.elapsed().as_secs_f64()));
                 scalars.push(("buffer/size", self.buffer.len() as f64));
                 self.logger.log(step, &scalars)?;
                 // Metrics files are readable while the run goes on.
@@ -242,32 +307,42 @@ impl Trainer {
             }
             let is_end = step == total;
             if (s.eval_interval > 0 && step.is_multiple_of(s.eval_interval)) || is_end {
-                let r = self.evaluate()?;
-                bar.set_message(format!("success {:.2}", r.success_rate));
-                tracing::info!(
-                    "step {step}: evaluation success {:.3}, return {:.2} over {} episodes",
-                    r.success_rate,
-                    r.mean_return,
-                    r.episodes
-                );
-                self.logger.log(
-                    step,
-                    &[("eval/success", r.success_rate), ("eval/return", r.mean_return), ("eval/length", r.mean_length)],
-                )?;
-                self.progress.eval_history.push((step, r.success_rate));
-                self.progress.last_eval = Some(r);
-                self.logger.flush()?;
-                self.plot_learning_curve();
+                self.start_evaluation(step, is_end, &mut clock)?;
+                if let Some(r) = &self.progress.last_eval {
+                    bar.set_message(format!("success {:.2}", r.success_rate));
+                }
             }
             if (s.checkpoint_interval > 0 && step.is_multiple_of(s.checkpoint_interval)) || is_end || step == end {
-                self.save_checkpoint()?;
+                let t = Instant::now();
+                self.save_checkpoint(step == end, &mut clock)?;
+                clock.checkpoints += t.elapsed().as_secs_f64();
             }
             bar.set_position(step);
+            if self.stop.load(Ordering::SeqCst) && step < end {
+                self.checkpoint_on_interrupt(&mut clock)?;
+                interrupted = true;
+                break;
+            }
+        }
+        self.finish_background_eval(&mut clock)?;
+        if let Some(a) = self.async_collector.take() {
+            self.collector = Some(a.stop()?);
         }
         bar.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            "wall clock {seconds:.0} s: {}",
+            clock
+                .shares(seconds)
+                .iter()
+                .map(|(k, v)| format!("{} {:.0}%", &k[5..k.len() - 6], 100.0 * v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         // Closing joins TensorBoard's writer thread: only then is the event file complete.
         self.logger.close()?;
         Ok(Summary {
+            interrupted,
             run_dir: self.run_dir.clone(),
             steps: self.progress.step,
             eval: self.progress.last_eval.clone(),
@@ -306,7 +381,54 @@ impl Trainer {
             }
             agent.act_rows(obs, k)
         };
-        let got = self.collector.step(&mut policy)?;
+        let got = self.collector.as_mut().expect("the collector is here in lockstep mode").step(&mut policy)?;
+        self.store(got)
+    }
+
+    /// [`Trainer::collect`] with the collector on its own thread (`env.async_collect`): takes the
+    /// transitions of its next step, after giving it the policy of the step after (the networks
+    /// as they are now, on the native engine), so that it steps while this thread updates.
+    fn collect_async(&mut self, online_step: u64) -> Result<Vec<(&'static str, f64)>> {
+        let c = online_step / self.num_envs as u64;
+        if self.async_collector.is_none() {
+            let collector = self.collector.take().expect("the collector starts on its thread once");
+            let (first, second) = (self.owned_policy(c)?, self.owned_policy(c + 1)?);
+            self.async_collector = Some(AsyncCollector::start(collector, first, second)?);
+        } else {
+            let policy = self.owned_policy(c + 1)?;
+            self.async_collector.as_mut().expect("started above").send(policy)?;
+        }
+        let got = self.async_collector.as_mut().expect("started above").next()?;
+        self.store(got)
+    }
+
+    /// The acting policy of collector step `c` as a value for the collector's thread: the
+    /// current networks on the native engine, or uniform chunks during a warm-up without data;
+    /// its noise seeded from (run seed, c).
+    fn owned_policy(&self, c: u64) -> Result<OwnedPolicy> {
+        let seed = step_seed(self.config.run.seed ^ 0xA5A5_5A5A, c);
+        let width = self.config.agent.horizon * self.spec.action_dim;
+        let warmup = self.config.schedule.warmup_steps / self.num_envs as u64;
+        if !self.has_dataset && c < warmup {
+            let mut rng = StdRng::seed_from_u64(seed);
+            return Ok(Box::new(move |_: &[f32], k: usize| {
+                Ok((0..k * width).map(|_| rng.random_range(-1.0f32..=1.0)).collect())
+            }));
+        }
+        let precision = self.agent.select_precision().context(
+            "config key `env.async_collect` needs the native engine for acting (MVP or flow actors on a CPU, \
+             agent.select_engine auto or native-*)",
+        )?;
+        let mut native = self.agent.native_policy(precision, seed)?;
+        Ok(Box::new(move |obs: &[f32], k: usize| {
+            let mut out = vec![0.0; k * width];
+            native.act(obs, &mut out);
+            Ok(out)
+        }))
+    }
+
+    /// Puts a collector step's released transitions into the buffer; returns its episode metrics.
+    fn store(&mut self, got: Collected) -> Result<Vec<(&'static str, f64)>> {
         if got.cut_stored_episode {
             self.buffer.end_episode();
         }
@@ -334,8 +456,131 @@ impl Trainer {
 
     /// Runs the evaluation protocol on the evaluation environment.
     pub fn evaluate(&mut self) -> Result<EvalResult> {
+        self.finish_background_eval(&mut WallClock::default())?;
         let (episodes, execute, seed) = self.config.eval_protocol();
-        evaluate(&self.agent, self.eval_pool.as_mut(), episodes, execute, seed)
+        let pool = self.eval_pool.as_mut().expect("no background evaluation holds the pool");
+        // The engine of the TD target's selection, as in a background evaluation.
+        match self.agent.select_precision() {
+            Some(precision) => evaluate_native(&self.agent, pool.as_mut(), episodes, execute, seed, precision),
+            None => evaluate(&self.agent, pool.as_mut(), episodes, execute, seed),
+        }
+    }
+
+    /// Evaluates the networks of `step`: on a background thread where it can
+    /// (`schedule.eval_background`, a native acting path) unless `foreground`, else here. A
+    /// background evaluation still running is finished first, so results arrive in step order.
+    fn start_evaluation(&mut self, step: u64, foreground: bool, clock: &mut WallClock) -> Result<()> {
+        self.finish_background_eval(clock)?;
+        if self.config.schedule.video_episodes > 0 {
+            let t = Instant::now();
+            // Videos are a view of the run, not part of it: a renderer that fails stops them only.
+            if let Err(e) = self.record_videos(step) {
+                tracing::warn!("step {step}: no videos ({e:#})");
+            }
+            clock.evaluation += t.elapsed().as_secs_f64();
+        }
+        let precision = self.agent.select_precision().filter(|_| self.config.schedule.eval_background && !foreground);
+        if let Some(precision) = precision {
+            let pool = self.eval_pool.take().expect("no background evaluation holds the pool");
+            let protocol = self.config.eval_protocol();
+            self.background_eval = Some(BackgroundEval::start(&self.agent, precision, pool, protocol, step)?);
+            return Ok(());
+        }
+        let t = Instant::now();
+        let r = self.evaluate()?;
+        let seconds = t.elapsed().as_secs_f64();
+        clock.evaluation += seconds;
+        // The networks are exported only for a new best; actors without a native path
+        // (diffusion) have no exportable weights, so no best policy.
+        let weights = (r.success_rate > self.best_success()).then(|| self.agent.policy_weights().ok()).flatten();
+        self.record_evaluation(step, r, seconds, "", weights)
+    }
+
+    /// Records `schedule.video_episodes` episodes of the current networks (the evaluation
+    /// protocol, on the selection engine) as GIFs in `<run>/videos/` and frame strips in
+    /// TensorBoard.
+    fn record_videos(&mut self, step: u64) -> Result<()> {
+        let s = &self.config.schedule;
+        let (_, execute, seed) = self.config.eval_protocol();
+        let protocol = (s.video_episodes, execute, seed);
+        let (dir, prefix) = (self.run_dir.join("videos"), format!("step_{step:010}"));
+        let (env, size, precision) = (&self.config.env.name, s.video_size, self.agent.select_precision());
+        let videos = crate::eval::record_agent(&self.agent, precision, env, size, protocol, &dir, &prefix)?;
+        for (k, v) in videos.iter().enumerate() {
+            let [_, h] = v.size;
+            self.logger.log_image(&format!("video/episode_{k}"), step, v.strip.len() / (3 * h), h, &v.strip)?;
+        }
+        let ok = videos.iter().filter(|v| v.success).count();
+        tracing::info!("step {step}: {} videos ({ok} successes) in {}", videos.len(), dir.display());
+        Ok(())
+    }
+
+    /// Waits for the background evaluation, if one runs, and records its result.
+    fn finish_background_eval(&mut self, clock: &mut WallClock) -> Result<()> {
+        let Some(b) = self.background_eval.take() else {
+            return Ok(());
+        };
+        let (step, waited) = (b.step(), Instant::now());
+        let (pool, r, seconds, weights) = b.join()?;
+        clock.evaluation += waited.elapsed().as_secs_f64();
+        self.eval_pool = Some(pool);
+        self.record_evaluation(step, r, seconds, ", in the background", Some(weights))
+    }
+
+    /// Logs an evaluation of the networks of `step` (`weights`, when they have a native form)
+    /// and keeps them as the run's best policy when no earlier evaluation scored as high.
+    fn record_evaluation(
+        &mut self,
+        step: u64,
+        r: EvalResult,
+        seconds: f64,
+        how: &str,
+        weights: Option<mvp_infer::PolicyWeights>,
+    ) -> Result<()> {
+        if let (Some(w), true) = (weights, r.success_rate > self.best_success()) {
+            self.save_best(w, step, &r)?;
+        }
+        tracing::info!(
+            "step {step}: evaluation success {:.3}, return {:.2} over {} episodes ({seconds:.1} s{how})",
+            r.success_rate,
+            r.mean_return,
+            r.episodes
+        );
+        self.logger.log(
+            step,
+            &[
+                ("eval/success", r.success_rate),
+                ("eval/return", r.mean_return),
+                ("eval/length", r.mean_length),
+                ("eval/seconds", seconds),
+            ],
+        )?;
+        self.progress.eval_history.push((step, r.success_rate));
+        self.progress.last_eval = Some(r);
+        self.logger.flush()?;
+        self.plot_learning_curve();
+        Ok(())
+    }
+
+    /// The highest evaluation success so far (−∞ before the first).
+    fn best_success(&self) -> f64 {
+        self.progress.eval_history.iter().map(|e| e.1).fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// Writes the policy evaluated at `step` to `best/` (an exported policy folder, as `mvp
+    /// export` writes), replacing the previous best whole.
+    fn save_best(&self, weights: mvp_infer::PolicyWeights, step: u64, r: &EvalResult) -> Result<()> {
+        let mut meta = crate::eval::policy_metadata(&self.config, &self.run_dir, step);
+        meta.insert("eval_success".into(), r.success_rate.into());
+        let file = mvp_infer::PolicyFile::new(weights, self.config.agent.horizon, meta).map_err(anyhow::Error::msg)?;
+        let (best, tmp) = (self.run_dir.join(BEST), self.run_dir.join(format!("{BEST}.tmp")));
+        let _ = std::fs::remove_dir_all(&tmp);
+        file.save(&tmp)?;
+        let _ = std::fs::remove_dir_all(&best);
+        std::fs::rename(&tmp, &best).with_context(|| format!("moving {} to {}", tmp.display(), best.display()))?;
+        let (success, dir) = (r.success_rate, best.display());
+        tracing::info!("step {step}: best evaluation so far ({success:.3}); its policy: mvp eval --policy {dir}");
+        Ok(())
     }
 
     /// Writes `learning_curve.png` (evaluation success against steps); a plotting failure is
@@ -355,7 +600,37 @@ impl Trainer {
         }
     }
 
-    fn save_checkpoint(&mut self) -> Result<()> {
+    /// Writes a checkpoint of the current step. A background evaluation of an earlier step is
+    /// finished first; one of this step is recorded as pending (a resumed run repeats it) unless
+    /// `last` (this invocation's final checkpoint), where it is finished too.
+    fn save_checkpoint(&mut self, last: bool, clock: &mut WallClock) -> Result<()> {
+        if last || self.background_eval.as_ref().is_some_and(|b| b.step() < self.progress.step) {
+            self.finish_background_eval(clock)?;
+        }
+        self.progress.pending_eval = self.background_eval.as_ref().map(|b| b.step());
+        self.write_checkpoint()
+    }
+
+    /// The checkpoint of a stop by signal: without waiting for a background evaluation (its
+    /// thread ends with the process). One of this step is recorded as pending and repeated by
+    /// the resumed run; one of an earlier step is lost, and said so.
+    fn checkpoint_on_interrupt(&mut self, clock: &mut WallClock) -> Result<()> {
+        let t = Instant::now();
+        self.progress.pending_eval = None;
+        if let Some(b) = self.background_eval.take() {
+            if b.step() == self.progress.step {
+                self.progress.pending_eval = Some(b.step());
+            } else {
+                tracing::warn!("the evaluation of step {} was still running and is lost", b.step());
+            }
+        }
+        self.write_checkpoint()?;
+        clock.checkpoints += t.elapsed().as_secs_f64();
+        tracing::info!("interrupted: checkpoint of step {} written", self.progress.step);
+        Ok(())
+    }
+
+    fn write_checkpoint(&mut self) -> Result<()> {
         let (tensors, steps) = self.agent.state();
         // A diverged update can leave non-finite parameters before any loss shows it: never
         // let such a state replace the last good checkpoint.
@@ -366,9 +641,10 @@ impl Trainer {
             );
         }
         self.progress.optimizer_steps = steps;
-        self.progress.collector = Some(self.collector.state());
+        // The collector's thread is ahead of the learner: its episodes restart on resume.
+        self.progress.collector = self.collector.as_ref().map(|c| c.state());
         let root = self.run_dir.join(CHECKPOINTS);
-        let name = format!("step_{:010}", self.progress.step);
+        let name = checkpoint::step_name(self.progress.step);
         let buffer = self.config.schedule.save_buffer.then_some(&self.buffer);
         checkpoint::save_with(&root, &name, &tensors, &self.progress, |dir| match buffer {
             Some(b) => Ok(b.save(dir.join(BUFFER_FILE))?),
@@ -392,5 +668,27 @@ fn make_collector(config: &TrainConfig, progress: Option<&Progress>) -> Result<(
         Some(p) if p.online_rows > 0 => Ok((Collector::new(pool, h, seed, p.episodes + 1)?, true)),
         Some(p) => Ok((Collector::new(pool, h, seed, p.episodes)?, false)),
         None => Ok((Collector::new(pool, h, seed, 0)?, false)),
+    }
+}
+
+/// Seconds spent in each part of the training loop (this process only).
+#[derive(Debug, Default)]
+struct WallClock {
+    updates: f64,
+    env_steps: f64,
+    evaluation: f64,
+    checkpoints: f64,
+}
+
+impl WallClock {
+    /// Each part's share of `total` seconds, as `time/<part>_share` metrics.
+    fn shares(&self, total: f64) -> [(&'static str, f64); 4] {
+        let t = total.max(1e-9);
+        [
+            ("time/updates_share", self.updates / t),
+            ("time/env_steps_share", self.env_steps / t),
+            ("time/evaluation_share", self.evaluation / t),
+            ("time/checkpoints_share", self.checkpoints / t),
+        ]
     }
 }

@@ -76,6 +76,99 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     }
 }
 
+/// Evaluations on a background thread (the default where the native engine runs) give the
+/// learning curve of evaluations that stop training, and a run stopped while one was running
+/// repeats it when resumed.
+#[test]
+fn background_evaluations_equal_foreground_ones_and_survive_a_resume() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let every20 = [
+        "schedule.eval_interval=20",
+        "schedule.eval_episodes=50",
+        "schedule.checkpoint_interval=20",
+        "schedule.keep_checkpoints=10",
+    ];
+    let with = |extra: &[&'static str]| every20.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>();
+    let fg = Trainer::new(tiny(dir.path(), "fg", &with(&["schedule.eval_background=false"]))).unwrap().run().unwrap();
+    let bg = Trainer::new(tiny(dir.path(), "bg", &with(&[]))).unwrap().run().unwrap();
+    assert_eq!(bg.curve.iter().map(|c| c.0).collect::<Vec<_>>(), [20, 40, 60, 80, 100]);
+    assert_eq!(fg.curve, bg.curve, "background and foreground evaluations differ");
+
+    // The checkpoint of step 40 was written while the evaluation of step 40 ran.
+    let ckpt = bg.run_dir.join("checkpoints").join("step_0000000040");
+    let meta: mvp_nn::checkpoint::Loaded<mvp_agent::Progress> = mvp_nn::checkpoint::load(&ckpt).unwrap();
+    assert_eq!(meta.meta.pending_eval, Some(40));
+    assert_eq!(meta.meta.eval_history.iter().map(|c| c.0).collect::<Vec<_>>(), [20]);
+    // A copy of the run that stopped there resumes with that evaluation first.
+    let stopped = dir.path().join("stopped");
+    std::fs::create_dir_all(stopped.join("checkpoints")).unwrap();
+    for f in ["config.toml", "run.json"] {
+        std::fs::copy(bg.run_dir.join(f), stopped.join(f)).unwrap();
+    }
+    let copy = stopped.join("checkpoints").join("step_0000000040");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(&ckpt).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(stopped.join("checkpoints").join("latest"), "step_0000000040").unwrap();
+    let resumed = Trainer::resume(&stopped, &[]).unwrap().run().unwrap();
+    assert_eq!(resumed.curve, bg.curve, "the resumed run's learning curve differs");
+}
+
+/// `env.async_collect`: the collector's thread steps while the learner updates, yet the
+/// policies it acts with are fixed by step, so a run repeats itself bit for bit; stopped in the
+/// online phase, a run resumes with new episodes.
+#[test]
+fn asynchronous_collection_repeats_itself_and_resumes_with_new_episodes() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Trainer::new(tiny(dir.path(), "a", &["env.async_collect=true"])).unwrap().run().unwrap();
+    let b = Trainer::new(tiny(dir.path(), "b", &["env.async_collect=true"])).unwrap().run().unwrap();
+    let (ca, cb) = (latest_checkpoint(&a.run_dir), latest_checkpoint(&b.run_dir));
+    let (ta, tb): (mvp_nn::checkpoint::Loaded<serde_json::Value>, mvp_nn::checkpoint::Loaded<serde_json::Value>) =
+        (mvp_nn::checkpoint::load(&ca).unwrap(), mvp_nn::checkpoint::load(&cb).unwrap());
+    for (name, t) in &ta.tensors {
+        assert!(t.equal(&tb.tensors[name]), "{name} differs between two asynchronous runs");
+    }
+    let (ba, bb) = (std::fs::read(ca.join("buffer.bin")).unwrap(), std::fs::read(cb.join("buffer.bin")).unwrap());
+    assert!(ba == bb, "the replay buffers of two asynchronous runs differ");
+    assert_eq!(ta.meta["online_rows"], 60, "every online step stored one transition");
+
+    let part = Trainer::new(tiny(dir.path(), "part", &["env.async_collect=true", "schedule.stop_after=57"]))
+        .unwrap()
+        .run()
+        .unwrap();
+    let meta: mvp_nn::checkpoint::Loaded<mvp_agent::Progress> =
+        mvp_nn::checkpoint::load(&latest_checkpoint(&part.run_dir)).unwrap();
+    assert!(meta.meta.collector.is_none(), "the thread's episodes are not in the checkpoint");
+    let resumed = Trainer::resume(&part.run_dir, &["schedule.stop_after=0".into()]).unwrap().run().unwrap();
+    assert_eq!(resumed.steps, a.steps);
+}
+
+/// A byte overwritten inside the latest checkpoint's tensors stops the resume with an error that
+/// names the file and the newest intact checkpoint; resuming from that one works.
+#[test]
+fn a_damaged_checkpoint_is_refused_and_the_previous_one_resumes() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let every20 = ["schedule.checkpoint_interval=20", "schedule.keep_checkpoints=5", "schedule.stop_after=60"];
+    let part = Trainer::new(tiny(dir.path(), "damaged", &every20)).unwrap().run().unwrap();
+    let latest = latest_checkpoint(&part.run_dir);
+    assert!(latest.ends_with("step_0000000060"));
+    let path = latest.join("tensors.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let err = format!("{:#}", Trainer::resume(&part.run_dir, &[]).err().expect("a damaged checkpoint is refused"));
+    assert!(err.contains("tensors.safetensors") && err.contains("step_0000000040"), "{err}");
+    let resumed =
+        Trainer::resume_from(&part.run_dir, &["schedule.stop_after=0".into()], Some(40)).unwrap().run().unwrap();
+    assert_eq!(resumed.steps, 100);
+}
+
 #[test]
 fn resuming_with_overrides_records_them_in_the_run_config() {
     let _g = lock();
@@ -144,6 +237,11 @@ fn config_errors_name_the_key_and_the_allowed_values() {
     assert!(err.contains("agent.actor") && err.contains("mvp"), "{err}");
     let err = TrainConfig::load(None, &["runtime.device=\"tpu\"".into()]).unwrap_err().to_string();
     assert!(err.contains("runtime.device") && err.contains("cuda"), "{err}");
+    let err = TrainConfig::load(None, &["agent.imitation=true".into()]).unwrap_err().to_string();
+    assert!(err.contains("agent.num_samples") && err.contains("imitation"), "{err}");
+    let imitation = ["agent.imitation=true", "agent.num_samples=1"].map(String::from);
+    let err = TrainConfig::load(None, &imitation).unwrap_err().to_string();
+    assert!(err.contains("schedule.online_steps"), "{err}");
 }
 
 #[test]
@@ -217,10 +315,19 @@ fn pure_online_training_runs_on_a_real_ogbench_environment() {
             "schedule.eval_episodes=3",
             "env.eval_envs=2",
             "env.eval_workers=2",
+            "schedule.video_episodes=1",
+            "schedule.video_size=[32, 24]",
         ],
     );
     let s = Trainer::new(cfg).unwrap().run().unwrap();
     assert_eq!(s.steps, 30);
+    // The final evaluation recorded one video, as a GIF and as a strip in TensorBoard.
+    let run = s.run_dir.clone();
+    let (frames, w, h) = gif_frames(&run.join("videos/step_0000000030_ep0.gif"));
+    assert!(frames >= 2 && (w, h) == (32, 24), "{frames} frames of {w} × {h}");
+    let tb = std::fs::read_dir(run.join("tb")).unwrap().next().unwrap().unwrap().path();
+    let events = std::fs::read(tb).unwrap();
+    assert!(events.windows(15).any(|w| w == b"video/episode_0"), "no image summary in the event file");
     // Three evaluation episodes over two environments in two worker processes.
     let e = s.eval.unwrap();
     assert_eq!(e.episodes, 3);
@@ -229,6 +336,51 @@ fn pure_online_training_runs_on_a_real_ogbench_environment() {
     let cfg = tiny(dir.path(), "ogbench-offline", &[&name]);
     let err = Trainer::new(cfg).err().expect("no dataset for OGBench yet").to_string();
     assert!(err.contains("data.demo_episodes=0"), "{err}");
+}
+
+/// Frames, width and height of a GIF file.
+fn gif_frames(path: &Path) -> (usize, u16, u16) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut decoder = gif::DecodeOptions::new().read_info(file).unwrap();
+    let (w, h) = (decoder.width(), decoder.height());
+    let mut n = 0;
+    while decoder.read_next_frame().unwrap().is_some() {
+        n += 1;
+    }
+    (n, w, h)
+}
+
+/// Videos of real OGBench and robomimic episodes, rendered offscreen (MuJoCo, EGL): one frame
+/// for the first observation and one per environment step. Zero actions solve neither task, so
+/// each episode runs to its time limit.
+#[test]
+fn videos_of_real_ogbench_and_robomimic_episodes_have_a_frame_per_step() {
+    for env in ["cube-single-play-singletask-task1-v0", "robomimic/lift"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = mvp_rollout::make_pool(env, 1, 1, 0).unwrap();
+        let (limit, action_dim) = (pool.spec().max_episode_steps, pool.spec().action_dim);
+        pool.close().unwrap();
+        let h = 5;
+        let mut still = |_: &[f32], k: usize| -> anyhow::Result<Vec<f32>> { Ok(vec![0.0; k * h * action_dim]) };
+        let videos =
+            mvp_agent::eval::record_videos(env, [64, 48], (1, h, 7), h, &mut still, dir.path(), "test").unwrap();
+        assert_eq!(videos.len(), 1);
+        let v = &videos[0];
+        assert!(!v.success && v.length == limit, "{env}: {v:?}");
+        assert_eq!(v.path, dir.path().join("test_ep0.gif"));
+        assert_eq!(gif_frames(&v.path), (limit + 1, 64, 48), "{env}");
+        // The strip shows eight frames, and the scene is drawn (not a blank image).
+        assert_eq!(v.strip.len(), 8 * 64 * 48 * 3);
+        let mean = v.strip.iter().map(|&b| b as f64).sum::<f64>() / v.strip.len() as f64;
+        assert!(mean > 5.0 && mean < 250.0, "{env}: mean pixel {mean}");
+    }
+    // A native environment says that it cannot render.
+    let mut still = |_: &[f32], k: usize| -> anyhow::Result<Vec<f32>> { Ok(vec![0.0; k * 10]) };
+    let dir = tempfile::tempdir().unwrap();
+    let err = mvp_agent::eval::record_videos("branch-reach-v0", [64, 48], (1, 5, 0), 5, &mut still, dir.path(), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not render"), "{err}");
 }
 
 /// Pids of this process's children that run the Python env worker, lowest first.
@@ -287,7 +439,8 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
     let log = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
     assert!(log.contains("env/restarts"), "the restart is logged");
 
-    // 3000 steps of 200-step episodes, plus the one cut by the kill.
+    // 3000 steps of 200-step episodes end 15 times: either the kill lands between two
+    // episodes, or it cuts one short and the last one is then cut by the end of the run.
     let ends = assert_no_transition_joins_two_episodes(trainer.buffer());
     assert!(ends >= 15, "{ends} episode ends");
 }
@@ -301,10 +454,13 @@ fn assert_no_transition_joins_two_episodes(buffer: &mvp_replay::ReplayBuffer) ->
     buffer.chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut one).unwrap();
     let d = buffer.obs_dim();
     let mut ends = 0;
-    for k in 0..n - 1 {
+    for k in 0..n {
         if one.terminals[k] == 1.0 {
             ends += 1;
             continue;
+        }
+        if k + 1 == n {
+            break;
         }
         assert_eq!(
             &one.next_observations[k * d..(k + 1) * d],
@@ -358,7 +514,7 @@ fn offline_to_online_on_ogbench_with_a_generated_dataset_and_clear_errors() {
     let run = trainer.run_dir().to_path_buf();
     drop(trainer);
     std::fs::rename(&data, dir.path().join("moved.npz")).unwrap();
-    let mut eval = mvp_agent::RunEvaluation::open(&run, &["schedule.eval_episodes=2".into()]).unwrap();
+    let mut eval = mvp_agent::RunEvaluation::open(&run, None, &["schedule.eval_episodes=2".into()]).unwrap();
     assert_eq!(eval.step(), 100);
     assert_eq!(eval.evaluate().unwrap().episodes, 2);
     std::fs::rename(dir.path().join("moved.npz"), &data).unwrap();

@@ -36,20 +36,44 @@ enum Command {
         /// Continue the run in this directory from its latest checkpoint.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// With --resume: continue from the checkpoint of this step instead (e.g. the newest
+        /// intact one, when the latest is damaged).
+        #[arg(long, requires = "resume")]
+        resume_step: Option<u64>,
     },
-    /// Evaluate a run's latest checkpoint.
+    /// Evaluate a run's checkpoint (`--run`) or an exported policy (`--policy`): no dataset, no
+    /// replay buffer, no training environments.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["run", "policy"])))]
     Eval {
-        /// Run directory.
+        /// Run directory (its latest checkpoint, or --step).
         #[arg(long)]
-        run: PathBuf,
-        /// Number of evaluation episodes.
-        #[arg(long, default_value_t = 50)]
-        episodes: usize,
-        /// Acting engine: libtorch (the training code), native-f32 or native-bf16 (mvp-infer,
-        /// MVP and flow actors; bf16 needs AMX or AVX512-BF16).
-        #[arg(long, value_enum, default_value = "libtorch")]
-        engine: EvalEngine,
-        /// Override a setting of the run's config for this evaluation, e.g. `--set
+        run: Option<PathBuf>,
+        /// With --run: the checkpoint of this step.
+        #[arg(long, requires = "run")]
+        step: Option<u64>,
+        /// A policy folder written by `mvp export` (or a run's `best/`), on the native engine
+        /// with the environment and protocol it records.
+        #[arg(long, conflicts_with_all = ["step", "overrides"])]
+        policy: Option<PathBuf>,
+        /// Number of evaluation episodes (default: the run's or the policy's protocol, 50).
+        #[arg(long)]
+        episodes: Option<usize>,
+        /// Acting engine: libtorch (the training code; --run only), native-f32 or native-bf16
+        /// (mvp-infer, MVP and flow actors; bf16 needs AMX or AVX512-BF16). Default: libtorch
+        /// for --run, native-f32 for --policy.
+        #[arg(long, value_enum)]
+        engine: Option<EvalEngine>,
+        /// Also record this many episodes as GIF videos (MuJoCo environments: OGBench,
+        /// robomimic), offscreen.
+        #[arg(long, default_value_t = 0)]
+        video: usize,
+        /// Frame width and height of the videos.
+        #[arg(long, value_delimiter = ',', default_values_t = [256, 256])]
+        video_size: Vec<u32>,
+        /// Where the videos go (default: `RUN/videos` or `POLICY/videos`).
+        #[arg(long)]
+        video_dir: Option<PathBuf>,
+        /// With --run: override a setting of the run's config for this evaluation, e.g. `--set
         /// agent.num_samples=1` (no selection) or `--set agent.actor.sampling_steps=4` (the same
         /// MVP network sampled in 4 steps) (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -61,12 +85,16 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Export a trained actor for deployment.
+    /// Export a run's trained policy (actor, critic members for selection, N) as a folder that
+    /// acts without libtorch: policy.safetensors + policy.json (mvp-infer, envs/mvp_policy.py).
     Export {
         /// Run directory.
         #[arg(long)]
         run: PathBuf,
-        /// Output directory.
+        /// The checkpoint of this step (default: the latest).
+        #[arg(long)]
+        step: Option<u64>,
+        /// Output folder (created; files in it are replaced).
         #[arg(long)]
         out: PathBuf,
     },
@@ -123,27 +151,60 @@ enum DataCommand {
         #[arg(long, default_value_t = 0.0)]
         noise: f64,
     },
+    /// Meta-World demonstrations (robomimic's HDF5 layout, observation key `state`) from
+    /// Meta-World's scripted policies; only successful episodes are kept.
+    Metaworld {
+        /// A Meta-World v3 task, e.g. door-open-v3 (the env is `metaworld/<task>`).
+        #[arg(long)]
+        task: String,
+        /// Successful demonstrations to keep (MP1: 10).
+        #[arg(long, default_value_t = 10)]
+        episodes: usize,
+        /// Output file (.hdf5).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed (episode i resets with seed + i).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Gaussian action noise of the scripted policy.
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
+    },
 }
 
-/// Says that a command exists in the interface but not yet in the code, and which issue
-/// tracks it.
-fn not_implemented(what: &str, issue: u32) -> anyhow::Result<()> {
-    anyhow::bail!("`mvp {what}` is not implemented yet (tracked in issue #{issue})")
-}
-
-fn train(config: Option<PathBuf>, overrides: Vec<String>, resume: Option<PathBuf>) -> anyhow::Result<()> {
+fn train(
+    config: Option<PathBuf>,
+    overrides: Vec<String>,
+    resume: Option<PathBuf>,
+    resume_step: Option<u64>,
+) -> anyhow::Result<()> {
     let mut trainer = match resume {
         Some(dir) => {
             if config.is_some() {
                 anyhow::bail!("--resume uses the run's own config.toml; pass changes with --set instead of --config");
             }
-            let trainer = mvp_agent::Trainer::resume(&dir, &overrides)?;
+            let trainer = mvp_agent::Trainer::resume_from(&dir, &overrides, resume_step)?;
             trainer.record_overrides(&overrides)?;
             trainer
         }
         None => mvp_agent::Trainer::new(mvp_agent::TrainConfig::load(config.as_deref(), &overrides)?)?,
     };
+    // Safe stop: the first SIGINT/SIGTERM lets the current update finish, writes a checkpoint
+    // and ends the run with the command that resumes it; a second one stops at once.
+    let stop = trainer.stop_handle();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: stopping now, without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing this update and writing a checkpoint (interrupt again to stop at once)");
+    })?;
     let summary = trainer.run()?;
+    if summary.interrupted {
+        let d = summary.run_dir.display();
+        eprintln!("stopped at step {} with a checkpoint; continue with: mvp train --resume {d}", summary.steps);
+        std::process::exit(130);
+    }
     if !summary.curve.is_empty() {
         println!("learning curve (evaluation success; online from step {}):", summary.offline_steps);
         println!("  {:>9}  {:>7}", "step", "success");
@@ -180,23 +241,102 @@ enum EvalEngine {
     NativeBf16,
 }
 
-fn eval(run: PathBuf, episodes: usize, engine: EvalEngine, mut overrides: Vec<String>) -> anyhow::Result<()> {
-    overrides.push(format!("schedule.eval_episodes={episodes}"));
-    let mut run = mvp_agent::RunEvaluation::open(&run, &overrides)?;
-    tracing::info!("evaluating the checkpoint of step {}", run.step());
-    let r = match engine {
-        EvalEngine::Libtorch => run.evaluate()?,
-        EvalEngine::NativeF32 => run.evaluate_native(mvp_infer::Precision::F32)?,
-        EvalEngine::NativeBf16 => run.evaluate_native(mvp_infer::Precision::Bf16)?,
+/// What `mvp eval` is asked for besides the evaluation: videos.
+struct VideoArgs {
+    episodes: usize,
+    size: [u32; 2],
+    dir: Option<PathBuf>,
+}
+
+fn eval(
+    run: Option<PathBuf>,
+    step: Option<u64>,
+    policy: Option<PathBuf>,
+    episodes: Option<usize>,
+    engine: Option<EvalEngine>,
+    video: VideoArgs,
+    mut overrides: Vec<String>,
+) -> anyhow::Result<()> {
+    let precision = |e: EvalEngine| match e {
+        EvalEngine::Libtorch => None,
+        EvalEngine::NativeF32 => Some(mvp_infer::Precision::F32),
+        EvalEngine::NativeBf16 => Some(mvp_infer::Precision::Bf16),
+    };
+    let (r, videos) = match (run, policy) {
+        (Some(run), _) => {
+            if let Some(n) = episodes {
+                overrides.push(format!("schedule.eval_episodes={n}"));
+            }
+            let mut eval = mvp_agent::RunEvaluation::open(&run, step, &overrides)?;
+            tracing::info!("evaluating the checkpoint of step {}", eval.step());
+            let precision = precision(engine.unwrap_or(EvalEngine::Libtorch));
+            let r = match precision {
+                None => eval.evaluate()?,
+                Some(p) => eval.evaluate_native(p)?,
+            };
+            let dir = video.dir.unwrap_or_else(|| run.join("videos"));
+            let videos = match video.episodes {
+                0 => Vec::new(),
+                k => eval.record(k, video.size, precision, &dir)?,
+            };
+            (r, videos)
+        }
+        (None, Some(dir)) => {
+            let file = mvp_infer::PolicyFile::load(&dir)?;
+            let Some(precision) = precision(engine.unwrap_or(EvalEngine::NativeF32)) else {
+                anyhow::bail!("an exported policy runs on native-f32 or native-bf16, not libtorch");
+            };
+            let env = file.spec.metadata.get("env").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+            tracing::info!("evaluating the policy in {} on {env}", dir.display());
+            let r = mvp_agent::eval::evaluate_policy(&file, precision, episodes)?;
+            let videos = match video.episodes {
+                0 => Vec::new(),
+                k => {
+                    let out = video.dir.unwrap_or_else(|| dir.join("videos"));
+                    mvp_agent::eval::record_policy(&file, precision, k, video.size, &out)?
+                }
+            };
+            (r, videos)
+        }
+        (None, None) => unreachable!("clap requires --run or --policy"),
     };
     println!("{}", serde_json::to_string_pretty(&r)?);
+    for v in &videos {
+        let outcome = if v.success { "success" } else { "no success" };
+        println!("video {} ({} frames, {} steps, {outcome})", v.path.display(), v.frames, v.length);
+    }
+    Ok(())
+}
+
+fn export(run: PathBuf, step: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
+    let file = mvp_agent::eval::export_run(&run, step, &[])?;
+    file.save(&out)?;
+    let s = &file.spec;
+    let step = s.metadata.get("step").and_then(|v| v.as_u64()).unwrap_or_default();
+    println!(
+        "exported step {step} of {}: {} actor ({} network calls), N = {}, {} critic members → {}",
+        run.display(),
+        s.actor.kind,
+        s.actor.steps,
+        s.num_samples,
+        s.critic.as_ref().map_or(0, |c| c.members),
+        out.display()
+    );
+    println!("  evaluate: mvp eval --policy {}", out.display());
+    println!("  Python:   envs/mvp_policy.py (NumPy only) loads it");
     Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { config, overrides, resume } => train(config, overrides, resume),
-        Command::Eval { run, episodes, engine, overrides } => eval(run, episodes, engine, overrides),
+        Command::Train { config, overrides, resume, resume_step } => train(config, overrides, resume, resume_step),
+        Command::Eval { run, step, policy, episodes, engine, video, video_size, video_dir, overrides } => {
+            let [w, h] = video_size[..] else {
+                anyhow::bail!("--video-size takes WIDTH,HEIGHT (e.g. 256,256), got {video_size:?}");
+            };
+            let video = VideoArgs { episodes: video, size: [w, h], dir: video_dir };
+            eval(run, step, policy, episodes, engine, video, overrides)
+        }
         Command::Data(DataCommand::Ogbench { env, episodes, out, workers, seed, episode_length, val_episodes }) => {
             let g = mvp_data::OgbenchGenerate {
                 workers,
@@ -217,7 +357,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             mvp_data::run_generator(g.command()?, &out, true)
         }
-        Command::Export { .. } => not_implemented("export", 7),
+        Command::Data(DataCommand::Metaworld { task, episodes, out, seed, noise }) => {
+            let g = mvp_data::RobomimicGenerate {
+                seed,
+                noise,
+                ..mvp_data::RobomimicGenerate::metaworld(task, episodes, &out)
+            };
+            mvp_data::run_generator(g.command()?, &out, true)
+        }
+        Command::Export { run, step, out } => export(run, step, out),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Report(args) => report::run(args),
         Command::Info => {
@@ -244,6 +392,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

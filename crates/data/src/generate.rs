@@ -66,11 +66,14 @@ impl OgbenchGenerate {
     }
 }
 
-/// Arguments of the robomimic generator `python -m mvp_envs.data_robomimic` (scripted
-/// demonstrations in robomimic's low-dim HDF5 layout; only successful episodes are kept).
+/// Arguments of a scripted-demonstration generator that writes robomimic's low-dim HDF5 layout
+/// (only successful episodes are kept): `python -m mvp_envs.data_robomimic` for robomimic's
+/// tasks, `python -m mvp_envs.data_metaworld` for Meta-World's ([`RobomimicGenerate::metaworld`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RobomimicGenerate {
-    /// `lift`, `can` or `square`.
+    /// The generator's Python module.
+    pub module: String,
+    /// `lift`, `can` or `square`; a Meta-World task such as `door-open-v3`.
     pub task: String,
     /// Successful demonstrations to keep.
     pub episodes: usize,
@@ -87,12 +90,19 @@ pub struct RobomimicGenerate {
 impl RobomimicGenerate {
     /// `episodes` demonstrations of `task` into `out`, one worker, seed 0, no noise.
     pub fn new(task: impl Into<String>, episodes: usize, out: impl Into<PathBuf>) -> Self {
-        Self { task: task.into(), episodes, out: out.into(), workers: 1, seed: 0, noise: 0.0 }
+        let module = "mvp_envs.data_robomimic".into();
+        Self { module, task: task.into(), episodes, out: out.into(), workers: 1, seed: 0, noise: 0.0 }
+    }
+
+    /// `episodes` demonstrations of Meta-World's `task` (e.g. `door-open-v3`) by its scripted
+    /// policy into `out`, seed 0, no noise.
+    pub fn metaworld(task: impl Into<String>, episodes: usize, out: impl Into<PathBuf>) -> Self {
+        Self { module: "mvp_envs.data_metaworld".into(), ..Self::new(task, episodes, out) }
     }
 
     /// The command (venv interpreter, `envs/` on `PYTHONPATH`); progress goes to its stderr.
     pub fn command(&self) -> Result<Command> {
-        let mut cmd = python_module_command("mvp_envs.data_robomimic")?;
+        let mut cmd = python_module_command(&self.module)?;
         cmd.args([
             "--task",
             &self.task,

@@ -9,13 +9,15 @@
 //!   [`RewardTiming`].
 //! - [`read_robomimic`]: robomimic low-dim HDF5 files (robomimic's own, or made by
 //!   [`RobomimicGenerate`] = `python -m mvp_envs.data_robomimic`): r − 1 rewards, masks 0 at
-//!   success, terminals at the end of each demo, with a filter key (all/train/valid).
+//!   success, terminals at the end of each demo, with a filter key (all/train/valid). Meta-World
+//!   demonstrations (`python -m mvp_envs.data_metaworld`) use the same layout with the one
+//!   observation key `state`.
 //! - [`generate_dataset`]: rolls out the noisy scripted demonstrator of the native
 //!   `branch-reach-v0` ([`mvp_envs::BranchReachDemo`]) with [`DemoStats`].
 //!
 //! Depends on `mvp-replay` (the [`mvp_replay::Dataset`] type) and `mvp-envs` (the native
 //! environment, the venv's Python for the generators and the task query), `npyz`/`zip` (npz),
-//! `hdf5-metno` (which links the system libhdf5: `scripts/setup-hdf5.sh` installs it), `serde`,
+//! `hdf5-metno` (which links the system libhdf5: `scripts/setup-debian.sh` installs it), `serde`,
 //! `anyhow`, `thiserror` and `tracing` — never on tch.
 #![warn(missing_docs)]
 
@@ -144,6 +146,30 @@ fn load_file(config: &DataConfig, env: &str, seed: u64) -> Result<Dataset> {
                 task.task_id
             );
             Ok(data)
+        }
+        Some("hdf5" | "h5") if env.starts_with("metaworld/") => {
+            let task = &env["metaworld/".len()..];
+            if !path.exists() {
+                if episodes == 0 {
+                    bail!(
+                        "data.path {} does not exist: make it with `mvp data metaworld --task {task} --episodes 10 --out {0}` \
+                         (or set data.generate_episodes)",
+                        path.display()
+                    );
+                }
+                announce(&format!("scripted {task} demonstrations"));
+                let generate = RobomimicGenerate { seed, ..RobomimicGenerate::metaworld(task, episodes, path) };
+                run_generator(generate.command()?, path, false)?;
+            }
+            let options = RobomimicOptions { obs_keys: vec!["state".into()], ..Default::default() };
+            let read = read_robomimic(path, &options)?;
+            tracing::info!(
+                "loaded {} transitions from {} Meta-World demos in {}",
+                read.dataset.len(),
+                read.demos.len(),
+                path.display()
+            );
+            Ok(read.dataset)
         }
         Some("hdf5" | "h5") => {
             let task = env.strip_prefix("robomimic/");

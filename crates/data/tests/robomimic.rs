@@ -1,7 +1,7 @@
 //! Robomimic tasks through the Python worker, and the Rust HDF5 reader on files written by the
 //! generator (`python -m mvp_envs.data_robomimic`, h5py).
 //!
-//! They need the project's venv (`.venv/`, `make setup`) and libhdf5 (`scripts/setup-hdf5.sh`);
+//! They need the project's venv (`.venv/`, `make setup`) and libhdf5 (`scripts/setup-debian.sh`);
 //! without them they fail with that instruction instead of being skipped.
 
 use mvp_data::{read_robomimic, RobomimicFilter, RobomimicOptions};

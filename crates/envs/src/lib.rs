@@ -39,6 +39,17 @@ pub use worker::{
 
 use serde::{Deserialize, Serialize};
 
+/// One rendered RGB image: `height` rows of `width` pixels, 3 bytes each, top row first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Pixels per row.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// `height × width × 3` bytes.
+    pub rgb: Vec<u8>,
+}
+
 /// Static description of an environment: its name, dimensions, action bounds and time limit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvSpec {

@@ -125,6 +125,12 @@ impl VecEnv {
         self.episodes.len()
     }
 
+    /// An RGB frame of environment `i` (the workers must render: [`WorkerConfig::render`]).
+    pub fn render(&mut self, i: usize) -> anyhow::Result<crate::Frame> {
+        let (w, j) = self.locate(i)?;
+        self.workers[w].render(j)
+    }
+
     /// Worker restarts so far.
     pub fn restarts(&self) -> u64 {
         self.restarts

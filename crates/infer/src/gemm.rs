@@ -89,42 +89,72 @@ pub struct PackedLinear {
 impl PackedLinear {
     /// Packs `weight` (`[in_dim, out_dim]`, row-major, so `y = x·W + b`) and `bias` (`[out_dim]`).
     pub fn new(in_dim: usize, out_dim: usize, weight: &[f32], bias: &[f32], precision: Precision) -> Self {
+        let (k, n) = (round_up(in_dim, NR), round_up(out_dim, NR));
+        let mut layer = Self {
+            in_dim,
+            out_dim,
+            k,
+            n,
+            precision,
+            f32_panels: Vec::new(),
+            bf16_panels: Vec::new(),
+            bias: Vec::new(),
+        };
+        layer.repack(weight, bias);
+        layer
+    }
+
+    /// Packs new values of the same shape in place of the current ones, reusing the buffers
+    /// (a training step's weights, packed again for the next TD target).
+    pub fn repack(&mut self, weight: &[f32], bias: &[f32]) {
+        let (in_dim, out_dim, k) = (self.in_dim, self.out_dim, self.k);
         assert_eq!(weight.len(), in_dim * out_dim, "weight must be [in, out]");
         assert_eq!(bias.len(), out_dim, "bias must be [out]");
-        let (k, n) = (round_up(in_dim, NR), round_up(out_dim, NR));
-        let w = |kk: usize, c: usize| {
-            if kk < in_dim && c < out_dim {
-                weight[kk * out_dim + c]
-            } else {
-                0.0
+        // Row kk of the weight, zero-padded to whole panels (rows past in_dim are zeros).
+        let n = self.n;
+        let mut row = vec![0.0f32; 2 * n];
+        let fill = |kk: usize, dst: &mut [f32]| {
+            dst.fill(0.0);
+            if kk < in_dim {
+                dst[..out_dim].copy_from_slice(&weight[kk * out_dim..(kk + 1) * out_dim]);
             }
         };
         let panels = n / NR;
-        let (mut f32_panels, mut bf16_panels) = (Vec::new(), Vec::new());
-        match precision {
+        match self.precision {
             Precision::F32 => {
-                f32_panels.reserve_exact(panels * k * NR);
-                for p in 0..panels {
-                    for kk in 0..k {
-                        f32_panels.extend((0..NR).map(|j| w(kk, p * NR + j)));
+                // Panel p holds columns p·NR .. p·NR + NR of every row, row after row.
+                let out = &mut self.f32_panels;
+                out.clear();
+                out.resize(panels * k * NR, 0.0);
+                for kk in 0..k {
+                    fill(kk, &mut row[..n]);
+                    for p in 0..panels {
+                        out[(p * k + kk) * NR..(p * k + kk + 1) * NR].copy_from_slice(&row[p * NR..(p + 1) * NR]);
                     }
                 }
             }
             Precision::Bf16 => {
-                bf16_panels.reserve_exact(panels * k * NR);
-                for p in 0..panels {
-                    for kp in 0..k / 2 {
+                // Panel p holds, for each pair of rows (2kp, 2kp + 1), the NR columns interleaved.
+                let out = &mut self.bf16_panels;
+                out.clear();
+                out.resize(panels * k * NR, 0);
+                let (even, odd) = row.split_at_mut(n);
+                for kp in 0..k / 2 {
+                    fill(2 * kp, even);
+                    fill(2 * kp + 1, odd);
+                    for p in 0..panels {
+                        let dst = &mut out[(p * (k / 2) + kp) * 2 * NR..(p * (k / 2) + kp + 1) * 2 * NR];
                         for j in 0..NR {
-                            bf16_panels.push(to_bf16(w(2 * kp, p * NR + j)));
-                            bf16_panels.push(to_bf16(w(2 * kp + 1, p * NR + j)));
+                            dst[2 * j] = to_bf16(even[p * NR + j]);
+                            dst[2 * j + 1] = to_bf16(odd[p * NR + j]);
                         }
                     }
                 }
             }
         }
-        let mut padded_bias = bias.to_vec();
-        padded_bias.resize(n, 0.0);
-        Self { in_dim, out_dim, k, n, precision, f32_panels, bf16_panels, bias: padded_bias }
+        self.bias.clear();
+        self.bias.extend_from_slice(bias);
+        self.bias.resize(self.n, 0.0);
     }
 
     /// Real input width.

@@ -9,15 +9,24 @@
 //! heap allocation (tested). One thread; the kernels are sized for the policy shapes (tens to
 //! hundreds of rows × 512).
 //!
+//! A trained policy leaves a run as a folder ([`PolicyFile`]: `policy.safetensors` +
+//! `policy.json`, written by `mvp export`) that this crate loads and acts with.
+//!
 //! A leaf of the workspace: it depends on `rand`/`rand_distr` (the sampling noise), `libc` (the
-//! AMX permission request) and `thiserror` — never on libtorch.
+//! AMX permission request), `safetensors`/`serde`/`serde_json` (the policy folder) and
+//! `thiserror` — never on libtorch.
 #![warn(missing_docs)]
 
 mod amx;
+mod file;
 mod gemm;
 mod mlp;
 mod policy;
 
+pub use file::{
+    ActorSpec, CriticSpec, LayerSpec, NetworkSpec, PolicyFile, PolicyFileError, PolicySpec, Preprocessing, FORMAT,
+    SPEC_FILE, WEIGHTS_FILE,
+};
 pub use gemm::{from_bf16, has_avx512, has_avx512_bf16, to_bf16, PackedLinear, Precision};
 pub use mlp::{Activation, LayerWeights, Mlp, MlpWeights};
 pub use policy::{ActorKind, Aggregate, InferError, NativePolicy, PolicyWeights};

@@ -67,6 +67,7 @@ pub struct Mlp {
     rows: usize,
     input: Vec<f32>,
     hidden: [Vec<f32>; 2],
+    output: Vec<f32>,
     half: Vec<u16>,
 }
 
@@ -84,8 +85,27 @@ impl Mlp {
             rows: 0,
             input: Vec::new(),
             hidden: [Vec::new(), Vec::new()],
+            output: Vec::new(),
             half: Vec::new(),
         }
+    }
+
+    /// Packs new weights of the same architecture in place of the current ones (after a
+    /// training step), keeping the scratch buffers.
+    pub fn repack(&mut self, w: &MlpWeights) -> Result<(), crate::InferError> {
+        let fits = w.layers.len() == self.layers.len()
+            && w.activation == self.activation
+            && w.layers.iter().zip(&self.layers).all(|(l, p)| l.in_dim == p.in_dim() && l.out_dim == p.out_dim());
+        if !fits {
+            return Err(crate::InferError::Shape("repacked weights must keep the network's architecture".into()));
+        }
+        for (p, l) in self.layers.iter_mut().zip(&w.layers) {
+            p.repack(&l.weight, &l.bias);
+        }
+        for (n, l) in self.norms.iter_mut().zip(&w.layers) {
+            n.clone_from(&l.norm);
+        }
+        Ok(())
     }
 
     /// Row stride of the input buffer.
@@ -117,10 +137,12 @@ impl Mlp {
         }
         self.rows = rows;
         let widest = self.layers.iter().map(|l| l.out_stride().max(l.in_stride())).max().unwrap_or(0);
+        let tile = rows.min(TILE_ROWS);
         self.input = vec![0.0; rows * self.in_stride()];
-        self.hidden = [vec![0.0; rows * widest], vec![0.0; rows * widest]];
+        self.output = vec![0.0; rows * self.out_stride()];
+        self.hidden = [vec![0.0; tile * widest], vec![0.0; tile * widest]];
         if self.precision == Precision::Bf16 {
-            self.half = vec![0; rows * widest];
+            self.half = vec![0; tile * widest];
         }
     }
 
@@ -133,45 +155,84 @@ impl Mlp {
     }
 
     /// Runs the network on the first `rows` rows of the input buffer; returns the output rows
-    /// (stride [`Mlp::out_stride`]).
+    /// (stride [`Mlp::out_stride`]). Rows go through all layers in tiles of 256 rows, so
+    /// a tile's activations stay in the core's cache however many rows there are.
     pub fn forward(&mut self, rows: usize) -> &[f32] {
         assert!(rows <= self.rows, "reserve({rows}) first");
         let rows = round_up(rows.max(1), self.row_block());
+        let (in_stride, out_stride) = (self.in_stride(), self.out_stride());
         let last = self.layers.len() - 1;
-        for i in 0..=last {
-            let layer = &self.layers[i];
-            let [h0, h1] = &mut self.hidden;
-            let (src, dst): (&[f32], &mut [f32]) = match i {
-                0 => (&self.input, h0),
-                _ if i % 2 == 1 => (h0, h1),
-                _ => (h1, h0),
-            };
-            let src = &src[..rows * layer.in_stride()];
-            let dst = &mut dst[..rows * layer.out_stride()];
-            match self.precision {
-                Precision::F32 => layer.forward_f32(src, rows, dst),
-                Precision::Bf16 => {
-                    let half = &mut self.half[..src.len()];
-                    round_to_bf16(src, half);
-                    layer.forward_bf16(half, rows, dst);
+        let mut start = 0;
+        while start < rows {
+            let n = (rows - start).min(TILE_ROWS);
+            for i in 0..=last {
+                let layer = &self.layers[i];
+                let [h0, h1] = &mut self.hidden;
+                let (src, dst): (&[f32], &mut [f32]) = match i {
+                    0 => (&self.input[start * in_stride..(start + n) * in_stride], h0),
+                    _ if i % 2 == 1 => (h0, h1),
+                    _ => (h1, h0),
+                };
+                let src = &src[..n * layer.in_stride()];
+                let dst = if i == last {
+                    &mut self.output[start * out_stride..(start + n) * out_stride]
+                } else {
+                    &mut dst[..n * layer.out_stride()]
+                };
+                let bf16 = self.precision == Precision::Bf16;
+                if bf16 {
+                    // Hidden layers' bf16 inputs were rounded by the previous layer's epilogue.
+                    if i == 0 {
+                        round_to_bf16(src, &mut self.half[..src.len()]);
+                    }
+                    layer.forward_bf16(&self.half[..src.len()], n, dst);
+                } else {
+                    layer.forward_f32(src, n, dst);
                 }
-            }
-            if i < last {
-                activate(self.activation, dst);
-                if let Some((scale, shift)) = &self.norms[i] {
+                if i < last {
+                    // One pass per row while it is in L1: activation, LayerNorm, and for bf16 the
+                    // rounding that makes the next layer's input.
                     let (stride, width) = (layer.out_stride(), layer.out_dim());
-                    for row in dst.chunks_exact_mut(stride) {
-                        layer_norm(&mut row[..width], scale, shift);
+                    let norm = self.norms[i].as_ref();
+                    for (r, row) in dst.chunks_exact_mut(stride).enumerate() {
+                        activate(self.activation, row);
+                        if let Some((scale, shift)) = norm {
+                            layer_norm(&mut row[..width], scale, shift);
+                        }
+                        if bf16 {
+                            round_to_bf16(row, &mut self.half[r * stride..(r + 1) * stride]);
+                        }
                     }
                 }
             }
+            start += n;
         }
-        let out = if last % 2 == 0 { &self.hidden[0] } else { &self.hidden[1] };
-        &out[..rows * self.out_stride()]
+        &self.output[..rows * out_stride]
     }
 }
 
+/// Rows per tile of [`Mlp::forward`]: a multiple of every kernel's row block (8, and AMX's 32).
+const TILE_ROWS: usize = 256;
+
 fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { round_to_bf16_avx512(src, dst) };
+        return;
+    }
+    round_to_bf16_portable(src, dst);
+}
+
+/// The portable loop compiled for AVX-512, where it vectorises 16 lanes wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn round_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+    round_to_bf16_portable(src, dst)
+}
+
+#[inline(always)]
+fn round_to_bf16_portable(src: &[f32], dst: &mut [u16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = to_bf16(s);
     }

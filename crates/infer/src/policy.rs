@@ -142,6 +142,40 @@ impl NativePolicy {
         })
     }
 
+    /// Re-packs the networks from `w` (trained further since the last packing), keeping the
+    /// scratch buffers and the noise generator. `w` must have the shapes, actor kind and
+    /// member count this policy was built with; `w.num_samples` may differ.
+    pub fn set_weights(&mut self, w: &PolicyWeights) -> Result<(), InferError> {
+        let same = w.obs_dim == self.obs_dim
+            && w.chunk_dim == self.chunk_dim
+            && w.actor_kind == self.kind
+            && w.critics.len() == self.critics.len();
+        if !same {
+            return Err(InferError::Shape(format!(
+                "new weights ({} → {}, {:?}, {} critics) differ from the packed ones ({} → {}, {:?}, {} critics)",
+                w.obs_dim,
+                w.chunk_dim,
+                w.actor_kind,
+                w.critics.len(),
+                self.obs_dim,
+                self.chunk_dim,
+                self.kind,
+                self.critics.len()
+            )));
+        }
+        if w.num_samples > 1 && w.critics.is_empty() {
+            return Err(InferError::Shape("selection among N > 1 candidates needs a critic".into()));
+        }
+        self.actor.repack(&w.actor)?;
+        for (c, cw) in self.critics.iter_mut().zip(&w.critics) {
+            c.repack(cw)?;
+        }
+        self.num_samples = w.num_samples.max(1);
+        self.aggregate = w.aggregate;
+        self.rows = 0; // candidate buffers are re-sized for the new N on the next call
+        Ok(())
+    }
+
     /// Observation width.
     pub fn obs_dim(&self) -> usize {
         self.obs_dim

@@ -10,9 +10,12 @@
 //!   (TFRecord framing with both CRC32C checks, and just enough protobuf decoding for
 //!   scalar summaries), used by tests and by `mvp` tools.
 //! - [`plot_curves`] draws labelled line charts to PNG with `plotters`.
+//! - [`write_gif`] writes episode videos as animated GIFs; [`frame_strip`] makes the image of
+//!   an episode that [`Logger::log_image`] sends to TensorBoard.
 //!
-//! What this crate may depend on: `anyhow`, `serde`/`serde_json`, `tensorboard-rs` and
-//! `plotters` (bitmap backend, `ab_glyph` text). No tensor library: values arrive as `f64`.
+//! What this crate may depend on: `anyhow`, `serde`/`serde_json`, `tensorboard-rs`,
+//! `plotters` (bitmap backend, `ab_glyph` text), `dejavu` (the chart font) and `gif`. No tensor library: values arrive as
+//! `f64`, images as RGB bytes.
 //!
 //! A run directory written by [`Logger::for_run_dir`] looks like
 //! `<run>/metrics.jsonl`, `<run>/metrics.csv`, `<run>/tb/events.out.tfevents.*`.
@@ -21,6 +24,7 @@
 mod plot;
 mod sinks;
 mod tb_reader;
+mod video;
 
 pub use plot::{
     plot_bars_log, plot_curves, plot_curves_with_size, plot_font_available, DEFAULT_PLOT_SIZE, PLOT_FONT_ENV,
@@ -33,3 +37,4 @@ pub use tb_reader::{
     crc32c, find_event_files, masked_crc32c, read_records, read_scalars, read_scalars_in_dir, CrcMismatch, CrcPart,
     ScalarEvent,
 };
+pub use video::{frame_strip, write_gif};

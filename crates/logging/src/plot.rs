@@ -1,14 +1,13 @@
 //! PNG line charts with `plotters` (bitmap backend).
 //!
-//! Text goes through plotters' pure-Rust `ab_glyph` renderer, which needs a font file at
-//! run time. No font is bundled: the first plot looks for one (the file named by
-//! `MVP_PLOT_FONT`, then common system paths such as DejaVu Sans, then any `.ttf`/`.otf`
-//! under the system font directories). When none is found, or `MVP_PLOT_FONT=none`, charts
-//! are drawn without text (no title, axis labels, tick labels or legend); the curves,
-//! grid and colours are the same.
+//! Text goes through plotters' pure-Rust `ab_glyph` renderer with DejaVu Sans, which ships in
+//! the binary (the `dejavu` crate), so charts have text on any machine, fonts installed or
+//! not, and look the same everywhere. `MVP_PLOT_FONT=FILE.ttf` uses another font;
+//! `MVP_PLOT_FONT=none` draws charts without text (no title, axis labels, tick labels or
+//! legend; the curves, grid and colours are the same).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, ensure, Result};
@@ -35,22 +34,8 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Common locations of a plain sans-serif font on Linux, macOS and Windows.
-const FONT_CANDIDATES: [&str; 10] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
-    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
-    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
-    "/Library/Fonts/Arial.ttf",
-    "C:\\Windows\\Fonts\\arial.ttf",
-];
-
-/// Whether plots get text: true once a font was found and registered with plotters.
-/// The search runs once per process.
+/// Whether plots get text: true once the font is registered with plotters (false with
+/// `MVP_PLOT_FONT=none`). Decided once per process.
 pub fn plot_font_available() -> bool {
     static FONT_OK: OnceLock<bool> = OnceLock::new();
     *FONT_OK.get_or_init(|| {
@@ -65,54 +50,16 @@ pub fn plot_font_available() -> bool {
     })
 }
 
-/// Bytes of the font to use, or `None` for text-less plots.
+/// Bytes of the font to use, or `None` for text-less plots: `MVP_PLOT_FONT`'s file, else the
+/// bundled DejaVu Sans.
 fn find_font_bytes() -> Option<Vec<u8>> {
-    if let Ok(choice) = std::env::var(PLOT_FONT_ENV) {
-        if choice.is_empty() || choice.eq_ignore_ascii_case("none") {
-            return None;
-        }
-        if let Ok(bytes) = fs::read(&choice) {
-            return Some(bytes);
-        }
-    }
-    if let Some(bytes) = FONT_CANDIDATES.iter().find_map(|p| fs::read(p).ok()) {
-        return Some(bytes);
-    }
-    let mut dirs = vec![PathBuf::from("/usr/share/fonts"), PathBuf::from("/usr/local/share/fonts")];
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&home).join(".fonts"));
-        dirs.push(Path::new(&home).join(".local/share/fonts"));
-    }
-    let mut found = Vec::new();
-    for dir in dirs {
-        collect_font_files(&dir, 0, &mut found);
-    }
-    // Prefer plain sans-serif faces over bold, italic, mono or condensed ones.
-    let rank = |p: &PathBuf| {
-        let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-        let styled = ["bold", "italic", "oblique", "mono", "condensed", "light"].iter().any(|s| name.contains(s));
-        (styled, !name.contains("sans"), p.clone())
-    };
-    found.sort_by_key(rank);
-    found.iter().find_map(|p| fs::read(p).ok())
-}
-
-fn collect_font_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() && depth < 6 => collect_font_files(&path, depth + 1, out),
-            Ok(t) if t.is_file() => {
-                let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
-                if matches!(ext.as_deref(), Some("ttf" | "otf")) {
-                    out.push(path);
-                }
-            }
-            _ => {}
-        }
+    match std::env::var(PLOT_FONT_ENV) {
+        Ok(choice) if choice.is_empty() || choice.eq_ignore_ascii_case("none") => None,
+        Ok(file) => Some(fs::read(&file).unwrap_or_else(|e| {
+            eprintln!("warning: {PLOT_FONT_ENV}={file}: {e}; using the bundled DejaVu Sans");
+            dejavu::sans::regular().to_vec()
+        })),
+        Err(_) => Some(dejavu::sans::regular().to_vec()),
     }
 }
 

@@ -32,6 +32,12 @@ pub trait MetricSink {
     /// Records `scalars` (pairs of namespaced name and value) at `step`.
     fn log_scalars(&mut self, step: u64, scalars: &[(&str, f64)]) -> Result<()>;
 
+    /// Records an RGB image (`height × width × 3` bytes, top row first) under `tag` at `step`,
+    /// where the sink stores images; the default ignores it.
+    fn log_image(&mut self, _tag: &str, _step: u64, _width: usize, _height: usize, _rgb: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
     /// Pushes buffered rows to the underlying file.
     fn flush(&mut self) -> Result<()>;
 
@@ -309,6 +315,19 @@ impl MetricSink for TensorBoardSink {
         Ok(())
     }
 
+    fn log_image(&mut self, tag: &str, step: u64, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
+        check_metric_name(tag)?;
+        ensure!(rgb.len() == width * height * 3, "image {tag}: {} bytes for {width} × {height} RGB", rgb.len());
+        let Some(writer) = self.writer.as_mut() else {
+            bail!("TensorBoard sink for {} is closed", self.log_dir.display());
+        };
+        let step = usize::try_from(step).context("step does not fit in usize")?;
+        // tensorboard-rs takes interleaved RGB rows with dims [3, width, height] (it builds the
+        // PNG as an image `dims[1]` wide); TensorBoard shows the PNG.
+        writer.add_image(tag, rgb, &[3, width, height], step);
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<()> {
         if let Some(writer) = self.writer.as_mut() {
             writer.flush();
@@ -376,6 +395,11 @@ impl Logger {
             self.latest.insert((*name).to_string(), (step, *value));
         }
         self.each_sink(|sink| sink.log_scalars(step, scalars))
+    }
+
+    /// Logs an RGB image to every sink that stores images (TensorBoard).
+    pub fn log_image(&mut self, tag: &str, step: u64, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
+        self.each_sink(|sink| sink.log_image(tag, step, width, height, rgb))
     }
 
     /// Flushes every sink.

@@ -33,14 +33,18 @@ impl Default for AdamConfig {
 /// Adam over the trainable variables of one [`VarStore`].
 ///
 /// Unlike tch's optimiser, its moments and step count can be saved and restored, so a
-/// resumed run continues bit for bit ([`Adam::state`], [`Adam::load_state`]).
+/// resumed run continues bit for bit ([`Adam::state`], [`Adam::load_state`]). The moments of
+/// all parameters live in one flat tensor each, so a step is a handful of large operations
+/// rather than a dozen small ones per parameter (the same arithmetic element by element).
 #[derive(Debug)]
 pub struct Adam {
     config: AdamConfig,
     names: Vec<String>,
     params: Vec<Tensor>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    /// Offset of each parameter in the flat moments.
+    offsets: Vec<i64>,
+    m: Tensor,
+    v: Tensor,
     step: u64,
 }
 
@@ -50,9 +54,16 @@ impl Adam {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let (names, params): (Vec<_>, Vec<_>) = vars.into_iter().unzip();
-        let m = params.iter().map(|p| p.zeros_like()).collect();
-        let v = params.iter().map(|p| p.zeros_like()).collect();
-        Self { config, names, params, m, v, step: 0 }
+        let mut offsets = Vec::with_capacity(params.len());
+        let mut total = 0;
+        for p in &params {
+            offsets.push(total);
+            total += p.numel() as i64;
+        }
+        let (kind, device) = params.first().map(|p| (p.kind(), p.device())).unwrap_or((tch::Kind::Float, vs.device()));
+        let m = Tensor::zeros([total], (kind, device));
+        let v = Tensor::zeros([total], (kind, device));
+        Self { config, names, params, offsets, m, v, step: 0 }
     }
 
     /// Number of updates applied so far.
@@ -87,10 +98,15 @@ impl Adam {
         self.step()
     }
 
+    /// Parameter `i`'s part of a flat tensor, shaped like the parameter.
+    fn part(&self, flat: &Tensor, i: usize) -> Tensor {
+        flat.narrow(0, self.offsets[i], self.params[i].numel() as i64).view_as(&self.params[i])
+    }
+
     /// Applies one update from the current gradients. Parameters without a gradient are
     /// left untouched. Returns the global gradient norm before clipping, when clipping is on.
     pub fn step(&mut self) -> Option<f64> {
-        let c = &self.config;
+        let c = self.config.clone();
         self.step += 1;
         let t = self.step as f64;
         let bc1 = 1.0 - c.beta1.powf(t);
@@ -102,34 +118,93 @@ impl Adam {
                 let norm = Tensor::stack(&sq, 0).sum(sq[0].kind()).sqrt().double_value(&[]);
                 (norm, (max / (norm + 1e-6)).min(1.0))
             });
-            for (i, g) in grads.iter().enumerate() {
-                if !g.defined() {
-                    continue;
+            let scale = |g: Tensor| match norm {
+                Some((_, s)) if s < 1.0 => g * s,
+                _ => g,
+            };
+            if c.weight_decay > 0.0 {
+                for (p, g) in self.params.iter_mut().zip(&grads) {
+                    if g.defined() {
+                        let _ = p.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
+                    }
                 }
-                let g = match norm {
-                    Some((_, scale)) if scale < 1.0 => g * scale,
-                    _ => g.shallow_clone(),
-                };
-                let _ = self.m[i].lerp_(&g, 1.0 - c.beta1);
-                let _ = self.v[i].lerp_(&g.square(), 1.0 - c.beta2);
-                let denom = (&self.v[i] / bc2).sqrt() + c.eps;
-                let p = &mut self.params[i];
-                if c.weight_decay > 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
+            }
+            let all = grads.iter().all(|g| g.defined());
+            let grad_scale = match norm {
+                Some((_, s)) if s < 1.0 => s,
+                _ => 1.0,
+            };
+            if all && self.fused_cpu_step(&grads, &c, bc1, bc2, grad_scale) {
+                // Done in one pass per parameter.
+            } else if all {
+                // One pass over all parameters: flat gradient, moments and update.
+                let flat: Vec<Tensor> = grads.iter().map(|g| g.view([-1])).collect();
+                let g = scale(Tensor::cat(&flat, 0));
+                let _ = self.m.lerp_(&g, 1.0 - c.beta1);
+                let _ = self.v.lerp_(&g.square(), 1.0 - c.beta2);
+                let update = &self.m / ((&self.v / bc2).sqrt() + c.eps) * (-c.lr / bc1);
+                for i in 0..self.params.len() {
+                    let u = self.part(&update, i);
+                    let _ = self.params[i].g_add_(&u);
                 }
-                let _ = p.g_add_(&(&self.m[i] / denom * (-c.lr / bc1)));
+            } else {
+                for (i, g) in grads.iter().enumerate() {
+                    if !g.defined() {
+                        continue;
+                    }
+                    let g = scale(g.shallow_clone());
+                    let (mut m, mut v) = (self.part(&self.m, i), self.part(&self.v, i));
+                    let _ = m.lerp_(&g, 1.0 - c.beta1);
+                    let _ = v.lerp_(&g.square(), 1.0 - c.beta2);
+                    let u = &m / ((&v / bc2).sqrt() + c.eps) * (-c.lr / bc1);
+                    let _ = self.params[i].g_add_(&u);
+                }
             }
             norm.map(|(n, _)| n)
         })
     }
 
-    /// The optimiser state as named tensors (`{prefix}m/{name}`, `{prefix}v/{name}`) and the
-    /// step count, for a checkpoint.
+    /// The step for fp32 CPU tensors in one pass over each parameter's elements (moments and
+    /// parameter read and written once; the tensor version above makes a dozen passes, and on
+    /// a CPU these are memory-bound). Same arithmetic as the tensor version. Returns false,
+    /// having changed nothing, where it does not apply (another device or kind).
+    fn fused_cpu_step(&mut self, grads: &[Tensor], c: &AdamConfig, bc1: f64, bc2: f64, grad_scale: f64) -> bool {
+        let fits = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == tch::Kind::Float && t.is_contiguous();
+        if !fits(&self.m) || !fits(&self.v) || !self.params.iter().chain(grads).all(fits) {
+            return false;
+        }
+        let (w1, w2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
+        let (bc2, eps, step, gs) = (bc2 as f32, c.eps as f32, (-c.lr / bc1) as f32, grad_scale as f32);
+        // SAFETY: every tensor is a contiguous fp32 CPU tensor; `m` and `v` hold `offsets[i] +
+        // numel` elements for parameter i; parameters, gradients and moments are distinct
+        // storages, so the slices do not alias; nothing else runs on them during the step.
+        unsafe {
+            let (m_all, v_all) = (self.m.data_ptr() as *mut f32, self.v.data_ptr() as *mut f32);
+            for (i, (p, g)) in self.params.iter().zip(grads).enumerate() {
+                let n = p.numel();
+                let p = std::slice::from_raw_parts_mut(p.data_ptr() as *mut f32, n);
+                let g = std::slice::from_raw_parts(g.data_ptr() as *const f32, n);
+                let m = std::slice::from_raw_parts_mut(m_all.add(self.offsets[i] as usize), n);
+                let v = std::slice::from_raw_parts_mut(v_all.add(self.offsets[i] as usize), n);
+                for j in 0..n {
+                    let g = g[j] * gs;
+                    // libtorch's lerp for weights below one half: start + w·(end − start).
+                    m[j] += w1 * (g - m[j]);
+                    v[j] += w2 * (g * g - v[j]);
+                    p[j] += m[j] / ((v[j] / bc2).sqrt() + eps) * step;
+                }
+            }
+        }
+        true
+    }
+
+    /// The optimiser state as named tensors (`{prefix}m/{name}`, `{prefix}v/{name}`, copies
+    /// shaped like their parameters) and the step count, for a checkpoint.
     pub fn state(&self, prefix: &str) -> (Vec<(String, Tensor)>, u64) {
         let mut out = Vec::with_capacity(2 * self.names.len());
         for (i, n) in self.names.iter().enumerate() {
-            out.push((format!("{prefix}m/{n}"), self.m[i].shallow_clone()));
-            out.push((format!("{prefix}v/{n}"), self.v[i].shallow_clone()));
+            out.push((format!("{prefix}m/{n}"), self.part(&self.m, i).copy()));
+            out.push((format!("{prefix}v/{n}"), self.part(&self.v, i).copy()));
         }
         (out, self.step)
     }
@@ -138,10 +213,10 @@ impl Adam {
     /// parameter's shape.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, prefix: &str, step: u64) -> Result<()> {
         for (i, n) in self.names.iter().enumerate() {
-            for (kind, dst) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+            for (kind, flat) in [("m", &self.m), ("v", &self.v)] {
                 let key = format!("{prefix}{kind}/{n}");
                 let src = tensors.get(&key).with_context(|| format!("checkpoint has no optimiser tensor '{key}'"))?;
-                copy_checked(dst, src, &key)?;
+                copy_checked(&mut self.part(flat, i), src, &key)?;
             }
         }
         self.step = step;

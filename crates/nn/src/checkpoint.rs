@@ -7,10 +7,13 @@
 //!   step_000010000/
 //!     tensors.safetensors  parameters, target networks, optimiser moments, ...
 //!     meta.json            counters, seeds, anything serde can write
+//!     checksums.json       the CRC-32 of every other file, written last
 //! ```
 //! A checkpoint is written into a hidden temporary directory, flushed to disk, and renamed
 //! into place; only then is `latest` replaced (again by write-and-rename). A save that fails
-//! or is killed at any point leaves the previous checkpoint and `latest` untouched.
+//! or is killed at any point leaves the previous checkpoint and `latest` untouched. Loading
+//! verifies every file against `checksums.json` first: a damaged file is an error that names
+//! it and the newest intact checkpoint beside it ([`Damaged`]).
 
 use std::collections::HashMap;
 use std::fs;
@@ -26,6 +29,7 @@ use crate::adam::copy_checked;
 const TENSORS: &str = "tensors.safetensors";
 const META: &str = "meta.json";
 const LATEST: &str = "latest";
+const CHECKSUMS: &str = "checksums.json";
 const TMP_PREFIX: &str = ".tmp-";
 
 /// A loaded checkpoint: its tensors by name, and its metadata.
@@ -85,20 +89,21 @@ pub fn save_with<M: Serialize>(
     fs::create_dir_all(root).with_context(|| format!("creating checkpoint directory {}", root.display()))?;
     remove_stale_temporaries(root);
     let tmp = root.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
-    let result = write_dir(&tmp, tensors, meta).and_then(|()| extra(&tmp)).and_then(|()| {
-        let dst = root.join(name);
-        // Saving a name that already exists (e.g. the final save at a step just saved):
-        // move the old copy aside, put the new one in place, then delete the old one.
-        let old = root.join(format!("{TMP_PREFIX}old-{name}-{}", std::process::id()));
-        let had_old = dst.exists() && fs::rename(&dst, &old).is_ok();
-        fs::rename(&tmp, &dst).with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
-        if had_old {
-            let _ = fs::remove_dir_all(&old);
-        }
-        sync_dir(root);
-        write_atomically(&root.join(LATEST), format!("{name}\n").as_bytes())?;
-        Ok(dst)
-    });
+    let result =
+        write_dir(&tmp, tensors, meta).and_then(|()| extra(&tmp)).and_then(|()| write_checksums(&tmp)).and_then(|()| {
+            let dst = root.join(name);
+            // Saving a name that already exists (e.g. the final save at a step just saved):
+            // move the old copy aside, put the new one in place, then delete the old one.
+            let old = root.join(format!("{TMP_PREFIX}old-{name}-{}", std::process::id()));
+            let had_old = dst.exists() && fs::rename(&dst, &old).is_ok();
+            fs::rename(&tmp, &dst).with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+            if had_old {
+                let _ = fs::remove_dir_all(&old);
+            }
+            sync_dir(root);
+            write_atomically(&root.join(LATEST), format!("{name}\n").as_bytes())?;
+            Ok(dst)
+        });
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
@@ -118,6 +123,101 @@ fn write_dir<M: Serialize>(dir: &Path, tensors: &[(String, Tensor)], meta: &M) -
     f.sync_all()?;
     sync_dir(dir);
     Ok(())
+}
+
+/// The CRC-32 of a file, streamed.
+fn file_crc(path: &Path) -> Result<u32> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Writes `checksums.json` for every file of `dir`.
+fn write_checksums(dir: &Path) -> Result<()> {
+    let mut sums = std::collections::BTreeMap::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if e.file_type()?.is_file() && name != CHECKSUMS {
+            sums.insert(name, format!("{:08x}", file_crc(&e.path())?));
+        }
+    }
+    let mut f = fs::File::create(dir.join(CHECKSUMS))?;
+    f.write_all(&serde_json::to_vec_pretty(&sums)?)?;
+    f.sync_all()?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// A checkpoint whose files do not match their checksums.
+#[derive(Debug, thiserror::Error)]
+#[error("checkpoint {dir} is damaged: {file} {problem}{}", intact_hint(.intact))]
+pub struct Damaged {
+    /// The checkpoint's directory.
+    pub dir: PathBuf,
+    /// The damaged file.
+    pub file: String,
+    /// What is wrong with it.
+    pub problem: String,
+    /// The newest intact checkpoint in the same root, if any.
+    pub intact: Option<String>,
+}
+
+fn intact_hint(intact: &Option<String>) -> String {
+    match intact {
+        Some(name) => format!("; the newest intact checkpoint beside it is {name}"),
+        None => "; no intact checkpoint beside it".to_string(),
+    }
+}
+
+/// Checks every file of checkpoint `dir` against its `checksums.json`. A checkpoint written
+/// before checksums existed (no `checksums.json`) passes.
+pub fn verify(dir: &Path) -> Result<()> {
+    let path = dir.join(CHECKSUMS);
+    if !path.exists() {
+        return Ok(());
+    }
+    let damaged = |file: &str, problem: String| {
+        let intact = dir.parent().and_then(|root| newest_intact(root, dir.file_name()?.to_str()?));
+        Damaged { dir: dir.to_path_buf(), file: file.to_string(), problem, intact }
+    };
+    let sums: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&fs::read(&path)?).map_err(|e| damaged(CHECKSUMS, format!("cannot be parsed ({e})")))?;
+    for (file, want) in &sums {
+        let p = dir.join(file);
+        if !p.exists() {
+            return Err(damaged(file, "is missing".into()).into());
+        }
+        let got = format!("{:08x}", file_crc(&p)?);
+        if &got != want {
+            return Err(damaged(file, format!("does not match its checksum (CRC-32 {got}, written {want})")).into());
+        }
+    }
+    Ok(())
+}
+
+/// The newest checkpoint `step_*` under `root` older than `than` whose files are intact.
+fn newest_intact(root: &Path, than: &str) -> Option<String> {
+    let mut names: Vec<String> = fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("step_") && n.as_str() < than)
+        .collect();
+    names.sort();
+    names.into_iter().rev().find(|n| root.join(n).join(META).exists() && verify(&root.join(n)).is_ok())
+}
+
+/// The checkpoint of step `step` under `root` (named `step_` and ten digits).
+pub fn step_name(step: u64) -> String {
+    format!("step_{step:010}")
 }
 
 /// Replaces `path` with `bytes` by writing a sibling temporary file and renaming it.
@@ -162,6 +262,7 @@ pub fn load<M: DeserializeOwned>(dir: &Path) -> Result<Loaded<M>> {
     if !path.exists() {
         bail!("{} is not a checkpoint (no {TENSORS})", dir.display());
     }
+    verify(dir)?;
     let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
     let meta_path = dir.join(META);
     let meta =

@@ -164,6 +164,25 @@ impl Mlp {
         self.activation
     }
 
+    /// Forward pass that also returns the activations after hidden layer `hidden` (0: the
+    /// first; after its activation and LayerNorm), e.g. for a loss on representations.
+    pub fn forward_with_hidden(&self, x: &Tensor, hidden: usize) -> (Tensor, Tensor) {
+        assert!(hidden + 1 < self.layers.len(), "hidden layer {hidden} of an MLP with {} layers", self.layers.len());
+        let mut h = affine(x, &self.layers[0]);
+        let mut kept = None;
+        for (i, layer) in self.layers.iter().enumerate().skip(1) {
+            h = self.activation.forward(&h);
+            if let Some((s, b)) = &self.layers[i - 1].norm {
+                h = h.layer_norm([h.size()[h.dim() - 1]], Some(s), Some(b), LN_EPS, false);
+            }
+            if i - 1 == hidden {
+                kept = Some(h.shallow_clone());
+            }
+            h = affine(&h, layer);
+        }
+        (h, kept.expect("the hidden layer exists"))
+    }
+
     /// Forward pass on `[..., in]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let mut h = affine(x, &self.layers[0]);

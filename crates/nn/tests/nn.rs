@@ -323,6 +323,40 @@ fn failed_or_interrupted_save_never_replaces_the_last_good_checkpoint() {
 }
 
 #[test]
+fn a_damaged_checkpoint_is_named_with_its_file_and_the_newest_intact_one() {
+    let _torch = one_thread();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+    for step in [10u64, 20, 30] {
+        let name = checkpoint::step_name(step);
+        checkpoint::save(dir.path(), &name, &[("w".into(), &w * step as f64)], &Meta { step }).unwrap();
+    }
+    // Overwrite bytes inside the newest checkpoint's tensor data (the file's tail), keeping its size.
+    let newest = dir.path().join(checkpoint::step_name(30));
+    let path = newest.join("tensors.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x5a;
+    std::fs::write(&path, &bytes).unwrap();
+    // Safetensors itself reads it without complaint: only the checksum notices.
+    assert!(Tensor::read_safetensors(&path).is_ok());
+    let err = checkpoint::load_latest::<Meta>(dir.path()).unwrap_err();
+    let damaged = err.downcast_ref::<checkpoint::Damaged>().expect("a Damaged error");
+    assert_eq!(damaged.file, "tensors.safetensors");
+    assert_eq!(damaged.intact.as_deref(), Some("step_0000000020"));
+    let text = format!("{err:#}");
+    assert!(text.contains("tensors.safetensors") && text.contains("step_0000000020"), "{text}");
+    // A missing file is named the same way; the older checkpoint still loads.
+    std::fs::remove_file(newest.join("meta.json")).unwrap();
+    let loaded: checkpoint::Loaded<Meta> = checkpoint::load(&dir.path().join(checkpoint::step_name(20))).unwrap();
+    assert_eq!(loaded.meta, Meta { step: 20 });
+    let mid = dir.path().join(checkpoint::step_name(20)).join("meta.json");
+    std::fs::write(&mid, b"{\"step\": 21}").unwrap();
+    let err = format!("{:#}", checkpoint::load::<Meta>(&dir.path().join(checkpoint::step_name(20))).unwrap_err());
+    assert!(err.contains("meta.json") && err.contains("step_0000000010"), "{err}");
+}
+
+#[test]
 fn loading_names_the_missing_or_misshapen_tensor() {
     let _torch = one_thread();
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,8 @@
 //!   path of training: one environment releases each transition at once and resumes exactly
 //!   ([`CollectorState`]); several stage each episode and release it whole, so that a replay
 //!   buffer never interleaves two episodes.
+//! - [`AsyncCollector`]: a [`Collector`] on its own thread, stepping environments while the
+//!   learner updates, each step acting with a policy two versions old (deterministic).
 //! - [`evaluate`]: the evaluation protocol (one query per chunk, executed open-loop, success
 //!   from `info.success` at the episode's end; episode `e` seeded `seed + e`) spread over the
 //!   pool's environments. An episode lost to a crashed worker is run again with its seed.
@@ -26,6 +28,9 @@ use serde::{Deserialize, Serialize};
 
 /// A policy query: observations `[k, obs_dim]` (row-major) and `k` → chunks `[k, h·action_dim]`.
 pub type Policy<'a> = dyn FnMut(&[f32], usize) -> Result<Vec<f32>> + 'a;
+
+/// A policy that can move to another thread (one version of the learner's acting networks).
+pub type OwnedPolicy = Box<dyn FnMut(&[f32], usize) -> Result<Vec<f32>> + Send>;
 
 /// E environments of one kind, reset and stepped in batches.
 pub trait EnvPool: Send {
@@ -49,6 +54,11 @@ pub trait EnvPool: Send {
     fn restore(&mut self, env: usize, _state: &[u8]) -> Result<()> {
         bail!("the environments of this pool cannot restore a snapshot (environment {env})")
     }
+    /// An RGB frame of environment `env` as it is now, where the pool renders
+    /// ([`make_render_pool`]).
+    fn render(&mut self, env: usize) -> Result<mvp_envs::Frame> {
+        bail!("the environments of this pool do not render (environment {env}); videos need a pool made for them")
+    }
     /// Releases the environments.
     fn close(&mut self) -> Result<()>;
 }
@@ -71,6 +81,9 @@ impl EnvPool for VecEnv {
     }
     fn close(&mut self) -> Result<()> {
         VecEnv::close(self)
+    }
+    fn render(&mut self, env: usize) -> Result<mvp_envs::Frame> {
+        VecEnv::render(self, env)
     }
 }
 
@@ -149,6 +162,78 @@ pub fn make_pool(name: &str, num_envs: usize, max_workers: usize, seed: u64) -> 
     let workers = max_workers.clamp(1, num_envs);
     let per_worker = num_envs.div_ceil(workers);
     Ok(Box::new(VecEnv::new(VecEnvConfig::new(name, workers, per_worker, seed))?))
+}
+
+/// One environment of `name` in its own worker process, rendering RGB frames of `[width,
+/// height]` offscreen (for videos; [`record`]). Native environments do not render.
+pub fn make_render_pool(name: &str, size: [u32; 2], seed: u64) -> Result<Box<dyn EnvPool>> {
+    if mvp_envs::NATIVE_ENVS.contains(&name) {
+        bail!("the native environment {name} does not render; videos need a MuJoCo environment (OGBench, robomimic)");
+    }
+    let mut config = VecEnvConfig::new(name, 1, 1, seed);
+    config.worker.render = Some(size);
+    Ok(Box::new(VecEnv::new(config)?))
+}
+
+/// Runs `episodes` episodes like [`evaluate`] on a pool of one rendering environment
+/// ([`make_render_pool`]) and returns each episode's statistics with its frames: the first
+/// observation's, then one after every step (an episode of L steps has L + 1 frames).
+pub fn record(
+    pool: &mut dyn EnvPool,
+    h: usize,
+    execute: usize,
+    episodes: usize,
+    seed: u64,
+    policy: &mut Policy<'_>,
+) -> Result<Vec<(EpisodeStats, Vec<mvp_envs::Frame>)>> {
+    if pool.num_envs() != 1 {
+        bail!("recording needs a pool of one environment, this one has {}", pool.num_envs());
+    }
+    let mut recorder = Recorder { pool, episodes: Vec::new() };
+    let stats = evaluate(&mut recorder, h, execute, episodes, seed, policy)?;
+    Ok(stats.into_iter().zip(recorder.episodes).collect())
+}
+
+/// An [`EnvPool`] of one environment that renders it after every reset and step.
+struct Recorder<'a> {
+    pool: &'a mut dyn EnvPool,
+    /// Frames of each episode so far (the last one is running).
+    episodes: Vec<Vec<mvp_envs::Frame>>,
+}
+
+impl EnvPool for Recorder<'_> {
+    fn spec(&self) -> &EnvSpec {
+        self.pool.spec()
+    }
+    fn num_envs(&self) -> usize {
+        1
+    }
+    fn reset(&mut self, envs: &[usize], seeds: &[Option<u64>]) -> Result<Vec<Vec<f32>>> {
+        let obs = self.pool.reset(envs, seeds)?;
+        self.episodes.push(vec![self.pool.render(0)?]);
+        Ok(obs)
+    }
+    fn step(&mut self, envs: &[usize], actions: &[f32]) -> Result<Vec<Outcome>> {
+        let outcomes = self.pool.step(envs, actions)?;
+        match outcomes.first() {
+            Some(Outcome::Step(_)) => {
+                let frame = self.pool.render(0)?;
+                self.episodes.last_mut().expect("a reset came first").push(frame);
+            }
+            // The episode runs again from its reset: drop its frames.
+            Some(Outcome::Lost(_)) => {
+                self.episodes.pop();
+            }
+            None => {}
+        }
+        Ok(outcomes)
+    }
+    fn restarts(&self) -> u64 {
+        self.pool.restarts()
+    }
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What one finished episode gave.
@@ -654,5 +739,76 @@ mod tests {
         assert!(cut);
         assert_eq!((resumed.lanes[0].episode, resumed.lanes[0].length), (state.started, 0));
         assert_eq!(resumed.started, state.started + 1);
+    }
+}
+
+/// A [`Collector`] on its own thread, so that environment steps overlap the learner's updates
+/// (`env.async_collect`). Its step k acts with the k-th policy the learner sent: the learner
+/// sends two at the start ([`AsyncCollector::start`]) and one after each step it has consumed,
+/// so step k + 2 is collected with the networks after the learner's step k while the learner
+/// updates on step k + 1. The sequence of policies, and so of transitions, does not depend on
+/// timing: an uninterrupted run repeats itself. A checkpoint cannot capture the thread's
+/// running episodes; a resumed run starts new ones.
+pub struct AsyncCollector {
+    items: std::sync::mpsc::Receiver<Result<Collected>>,
+    policies: Option<std::sync::mpsc::Sender<OwnedPolicy>>,
+    handle: Option<std::thread::JoinHandle<Collector>>,
+    num_envs: usize,
+}
+
+impl AsyncCollector {
+    /// Moves `collector` to a thread that steps with `first`, then `second`, then each policy
+    /// sent with [`AsyncCollector::send`].
+    pub fn start(mut collector: Collector, first: OwnedPolicy, second: OwnedPolicy) -> Result<Self> {
+        let (policy_tx, policy_rx) = std::sync::mpsc::channel::<OwnedPolicy>();
+        let (item_tx, items) = std::sync::mpsc::sync_channel(2);
+        let sent = policy_tx.send(first).and_then(|()| policy_tx.send(second));
+        sent.map_err(|_| anyhow::anyhow!("the policy channel is closed"))?;
+        let num_envs = collector.num_envs();
+        let handle = std::thread::Builder::new().name("collector".into()).spawn(move || {
+            // Ends when the learner stops sending policies or stops receiving.
+            while let Ok(mut policy) = policy_rx.recv() {
+                let item = collector.step(&mut *policy);
+                let failed = item.is_err();
+                if item_tx.send(item).is_err() || failed {
+                    break;
+                }
+            }
+            collector
+        })?;
+        Ok(Self { items, policies: Some(policy_tx), handle: Some(handle), num_envs })
+    }
+
+    /// Environments E.
+    pub fn num_envs(&self) -> usize {
+        self.num_envs
+    }
+
+    /// The next step's transitions (waits for them).
+    pub fn next(&mut self) -> Result<Collected> {
+        match self.items.recv() {
+            Ok(item) => item,
+            Err(_) => bail!("the collector thread stopped"),
+        }
+    }
+
+    /// The policy of the step after the next one not yet given a policy.
+    pub fn send(&mut self, policy: OwnedPolicy) -> Result<()> {
+        let tx = self.policies.as_ref().expect("policies are sent until the collector stops");
+        if tx.send(policy).is_err() {
+            bail!("the collector thread stopped");
+        }
+        Ok(())
+    }
+
+    /// Stops the thread (after the step it is on) and returns the collector.
+    pub fn stop(mut self) -> Result<Collector> {
+        self.policies = None;
+        while self.items.try_recv().is_ok() {}
+        let handle = self.handle.take().expect("joined once");
+        // Unblock a thread waiting to hand over a finished step.
+        let items = std::mem::replace(&mut self.items, std::sync::mpsc::sync_channel(1).1);
+        drop(items);
+        handle.join().map_err(|_| anyhow::anyhow!("the collector thread panicked"))
     }
 }

@@ -7,11 +7,12 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig};
-use mvp_agent::config::AgentConfig;
+use mvp_agent::config::{AgentConfig, SelectEngine};
 use mvp_agent::{Agent, TensorBatch};
 use mvp_infer::Precision;
 use mvp_nn::{DeviceChoice, MatmulPrecision, MlpConfig, Runtime};
-use mvp_replay::ChunkBatch;
+use mvp_replay::{ChunkBatch, ReplayBuffer};
+use rand::SeedableRng;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -30,9 +31,13 @@ pub struct Common {
     /// Larger denoising-step count of the second diffusion row.
     #[arg(long, default_value_t = 50)]
     diffusion_large_k: usize,
-    /// Only methods whose name contains this text.
+    /// Only methods whose name contains one of these texts (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// The imitation methods instead (MP1's comparison): one sample (N = 1), chunks of h = 4,
+    /// no critic — MVP (MP1), flow (K = 10) and diffusion (K = 10 and the larger K).
     #[arg(long)]
-    only: Option<String>,
+    imitation: bool,
     /// Device: cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -105,6 +110,38 @@ pub struct TrainArgs {
     /// see `runtime.matmul`).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     matmul: Vec<MatmulPrecision>,
+    /// Engines of the TD target's generate-and-select to measure (`agent.select_engine`):
+    /// auto, libtorch, native-f32, native-bf16. Methods without a native path always use libtorch.
+    #[arg(long, value_delimiter = ',', default_value = "libtorch,auto")]
+    select: Vec<SelectEngineArg>,
+    /// Also time each phase of an update (median ms, FLOPs and GFLOP/s per phase) and print
+    /// that table.
+    #[arg(long)]
+    profile: bool,
+}
+
+/// `agent.select_engine` as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SelectEngineArg {
+    /// The config's default.
+    Auto,
+    /// libtorch.
+    Libtorch,
+    /// The native engine, fp32.
+    NativeF32,
+    /// The native engine, bf16.
+    NativeBf16,
+}
+
+impl SelectEngineArg {
+    fn engine(self) -> SelectEngine {
+        match self {
+            SelectEngineArg::Auto => SelectEngine::Auto,
+            SelectEngineArg::Libtorch => SelectEngine::Libtorch,
+            SelectEngineArg::NativeF32 => SelectEngine::NativeF32,
+            SelectEngineArg::NativeBf16 => SelectEngine::NativeBf16,
+        }
+    }
 }
 
 /// A method of the comparison: a name and its agent settings.
@@ -124,6 +161,20 @@ fn methods(c: &Common) -> Vec<Method> {
     let flow = |k| ActorConfig::Flow(FlowConfig { network: net.clone(), steps: k, ..FlowConfig::default() });
     let diff =
         |k| ActorConfig::Diffusion(DiffusionConfig { network: net.clone(), steps: k, ..DiffusionConfig::default() });
+    let imitation = |actor: ActorConfig| AgentConfig { imitation: true, ..agent(actor, 1, 4) };
+    if c.imitation {
+        let mvp = ActorConfig::Mvp(MvpConfig { network: net.clone(), ..MvpConfig::default() });
+        let all = vec![
+            Method { name: "MVP/MP1 (1 step, N=1, h=4)".into(), config: imitation(mvp) },
+            Method { name: "flow (K=10, N=1, h=4)".into(), config: imitation(flow(10)) },
+            Method { name: "diffusion (K=10, N=1, h=4)".into(), config: imitation(diff(10)) },
+            Method {
+                name: format!("diffusion (K={}, N=1, h=4)", c.diffusion_large_k),
+                config: imitation(diff(c.diffusion_large_k)),
+            },
+        ];
+        return only(c, all);
+    }
     let all = vec![
         Method {
             name: "MVP (1 step, N=32, h=5)".into(),
@@ -137,7 +188,12 @@ fn methods(c: &Common) -> Vec<Method> {
             config: agent(diff(c.diffusion_large_k), 32, 5),
         },
     ];
-    all.into_iter().filter(|m| c.only.as_ref().is_none_or(|o| m.name.contains(o.as_str()))).collect()
+    only(c, all)
+}
+
+/// The methods `--only` keeps.
+fn only(c: &Common, all: Vec<Method>) -> Vec<Method> {
+    all.into_iter().filter(|m| c.only.is_empty() || c.only.iter().any(|o| m.name.contains(o.as_str()))).collect()
 }
 
 /// Multiply-add FLOPs (2 per MAC) of an MLP per input row.
@@ -273,7 +329,7 @@ pub fn latency(args: LatencyArgs) -> Result<()> {
     let mut rows = Vec::new();
     for m in methods(c) {
         tch::manual_seed(0);
-        let mut agent = Agent::new(c.obs_dim, c.action_dim, &m.config, device);
+        let mut agent = Agent::new(c.obs_dim, c.action_dim, &m.config, device)?;
         let flops = act_flops(c, &m);
         for &engine in &args.engines {
             let Some((single, batch_median)) = time_engine(&args, &mut agent, engine, device)? else { continue };
@@ -358,14 +414,32 @@ pub fn latency(args: LatencyArgs) -> Result<()> {
 struct TrainRow {
     method: String,
     matmul: MatmulPrecision,
+    /// The engine the TD target's selection ran on.
+    select: String,
     batch: usize,
     median_ms_per_iter: f64,
     iters_per_s: f64,
+    /// Median ms per phase of an update, with `--profile`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    phases: Vec<PhaseRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct PhaseRow {
+    phase: String,
+    median_ms: f64,
+    /// Multiply-add FLOPs (2 per MAC) of the phase's matrix products, where counted.
+    gflop: Option<f64>,
 }
 
 /// A synthetic batch with the shapes of a real one (values do not matter for speed).
 fn synthetic_batch(batch: usize, h: usize, c: &Common, device: Device) -> TensorBatch {
     let mut b = ChunkBatch::new(batch, h, c.obs_dim, c.action_dim);
+    fill_synthetic(&mut b);
+    TensorBatch::from_chunks(&b, device)
+}
+
+fn fill_synthetic(b: &mut ChunkBatch) {
     for (i, x) in b.observations.iter_mut().enumerate() {
         *x = ((i * 7919) % 997) as f32 / 997.0 - 0.5;
     }
@@ -376,41 +450,88 @@ fn synthetic_batch(batch: usize, h: usize, c: &Common, device: Device) -> Tensor
     b.rewards.fill(-1.0);
     b.masks.fill(1.0);
     b.valid.fill(1.0);
-    TensorBatch::from_chunks(&b, device)
+}
+
+/// GFLOP of the matrix products of each phase of one update (forward = 1×, backward = 2× the
+/// forward's MACs; the JVP adds a forward's worth, IVC another forward).
+fn phase_gflop(c: &Common, config: &AgentConfig, batch: usize) -> Vec<(&'static str, f64)> {
+    let d = config.horizon * c.action_dim;
+    let (calls, times) = match &config.actor {
+        ActorConfig::Mvp(x) => (x.sampling_steps.max(1), 2),
+        ActorConfig::Flow(x) => (x.steps.max(1), 1),
+        ActorConfig::Diffusion(x) => (x.steps.max(1), 1),
+    };
+    let n = config.num_samples as f64;
+    let b = batch as f64;
+    let actor = mlp_flops(c.obs_dim + d + times, &c.hidden, d);
+    let critic = mlp_flops(c.obs_dim + d, &c.hidden, 1) * config.critic.ensemble as f64;
+    // The actor loss: MVP = forward with JVP (2 forwards) + IVC forward; flow/diffusion: 1.
+    let actor_loss = match &config.actor {
+        ActorConfig::Mvp(x) => actor * if x.ivc_weight > 0.0 { 3.0 } else { 2.0 },
+        _ => actor,
+    };
+    let actor_backward = match &config.actor {
+        ActorConfig::Mvp(x) => actor * if x.ivc_weight > 0.0 { 4.0 } else { 2.0 },
+        _ => 2.0 * actor,
+    };
+    let g = 1e-9;
+    let generate = actor * calls as f64 * n * b * g;
+    let score = if config.num_samples > 1 { critic * n * b * g } else { 0.0 };
+    vec![
+        ("target: generate", generate),
+        ("target: score", score),
+        ("target: generate and score (native)", generate + score),
+        ("target: value", critic * b * g),
+        ("critic: loss", critic * b * g),
+        ("actor: loss", actor_loss * b * g),
+        ("critic: backward", 2.0 * critic * b * g),
+        ("actor: backward", actor_backward * b * g),
+    ]
 }
 
 /// Runs `mvp bench train`.
 pub fn train(args: TrainArgs) -> Result<()> {
     let c = &args.common;
-    let mut rows = Vec::new();
+    let mut rows: Vec<TrainRow> = Vec::new();
     let mut device = Device::Cpu;
     for &matmul in &args.matmul {
         device = Runtime { device: c.device, threads: c.threads, matmul }.apply()?;
         for m in methods(c) {
-            tch::manual_seed(0);
-            let mut config = m.config;
-            config.batch_size = args.batch;
-            let mut agent = Agent::new(c.obs_dim, c.action_dim, &config, device);
-            let batch = synthetic_batch(args.batch, config.horizon, c, device);
-            for _ in 0..3 {
-                agent.update(&batch)?;
+            for &select in &args.select {
+                tch::manual_seed(0);
+                let mut config = m.config.clone();
+                config.batch_size = args.batch;
+                config.select_engine = select.engine();
+                let mut agent = match Agent::new(c.obs_dim, c.action_dim, &config, device) {
+                    Ok(a) => a,
+                    Err(e) if select != SelectEngineArg::Auto && select != SelectEngineArg::Libtorch => {
+                        tracing::warn!("{}: skipped: {e:#}", m.name);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let used = if agent.selects_natively() {
+                    if select == SelectEngineArg::NativeBf16 {
+                        "native bf16"
+                    } else {
+                        "native f32"
+                    }
+                } else {
+                    "libtorch"
+                };
+                if rows.iter().any(|r| r.method == m.name && r.matmul == matmul && r.select == used) {
+                    continue; // e.g. auto = libtorch for an actor without a native path
+                }
+                // As in training, where only the logged updates (1 in 100 or more) compute them.
+                agent.set_diagnostics(false);
+                let row = time_updates(&mut agent, &args, &config, matmul, used, &m.name, device)?;
+                tracing::info!(
+                    "{} ({matmul} matmuls, {used} selection): {:.1} ms per iteration",
+                    m.name,
+                    row.median_ms_per_iter
+                );
+                rows.push(row);
             }
-            let mut t = Vec::with_capacity(args.iters);
-            for _ in 0..args.iters {
-                let s = Instant::now();
-                agent.update(&batch)?;
-                sync(device);
-                t.push(s.elapsed().as_secs_f64() * 1e3);
-            }
-            let (median, _, _) = percentiles(t);
-            tracing::info!("{} ({matmul} matmuls): {:.1} ms per iteration", m.name, median);
-            rows.push(TrainRow {
-                method: m.name,
-                matmul,
-                batch: args.batch,
-                median_ms_per_iter: median,
-                iters_per_s: 1e3 / median,
-            });
         }
     }
     MatmulPrecision::F32.set();
@@ -419,23 +540,134 @@ pub fn train(args: TrainArgs) -> Result<()> {
          networks {:?}, median of {} iterations\n",
         c.threads, device, args.batch, c.hidden, args.iters
     );
-    println!("| method | matmuls | ms / iteration | iterations / s | MVP speed-up (same matmuls) |");
-    println!("|---|---|---|---|---|");
+    println!("| method | matmuls | TD-target selection | ms / iteration | iterations / s | MVP speed-up (same matmuls and selection) |");
+    println!("|---|---|---|---|---|---|");
     for r in &rows {
-        let base = rows.iter().find(|b| b.matmul == r.matmul && b.method.starts_with("MVP")).map(|b| b.iters_per_s);
+        let base = rows
+            .iter()
+            .find(|b| b.matmul == r.matmul && b.select == r.select && b.method.starts_with("MVP"))
+            .map(|b| b.iters_per_s);
         println!(
-            "| {} | {} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {:.1} | {:.2} | {:.2} |",
             r.method,
             r.matmul,
+            r.select,
             r.median_ms_per_iter,
             r.iters_per_s,
             base.map(|b| b / r.iters_per_s).unwrap_or(f64::NAN)
         );
     }
+    if args.profile {
+        println!("\nWhere the time of one update goes (median ms per phase; GFLOP/s of its matrix products)\n");
+        for r in &rows {
+            println!(
+                "{} ({} matmuls, {} selection): {:.1} ms per update",
+                r.method, r.matmul, r.select, r.median_ms_per_iter
+            );
+            println!("| phase | ms | share | GFLOP | GFLOP/s |");
+            println!("|---|---|---|---|---|");
+            let total: f64 = r.phases.iter().map(|p| p.median_ms).sum();
+            for p in &r.phases {
+                let (gflop, rate) = match p.gflop {
+                    Some(g) if g > 0.0 => (format!("{g:.3}"), format!("{:.0}", g / (p.median_ms * 1e-3))),
+                    _ => ("".into(), "".into()),
+                };
+                println!(
+                    "| {} | {:.2} | {:.0}% | {gflop} | {rate} |",
+                    p.phase,
+                    p.median_ms,
+                    100.0 * p.median_ms / total
+                );
+            }
+            println!();
+        }
+    }
     if let Some(p) = &c.json {
         std::fs::write(p, serde_json::to_vec_pretty(&rows)?)?;
     }
     Ok(())
+}
+
+/// Times `args.iters` updates of `agent` (after 3 warm-up updates) and, with `--profile`, each
+/// phase of them, including drawing a batch from a replay buffer and copying it into tensors.
+fn time_updates(
+    agent: &mut Agent,
+    args: &TrainArgs,
+    config: &AgentConfig,
+    matmul: MatmulPrecision,
+    used: &str,
+    name: &str,
+    device: Device,
+) -> Result<TrainRow> {
+    let c = &args.common;
+    let batch = synthetic_batch(args.batch, config.horizon, c, device);
+    // A buffer of the size of a 100-episode play dataset, for the sampling phase.
+    let mut buffer = ReplayBuffer::new(100_000, c.obs_dim, c.action_dim)?;
+    let mut row = ChunkBatch::new(1, 1, c.obs_dim, c.action_dim);
+    fill_synthetic(&mut row);
+    for i in 0..100_000 {
+        buffer.push(
+            &row.observations,
+            &row.actions[..c.action_dim],
+            -1.0,
+            &row.next_observations,
+            i % 1000 == 999,
+            1.0,
+        )?;
+    }
+    let mut host_batch = ChunkBatch::new(args.batch, config.horizon, c.obs_dim, c.action_dim);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    for _ in 0..3 {
+        agent.update(&batch)?;
+    }
+    let mut totals = Vec::with_capacity(args.iters);
+    let mut phases: Vec<(&'static str, Vec<f64>)> = Vec::new();
+    for _ in 0..args.iters {
+        let start = Instant::now();
+        if args.profile {
+            buffer.sample_chunks(&mut rng, args.batch, config.horizon, 0.99, &mut host_batch)?;
+            let sampled = TensorBatch::from_chunks(&host_batch, device);
+            drop(sampled);
+            record(&mut phases, "batch: sample and copy", start.elapsed().as_secs_f64() * 1e3);
+        }
+        let mut last = Instant::now();
+        let update_start = last;
+        agent.update_marked(&batch, &mut |phase| {
+            if args.profile {
+                sync(device);
+                record(&mut phases, phase, last.elapsed().as_secs_f64() * 1e3);
+                last = Instant::now();
+            }
+        })?;
+        sync(device);
+        totals.push(update_start.elapsed().as_secs_f64() * 1e3);
+    }
+    let (median, _, _) = percentiles(totals);
+    let gflop = phase_gflop(c, config, args.batch);
+    let phases = phases
+        .into_iter()
+        .map(|(phase, t)| PhaseRow {
+            phase: phase.to_string(),
+            median_ms: percentiles(t).0,
+            gflop: gflop.iter().find(|(p, _)| *p == phase).map(|(_, g)| *g),
+        })
+        .collect();
+    Ok(TrainRow {
+        method: name.to_string(),
+        matmul,
+        select: used.to_string(),
+        batch: args.batch,
+        median_ms_per_iter: median,
+        iters_per_s: 1e3 / median,
+        phases,
+    })
+}
+
+fn record(phases: &mut Vec<(&'static str, Vec<f64>)>, phase: &'static str, ms: f64) {
+    match phases.iter_mut().find(|(p, _)| *p == phase) {
+        Some((_, t)) => t.push(ms),
+        None => phases.push((phase, vec![ms])),
+    }
 }
 
 /// Options of `mvp bench gemm`.

@@ -42,6 +42,9 @@ pub struct WorkerConfig {
     /// OGBench step; spinning avoids it at the price of a busy core. `None`: 10 ms when this
     /// worker's processes leave a core free (see [`auto_spin`]), else no spinning.
     pub spin: Option<Duration>,
+    /// Make the environments render RGB frames of `[width, height]` offscreen
+    /// ([`PythonWorker::render`]); `None`: no renderer (faster to build).
+    pub render: Option<[u32; 2]>,
 }
 
 /// The default busy-wait per reply for `workers` worker processes: 10 ms (longer than one
@@ -74,6 +77,7 @@ impl WorkerConfig {
             python: None,
             forward_stderr: std::env::var_os("MVP_WORKER_STDERR").is_some(),
             spin: None,
+            render: None,
         }
     }
 }
@@ -164,6 +168,7 @@ impl PythonWorker {
             "seeds": config.seeds,
             "max_episode_steps": config.max_episode_steps,
             "env_kwargs": config.env_kwargs,
+            "render": config.render,
         });
         let result = (|| -> Result<WorkerInfo, WorkerError> {
             let mut frame = Vec::new();
@@ -317,6 +322,21 @@ impl PythonWorker {
         }
         let items: Vec<(usize, Option<u64>)> = (0..m).map(|i| (i, seeds.map(|s| s[i]))).collect();
         self.reset_envs(&items)
+    }
+
+    /// An RGB frame of environment `i` as it is now (the worker must have been configured with
+    /// [`WorkerConfig::render`]).
+    pub fn render(&mut self, i: usize) -> anyhow::Result<crate::Frame> {
+        self.check_index(i)?;
+        self.send_buf.clear();
+        begin_frame(&mut self.send_buf, tag::RENDER);
+        put_u32(&mut self.send_buf, i);
+        let body = self.request("render", tag::RENDER_OK)?;
+        let mut r = Cursor::new(body, "RENDER_OK");
+        let (height, width) = (r.u32()?, r.u32()?);
+        let rgb = r.take(height * width * 3)?.to_vec();
+        r.finish()?;
+        Ok(crate::Frame { width, height, rgb })
     }
 
     /// Steps the listed environments with `actions` (row-major `[indices.len(), action_dim]`).

@@ -7,7 +7,7 @@ use super::WorkerError;
 use crate::{Info, Step};
 
 /// Version of the wire protocol; the worker refuses a handshake with another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts (a guard against reading garbage as a length).
 pub(super) const MAX_FRAME: usize = 1 << 30;
@@ -19,11 +19,13 @@ pub(super) mod tag {
     pub const STEP: u8 = 0x03;
     pub const PING: u8 = 0x04;
     pub const CLOSE: u8 = 0x05;
+    pub const RENDER: u8 = 0x06;
     pub const READY: u8 = 0x81;
     pub const RESET_OK: u8 = 0x82;
     pub const STEP_OK: u8 = 0x83;
     pub const PONG: u8 = 0x84;
     pub const CLOSED: u8 = 0x85;
+    pub const RENDER_OK: u8 = 0x86;
     pub const ERROR: u8 = 0xFF;
     /// Error kinds carried by an `ERROR` reply.
     pub const ERR_USER: u8 = 0;
@@ -139,6 +141,10 @@ impl<'a> Cursor<'a> {
             )));
         }
         Ok(())
+    }
+
+    pub(super) fn u32(&mut self) -> Result<usize, WorkerError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()) as usize)
     }
 
     pub(super) fn f32s(&mut self, n: usize) -> Result<Vec<f32>, WorkerError> {
