@@ -18,6 +18,9 @@
 # (`mvp train --resume`), instead of starting anew: a shared part such as the offline phase is
 # trained once. The fork copies the parent's config and metric rows up to STEP (not its
 # TensorBoard file); its wall times count from the parent's start.
+# MVP_BIN (environment) runs that binary (e.g. a copy of target/release/mvp made before further
+# development in this checkout) instead of building, and COMMIT names the commit it was built
+# from for commit.txt (default: HEAD when the grid starts).
 # The body is one function, read whole before it runs: editing this file while a grid runs
 # cannot change what the running grid does.
 main() {
@@ -32,8 +35,13 @@ main() {
   read -r -a extra <<< "${EXTRA:-}"
   runs=runs/grid/${results#experiments/}
   mkdir -p "$runs" "$results"
-  make --no-print-directory build >/dev/null
-  mvp=target/release/mvp
+  commit=${COMMIT:-$(git rev-parse HEAD)}
+  if [[ -n "${MVP_BIN:-}" ]]; then
+    mvp=$MVP_BIN
+  else
+    make --no-print-directory build >/dev/null
+    mvp=target/release/mvp
+  fi
 
   # The dataset is made once, before the runs start in parallel.
   $mvp --log warn train --config "$config" "${extra[@]}" --set schedule.stop_after=1 \
@@ -86,6 +94,10 @@ main() {
     if OMP_NUM_THREADS=1 $mvp --log warn "${cmd[@]}" > "$runs/$run.log" 2>&1; then
       echo "$run: $(grep 'success rate' "$runs/$run.log" | tail -1)"
       keep "$runs/$run" "$results/runs/$run"
+      # A fork's wall times count from its parent's start, in another process: say so.
+      if [[ -n "${FORK:-}" ]]; then
+        echo "continues ${FORK%%:*}__seed$seed from its checkpoint at step ${FORK#*:}" > "$results/runs/$run/fork.txt"
+      fi
     else
       echo "$run: FAILED (see $runs/$run.log)"
     fi
@@ -101,6 +113,6 @@ main() {
   wait
 
   $mvp report --runs "$results/runs" --out "$results" --title "$(basename "$results"): evaluation success (mean over $seeds seeds)"
-  git rev-parse HEAD > "$results/commit.txt"
+  echo "$commit" > "$results/commit.txt"
 }
 main "$@"; exit
