@@ -6,7 +6,8 @@ Accepted ids:
   env_only=True)`, which drops the dataset word).
 - Robomimic tasks `robomimic/lift`, `robomimic/can`, `robomimic/square` (mvp_envs.robomimic;
   env_kwargs `dataset` = a robomimic HDF5 file whose `env_args` to use, or `env_args`).
-- Meta-World v3 tasks `metaworld/reach-v3`, `metaworld/door-open-v3`, ... (mvp_envs.metaworld_env).
+- Meta-World v3 tasks `metaworld/reach-v3`, `metaworld/door-open-v3`, ... (mvp_envs.metaworld_env),
+  and the same with point-cloud observations as `metaworld-pc/<task>`.
 - Any id in Gymnasium's registry once `ogbench`, `mvp_envs.robomimic` and `mvp_envs.testing` are
   imported: `cube-double-singletask-task2-v0`, `HalfCheetah-v5`, `mvp_envs/Faulty-v0`, ...
 

@@ -9,6 +9,7 @@ use mvp_nn::{MlpConfig, TimeFeatures};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
+use crate::pointnet::PointCloudConfig;
 use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics};
 
 /// Settings of the diffusion policy.
@@ -17,6 +18,9 @@ use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics};
 pub struct DiffusionConfig {
     /// The network (same as MVP's by default).
     pub network: MlpConfig,
+    /// Observations that begin with a point cloud: encode it DP3-style first (none: the
+    /// observation goes to the network as it is).
+    pub point_cloud: Option<PointCloudConfig>,
     /// Denoising steps K, for training and sampling.
     pub steps: usize,
     /// Features of the step input k / K.
@@ -25,7 +29,7 @@ pub struct DiffusionConfig {
 
 impl Default for DiffusionConfig {
     fn default() -> Self {
-        Self { network: MlpConfig::default(), steps: 10, time_features: TimeFeatures::Raw }
+        Self { network: MlpConfig::default(), point_cloud: None, steps: 10, time_features: TimeFeatures::Raw }
     }
 }
 
@@ -57,7 +61,8 @@ pub fn cosine_alpha_bar(steps: usize) -> Vec<f64> {
 impl DiffusionPolicy {
     /// Builds the noise-prediction network under `path`.
     pub fn new(path: &nn::Path, obs_dim: usize, shape: ChunkShape, config: DiffusionConfig) -> Self {
-        let net = CondNet::new(path, obs_dim, shape.flat_dim(), 1, config.time_features, &config.network);
+        let net =
+            CondNet::new(path, obs_dim, shape.flat_dim(), 1, config.time_features, &config.network, config.point_cloud);
         let alpha_bar = cosine_alpha_bar(config.steps.max(1));
         let alpha_bar_t = Tensor::from_slice(&alpha_bar).to_kind(Kind::Float).to_device(path.device());
         Self { net, shape, config, alpha_bar, alpha_bar_t }

@@ -9,6 +9,7 @@ use mvp_nn::{MlpConfig, TimeFeatures};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+use crate::pointnet::PointCloudConfig;
 use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, NativeActor, NativeSampler, TimeSampler};
 
 /// Settings of the flow-matching policy.
@@ -17,6 +18,9 @@ use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, Nativ
 pub struct FlowConfig {
     /// The network (same as MVP's by default).
     pub network: MlpConfig,
+    /// Observations that begin with a point cloud: encode it DP3-style first (none: the
+    /// observation goes to the network as it is).
+    pub point_cloud: Option<PointCloudConfig>,
     /// Euler steps at sampling time (QC/BFN: 10; 1 is the one-step ablation).
     pub steps: usize,
     /// Distribution of training times (QC: uniform).
@@ -29,6 +33,7 @@ impl Default for FlowConfig {
     fn default() -> Self {
         Self {
             network: MlpConfig::default(),
+            point_cloud: None,
             steps: 10,
             time_sampler: TimeSampler::Uniform,
             time_features: TimeFeatures::Raw,
@@ -47,7 +52,8 @@ pub struct FlowPolicy {
 impl FlowPolicy {
     /// Builds the velocity network under `path`.
     pub fn new(path: &nn::Path, obs_dim: usize, shape: ChunkShape, config: FlowConfig) -> Self {
-        let net = CondNet::new(path, obs_dim, shape.flat_dim(), 1, config.time_features, &config.network);
+        let net =
+            CondNet::new(path, obs_dim, shape.flat_dim(), 1, config.time_features, &config.network, config.point_cloud);
         Self { net, shape, config }
     }
 

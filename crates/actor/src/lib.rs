@@ -6,7 +6,8 @@
 //! - [`FlowPolicy`]: flow matching with K Euler steps (QC and BFN use K = 10);
 //! - [`DiffusionPolicy`]: DDPM ε-prediction with K denoising steps.
 //!
-//! All share one conditional network shape ([`CondNet`]: an MLP on `[s, z, time features]`) and
+//! All share one conditional network shape ([`CondNet`]: an MLP on `[s, z, time features]`,
+//! `s` encoded by DP3's point-cloud encoder first where observations are point clouds) and
 //! the noise convention of MeanFlow: `z_t = (1 − t)·x + t·ε`, data at t = 0, noise at t = 1.
 //! Samples are clipped to [−1, 1]. [`GenerativePolicy::native`] describes a policy for the
 //! libtorch-free engine without depending on it (the agent does the export).
@@ -19,11 +20,13 @@ pub mod expressiveness;
 mod flow;
 mod mvp;
 mod net;
+mod pointnet;
 
 pub use diffusion::{DiffusionConfig, DiffusionPolicy};
 pub use flow::{FlowConfig, FlowPolicy};
 pub use mvp::{dispersive_loss, MeanVelocityPolicy, MvpConfig};
-pub use net::CondNet;
+pub use net::{check_point_cloud, CondNet};
+pub use pointnet::{PointCloudConfig, PointEncoder};
 
 use mvp_nn::Mlp;
 use serde::{Deserialize, Serialize};
@@ -124,6 +127,15 @@ impl ActorConfig {
             ActorConfig::Mvp(c) => Box::new(MeanVelocityPolicy::new(path, obs_dim, shape, c.clone())),
             ActorConfig::Flow(c) => Box::new(FlowPolicy::new(path, obs_dim, shape, c.clone())),
             ActorConfig::Diffusion(c) => Box::new(DiffusionPolicy::new(path, obs_dim, shape, c.clone())),
+        }
+    }
+
+    /// The point-cloud encoder's settings, if the actor has one.
+    pub fn point_cloud(&self) -> Option<PointCloudConfig> {
+        match self {
+            ActorConfig::Mvp(c) => c.point_cloud,
+            ActorConfig::Flow(c) => c.point_cloud,
+            ActorConfig::Diffusion(c) => c.point_cloud,
         }
     }
 

@@ -17,6 +17,7 @@ use mvp_nn::{MlpConfig, TimeFeatures};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+use crate::pointnet::PointCloudConfig;
 use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, NativeActor, NativeSampler, TimeSampler};
 
 /// Settings of the mean velocity policy.
@@ -25,6 +26,9 @@ use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, Nativ
 pub struct MvpConfig {
     /// The network (paper: 4×512, GELU, no LayerNorm).
     pub network: MlpConfig,
+    /// Observations that begin with a point cloud: encode it DP3-style first (none: the
+    /// observation goes to the network as it is).
+    pub point_cloud: Option<PointCloudConfig>,
     /// λ, the weight of the IVC loss (paper: 1.0; ablations 0 and 0.5).
     pub ivc_weight: f64,
     /// Distribution of the two times whose max is t and min is r (paper: logit-normal(−0.4, 1)).
@@ -63,6 +67,7 @@ impl Default for MvpConfig {
     fn default() -> Self {
         Self {
             network: MlpConfig::default(),
+            point_cloud: None,
             ivc_weight: 1.0,
             time_sampler: TimeSampler::LogitNormal { mean: -0.4, std: 1.0 },
             equal_time_fraction: 0.0,
@@ -105,7 +110,8 @@ pub struct MvpLossParts {
 impl MeanVelocityPolicy {
     /// Builds the network `u_θ` under `path`.
     pub fn new(path: &nn::Path, obs_dim: usize, shape: ChunkShape, config: MvpConfig) -> Self {
-        let net = CondNet::new(path, obs_dim, shape.flat_dim(), 2, config.time_features, &config.network);
+        let net =
+            CondNet::new(path, obs_dim, shape.flat_dim(), 2, config.time_features, &config.network, config.point_cloud);
         Self { net, shape, config }
     }
 

@@ -1,7 +1,9 @@
 //! Behaviour tests of the generative policies (CPU, one thread).
 
 use mvp_actor::expressiveness::{self, Budget, Task};
-use mvp_actor::{ActorConfig, ChunkShape, DiffusionConfig, FlowConfig, MeanVelocityPolicy, MvpConfig};
+use mvp_actor::{
+    ActorConfig, ChunkShape, DiffusionConfig, FlowConfig, GenerativePolicy, MeanVelocityPolicy, MvpConfig,
+};
 use mvp_nn::{Adam, AdamConfig, Mlp, MlpConfig};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -249,4 +251,54 @@ fn time_pairs_hit_the_one_step_point_at_the_configured_share() {
     // The one-step share is taken after the r = t share, so both keep their meaning.
     let (jump, equal) = share_at_jump(0.25, 0.5);
     assert!((jump - 0.25).abs() < 0.015 && (equal - 0.75 * 0.5).abs() < 0.02, "jump {jump}, equal {equal}");
+}
+
+#[test]
+fn the_point_cloud_encoder_ignores_point_order_and_learns_through_the_policy_loss() {
+    let _g = lock();
+    tch::manual_seed(3);
+    let (points, state) = (16i64, 4i64);
+    let vs = VarStore::new(Device::Cpu);
+    let cloud = Some(mvp_actor::PointCloudConfig { points: points as usize });
+    let obs_dim = (3 * points + state) as usize;
+    let policy = MeanVelocityPolicy::new(
+        &vs.root(),
+        obs_dim,
+        SHAPE,
+        MvpConfig { network: small(), point_cloud: cloud, ..MvpConfig::default() },
+    );
+    let opts = (Kind::Float, Device::Cpu);
+    let obs = Tensor::randn([5, obs_dim as i64], opts);
+    let noise = Tensor::randn([5, 6], opts);
+    // Shuffling the points of each observation (not the state after them) changes nothing.
+    let perm = Tensor::randperm(points, (Kind::Int64, Device::Cpu));
+    let shuffled = Tensor::cat(
+        &[
+            obs.narrow(1, 0, 3 * points).reshape([5, points, 3]).index_select(1, &perm).reshape([5, -1]),
+            obs.narrow(1, 3 * points, state),
+        ],
+        1,
+    );
+    assert!(!shuffled.allclose(&obs, 0.0, 0.0, false));
+    let (a, b) = (policy.sample(&obs, &noise), policy.sample(&shuffled, &noise));
+    assert!(a.allclose(&b, 1e-6, 1e-6, false), "the encoder depends on the order of the points");
+    // The state after the points counts too.
+    let moved = obs.copy();
+    let _ = moved.narrow(1, 3 * points, state).fill_(3.0);
+    assert!(!policy.sample(&moved, &noise).allclose(&a, 1e-6, 1e-6, false), "the state is ignored");
+    // The encoder's parameters get gradients from the behaviour-cloning loss.
+    let actions = Tensor::rand([5, 6], opts) * 2.0 - 1.0;
+    let (loss, _) = policy.loss(&obs, &actions, None);
+    loss.backward();
+    let encoder: Vec<_> = vs.variables().into_iter().filter(|(name, _)| name.starts_with("points.")).collect();
+    assert!(encoder.len() >= 12, "encoder parameters: {:?}", encoder.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    for (name, v) in encoder {
+        assert!(
+            v.grad().defined() && v.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0,
+            "{name} has no gradient"
+        );
+    }
+    // Too few numbers for the points named: an error that names the key.
+    let err = mvp_actor::check_point_cloud(40, cloud).unwrap_err();
+    assert!(err.contains("agent.actor.point_cloud.points") && err.contains("1 to 13"), "{err}");
 }

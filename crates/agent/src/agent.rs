@@ -103,6 +103,7 @@ impl Agent {
     /// Fails when `agent.select_engine` asks for the native engine where it cannot run.
     pub fn new(obs_dim: usize, action_dim: usize, config: &AgentConfig, device: Device) -> Result<Self> {
         let shape = ChunkShape { horizon: config.horizon, action_dim };
+        mvp_actor::check_point_cloud(obs_dim, config.actor.point_cloud()).map_err(anyhow::Error::msg)?;
         let actor_vs = VarStore::new(device);
         let actor = config.actor.build(&actor_vs.root(), obs_dim, shape);
         let critic = Critic::new(device, obs_dim, shape.flat_dim(), config.critic.clone());

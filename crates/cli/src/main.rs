@@ -169,6 +169,10 @@ enum DataCommand {
         /// Gaussian action noise of the scripted policy.
         #[arg(long, default_value_t = 0.0)]
         noise: f64,
+        /// Keep point-cloud observations too (key `pointcloud`, for `metaworld-pc/<task>` runs):
+        /// 512 xyz points of one depth camera and the hand's state.
+        #[arg(long)]
+        pointcloud: bool,
     },
 }
 
@@ -357,10 +361,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             mvp_data::run_generator(g.command()?, &out, true)
         }
-        Command::Data(DataCommand::Metaworld { task, episodes, out, seed, noise }) => {
+        Command::Data(DataCommand::Metaworld { task, episodes, out, seed, noise, pointcloud }) => {
             let g = mvp_data::RobomimicGenerate {
                 seed,
                 noise,
+                pointcloud,
                 ..mvp_data::RobomimicGenerate::metaworld(task, episodes, &out)
             };
             mvp_data::run_generator(g.command()?, &out, true)

@@ -85,13 +85,26 @@ pub struct RobomimicGenerate {
     pub seed: u64,
     /// Gaussian action noise of the demonstrator.
     pub noise: f64,
+    /// Meta-World only: keep point-cloud observations too (`--pointcloud`: the episodes run in
+    /// `metaworld-pc/<task>`).
+    #[serde(default)]
+    pub pointcloud: bool,
 }
 
 impl RobomimicGenerate {
     /// `episodes` demonstrations of `task` into `out`, one worker, seed 0, no noise.
     pub fn new(task: impl Into<String>, episodes: usize, out: impl Into<PathBuf>) -> Self {
         let module = "mvp_envs.data_robomimic".into();
-        Self { module, task: task.into(), episodes, out: out.into(), workers: 1, seed: 0, noise: 0.0 }
+        Self {
+            module,
+            task: task.into(),
+            episodes,
+            out: out.into(),
+            workers: 1,
+            seed: 0,
+            noise: 0.0,
+            pointcloud: false,
+        }
     }
 
     /// `episodes` demonstrations of Meta-World's `task` (e.g. `door-open-v3`) by its scripted
@@ -112,6 +125,9 @@ impl RobomimicGenerate {
             &self.workers.to_string(),
         ]);
         cmd.args(["--seed", &self.seed.to_string(), "--noise", &self.noise.to_string()]);
+        if self.pointcloud {
+            cmd.arg("--pointcloud");
+        }
         cmd.arg("--out").arg(std::path::absolute(&self.out)?);
         Ok(cmd)
     }

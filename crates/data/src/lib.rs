@@ -10,8 +10,8 @@
 //! - [`read_robomimic`]: robomimic low-dim HDF5 files (robomimic's own, or made by
 //!   [`RobomimicGenerate`] = `python -m mvp_envs.data_robomimic`): r − 1 rewards, masks 0 at
 //!   success, terminals at the end of each demo, with a filter key (all/train/valid). Meta-World
-//!   demonstrations (`python -m mvp_envs.data_metaworld`) use the same layout with the one
-//!   observation key `state`.
+//!   demonstrations (`python -m mvp_envs.data_metaworld`) use the same layout with the
+//!   observation key `state` (`metaworld/<task>`) or `pointcloud` (`metaworld-pc/<task>`).
 //! - [`generate_dataset`]: rolls out the noisy scripted demonstrator of the native
 //!   `branch-reach-v0` ([`mvp_envs::BranchReachDemo`]) with [`DemoStats`].
 //!
@@ -147,21 +147,25 @@ fn load_file(config: &DataConfig, env: &str, seed: u64) -> Result<Dataset> {
             );
             Ok(data)
         }
-        Some("hdf5" | "h5") if env.starts_with("metaworld/") => {
-            let task = &env["metaworld/".len()..];
+        Some("hdf5" | "h5") if env.starts_with("metaworld/") || env.starts_with("metaworld-pc/") => {
+            let (prefix, task) = env.split_once('/').expect("a metaworld id");
+            let pointcloud = prefix == "metaworld-pc";
             if !path.exists() {
                 if episodes == 0 {
                     bail!(
-                        "data.path {} does not exist: make it with `mvp data metaworld --task {task} --episodes 10 --out {0}` \
+                        "data.path {} does not exist: make it with `mvp data metaworld --task {task} --episodes 10{} --out {0}` \
                          (or set data.generate_episodes)",
-                        path.display()
+                        path.display(),
+                        if pointcloud { " --pointcloud" } else { "" }
                     );
                 }
                 announce(&format!("scripted {task} demonstrations"));
-                let generate = RobomimicGenerate { seed, ..RobomimicGenerate::metaworld(task, episodes, path) };
+                let generate =
+                    RobomimicGenerate { seed, pointcloud, ..RobomimicGenerate::metaworld(task, episodes, path) };
                 run_generator(generate.command()?, path, false)?;
             }
-            let options = RobomimicOptions { obs_keys: vec!["state".into()], ..Default::default() };
+            let key = if pointcloud { "pointcloud" } else { "state" };
+            let options = RobomimicOptions { obs_keys: vec![key.into()], ..Default::default() };
             let read = read_robomimic(path, &options)?;
             tracing::info!(
                 "loaded {} transitions from {} Meta-World demos in {}",

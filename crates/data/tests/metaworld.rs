@@ -64,3 +64,66 @@ fn generated_demonstrations_load_and_replay_to_success() {
     }
     env.close().unwrap();
 }
+
+/// The table-top crop box of `metaworld-pc/` observations (mvp_envs.metaworld_env.PC_LOW/HIGH).
+const CROP_LOW: [f32; 3] = [-0.5, 0.3, 0.005];
+const CROP_HIGH: [f32; 3] = [0.5, 1.0, 0.6];
+
+#[test]
+fn point_cloud_observations_of_a_rendered_frame_are_cropped_sampled_and_repeatable() {
+    let mut env = env("metaworld-pc/button-press-topdown-v3");
+    assert_eq!(env.spec().obs_dim, 512 * 3 + 4, "512 xyz points, then hand xyz and gripper");
+    let (obs, _) = env.reset(Some(3)).unwrap();
+    let points: Vec<[f32; 3]> = obs[..1536].chunks(3).map(|p| [p[0], p[1], p[2]]).collect();
+    for p in &points {
+        assert!((0..3).all(|k| CROP_LOW[k] <= p[k] && p[k] <= CROP_HIGH[k]), "a point outside the crop box: {p:?}");
+    }
+    // Farthest-point sampling of a scene with thousands of visible points repeats none.
+    let mut distinct = points.clone();
+    distinct.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    distinct.dedup();
+    assert_eq!(distinct.len(), 512, "repeated points");
+    // The cloud is the world seen from the camera: the gripper is in it, near the hand's
+    // reported position (the tool centre between the fingers).
+    let hand = &obs[1536..1539];
+    let nearest = points
+        .iter()
+        .map(|p| (0..3).map(|k| (p[k] - hand[k]).powi(2)).sum::<f32>().sqrt())
+        .fold(f32::INFINITY, f32::min);
+    assert!(nearest < 0.08, "no point within 8 cm of the hand at {hand:?} (nearest {nearest:.3} m)");
+    // The same seed renders the same cloud, in the same order; moving the arm changes it.
+    let (again, _) = env.reset(Some(3)).unwrap();
+    assert_eq!(obs, again);
+    let mut moved = again;
+    for _ in 0..10 {
+        moved = env.step(&[0.0, 0.0, 1.0, 0.0]).unwrap().obs;
+    }
+    assert!(moved[1538] > obs[1538] + 0.02, "the hand rose: {} -> {}", obs[1538], moved[1538]);
+    assert_ne!(moved[..1536], obs[..1536], "the cloud follows the arm");
+    env.close().unwrap();
+}
+
+#[test]
+fn point_cloud_demonstrations_load_with_their_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("button-pc.hdf5");
+    let generate = RobomimicGenerate {
+        seed: 1,
+        pointcloud: true,
+        ..RobomimicGenerate::metaworld("button-press-topdown-v3", 1, &path)
+    };
+    run_generator(generate.command().unwrap(), &path, false).unwrap();
+    let read = |key: &str| {
+        let options = RobomimicOptions { obs_keys: vec![key.into()], ..Default::default() };
+        read_robomimic(&path, &options).unwrap()
+    };
+    let (clouds, states) = (read("pointcloud"), read("state"));
+    assert_eq!(clouds.env_name().as_deref(), Some("metaworld-pc/button-press-topdown-v3"));
+    assert_eq!((clouds.dataset.obs_dim, states.dataset.obs_dim), (1540, 39));
+    assert_eq!(clouds.dataset.len(), states.dataset.len());
+    assert_eq!(clouds.dataset.actions, states.dataset.actions, "one episode, two views of it");
+    // The cloud's agent part is the state's hand and gripper.
+    for (c, s) in clouds.dataset.observations.chunks(1540).zip(states.dataset.observations.chunks(39)) {
+        assert_eq!(c[1536..], s[..4]);
+    }
+}
