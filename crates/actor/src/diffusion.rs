@@ -68,10 +68,11 @@ impl DiffusionPolicy {
         Self { net, shape, config, alpha_bar, alpha_bar_t }
     }
 
-    fn eps_hat(&self, obs: &Tensor, xk: &Tensor, k: usize) -> Tensor {
+    /// ε̂ at step k for `s = net.encode(obs)`.
+    fn eps_hat(&self, s: &Tensor, xk: &Tensor, k: usize) -> Tensor {
         let b = xk.size()[0];
         let tau = Tensor::full([b, 1], k as f64 / self.config.steps.max(1) as f64, (xk.kind(), xk.device()));
-        self.net.forward(obs, xk, &tau)
+        self.net.forward(s, xk, &tau)
     }
 }
 
@@ -84,17 +85,18 @@ impl GenerativePolicy for DiffusionPolicy {
         let eps = actions.randn_like();
         let xk = ab.sqrt() * actions + (-&ab + 1.0).sqrt() * &eps;
         let tau = k.to_kind(actions.kind()) / k_max as f64;
-        let loss = masked_sq_err(&(self.net.forward(obs, &xk, &tau) - eps), valid, self.shape).0;
+        let loss = masked_sq_err(&(self.net.forward(&self.net.encode(obs), &xk, &tau) - eps), valid, self.shape).0;
         (loss.shallow_clone(), vec![("actor/diffusion_loss", loss.detach()), ("actor/loss", loss.detach())])
     }
 
     fn sample(&self, obs: &Tensor, noise: &Tensor) -> Tensor {
         tch::no_grad(|| {
             let mut x = noise.shallow_clone();
+            let s = self.net.encode(obs);
             for k in (1..=self.config.steps.max(1)).rev() {
                 let (ab, ab_prev) = (self.alpha_bar[k], self.alpha_bar[k - 1]);
                 let beta = 1.0 - ab / ab_prev;
-                let eps = self.eps_hat(obs, &x, k);
+                let eps = self.eps_hat(&s, &x, k);
                 let x0 = ((&x - eps * (1.0 - ab).sqrt()) / ab.sqrt()).clamp(-1.0, 1.0);
                 let mean = x0 * (ab_prev.sqrt() * beta / (1.0 - ab))
                     + &x * ((1.0 - beta).sqrt() * (1.0 - ab_prev) / (1.0 - ab));

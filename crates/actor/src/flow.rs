@@ -59,7 +59,7 @@ impl FlowPolicy {
 
     /// The velocity `v_θ(s, z, t)`.
     pub fn velocity(&self, obs: &Tensor, z: &Tensor, t: &Tensor) -> Tensor {
-        self.net.forward(obs, z, t)
+        self.net.forward(&self.net.encode(obs), z, t)
     }
 
     /// The flow-matching loss for given data, noise and times `t [B, 1]`.
@@ -82,9 +82,10 @@ impl GenerativePolicy for FlowPolicy {
             let k = self.config.steps.max(1);
             let b = noise.size()[0];
             let mut z = noise.copy(); // updated in place below; the caller's noise stays as it was
+            let s = self.net.encode(obs);
             for i in (1..=k).rev() {
                 let t = Tensor::full([b, 1], i as f64 / k as f64, (noise.kind(), noise.device()));
-                let v = self.velocity(obs, &z, &t);
+                let v = self.net.forward(&s, &z, &t);
                 z -= v * (1.0 / k as f64);
             }
             z.clamp(-1.0, 1.0)

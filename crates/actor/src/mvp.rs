@@ -117,7 +117,7 @@ impl MeanVelocityPolicy {
 
     /// `u_θ(s, z, r, t)`; `r`, `t` are `[B, 1]`.
     pub fn mean_velocity(&self, obs: &Tensor, z: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
-        self.net.forward(obs, z, &Tensor::cat(&[t, &(t - r)], 1))
+        self.net.forward(&self.net.encode(obs), z, &Tensor::cat(&[t, &(t - r)], 1))
     }
 
     /// Draws `b` training pairs `(r, t)`, `[b, 1]` each with r ≤ t: the max and min of two
@@ -154,19 +154,20 @@ impl MeanVelocityPolicy {
     ) -> MvpLossParts {
         let z = (1.0 - t) * x + t * eps;
         let v = eps - x;
+        let s = self.net.encode(obs);
         // MP1's CFG folding: the velocity of the tangent and the target mixes in the network's
         // own instantaneous velocity (no gradient).
         // (The IVC below keeps the plain v.)
         let v_hat = if self.config.cfg_omega != 1.0 {
             let w = self.config.cfg_omega;
-            let u_tt = tch::no_grad(|| self.net.forward(obs, &z, &Tensor::cat(&[t, &t.zeros_like()], 1)));
+            let u_tt = tch::no_grad(|| self.net.forward(&s, &z, &Tensor::cat(&[t, &t.zeros_like()], 1)));
             w * &v + (1.0 - w) * u_tt
         } else {
             v.shallow_clone()
         };
         // Tangent of the inputs (s, z, t, t − r) along d/dt with dz = v̂, dr = 0.
         let times = Tensor::cat(&[t, &(t - r)], 1);
-        let (u, dudt) = self.net.forward_jvp_sg(obs, &z, &times, &v_hat, &times.ones_like());
+        let (u, dudt) = self.net.forward_jvp_sg(&s, &z, &times, &v_hat, &times.ones_like());
         let target = (&v_hat - (t - r) * dudt).detach();
         let (mf_mean, mf_per_sample) = masked_sq_err(&(&u - &target), valid, self.shape);
         let mean_flow = if self.config.adaptive_p > 0.0 {
@@ -185,7 +186,7 @@ impl MeanVelocityPolicy {
         let (ivc, dispersive) = match (self.config.ivc_weight > 0.0, self.config.dispersive_weight > 0.0) {
             (false, false) => (zero(), zero()),
             (ivc_on, disp_on) => {
-                let (u_inst, hidden) = self.net.forward_with_hidden(obs, &z, &inst_times, self.config.dispersive_layer);
+                let (u_inst, hidden) = self.net.forward_with_hidden(&s, &z, &inst_times, self.config.dispersive_layer);
                 let ivc = if ivc_on { masked_sq_err(&(u_inst - &v), valid, self.shape).0 } else { zero() };
                 let disp = if disp_on { dispersive_loss(&hidden, self.config.dispersive_tau) } else { zero() };
                 (ivc, disp)
@@ -228,11 +229,12 @@ impl GenerativePolicy for MeanVelocityPolicy {
             let k = self.config.sampling_steps.max(1);
             let b = noise.size()[0];
             let mut z = noise.copy(); // updated in place below; the caller's noise stays as it was
+            let s = self.net.encode(obs);
             for i in (0..k).rev() {
                 // Jump from t = (i+1)/k to r = i/k with the mean velocity over [r, t].
                 let t = Tensor::full([b, 1], (i + 1) as f64 / k as f64, (noise.kind(), noise.device()));
                 let r = Tensor::full([b, 1], i as f64 / k as f64, (noise.kind(), noise.device()));
-                let u = self.mean_velocity(obs, &z, &r, &t);
+                let u = self.net.forward(&s, &z, &Tensor::cat(&[&t, &(&t - &r)], 1));
                 z -= u * (1.0 / k as f64);
             }
             z.clamp(-1.0, 1.0)

@@ -39,19 +39,29 @@ impl CondNet {
         Self { mlp: Mlp::new(path, in_dim, flat_dim, mlp), time_features, encoder }
     }
 
-    fn inputs(&self, obs: &Tensor, z: &Tensor, times: &Tensor) -> Tensor {
-        let s = self.encoder.as_ref().map(|e| e.forward(obs));
-        Tensor::cat(&[s.as_ref().unwrap_or(obs), z, &self.time_features.forward(times)], 1)
+    /// The state input `s` of the other methods for observations `obs [B, S]`: the
+    /// observations themselves, or their point-cloud feature. Computed once per batch of
+    /// observations, it serves every network call on them (a sampler's K steps, a loss's
+    /// passes).
+    pub fn encode(&self, obs: &Tensor) -> Tensor {
+        match &self.encoder {
+            Some(e) => e.forward(obs),
+            None => obs.shallow_clone(),
+        }
     }
 
-    /// `f(s, z, τ)` for `obs [B, S]`, `z [B, D]`, `times [B, c]`.
-    pub fn forward(&self, obs: &Tensor, z: &Tensor, times: &Tensor) -> Tensor {
-        self.mlp.forward(&self.inputs(obs, z, times))
+    fn inputs(&self, s: &Tensor, z: &Tensor, times: &Tensor) -> Tensor {
+        Tensor::cat(&[s, z, &self.time_features.forward(times)], 1)
+    }
+
+    /// `f(s, z, τ)` for `s = encode(obs)`, `z [B, D]`, `times [B, c]`.
+    pub fn forward(&self, s: &Tensor, z: &Tensor, times: &Tensor) -> Tensor {
+        self.mlp.forward(&self.inputs(s, z, times))
     }
 
     /// [`CondNet::forward`] and the activations of hidden layer `hidden`.
-    pub fn forward_with_hidden(&self, obs: &Tensor, z: &Tensor, times: &Tensor, hidden: usize) -> (Tensor, Tensor) {
-        self.mlp.forward_with_hidden(&self.inputs(obs, z, times), hidden)
+    pub fn forward_with_hidden(&self, s: &Tensor, z: &Tensor, times: &Tensor, hidden: usize) -> (Tensor, Tensor) {
+        self.mlp.forward_with_hidden(&self.inputs(s, z, times), hidden)
     }
 
     /// The MLP, when its inputs are `[s, z, raw times]` (the layout of the native acting
@@ -70,15 +80,13 @@ impl CondNet {
     /// computed without an autograd graph (it feeds stop-gradient targets).
     pub fn forward_jvp_sg(
         &self,
-        obs: &Tensor,
+        s: &Tensor,
         z: &Tensor,
         times: &Tensor,
         dz: &Tensor,
         dtimes: &Tensor,
     ) -> (Tensor, Tensor) {
         let (tf, dtf) = self.time_features.forward_jvp(times, dtimes);
-        let s = self.encoder.as_ref().map(|e| e.forward(obs));
-        let s = s.as_ref().unwrap_or(obs);
         let x = Tensor::cat(&[s, z, &tf], 1);
         let dx = Tensor::cat(&[&s.zeros_like(), dz, &dtf], 1);
         self.mlp.forward_jvp_sg(&x, &dx)

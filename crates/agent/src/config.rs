@@ -75,6 +75,9 @@ pub struct EnvConfig {
     pub eval_envs: usize,
     /// Python worker processes that host the evaluation environments (at most `eval_envs`).
     pub eval_workers: usize,
+    /// Observations the policy and critics see at once: the last `obs_history` of the episode,
+    /// oldest first, in the dataset and online alike (MP1: 2). 1: the current one.
+    pub obs_history: usize,
 }
 
 impl Default for EnvConfig {
@@ -88,6 +91,7 @@ impl Default for EnvConfig {
             async_collect: false,
             eval_envs: 1,
             eval_workers: 1,
+            obs_history: 1,
         }
     }
 }
@@ -356,6 +360,7 @@ impl TrainConfig {
         check(self.env.workers >= 1, "env.workers", "an integer ≥ 1")?;
         check(self.env.eval_envs >= 1, "env.eval_envs", "an integer ≥ 1")?;
         check(self.env.eval_workers >= 1, "env.eval_workers", "an integer ≥ 1")?;
+        check(self.env.obs_history >= 1, "env.obs_history", "an integer ≥ 1")?;
         Ok(())
     }
 }

@@ -49,7 +49,7 @@ impl RunEvaluation {
         let config = run_config(run_dir, overrides)?;
         let device = config.runtime.apply()?;
         let e = &config.env;
-        let pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset)?;
+        let pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset, e.obs_history)?;
         let dir = checkpoint_dir(run_dir, step)?;
         let (o, a) = (pool.spec().obs_dim, pool.spec().action_dim);
         let (agent, step) = load_agent(&dir, Some((o, a)), &config, device)?;
@@ -78,7 +78,7 @@ impl RunEvaluation {
     ) -> Result<Vec<Video>> {
         let (_, execute, seed) = self.config.eval_protocol();
         let prefix = format!("step_{:010}", self.step);
-        let env = &self.config.env.name;
+        let env = (self.config.env.name.as_str(), self.config.env.obs_history);
         record_agent(&self.agent, precision, env, size, (episodes, execute, seed), dir, &prefix)
     }
 
@@ -205,6 +205,7 @@ pub const STRIP_FRAMES: usize = 8;
 #[allow(clippy::too_many_arguments)]
 pub fn record_videos(
     env: &str,
+    history: usize,
     size: [u32; 2],
     (episodes, execute, seed): (usize, usize, u64),
     horizon: usize,
@@ -212,7 +213,7 @@ pub fn record_videos(
     dir: &Path,
     prefix: &str,
 ) -> Result<Vec<Video>> {
-    let mut pool = mvp_rollout::make_render_pool(env, size, seed)?;
+    let mut pool = mvp_rollout::make_render_pool(env, size, seed, history)?;
     let recorded = mvp_rollout::record(pool.as_mut(), horizon, execute, episodes, seed, policy);
     pool.close()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -241,12 +242,13 @@ pub fn record_policy(
     let mut native = mvp_infer::NativePolicy::new(&file.weights, precision, p.seed)?;
     let prefix = format!("step_{:010}", p.step);
     let (protocol, mut policy) = ((episodes, p.execute, p.seed), native_acting(&mut native));
-    record_videos(&p.env, size, protocol, file.spec.horizon, &mut policy, dir, &prefix)
+    record_videos(&p.env, p.history, size, protocol, file.spec.horizon, &mut policy, dir, &prefix)
 }
 
 /// The environment and evaluation protocol an exported policy records ([`policy_metadata`]).
 struct PolicyProtocol {
     env: String,
+    history: usize,
     envs: usize,
     workers: usize,
     seed_offset: u64,
@@ -264,6 +266,7 @@ impl PolicyProtocol {
         let seed_offset = num("eval_seed_offset", 0);
         Ok(Self {
             env: env.to_string(),
+            history: num("obs_history", 1) as usize,
             envs: num("eval_envs", 1) as usize,
             workers: num("eval_workers", 1) as usize,
             seed_offset,
@@ -280,7 +283,7 @@ impl PolicyProtocol {
 pub(crate) fn record_agent(
     agent: &Agent,
     precision: Option<mvp_infer::Precision>,
-    env: &str,
+    (env, history): (&str, usize),
     size: [u32; 2],
     protocol: (usize, usize, u64),
     dir: &Path,
@@ -291,9 +294,12 @@ pub(crate) fn record_agent(
         Some(p) => {
             let mut native = agent.native_policy(p, protocol.2)?;
             let mut policy = native_acting(&mut native);
-            record_videos(env, size, protocol, horizon, &mut policy, dir, prefix)
+            record_videos(env, history, size, protocol, horizon, &mut policy, dir, prefix)
         }
-        None => record_videos(env, size, protocol, horizon, &mut |obs: &[f32], k| agent.act_rows(obs, k), dir, prefix),
+        None => {
+            let mut policy = |obs: &[f32], k| agent.act_rows(obs, k);
+            record_videos(env, history, size, protocol, horizon, &mut policy, dir, prefix)
+        }
     }
 }
 
@@ -385,6 +391,7 @@ pub fn policy_metadata(config: &TrainConfig, run_dir: &Path, step: u64) -> serde
         .and_then(|v| v["git_revision"].as_str().map(String::from));
     let json = serde_json::json!({
         "env": e.name,
+        "obs_history": e.obs_history,
         "eval_envs": e.eval_envs,
         "eval_workers": e.eval_workers,
         "eval_seed_offset": e.eval_seed_offset,
@@ -418,7 +425,7 @@ pub fn evaluate_policy(
     episodes: Option<usize>,
 ) -> Result<EvalResult> {
     let p = PolicyProtocol::of(file)?;
-    let mut pool = mvp_rollout::make_pool(&p.env, p.envs, p.workers, p.seed_offset)?;
+    let mut pool = mvp_rollout::make_pool(&p.env, p.envs, p.workers, p.seed_offset, p.history)?;
     anyhow::ensure!(
         pool.spec().obs_dim == file.spec.obs_dim && pool.spec().action_dim == file.spec.action_dim,
         "{} has observations of {} and actions of {}, the policy expects {} and {}",

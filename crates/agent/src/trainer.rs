@@ -38,9 +38,10 @@ const BUFFER_FILE: &str = "buffer.bin";
 /// Loads the offline dataset the config names (see [`mvp_data::load`]), checked against the
 /// environment ([`mvp_data::check_dataset`]), with `env.sparse` applied.
 pub fn load_dataset(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Option<Dataset>> {
-    let Some(mut data) = mvp_data::load(&config.data, &spec.name, config.run.seed)? else {
+    let Some(data) = mvp_data::load(&config.data, &spec.name, config.run.seed)? else {
         return Ok(None);
     };
+    let mut data = data.with_history(config.env.obs_history);
     mvp_data::check_dataset(&data, spec)?;
     if config.env.sparse {
         data.rewards.iter_mut().for_each(|r| *r = sparse_reward(*r));
@@ -140,7 +141,8 @@ impl Trainer {
 
     fn assemble(config: TrainConfig, run_dir: PathBuf, collector: Collector, device: Device) -> Result<Self> {
         let e = &config.env;
-        let eval_pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset)?;
+        let eval_pool =
+            mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset, e.obs_history)?;
         let spec = collector.pool().spec().clone();
         let num_envs = collector.num_envs();
         tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
@@ -504,7 +506,8 @@ impl Trainer {
         let (_, execute, seed) = self.config.eval_protocol();
         let protocol = (s.video_episodes, execute, seed);
         let (dir, prefix) = (self.run_dir.join("videos"), format!("step_{step:010}"));
-        let (env, size, precision) = (&self.config.env.name, s.video_size, self.agent.select_precision());
+        let env = (self.config.env.name.as_str(), self.config.env.obs_history);
+        let (size, precision) = (s.video_size, self.agent.select_precision());
         let videos = crate::eval::record_agent(&self.agent, precision, env, size, protocol, &dir, &prefix)?;
         for (k, v) in videos.iter().enumerate() {
             let [_, h] = v.size;
@@ -660,7 +663,7 @@ impl Trainer {
 /// stored episode was cut, see [`Collector::resume`]).
 fn make_collector(config: &TrainConfig, progress: Option<&Progress>) -> Result<(Collector, bool)> {
     let (e, h, seed) = (&config.env, config.agent.horizon, config.run.seed);
-    let pool = mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed)?;
+    let pool = mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed, e.obs_history)?;
     match progress {
         Some(Progress { collector: Some(state), .. }) => Collector::resume(pool, h, seed, state),
         // A checkpoint without the collector's state (written before it was saved): a

@@ -357,13 +357,13 @@ fn gif_frames(path: &Path) -> (usize, u16, u16) {
 fn videos_of_real_ogbench_and_robomimic_episodes_have_a_frame_per_step() {
     for env in ["cube-single-play-singletask-task1-v0", "robomimic/lift"] {
         let dir = tempfile::tempdir().unwrap();
-        let mut pool = mvp_rollout::make_pool(env, 1, 1, 0).unwrap();
+        let mut pool = mvp_rollout::make_pool(env, 1, 1, 0, 1).unwrap();
         let (limit, action_dim) = (pool.spec().max_episode_steps, pool.spec().action_dim);
         pool.close().unwrap();
         let h = 5;
         let mut still = |_: &[f32], k: usize| -> anyhow::Result<Vec<f32>> { Ok(vec![0.0; k * h * action_dim]) };
         let videos =
-            mvp_agent::eval::record_videos(env, [64, 48], (1, h, 7), h, &mut still, dir.path(), "test").unwrap();
+            mvp_agent::eval::record_videos(env, 1, [64, 48], (1, h, 7), h, &mut still, dir.path(), "test").unwrap();
         assert_eq!(videos.len(), 1);
         let v = &videos[0];
         assert!(!v.success && v.length == limit, "{env}: {v:?}");
@@ -377,7 +377,7 @@ fn videos_of_real_ogbench_and_robomimic_episodes_have_a_frame_per_step() {
     // A native environment says that it cannot render.
     let mut still = |_: &[f32], k: usize| -> anyhow::Result<Vec<f32>> { Ok(vec![0.0; k * 10]) };
     let dir = tempfile::tempdir().unwrap();
-    let err = mvp_agent::eval::record_videos("branch-reach-v0", [64, 48], (1, 5, 0), 5, &mut still, dir.path(), "x")
+    let err = mvp_agent::eval::record_videos("branch-reach-v0", 1, [64, 48], (1, 5, 0), 5, &mut still, dir.path(), "x")
         .unwrap_err()
         .to_string();
     assert!(err.contains("does not render"), "{err}");
@@ -542,6 +542,35 @@ fn offline_to_online_on_robomimic_lift_with_generated_demonstrations() {
     assert_eq!(s.steps, 100);
     assert_eq!(trainer.buffer().len(), offline + 60);
     assert_eq!(s.eval.unwrap().episodes, 1);
+}
+
+#[test]
+fn an_observation_history_stacks_the_dataset_and_the_environments_alike() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(dir.path(), "history", &["env.obs_history=3", "schedule.eval_interval=100"]);
+    let mut trainer = Trainer::new(cfg).unwrap();
+    let summary = trainer.run().unwrap();
+    assert_eq!(summary.steps, 100);
+    let one = mvp_envs::make_native("branch-reach-v0").unwrap().spec().obs_dim;
+    let buffer = trainer.buffer();
+    assert_eq!(buffer.obs_dim(), 3 * one, "three observations side by side");
+    // Offline rows (the demonstrator's) and online rows (the environment's) alike: inside an
+    // episode, the next observation is the observation window moved by one step.
+    let ends = assert_no_transition_joins_two_episodes(buffer);
+    assert!(ends >= 20, "{ends} episode ends (20 demonstrations, then online episodes)");
+    let n = buffer.num_starts(1);
+    let mut rows = mvp_replay::ChunkBatch::new(n, 1, buffer.obs_dim(), buffer.act_dim());
+    buffer.chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut rows).unwrap();
+    for k in 0..n {
+        let (o, next) = (
+            &rows.observations[k * 3 * one..(k + 1) * 3 * one],
+            &rows.next_observations[k * 3 * one..(k + 1) * 3 * one],
+        );
+        assert_eq!(o[one..], next[..2 * one], "row {k}: the window did not move by one observation");
+    }
+    let err = format!("{:#}", TrainConfig::load(None, &["env.obs_history=0".to_string()]).unwrap_err());
+    assert!(err.contains("env.obs_history"), "{err}");
 }
 
 #[test]

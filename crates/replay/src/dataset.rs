@@ -68,6 +68,39 @@ impl Dataset {
     pub fn is_empty(&self) -> bool {
         self.rewards.is_empty()
     }
+
+    /// The same transitions with each observation replaced by the last `k` observations of its
+    /// episode, oldest first (`[s_{t−k+1}, …, s_t]`, width `k · obs_dim`), the episode's first
+    /// observation repeated where the episode is younger than `k` steps; next observations
+    /// likewise (`[s_{t−k+2}, …, s_{t+1}]`). Episodes are the runs of rows between terminals,
+    /// as the rows are stored. An environment stacked the same way
+    /// (`mvp_rollout::HistoryPool`) gives the policy the same inputs online. `k` = 1 changes
+    /// nothing.
+    pub fn with_history(&self, k: usize) -> Self {
+        let (n, d) = (self.len(), self.obs_dim);
+        if k <= 1 {
+            return self.clone();
+        }
+        let (mut obs, mut next) = (Vec::with_capacity(n * d * k), Vec::with_capacity(n * d * k));
+        let mut start = 0;
+        for t in 0..n {
+            // Frame j of row t (j = 0 oldest) is s_{t−k+1+j}, clamped to the episode's start.
+            for j in 0..k {
+                let src = (t + j + 1).saturating_sub(k).max(start);
+                obs.extend_from_slice(&self.observations[src * d..(src + 1) * d]);
+            }
+            // Next: frames 1.. of the current window, then s_{t+1}.
+            for j in 1..k {
+                let src = (t + j + 1).saturating_sub(k).max(start);
+                next.extend_from_slice(&self.observations[src * d..(src + 1) * d]);
+            }
+            next.extend_from_slice(&self.next_observations[t * d..(t + 1) * d]);
+            if self.terminals[t] != 0.0 {
+                start = t + 1;
+            }
+        }
+        Self { obs_dim: d * k, observations: obs, next_observations: next, ..self.clone() }
+    }
 }
 
 #[cfg(test)]
@@ -77,6 +110,26 @@ mod tests {
 
     fn columns(n: usize, o: usize, a: usize) -> [Vec<f32>; 6] {
         [vec![0.0; n * o], vec![0.0; n * a], vec![0.0; n], vec![0.0; n], vec![1.0; n], vec![0.0; n * o]]
+    }
+
+    #[test]
+    fn history_stacks_within_episodes_and_repeats_each_first_observation() {
+        // Two episodes of one-number observations: 1, 2, 3 (→ 4) and 10, 11 (→ 12).
+        let o = vec![1.0, 2.0, 3.0, 10.0, 11.0];
+        let no = vec![2.0, 3.0, 4.0, 11.0, 12.0];
+        let t = vec![0.0, 0.0, 1.0, 0.0, 1.0];
+        let d = Dataset::new(1, 1, o, vec![0.0; 5], vec![0.0; 5], t, vec![1.0; 5], no).unwrap();
+        let h = d.with_history(2);
+        assert_eq!(h.obs_dim, 2);
+        assert_eq!(h.observations, [1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 10.0, 10.0, 10.0, 11.0]);
+        assert_eq!(h.next_observations, [1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 10.0, 11.0, 11.0, 12.0]);
+        h.validate().unwrap();
+        // Each row's next observation is the following row's observation inside an episode.
+        assert_eq!(h.next_observations[..2], h.observations[2..4]);
+        assert_eq!(d.with_history(1), d);
+        let h3 = d.with_history(3);
+        assert_eq!(h3.observations[6..9], [1.0, 2.0, 3.0]);
+        assert_eq!(h3.next_observations[6..9], [2.0, 3.0, 4.0]);
     }
 
     #[test]

@@ -87,6 +87,105 @@ impl EnvPool for VecEnv {
     }
 }
 
+/// A pool whose observations are the last `k` observations of each environment's episode,
+/// oldest first (width `k · obs_dim`; the episode's first observation repeated until it has
+/// `k`), as MP1 and Diffusion Policy condition on an observation history. It stacks exactly as
+/// `Dataset::with_history` of mvp-replay does, so a policy trained on a stacked dataset sees
+/// the same inputs online. Snapshots hold the inner environment's state and the history.
+pub struct HistoryPool {
+    inner: Box<dyn EnvPool>,
+    k: usize,
+    spec: EnvSpec,
+    frames: Vec<VecDeque<Vec<f32>>>,
+}
+
+impl HistoryPool {
+    /// Stacks the last `k ≥ 1` observations of every environment of `inner`.
+    pub fn new(inner: Box<dyn EnvPool>, k: usize) -> Self {
+        let k = k.max(1);
+        let mut spec = inner.spec().clone();
+        spec.obs_dim *= k;
+        let frames = vec![VecDeque::with_capacity(k); inner.num_envs()];
+        Self { inner, k, spec, frames }
+    }
+
+    fn push(&mut self, env: usize, obs: Vec<f32>, first: bool) -> Vec<f32> {
+        let frames = &mut self.frames[env];
+        if first {
+            frames.clear();
+            frames.extend(std::iter::repeat_n(obs, self.k));
+        } else {
+            frames.pop_front();
+            frames.push_back(obs);
+        }
+        frames.iter().flatten().copied().collect()
+    }
+}
+
+impl EnvPool for HistoryPool {
+    fn spec(&self) -> &EnvSpec {
+        &self.spec
+    }
+    fn num_envs(&self) -> usize {
+        self.inner.num_envs()
+    }
+    fn reset(&mut self, envs: &[usize], seeds: &[Option<u64>]) -> Result<Vec<Vec<f32>>> {
+        let first = self.inner.reset(envs, seeds)?;
+        Ok(envs.iter().zip(first).map(|(&i, obs)| self.push(i, obs, true)).collect())
+    }
+    fn step(&mut self, envs: &[usize], actions: &[f32]) -> Result<Vec<Outcome>> {
+        let outcomes = self.inner.step(envs, actions)?;
+        Ok(envs
+            .iter()
+            .zip(outcomes)
+            .map(|(&i, outcome)| match outcome {
+                Outcome::Step(mut step) => {
+                    step.obs = self.push(i, std::mem::take(&mut step.obs), false);
+                    Outcome::Step(step)
+                }
+                lost => lost,
+            })
+            .collect())
+    }
+    fn restarts(&self) -> u64 {
+        self.inner.restarts()
+    }
+    fn snapshot(&self, env: usize) -> Option<Vec<u8>> {
+        let inner = self.inner.snapshot(env)?;
+        let history: Vec<f32> = self.frames[env].iter().flatten().copied().collect();
+        let mut out = (inner.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&inner);
+        out.extend(history.iter().flat_map(|x| x.to_le_bytes()));
+        Some(out)
+    }
+    fn restore(&mut self, env: usize, state: &[u8]) -> Result<()> {
+        let d = self.inner.spec().obs_dim;
+        let len = state.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+        let Some((inner, history)) = len.and_then(|n| state.get(8..).map(|rest| rest.split_at_checked(n))).flatten()
+        else {
+            bail!("a history pool's snapshot of environment {env} is truncated");
+        };
+        if history.len() != self.k * d * 4 {
+            bail!(
+                "a history pool's snapshot of environment {env} holds {} bytes of history, expected {}",
+                history.len(),
+                self.k * d * 4
+            );
+        }
+        self.inner.restore(env, inner)?;
+        let values: Vec<f32> =
+            history.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        self.frames[env] = values.chunks(d).map(<[f32]>::to_vec).collect();
+        Ok(())
+    }
+    fn render(&mut self, env: usize) -> Result<mvp_envs::Frame> {
+        self.inner.render(env)
+    }
+    fn close(&mut self) -> Result<()> {
+        self.inner.close()
+    }
+}
+
 /// Environments of this process (native Rust ones, or any [`Env`]), stepped one after the
 /// other. A failed step asks the environment to [`recover`](Env::recover); if it does, the
 /// outcome is [`Outcome::Lost`].
@@ -152,27 +251,47 @@ impl EnvPool for LocalPool {
 /// A pool of `num_envs` environments called `name`: native ones in this process, or Python
 /// workers (as many as `max_workers` processes, the environments spread evenly; the pool
 /// may round `num_envs` up to a multiple of the worker count). Environment `i` is seeded
-/// `seed + i` at its first unseeded reset.
-pub fn make_pool(name: &str, num_envs: usize, max_workers: usize, seed: u64) -> Result<Box<dyn EnvPool>> {
+/// `seed + i` at its first unseeded reset. `history` > 1 stacks that many observations
+/// ([`HistoryPool`]).
+pub fn make_pool(
+    name: &str,
+    num_envs: usize,
+    max_workers: usize,
+    seed: u64,
+    history: usize,
+) -> Result<Box<dyn EnvPool>> {
     let num_envs = num_envs.max(1);
-    if mvp_envs::NATIVE_ENVS.contains(&name) {
+    let pool: Box<dyn EnvPool> = if mvp_envs::NATIVE_ENVS.contains(&name) {
         let envs = (0..num_envs).map(|_| mvp_envs::make_native(name)).collect::<Result<Vec<_>>>()?;
-        return Ok(Box::new(LocalPool::new(envs)?));
+        Box::new(LocalPool::new(envs)?)
+    } else {
+        let workers = max_workers.clamp(1, num_envs);
+        let per_worker = num_envs.div_ceil(workers);
+        Box::new(VecEnv::new(VecEnvConfig::new(name, workers, per_worker, seed))?)
+    };
+    Ok(with_history(pool, history))
+}
+
+/// `pool` with its observations stacked `history` deep ([`HistoryPool`]); `pool` itself when
+/// `history` ≤ 1.
+pub fn with_history(pool: Box<dyn EnvPool>, history: usize) -> Box<dyn EnvPool> {
+    if history <= 1 {
+        pool
+    } else {
+        Box::new(HistoryPool::new(pool, history))
     }
-    let workers = max_workers.clamp(1, num_envs);
-    let per_worker = num_envs.div_ceil(workers);
-    Ok(Box::new(VecEnv::new(VecEnvConfig::new(name, workers, per_worker, seed))?))
 }
 
 /// One environment of `name` in its own worker process, rendering RGB frames of `[width,
-/// height]` offscreen (for videos; [`record`]). Native environments do not render.
-pub fn make_render_pool(name: &str, size: [u32; 2], seed: u64) -> Result<Box<dyn EnvPool>> {
+/// height]` offscreen (for videos; [`record`]), observations stacked `history` deep. Native
+/// environments do not render.
+pub fn make_render_pool(name: &str, size: [u32; 2], seed: u64, history: usize) -> Result<Box<dyn EnvPool>> {
     if mvp_envs::NATIVE_ENVS.contains(&name) {
         bail!("the native environment {name} does not render; videos need a MuJoCo environment (OGBench, robomimic)");
     }
     let mut config = VecEnvConfig::new(name, 1, 1, seed);
     config.worker.render = Some(size);
-    Ok(Box::new(VecEnv::new(config)?))
+    Ok(with_history(Box::new(VecEnv::new(config)?), history))
 }
 
 /// Runs `episodes` episodes like [`evaluate`] on a pool of one rendering environment
@@ -615,7 +734,7 @@ mod tests {
     use super::*;
 
     fn native_pool(n: usize) -> Box<dyn EnvPool> {
-        make_pool("branch-reach-v0", n, 1, 0).unwrap()
+        make_pool("branch-reach-v0", n, 1, 0, 1).unwrap()
     }
 
     /// A policy that always pushes towards +x, +y, counting its calls and rows.
@@ -624,6 +743,36 @@ mod tests {
             calls.push(k);
             Ok(vec![0.5; k * h * a])
         }
+    }
+
+    fn step_obs(pool: &mut dyn EnvPool, a: &[f32]) -> Vec<f32> {
+        match pool.step(&[0], a).unwrap().pop().unwrap() {
+            Outcome::Step(s) => s.obs,
+            Outcome::Lost(why) => panic!("lost: {why}"),
+        }
+    }
+
+    #[test]
+    fn a_history_pool_stacks_each_episode_and_restores_its_history() {
+        let (mut plain, mut stacked) = (native_pool(1), make_pool("branch-reach-v0", 1, 1, 0, 3).unwrap());
+        let d = plain.spec().obs_dim;
+        assert_eq!(stacked.spec().obs_dim, 3 * d);
+        let o0 = plain.reset(&[0], &[Some(4)]).unwrap().remove(0);
+        assert_eq!(stacked.reset(&[0], &[Some(4)]).unwrap().remove(0), [o0.clone(), o0.clone(), o0.clone()].concat());
+        let (a, b) = ([0.5, -0.2], [-0.3, 0.9]);
+        let o1 = step_obs(plain.as_mut(), &a);
+        assert_eq!(step_obs(stacked.as_mut(), &a), [o0.clone(), o0.clone(), o1.clone()].concat());
+        let o2 = step_obs(plain.as_mut(), &b);
+        assert_eq!(step_obs(stacked.as_mut(), &b), [o0.clone(), o1.clone(), o2.clone()].concat());
+        // A snapshot carries the history: a fresh pool restored from it continues identically.
+        let snap = stacked.snapshot(0).unwrap();
+        let mut copy = make_pool("branch-reach-v0", 1, 1, 0, 3).unwrap();
+        copy.restore(0, &snap).unwrap();
+        assert_eq!(step_obs(copy.as_mut(), &a), step_obs(stacked.as_mut(), &a));
+        assert!(copy.restore(0, &snap[..snap.len() - 1]).is_err(), "a truncated snapshot is refused");
+        // A new episode starts a new history.
+        let o0 = plain.reset(&[0], &[Some(5)]).unwrap().remove(0);
+        assert_eq!(stacked.reset(&[0], &[Some(5)]).unwrap().remove(0), [o0.clone(), o0.clone(), o0].concat());
     }
 
     #[test]
