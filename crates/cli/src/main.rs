@@ -100,6 +100,16 @@ enum Command {
     },
     /// A results table and learning curves (PNG) from a folder of runs.
     Report(report::ReportArgs),
+    /// A grid of training runs (configs × variants × seeds from a TOML file) as Ray tasks on a
+    /// local Ray instance or an existing cluster; runs resume from their checkpoints after a
+    /// failure; then `mvp report` of the runs.
+    Sweep {
+        /// The sweep file (see envs/mvp_envs/sweep.py for its keys).
+        file: PathBuf,
+        /// A Ray cluster to use (HEAD:PORT); default: start a local Ray instance.
+        #[arg(long)]
+        address: Option<String>,
+    },
     /// Print the libtorch build, devices and thread settings.
     Info,
 }
@@ -231,6 +241,53 @@ fn train(
     println!("  metrics         {d}/metrics.csv (and metrics.jsonl)");
     println!("  TensorBoard     tensorboard --logdir {d}/tb");
     println!("  checkpoints     {d}/checkpoints (resume: mvp train --resume {d}; evaluate: mvp eval --run {d})");
+    Ok(())
+}
+
+/// `mvp sweep`: the Ray driver (`python -m mvp_envs.sweep`) runs the grid with this binary, then
+/// the runs' report is written next to them.
+fn sweep(file: PathBuf, address: Option<String>) -> anyhow::Result<()> {
+    let mut cmd = mvp_envs::python_module_command("mvp_envs.sweep")?;
+    cmd.arg(std::path::absolute(&file)?).arg("--mvp").arg(std::env::current_exe()?);
+    cmd.arg("--root").arg(std::env::current_dir()?);
+    if let Some(a) = address {
+        cmd.arg("--address").arg(a);
+    }
+    let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+    let summary: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(_) if out.status.code() == Some(2) => {
+            anyhow::bail!("the sweep file {} was refused (above)", file.display())
+        }
+        Err(_) => anyhow::bail!("the sweep driver failed ({}); see its messages above", out.status),
+    };
+    let runs = summary["runs"].as_object().cloned().unwrap_or_default();
+    let done = runs.values().filter(|r| r["state"] == "done").count();
+    let dir = PathBuf::from(summary["out"].as_str().unwrap_or_default());
+    println!(
+        "sweep: {done} of {} runs done in {:.0} s, in {}",
+        runs.len(),
+        summary["seconds"].as_f64().unwrap_or(0.0),
+        dir.display()
+    );
+    for (name, r) in &runs {
+        let resumed = r["resumes"].as_u64().unwrap_or(0);
+        println!(
+            "  {name:<40} {:<7} starts {} (resumed {resumed}×) on {}",
+            r["state"].as_str().unwrap_or("?"),
+            r["starts"],
+            r["host"]
+        );
+    }
+    if done > 0 {
+        report::run(report::ReportArgs::folder(dir.clone()))?;
+    }
+    anyhow::ensure!(
+        done == runs.len(),
+        "{} of {} runs did not finish; run the same sweep again to continue them",
+        runs.len() - done,
+        runs.len()
+    );
     Ok(())
 }
 
@@ -373,6 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { run, step, out } => export(run, step, out),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Report(args) => report::run(args),
+        Command::Sweep { file, address } => sweep(file, address),
         Command::Info => {
             println!("mvp {}", env!("CARGO_PKG_VERSION"));
             println!("libtorch threads: {}", tch::get_num_threads());

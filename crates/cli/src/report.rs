@@ -34,6 +34,13 @@ pub struct ReportArgs {
     title: String,
 }
 
+impl ReportArgs {
+    /// The default report of the runs in `runs`, written there.
+    pub fn folder(runs: PathBuf) -> Self {
+        Self { runs, metric: "eval/success".into(), out: None, title: String::new() }
+    }
+}
+
 struct Run {
     group: String,
     name: String,

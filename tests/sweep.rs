@@ -1,0 +1,157 @@
+//! `mvp sweep` on a real two-node Ray cluster: a head node and a second node started on other
+//! ports of this machine by the test (`ray start`, with Ray's token authentication, which Ray
+//! 2.59+ expects on local clusters), stopped when the test ends.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A Ray cluster of two one-CPU nodes; `ray stop` when dropped.
+struct Cluster {
+    env: Vec<(String, String)>,
+    address: String,
+}
+
+impl Cluster {
+    fn start(dir: &Path, port: u16) -> Self {
+        let token = dir.join("ray_token");
+        let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + port as usize) % 251)).collect();
+        std::fs::write(&token, secret).unwrap();
+        let env = vec![
+            ("RAY_AUTH_MODE".to_string(), "token".to_string()),
+            ("RAY_AUTH_TOKEN_PATH".to_string(), token.display().to_string()),
+        ];
+        let cluster = Self { env, address: format!("127.0.0.1:{port}") };
+        let head = ["start", "--head", &format!("--port={port}"), "--num-cpus=1", "--include-dashboard=false"];
+        cluster.ray(&[&head[..], &["--disable-usage-stats"]].concat());
+        cluster.ray(&["start", &format!("--address={}", cluster.address), "--num-cpus=1", "--disable-usage-stats"]);
+        cluster
+    }
+
+    fn ray(&self, args: &[&str]) {
+        let out = Command::new(root().join(".venv/bin/ray"))
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .output()
+            .expect("the venv's ray (make setup installs it)");
+        assert!(out.status.success(), "ray {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join(".venv/bin/ray")).args(["stop", "--force"]).output();
+    }
+}
+
+/// The pids of `mvp train` processes whose command line mentions `needle`.
+fn train_processes(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(" train ") && cmd.contains(needle)
+        })
+        .collect()
+}
+
+#[test]
+fn a_sweep_on_a_two_node_ray_cluster_survives_a_killed_run_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 6391);
+    let out = dir.path().join("sweep");
+    let config = root().join("configs/native-quick.toml");
+    let sweep = dir.path().join("sweep.toml");
+    std::fs::write(
+        &sweep,
+        format!(
+            r#"out = "{}"
+configs = ["{}"]
+seeds = 2
+sets = ["agent.batch_size=16", "agent.actor.network.hidden=[32, 32]", "agent.critic.network.hidden=[32, 32]",
+        "data.demo_episodes=10", "schedule.offline_steps=600", "schedule.online_steps=600",
+        "schedule.warmup_steps=20", "schedule.eval_interval=600", "schedule.eval_episodes=4",
+        "schedule.checkpoint_interval=100", "schedule.log_interval=50"]
+[variants]
+mvp = []
+lambda0 = ["agent.actor.ivc_weight=0.0"]
+"#,
+            out.display(),
+            config.display()
+        ),
+    )
+    .unwrap();
+    let mut driver = Command::new(env!("CARGO_BIN_EXE_mvp"))
+        .args(["sweep", sweep.to_str().unwrap(), "--address", &cluster.address])
+        .envs(cluster.env.iter().cloned())
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Kill the first run's process with SIGKILL once it has a checkpoint (mid-run).
+    let victim = "native-quick.mvp__seed0";
+    let started = Instant::now();
+    let killed = loop {
+        let has_checkpoint = std::fs::read_dir(out.join(victim).join("checkpoints"))
+            .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("step_")))
+            .unwrap_or(false);
+        let pids = train_processes(&format!("run.name=\"{victim}\""));
+        if has_checkpoint && !pids.is_empty() {
+            // SAFETY: a signal to a process of this test's sweep.
+            break unsafe { libc::kill(pids[0], libc::SIGKILL) } == 0;
+        }
+        if started.elapsed() > Duration::from_secs(300) || driver.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let result = driver.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
+    assert!(killed, "no checkpointed run process to kill:\n{stdout}\n{stderr}");
+    assert!(result.status.success(), "the sweep failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("sweep: 4 of 4 runs done"), "{stdout}");
+    assert!(stderr.contains("running"), "progress lines: {stderr}");
+
+    // The killed run was started twice, the second time from its checkpoint; the others once.
+    let state = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(".sweep").join(format!("{name}.json"))).unwrap()).unwrap()
+    };
+    assert_eq!((state(victim)["starts"].as_u64(), state(victim)["resumes"].as_u64()), (Some(2), Some(1)));
+    for name in ["native-quick.mvp__seed1", "native-quick.lambda0__seed0", "native-quick.lambda0__seed1"] {
+        assert_eq!(state(name)["state"], "done", "{name}");
+    }
+    // Every run reached its last step, and no step was logged twice (the resumed run's rows
+    // after its checkpoint were dropped before it continued).
+    for name in [victim, "native-quick.mvp__seed1", "native-quick.lambda0__seed0", "native-quick.lambda0__seed1"] {
+        let log = std::fs::read_to_string(out.join(name).join("metrics.jsonl")).unwrap();
+        let steps: Vec<u64> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r.get("critic/loss").is_some())
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect();
+        assert!(steps.windows(2).all(|w| w[0] < w[1]), "{name}: steps out of order or repeated: {steps:?}");
+        assert_eq!(steps.last(), Some(&1200), "{name}");
+    }
+    // `mvp report` of the runs: one group per variant.
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("native-quick.mvp") && summary.contains("native-quick.lambda0"), "{summary}");
+    assert!(out.join("learning_curves.png").is_file());
+    // Running the finished sweep again starts nothing.
+    let again = Command::new(env!("CARGO_BIN_EXE_mvp"))
+        .args(["sweep", sweep.to_str().unwrap(), "--address", &cluster.address])
+        .envs(cluster.env.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("4 already done"));
+    assert_eq!(state(victim)["starts"].as_u64(), Some(2));
+}
