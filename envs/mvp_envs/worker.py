@@ -8,11 +8,19 @@ sent to stderr instead, so it cannot corrupt the stream; stderr is free-form log
 The worker never resets an environment on its own: after `terminated` or `truncated` the
 parent sends a reset. It exits on CLOSE, on end of input (the parent closed the pipe or died),
 and when its parent process disappears (a watchdog thread, for a worker stuck in a step).
+
+`python -m mvp_envs.worker --listen HOST:PORT` serves the same protocol over TCP instead, for a
+trainer on another machine (WorkerConfig.address on the Rust side): one connection at a time,
+each with its own handshake and fresh environments, closed at CLOSE or when the connection
+drops; then it waits for the next connection (so a trainer's restart is a reconnect). PORT 0
+picks a free port; the first line on stderr says `listening on HOST:PORT`.
 """
 
+import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -61,6 +69,10 @@ class Channel:
 
     def send_error(self, kind, message):
         self.send(P.ERROR, bytes((kind,)), message.encode("utf-8", "replace"))
+
+    def close(self):
+        self._in.close()
+        os.close(self._fd_out)
 
 
 class Worker:
@@ -255,15 +267,45 @@ def _flat(reply):
     return (tag, *parts)
 
 
+def listen(address):
+    """Serves one TCP connection after another at `address` (HOST:PORT) until killed."""
+    host, _, port = address.rpartition(":")
+    server = socket.create_server((host or "127.0.0.1", int(port)))
+    bound = server.getsockname()
+    print(f"listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
+    while True:
+        conn, peer = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        fd_in, fd_out = os.dup(conn.fileno()), os.dup(conn.fileno())
+        conn.close()
+        print(f"connection from {peer[0]}:{peer[1]}", file=sys.stderr, flush=True)
+        channel = Channel(fd_in, fd_out)
+        try:
+            status = serve(channel)
+        except OSError as e:  # the connection dropped mid-frame: the next one starts afresh
+            status = f"connection lost ({e})"
+        finally:
+            channel.close()
+        print(f"connection from {peer[0]}:{peer[1]} ended ({status})", file=sys.stderr, flush=True)
+
+
 def main():
+    parser = argparse.ArgumentParser(description="mvp environment worker (see the module doc)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="serve over TCP instead of stdin/stdout")
+    args = parser.parse_args()
     # Ctrl-C in a terminal reaches the whole process group: the trainer handles it (it
-    # checkpoints, then closes its workers), so a worker must not die of it first.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # checkpoints, then closes its workers), so a worker must not die of it first. A listening
+    # worker has no trainer above it: Ctrl-C ends it.
+    if args.listen is None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Keep the protocol stream private: fd 1 goes to a new descriptor, and fd 1 itself (and
     # sys.stdout) then points at stderr, so prints from any library cannot corrupt the stream.
     proto_out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    if args.listen is not None:
+        os.close(proto_out)
+        listen(args.listen)
     proto_in = os.dup(0)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)

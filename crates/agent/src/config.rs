@@ -65,6 +65,10 @@ pub struct EnvConfig {
     pub num_envs: usize,
     /// Python worker processes hosting the training environments (at most `num_envs`).
     pub workers: usize,
+    /// Training environments hosted by workers listening on TCP (`HOST:PORT` each, started
+    /// with `python -m mvp_envs.worker --listen HOST:PORT`, e.g. on other machines) instead
+    /// of child processes; `workers` is then their count. Evaluation stays local.
+    pub worker_addresses: Vec<String>,
     /// Collect on a thread of its own during the online phase, so that environment steps
     /// overlap updates: collector step k + 2 acts with the networks after the learner's step k
     /// (one step staler than lockstep) on the native engine. An uninterrupted run repeats
@@ -88,6 +92,7 @@ impl Default for EnvConfig {
             eval_seed_offset: 1_000_000,
             num_envs: 1,
             workers: 1,
+            worker_addresses: Vec::new(),
             async_collect: false,
             eval_envs: 1,
             eval_workers: 1,

@@ -663,7 +663,11 @@ impl Trainer {
 /// stored episode was cut, see [`Collector::resume`]).
 fn make_collector(config: &TrainConfig, progress: Option<&Progress>) -> Result<(Collector, bool)> {
     let (e, h, seed) = (&config.env, config.agent.horizon, config.run.seed);
-    let pool = mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed, e.obs_history)?;
+    let pool = if e.worker_addresses.is_empty() {
+        mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed, e.obs_history)?
+    } else {
+        mvp_rollout::make_remote_pool(&e.name, e.num_envs, &e.worker_addresses, seed, e.obs_history)?
+    };
     match progress {
         Some(Progress { collector: Some(state), .. }) => Collector::resume(pool, h, seed, state),
         // A checkpoint without the collector's state (written before it was saved): a

@@ -445,6 +445,69 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
     assert!(ends >= 15, "{ends} episode ends");
 }
 
+/// A worker listening on TCP (`python -m mvp_envs.worker --listen 127.0.0.1:PORT`; PORT 0: a
+/// free one) and the address it reports.
+fn listening_worker(port: u16) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut cmd = mvp_envs::python_module_command("mvp_envs.worker").unwrap();
+    cmd.arg("--listen").arg(format!("127.0.0.1:{port}")).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let address = first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{first}")).to_string();
+    // Keep reading its log lines, so that its writes never meet a closed pipe.
+    std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(|l| eprintln!("[tcp worker] {l}")));
+    (child, address)
+}
+
+#[test]
+fn training_environments_on_a_tcp_worker_survive_its_restart() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, address) = listening_worker(0);
+    let addresses = format!("env.worker_addresses=[\"{address}\"]");
+    let cfg = tiny(
+        dir.path(),
+        "tcp",
+        &[
+            "env.name=\"cube-single-play-singletask-task1-v0\"",
+            &addresses,
+            "data.demo_episodes=0",
+            "schedule.offline_steps=0",
+            "schedule.online_steps=3000",
+            "schedule.warmup_steps=1000",
+            "schedule.eval_episodes=1",
+        ],
+    );
+    let mut trainer = Trainer::new(cfg).unwrap();
+    // Its machine loses the worker (kill -9) and brings a new one up on the same port.
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        first.kill().unwrap();
+        first.wait().unwrap();
+        listening_worker(port).0
+    });
+    let summary = trainer.run().unwrap();
+    let mut second = restarter.join().unwrap();
+    assert_eq!(summary.steps, 3000, "the run must finish");
+    let ckpt: mvp_nn::checkpoint::Loaded<serde_json::Value> =
+        mvp_nn::checkpoint::load(&latest_checkpoint(&summary.run_dir)).unwrap();
+    assert!(ckpt.meta["env_restarts"].as_u64().unwrap() >= 1, "the reconnection is counted: {}", ckpt.meta);
+    let ends = assert_no_transition_joins_two_episodes(trainer.buffer());
+    assert!(ends >= 15, "{ends} episode ends");
+    drop(trainer);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    // Nothing listening: the error says where and what to start there.
+    let mut config = mvp_envs::WorkerConfig::new("cube-single-play-singletask-task1-v0");
+    config.address = Some(address.clone());
+    config.startup_timeout = std::time::Duration::from_millis(300);
+    let err = format!("{:#}", mvp_envs::PythonWorker::spawn(config).unwrap_err());
+    assert!(err.contains(&address) && err.contains("--listen"), "{err}");
+}
+
 /// Every stored transition that does not end an episode is followed by the next step of the
 /// same episode (its next observation is the following observation). Returns the number of
 /// episode ends.

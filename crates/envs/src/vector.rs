@@ -31,12 +31,16 @@ pub struct VecEnvConfig {
     pub seed: u64,
     /// Failures of one worker in a row (no good step in between) before giving up.
     pub max_consecutive_failures: u32,
+    /// Workers listening on TCP (`HOST:PORT`, one per worker, [`WorkerConfig::address`])
+    /// instead of child processes; empty: child processes.
+    pub addresses: Vec<String>,
 }
 
 impl VecEnvConfig {
     /// `workers` × `envs_per_worker` environments of `env_id`, seeded from `seed`.
     pub fn new(env_id: &str, workers: usize, envs_per_worker: usize, seed: u64) -> Self {
-        Self { worker: WorkerConfig::new(env_id), workers, envs_per_worker, seed, max_consecutive_failures: 3 }
+        let worker = WorkerConfig::new(env_id);
+        Self { worker, workers, envs_per_worker, seed, max_consecutive_failures: 3, addresses: Vec::new() }
     }
 }
 
@@ -86,6 +90,14 @@ impl VecEnv {
             ))
             .into());
         }
+        if !config.addresses.is_empty() && config.addresses.len() != config.workers {
+            return Err(EnvError::Invalid(format!(
+                "{} worker addresses for {} workers: give one address per worker",
+                config.addresses.len(),
+                config.workers
+            ))
+            .into());
+        }
         let m = config.envs_per_worker;
         let workers: Vec<PythonWorker> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..config.workers)
@@ -94,6 +106,9 @@ impl VecEnv {
                     wc.num_envs = m;
                     wc.seeds = Some((0..m).map(|j| config.seed + (w * m + j) as u64).collect());
                     wc.spin.get_or_insert(crate::worker::auto_spin(config.workers));
+                    if let Some(a) = config.addresses.get(w) {
+                        wc.address = Some(a.clone());
+                    }
                     s.spawn(move || PythonWorker::spawn(wc))
                 })
                 .collect();

@@ -272,6 +272,26 @@ pub fn make_pool(
     Ok(with_history(pool, history))
 }
 
+/// A pool of `num_envs` environments called `name` hosted by workers already listening at
+/// `addresses` (`python -m mvp_envs.worker --listen HOST:PORT`, one worker per address, the
+/// environments spread evenly), connected over TCP; otherwise as [`make_pool`]. A worker whose
+/// connection fails is reconnected (its environments are rebuilt) like a restarted process.
+pub fn make_remote_pool(
+    name: &str,
+    num_envs: usize,
+    addresses: &[String],
+    seed: u64,
+    history: usize,
+) -> Result<Box<dyn EnvPool>> {
+    if addresses.is_empty() {
+        bail!("a remote pool needs at least one worker address");
+    }
+    let workers = addresses.len().min(num_envs.max(1));
+    let mut config = VecEnvConfig::new(name, workers, num_envs.max(1).div_ceil(workers), seed);
+    config.addresses = addresses[..workers].to_vec();
+    Ok(with_history(Box::new(VecEnv::new(config)?), history))
+}
+
 /// `pool` with its observations stacked `history` deep ([`HistoryPool`]); `pool` itself when
 /// `history` ≤ 1.
 pub fn with_history(pool: Box<dyn EnvPool>, history: usize) -> Box<dyn EnvPool> {

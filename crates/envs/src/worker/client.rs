@@ -1,6 +1,5 @@
 //! [`PythonWorker`]: one worker process hosting M environments, driven with batched requests.
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -45,6 +44,11 @@ pub struct WorkerConfig {
     /// Make the environments render RGB frames of `[width, height]` offscreen
     /// ([`PythonWorker::render`]); `None`: no renderer (faster to build).
     pub render: Option<[u32; 2]>,
+    /// A worker already listening at `HOST:PORT` (`python -m mvp_envs.worker --listen
+    /// HOST:PORT`, e.g. on another machine) instead of a child process: the same frames and
+    /// handshake over TCP, connected within `startup_timeout`; a restart reconnects (the
+    /// server builds fresh environments for every connection). `None`: a child process.
+    pub address: Option<String>,
 }
 
 /// The default busy-wait per reply for `workers` worker processes: 10 ms (longer than one
@@ -78,6 +82,7 @@ impl WorkerConfig {
             forward_stderr: std::env::var_os("MVP_WORKER_STDERR").is_some(),
             spin: None,
             render: None,
+            address: None,
         }
     }
 }
@@ -158,9 +163,28 @@ impl PythonWorker {
         })
     }
 
-    /// Spawns a process and runs the handshake; kills the process on failure.
+    /// Spawns a process (or connects to a listening worker) and runs the handshake; kills the
+    /// process on failure. A remote worker's connection lost during the handshake is tried
+    /// again until `startup_timeout`: a connection made while the old listener was going away
+    /// (a worker restarted on its machine) is reset without an answer.
     fn start(config: &WorkerConfig) -> anyhow::Result<(Proc, WorkerInfo)> {
-        let mut proc = Proc::spawn(config)?;
+        let deadline = Instant::now() + config.startup_timeout;
+        loop {
+            match Self::start_once(config) {
+                Err(e)
+                    if config.address.is_some()
+                        && Instant::now() < deadline
+                        && matches!(e.downcast_ref::<WorkerError>(), Some(WorkerError::Died { .. })) =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(config: &WorkerConfig) -> anyhow::Result<(Proc, WorkerInfo)> {
+        let mut proc = Proc::open(config)?;
         let hello = serde_json::json!({
             "protocol": PROTOCOL_VERSION,
             "env_id": config.env_id,
@@ -191,7 +215,10 @@ impl PythonWorker {
             Ok(info)
         })();
         match result {
-            Ok(info) => Ok((proc, info)),
+            Ok(info) => {
+                proc.pid = info.pid;
+                Ok((proc, info))
+            }
             Err(err) => {
                 proc.shutdown(Duration::from_millis(500));
                 Err(err.into())
@@ -350,7 +377,7 @@ impl PythonWorker {
     /// The descriptor the worker's replies arrive on (for waiting on several workers at once
     /// with `poll`); `None` when no process is running.
     pub fn reply_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.proc.as_ref().map(|p| p.stdout.as_raw_fd())
+        self.proc.as_ref().map(Proc::reply_fd)
     }
 
     /// The first half of [`step_envs`](Self::step_envs): checks and sends the request and

@@ -58,6 +58,14 @@ pub enum WorkerError {
     /// The `mvp_envs` package is not where the project root says.
     #[error("env worker package not found at {}; run from the mvp checkout or set MVP_ROOT to it", .0.display())]
     PackageMissing(PathBuf),
+    /// A remote worker's address did not accept a connection.
+    #[error("cannot connect to the env worker at {address}: {reason} (is `python -m mvp_envs.worker --listen {address}` running there?)")]
+    Connect {
+        /// `HOST:PORT` as configured.
+        address: String,
+        /// The operating system's reason.
+        reason: String,
+    },
     /// The process could not be started.
     #[error("cannot start the env worker {python}: {reason}")]
     Spawn {

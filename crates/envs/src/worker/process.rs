@@ -1,9 +1,11 @@
 //! The worker process: the venv's interpreter, spawning, the stderr tail, frame writes and
-//! reads with deadlines.
+//! reads with deadlines; or, for a worker on another machine, a TCP connection to it carrying
+//! the same frames.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -99,18 +101,60 @@ fn python_command_in(root: Option<&Path>, python: Option<&Path>) -> anyhow::Resu
 /// Keeps the last lines of the worker's stderr (and optionally copies them to ours).
 pub(super) type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
-/// One running worker process.
+/// How requests reach a worker.
+pub(super) enum Link {
+    /// A child process: requests on its stdin, replies on its stdout.
+    Pipes { child: Child, stdin: Option<ChildStdin>, stdout: ChildStdout },
+    /// A worker listening on a TCP address (`python -m mvp_envs.worker --listen HOST:PORT`):
+    /// requests and replies on one connection.
+    Tcp { stream: TcpStream, address: String },
+}
+
+/// One running worker: a child process, or a connection to a remote one.
 pub(super) struct Proc {
-    pub(super) child: Child,
-    pub(super) stdin: Option<ChildStdin>,
-    pub(super) stdout: ChildStdout,
+    pub(super) link: Link,
     pub(super) stderr_tail: StderrTail,
     pub(super) stderr_thread: Option<JoinHandle<()>>,
+    /// The process id (a remote worker's as its handshake reports it; 0 before).
     pub(super) pid: u32,
 }
 
 impl Proc {
-    pub(super) fn spawn(config: &WorkerConfig) -> anyhow::Result<Proc> {
+    /// Starts the worker of `config`: connects to `config.address`, or spawns a process.
+    pub(super) fn open(config: &WorkerConfig) -> anyhow::Result<Proc> {
+        match &config.address {
+            Some(address) => Self::connect(address, config.startup_timeout),
+            None => Self::spawn(config),
+        }
+    }
+
+    /// Connects to a listening worker, trying again until `timeout` while nothing listens
+    /// there yet (a worker being restarted on its machine).
+    fn connect(address: &str, timeout: Duration) -> anyhow::Result<Proc> {
+        let unreachable = |reason: String| WorkerError::Connect { address: address.to_string(), reason };
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("the address resolves to nothing");
+        loop {
+            for addr in address.to_socket_addrs().map_err(|e| unreachable(e.to_string()))? {
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+                match TcpStream::connect_timeout(&addr, left) {
+                    Ok(stream) => {
+                        stream.set_nodelay(true)?;
+                        let link = Link::Tcp { stream, address: address.to_string() };
+                        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+                        return Ok(Proc { link, stderr_tail, stderr_thread: None, pid: 0 });
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(unreachable(last).into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn spawn(config: &WorkerConfig) -> anyhow::Result<Proc> {
         let mut cmd = python_module_command_in("mvp_envs.worker", config.root.as_deref(), config.python.as_deref())?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let python = PathBuf::from(cmd.get_program());
@@ -139,14 +183,25 @@ impl Proc {
                 }
             })
             .ok();
-        Ok(Proc { child, stdin: Some(stdin), stdout, stderr_tail, stderr_thread, pid })
+        let link = Link::Pipes { child, stdin: Some(stdin), stdout };
+        Ok(Proc { link, stderr_tail, stderr_thread, pid })
     }
 
-    /// The exit status, waiting up to `wait` for the process to end.
+    /// The descriptor replies arrive on.
+    pub(super) fn reply_fd(&self) -> RawFd {
+        match &self.link {
+            Link::Pipes { stdout, .. } => stdout.as_raw_fd(),
+            Link::Tcp { stream, .. } => stream.as_raw_fd(),
+        }
+    }
+
+    /// The exit status, waiting up to `wait` for the process to end (never for a remote
+    /// worker: its process is not ours).
     pub(super) fn wait_exit(&mut self, wait: Duration) -> Option<ExitStatus> {
+        let Link::Pipes { child, .. } = &mut self.link else { return None };
         let deadline = Instant::now() + wait;
         loop {
-            match self.child.try_wait() {
+            match child.try_wait() {
                 Ok(Some(status)) => return Some(status),
                 Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
                 _ => return None,
@@ -172,12 +227,21 @@ impl Proc {
     }
 
     /// Ends the process: closes its input (a healthy worker exits on end of input), waits
-    /// up to `grace`, then kills it. Always reaps it.
+    /// up to `grace`, then kills it. Always reaps it. A remote worker's connection is closed
+    /// (its server then closes that connection's environments and waits for the next one).
     pub(super) fn shutdown(&mut self, grace: Duration) {
-        self.stdin = None;
+        match &mut self.link {
+            Link::Pipes { stdin, .. } => *stdin = None,
+            Link::Tcp { stream, .. } => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
         if self.wait_exit(grace).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if let Link::Pipes { child, .. } = &mut self.link {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         if let Some(handle) = self.stderr_thread.take() {
             if handle.is_finished() {
@@ -197,7 +261,7 @@ pub(super) enum ReadFail {
 /// Reads exactly `buf.len()` bytes from `src`, polling so that no read blocks past `deadline`;
 /// until `spin_until` it polls without blocking (busy-waits).
 pub(super) fn read_exact_deadline(
-    src: &mut ChildStdout,
+    src: &mut (impl Read + AsRawFd),
     buf: &mut [u8],
     deadline: Instant,
     spin_until: Instant,
@@ -258,9 +322,15 @@ pub(super) fn write_frame(
     what: &'static str,
 ) -> Result<(), WorkerError> {
     let len = (frame.len() - 4) as u32;
-    let stdin = proc.stdin.as_mut().expect("stdin open while the worker runs");
-    let written =
-        stdin.write_all(&len.to_le_bytes()).and_then(|_| stdin.write_all(&frame[4..])).and_then(|_| stdin.flush());
+    let out: &mut dyn Write = match &mut proc.link {
+        Link::Pipes { stdin, .. } => stdin.as_mut().expect("stdin open while the worker runs"),
+        Link::Tcp { stream, .. } => stream,
+    };
+    // One write per frame: a TCP connection then sends it in as few segments as it can.
+    let mut bytes = Vec::with_capacity(frame.len());
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&frame[4..]);
+    let written = out.write_all(&bytes).and_then(|_| out.flush());
     written.map_err(|e| died(proc, config, what, format!("write failed: {e}")))
 }
 
@@ -286,17 +356,34 @@ pub(super) fn read_frame(
         ReadFail::Io(e) => died(proc, config, what, format!("read failed: {e}")),
     };
     let mut len = [0u8; 4];
-    read_exact_deadline(&mut proc.stdout, &mut len, deadline, spin_until).map_err(|f| fail(proc, f))?;
+    read_reply(proc, &mut len, deadline, spin_until).map_err(|f| fail(proc, f))?;
     let n = u32::from_le_bytes(len) as usize;
     if n == 0 || n > MAX_FRAME {
         return Err(WorkerError::Protocol(format!("bad frame length {n} from the worker")));
     }
     buf.resize(n, 0);
-    read_exact_deadline(&mut proc.stdout, buf, deadline, spin_until).map_err(|f| fail(proc, f))
+    read_reply(proc, buf, deadline, spin_until).map_err(|f| fail(proc, f))
 }
 
-/// A [`WorkerError::Died`] with the exit status and the stderr tail.
+fn read_reply(proc: &mut Proc, buf: &mut [u8], deadline: Instant, spin_until: Instant) -> Result<(), ReadFail> {
+    match &mut proc.link {
+        Link::Pipes { stdout, .. } => read_exact_deadline(stdout, buf, deadline, spin_until),
+        Link::Tcp { stream, .. } => read_exact_deadline(stream, buf, deadline, spin_until),
+    }
+}
+
+/// A [`WorkerError::Died`] with the exit status and the stderr tail (for a remote worker: the
+/// lost connection).
 pub(super) fn died(proc: &mut Proc, config: &WorkerConfig, what: &'static str, detail: String) -> WorkerError {
+    if let Link::Tcp { address, .. } = &proc.link {
+        return WorkerError::Died {
+            env_id: config.env_id.clone(),
+            pid: proc.pid,
+            request: what,
+            status: format!("connection to {address} lost: {detail}"),
+            stderr: "  (a remote worker's stderr stays on its machine)".into(),
+        };
+    }
     let status = match proc.wait_exit(Duration::from_secs(2)) {
         Some(s) => s.to_string(),
         None => format!("still running after {detail}"),
