@@ -6,7 +6,9 @@
 //!
 //! Two bridge modes: `lockstep` steps every environment together (`VecEnv::step`, what the
 //! trainer's collector does, so each step waits for the slowest worker), `async` gives each
-//! worker its next step as soon as its reply arrives (the bridge alone, no barrier).
+//! worker its next step as soon as its reply arrives (the bridge alone, no barrier). `tcp` is
+//! lockstep with the workers listening on local TCP ports (`python -m mvp_envs.worker
+//! --listen`) instead of pipes: the transport's own cost, for workers on other machines.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -54,6 +56,8 @@ pub enum Mode {
     Lockstep,
     /// Each worker steps on its own.
     Async,
+    /// Lockstep, with the workers on TCP connections (local ports) instead of pipes.
+    Tcp,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,9 +75,51 @@ struct EnvRow {
     overhead_per_round: Vec<f64>,
 }
 
-/// Steps a [`VecEnv`] of `w` workers for `steps` steps per environment; returns steps/s.
-fn bridge(args: &EnvArgs, w: usize) -> Result<f64> {
-    let mut venv = VecEnv::new(VecEnvConfig::new(&args.env, w, args.envs_per_worker, 0))?;
+/// `w` workers listening on free local ports, and their addresses; killed when dropped.
+struct Listening(Vec<std::process::Child>);
+
+impl Listening {
+    fn start(w: usize) -> Result<(Self, Vec<String>)> {
+        use std::io::BufRead;
+        let (mut children, mut addresses) = (Vec::new(), Vec::new());
+        for _ in 0..w {
+            let mut cmd = mvp_envs::python_module_command("mvp_envs.worker")?;
+            cmd.args(["--listen", "127.0.0.1:0"]).stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn()?;
+            let mut stderr = std::io::BufReader::new(child.stderr.take().context("piped stderr")?);
+            children.push(child);
+            let mut first = String::new();
+            stderr.read_line(&mut first)?;
+            let address = first.trim().strip_prefix("listening on ").context("a listening worker's first line")?;
+            addresses.push(address.to_string());
+            // Keep draining its log, so that its writes never meet a closed pipe.
+            std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(drop));
+        }
+        Ok((Self(children), addresses))
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Steps a [`VecEnv`] of `w` workers (on pipes, or on TCP connections with `tcp`) for `steps`
+/// steps per environment; returns steps/s.
+fn bridge(args: &EnvArgs, w: usize, tcp: bool) -> Result<f64> {
+    let mut config = VecEnvConfig::new(&args.env, w, args.envs_per_worker, 0);
+    let _servers = if tcp {
+        let (servers, addresses) = Listening::start(w)?;
+        config.addresses = addresses;
+        Some(servers)
+    } else {
+        None
+    };
+    let mut venv = VecEnv::new(config)?;
     let n = venv.num_envs();
     let a = venv.spec().action_dim;
     let all: Vec<usize> = (0..n).collect();
@@ -220,7 +266,8 @@ pub fn run(args: EnvArgs) -> Result<()> {
             plains.push(plain);
             for (k, &mode) in args.modes.iter().enumerate() {
                 let bridge = match mode {
-                    Mode::Lockstep => bridge(&args, w)?,
+                    Mode::Lockstep => bridge(&args, w, false)?,
+                    Mode::Tcp => bridge(&args, w, true)?,
                     Mode::Async => bridge_async(&args, w)?,
                 };
                 tracing::info!(
