@@ -258,14 +258,17 @@ fn env_benchmark_compares_the_bridge_with_plain_python() {
         "100",
         "--rounds",
         "2",
+        "--modes",
+        "lockstep,async,tcp",
         "--json",
         json.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 4, "lockstep and async rows for 1 and 2 workers");
-    for (row, (w, mode)) in rows.iter().zip([(1, "lockstep"), (1, "async"), (2, "lockstep"), (2, "async")]) {
+    assert_eq!(rows.len(), 6, "lockstep, async and tcp rows for 1 and 2 workers");
+    let expected = [(1, "lockstep"), (1, "async"), (1, "tcp"), (2, "lockstep"), (2, "async"), (2, "tcp")];
+    for (row, (w, mode)) in rows.iter().zip(expected) {
         assert_eq!((row["workers"].as_u64().unwrap(), row["mode"].as_str().unwrap()), (w, mode));
         assert!(
             row["bridge_steps_per_s"].as_f64().unwrap() > 0.0 && row["plain_steps_per_s"].as_f64().unwrap() > 0.0,
