@@ -151,6 +151,15 @@ impl Trainer {
         let dataset = load_dataset(&config, &spec)?;
         let has_dataset = dataset.is_some();
         if let Some(d) = &dataset {
+            if d.len() > config.schedule.buffer_capacity {
+                tracing::warn!(
+                    "the dataset's {} transitions exceed schedule.buffer_capacity = {}: only its last {} are used, and \
+                     online transitions replace the oldest of those",
+                    d.len(),
+                    config.schedule.buffer_capacity,
+                    config.schedule.buffer_capacity
+                );
+            }
             buffer.extend_from_dataset(d)?;
         }
         if !has_dataset && config.schedule.offline_steps > 0 {
