@@ -199,7 +199,7 @@ impl PythonWorker {
             begin_frame(&mut frame, tag::HELLO);
             frame.extend_from_slice(hello.to_string().as_bytes());
             let mut buf = Vec::new();
-            exchange(&mut proc, config, &frame, &mut buf, config.startup_timeout, "the handshake")?;
+            exchange(&mut proc, config, &mut frame, &mut buf, config.startup_timeout, "the handshake")?;
             let body = expect_reply(&mut proc, config, &buf, tag::READY)?;
             let info: WorkerInfo =
                 serde_json::from_slice(body).map_err(|e| WorkerError::Protocol(format!("bad READY message: {e}")))?;
@@ -471,7 +471,7 @@ impl PythonWorker {
             let mut frame = Vec::new();
             begin_frame(&mut frame, tag::CLOSE);
             let timeout = self.config.timeout.min(Duration::from_secs(10));
-            result = exchange(&mut proc, &self.config, &frame, &mut self.recv_buf, timeout, "close")
+            result = exchange(&mut proc, &self.config, &mut frame, &mut self.recv_buf, timeout, "close")
                 .and_then(|_| expect_reply(&mut proc, &self.config, &self.recv_buf, tag::CLOSED).map(|_| ()));
         }
         proc.shutdown(Duration::from_secs(2));
@@ -506,7 +506,7 @@ impl PythonWorker {
             return Err(WorkerError::Broken { env_id: self.config.env_id.clone(), reason: reason.clone() }.into());
         }
         let proc = self.proc.as_mut().expect("a worker that is neither closed nor broken has a process");
-        let result = write_frame(proc, &self.config, &self.send_buf, what);
+        let result = write_frame(proc, &self.config, &mut self.send_buf, what);
         result.map_err(|err| self.fail(err))
     }
 

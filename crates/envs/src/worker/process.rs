@@ -305,7 +305,7 @@ pub(super) fn read_exact_deadline(
 pub(super) fn exchange(
     proc: &mut Proc,
     config: &WorkerConfig,
-    frame: &[u8],
+    frame: &mut [u8],
     buf: &mut Vec<u8>,
     timeout: Duration,
     what: &'static str,
@@ -318,19 +318,17 @@ pub(super) fn exchange(
 pub(super) fn write_frame(
     proc: &mut Proc,
     config: &WorkerConfig,
-    frame: &[u8],
+    frame: &mut [u8],
     what: &'static str,
 ) -> Result<(), WorkerError> {
     let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
     let out: &mut dyn Write = match &mut proc.link {
         Link::Pipes { stdin, .. } => stdin.as_mut().expect("stdin open while the worker runs"),
         Link::Tcp { stream, .. } => stream,
     };
-    // One write per frame: a TCP connection then sends it in as few segments as it can.
-    let mut bytes = Vec::with_capacity(frame.len());
-    bytes.extend_from_slice(&len.to_le_bytes());
-    bytes.extend_from_slice(&frame[4..]);
-    let written = out.write_all(&bytes).and_then(|_| out.flush());
+    // One write per frame (a TCP connection then sends it in as few segments as it can).
+    let written = out.write_all(frame).and_then(|_| out.flush());
     written.map_err(|e| died(proc, config, what, format!("write failed: {e}")))
 }
 
