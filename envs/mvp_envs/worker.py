@@ -273,6 +273,12 @@ def listen(address):
     server = socket.create_server((host or "127.0.0.1", int(port)))
     bound = server.getsockname()
     print(f"listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
+    serve_connections(server)
+
+
+def serve_connections(server):
+    """Serves one connection after another accepted on the listening socket `server`, each
+    with fresh environments, until killed (also the body of a Ray worker actor's thread)."""
     while True:
         conn, peer = server.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

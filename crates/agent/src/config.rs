@@ -69,6 +69,17 @@ pub struct EnvConfig {
     /// with `python -m mvp_envs.worker --listen HOST:PORT`, e.g. on other machines) instead
     /// of child processes; `workers` is then their count. Evaluation stays local.
     pub worker_addresses: Vec<String>,
+    /// Where the training environments' workers run: `local` (child processes, or
+    /// `worker_addresses`), or `ray`: `workers` Ray actors, each asking for `ray_cpus` CPUs,
+    /// spread over the cluster at `ray_address` and reached over TCP; a worker actor that dies
+    /// is restarted by Ray (on another node if its node is lost) and reconnected here, counted
+    /// as a worker restart. Evaluation stays local.
+    pub remote: Remote,
+    /// The Ray cluster of `remote = "ray"`: `HEAD:PORT`, `auto` (the cluster this machine
+    /// joined with `ray start`), or empty: a local Ray instance started for the run.
+    pub ray_address: String,
+    /// Ray CPUs each worker actor asks for (`remote = "ray"`).
+    pub ray_cpus: f64,
     /// Collect on a thread of its own during the online phase, so that environment steps
     /// overlap updates: collector step k + 2 acts with the networks after the learner's step k
     /// (one step staler than lockstep) on the native engine. An uninterrupted run repeats
@@ -93,6 +104,9 @@ impl Default for EnvConfig {
             num_envs: 1,
             workers: 1,
             worker_addresses: Vec::new(),
+            remote: Remote::Local,
+            ray_address: String::new(),
+            ray_cpus: 1.0,
             async_collect: false,
             eval_envs: 1,
             eval_workers: 1,
@@ -144,6 +158,17 @@ pub struct AgentConfig {
     pub actor_optim: AdamConfig,
     /// Adam for the critic.
     pub critic_optim: AdamConfig,
+}
+
+/// Where the training environments' workers run (`env.remote`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Remote {
+    /// Child processes of the trainer, or workers at `env.worker_addresses`.
+    #[default]
+    Local,
+    /// Ray actors (`env.ray_address`, `env.ray_cpus`).
+    Ray,
 }
 
 /// Where the TD target's generate-and-select runs (`agent.select_engine`).

@@ -23,7 +23,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tch::{Device, Tensor};
 
 use crate::agent::{Agent, TensorBatch};
-use crate::config::TrainConfig;
+use crate::config::{Remote, TrainConfig};
 use crate::eval::{evaluate, evaluate_native, BackgroundEval, EvalResult};
 use crate::progress::{step_seed, Progress, Summary};
 use crate::run_dir;
@@ -672,10 +672,19 @@ impl Trainer {
 /// stored episode was cut, see [`Collector::resume`]).
 fn make_collector(config: &TrainConfig, progress: Option<&Progress>) -> Result<(Collector, bool)> {
     let (e, h, seed) = (&config.env, config.agent.horizon, config.run.seed);
-    let pool = if e.worker_addresses.is_empty() {
-        mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed, e.obs_history)?
-    } else {
-        mvp_rollout::make_remote_pool(&e.name, e.num_envs, &e.worker_addresses, seed, e.obs_history)?
+    let pool = match e.remote {
+        Remote::Ray => {
+            if !e.worker_addresses.is_empty() {
+                bail!("env.remote = \"ray\" places the workers itself; leave env.worker_addresses empty");
+            }
+            let address = (!e.ray_address.is_empty()).then(|| e.ray_address.clone());
+            let ray = mvp_envs::RayConfig { address, cpus_per_worker: e.ray_cpus };
+            mvp_rollout::make_ray_pool(&e.name, e.num_envs, e.workers, ray, seed, e.obs_history)?
+        }
+        Remote::Local if e.worker_addresses.is_empty() => {
+            mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed, e.obs_history)?
+        }
+        Remote::Local => mvp_rollout::make_remote_pool(&e.name, e.num_envs, &e.worker_addresses, seed, e.obs_history)?,
     };
     match progress {
         Some(Progress { collector: Some(state), .. }) => Collector::resume(pool, h, seed, state),

@@ -12,6 +12,9 @@
 //!   with [`make_native`].
 //! - [`VecEnv`]: W worker processes × M environments stepped in parallel, restarting workers
 //!   that die or hang (their episodes end as [`Outcome::Lost`]).
+//! - [`RayWorkers`]: the same workers placed as actors on a Ray cluster (by the Python module
+//!   `mvp_envs.ray_workers`) and reached over TCP; a worker that Ray restarts elsewhere is a
+//!   reconnect here. This crate speaks only TCP to them, never Ray.
 //! - [`PythonWorker`], [`WorkerEnv`]: real Gymnasium environments (OGBench, robomimic, ...)
 //!   hosted by Python worker processes (`envs/mvp_envs/worker.py`) and driven over pipes with a
 //!   versioned binary protocol (`envs/README.md`); [`python_module_command`] runs the venv's
@@ -27,10 +30,12 @@
 #![warn(missing_docs)]
 
 mod branch_reach;
+mod ray;
 mod vector;
 mod worker;
 
 pub use branch_reach::{BranchReach, BranchReachDemo, Route};
+pub use ray::{AddressBook, RayConfig, RayWorkers};
 pub use vector::{Outcome, VecEnv, VecEnvConfig};
 pub use worker::{
     auto_spin, project_root, python_command, python_module_command, BatchReset, BatchStep, PythonWorker, WorkerConfig,

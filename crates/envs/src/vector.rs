@@ -34,13 +34,16 @@ pub struct VecEnvConfig {
     /// Workers listening on TCP (`HOST:PORT`, one per worker, [`WorkerConfig::address`])
     /// instead of child processes; empty: child processes.
     pub addresses: Vec<String>,
+    /// Workers placed as Ray actors ([`crate::RayWorkers`]) and reached over TCP, instead of
+    /// child processes or fixed `addresses`.
+    pub ray: Option<crate::RayConfig>,
 }
 
 impl VecEnvConfig {
     /// `workers` × `envs_per_worker` environments of `env_id`, seeded from `seed`.
     pub fn new(env_id: &str, workers: usize, envs_per_worker: usize, seed: u64) -> Self {
         let worker = WorkerConfig::new(env_id);
-        Self { worker, workers, envs_per_worker, seed, max_consecutive_failures: 3, addresses: Vec::new() }
+        Self { worker, workers, envs_per_worker, seed, max_consecutive_failures: 3, addresses: Vec::new(), ray: None }
     }
 }
 
@@ -66,6 +69,8 @@ pub struct VecEnv {
     reseed: Vec<bool>,
     failures: Vec<u32>,
     restarts: u64,
+    /// The supervisor of Ray-placed workers (dropped after them).
+    ray: Option<crate::RayWorkers>,
 }
 
 impl std::fmt::Debug for VecEnv {
@@ -75,6 +80,7 @@ impl std::fmt::Debug for VecEnv {
             .field("workers", &self.workers.len())
             .field("envs_per_worker", &self.config.envs_per_worker)
             .field("restarts", &self.restarts)
+            .field("ray", &self.ray)
             .finish()
     }
 }
@@ -98,6 +104,13 @@ impl VecEnv {
             ))
             .into());
         }
+        if config.ray.is_some() && !config.addresses.is_empty() {
+            return Err(EnvError::Invalid("workers either on Ray or at fixed addresses, not both".into()).into());
+        }
+        let ray = match &config.ray {
+            Some(r) => Some(crate::RayWorkers::start(r, config.workers, &config.worker)?),
+            None => None,
+        };
         let m = config.envs_per_worker;
         let workers: Vec<PythonWorker> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..config.workers)
@@ -108,6 +121,9 @@ impl VecEnv {
                     wc.spin.get_or_insert(crate::worker::auto_spin(config.workers));
                     if let Some(a) = config.addresses.get(w) {
                         wc.address = Some(a.clone());
+                    }
+                    if let Some(r) = &ray {
+                        wc.listed = Some((r.book().clone(), w));
                     }
                     s.spawn(move || PythonWorker::spawn(wc))
                 })
@@ -127,6 +143,7 @@ impl VecEnv {
             failures: vec![0; config.workers],
             restarts: 0,
             config,
+            ray,
         })
     }
 

@@ -292,6 +292,28 @@ pub fn make_remote_pool(
     Ok(with_history(Box::new(VecEnv::new(config)?), history))
 }
 
+/// A pool of `num_envs` environments called `name` hosted by `workers` Ray actors placed as
+/// `ray` says ([`mvp_envs::RayWorkers`]), connected over TCP; otherwise as [`make_pool`]. A
+/// worker actor that Ray restarts is reconnected where it now serves (its environments are
+/// rebuilt), like a restarted process.
+pub fn make_ray_pool(
+    name: &str,
+    num_envs: usize,
+    workers: usize,
+    ray: mvp_envs::RayConfig,
+    seed: u64,
+    history: usize,
+) -> Result<Box<dyn EnvPool>> {
+    if mvp_envs::NATIVE_ENVS.contains(&name) {
+        bail!("the native environment {name} runs in this process; Ray workers host Python environments");
+    }
+    let num_envs = num_envs.max(1);
+    let workers = workers.clamp(1, num_envs);
+    let mut config = VecEnvConfig::new(name, workers, num_envs.div_ceil(workers), seed);
+    config.ray = Some(ray);
+    Ok(with_history(Box::new(VecEnv::new(config)?), history))
+}
+
 /// `pool` with its observations stacked `history` deep ([`HistoryPool`]); `pool` itself when
 /// `history` ≤ 1.
 pub fn with_history(pool: Box<dyn EnvPool>, history: usize) -> Box<dyn EnvPool> {

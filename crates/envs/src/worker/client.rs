@@ -49,6 +49,11 @@ pub struct WorkerConfig {
     /// handshake over TCP, connected within `startup_timeout`; a restart reconnects (the
     /// server builds fresh environments for every connection). `None`: a child process.
     pub address: Option<String>,
+    /// A worker that may move (placed by Ray, [`crate::RayWorkers`]): its address is entry
+    /// `.1` of this book, read again at every connection attempt; it takes precedence over
+    /// `address`. Not serialised.
+    #[serde(skip)]
+    pub listed: Option<(crate::AddressBook, usize)>,
 }
 
 /// The default busy-wait per reply for `workers` worker processes: 10 ms (longer than one
@@ -66,6 +71,11 @@ pub fn auto_spin(workers: usize) -> Duration {
 }
 
 impl WorkerConfig {
+    /// Whether the worker is reached over TCP (an address, or a place in an address book).
+    pub fn is_remote(&self) -> bool {
+        self.address.is_some() || self.listed.is_some()
+    }
+
     /// One environment of `env_id`, default deadlines (60 s per reply, 180 s for the
     /// handshake), no seeds.
     pub fn new(env_id: impl Into<String>) -> Self {
@@ -83,6 +93,7 @@ impl WorkerConfig {
             spin: None,
             render: None,
             address: None,
+            listed: None,
         }
     }
 }
@@ -172,7 +183,7 @@ impl PythonWorker {
         loop {
             match Self::start_once(config) {
                 Err(e)
-                    if config.address.is_some()
+                    if config.is_remote()
                         && Instant::now() < deadline
                         && matches!(e.downcast_ref::<WorkerError>(), Some(WorkerError::Died { .. })) =>
                 {

@@ -122,21 +122,37 @@ pub(super) struct Proc {
 impl Proc {
     /// Starts the worker of `config`: connects to `config.address`, or spawns a process.
     pub(super) fn open(config: &WorkerConfig) -> anyhow::Result<Proc> {
-        match &config.address {
-            Some(address) => Self::connect(address, config.startup_timeout),
-            None => Self::spawn(config),
+        match (&config.listed, &config.address) {
+            (Some((book, i)), _) => Self::connect(|| book.get(*i), config.startup_timeout),
+            (None, Some(address)) => Self::connect(|| Some(address.clone()), config.startup_timeout),
+            (None, None) => Self::spawn(config),
         }
     }
 
-    /// Connects to a listening worker, trying again until `timeout` while nothing listens
-    /// there yet (a worker being restarted on its machine).
-    fn connect(address: &str, timeout: Duration) -> anyhow::Result<Proc> {
-        let unreachable = |reason: String| WorkerError::Connect { address: address.to_string(), reason };
+    /// Connects to a listening worker at `address()` (asked again at every attempt: a worker
+    /// may move), trying again until `timeout` while nothing listens there yet (a worker being
+    /// restarted on its machine) or it has no address yet.
+    fn connect(address: impl Fn() -> Option<String>, timeout: Duration) -> anyhow::Result<Proc> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("the address resolves to nothing");
+        let mut tried = String::from("(not placed yet)");
         loop {
+            let Some(address) = address() else {
+                if Instant::now() >= deadline {
+                    return Err(
+                        WorkerError::Connect { address: tried, reason: "the worker has no address".into() }.into()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            tried.clone_from(&address);
+            let unreachable = |reason: String| WorkerError::Connect { address: address.to_string(), reason };
             for addr in address.to_socket_addrs().map_err(|e| unreachable(e.to_string()))? {
-                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+                // At most 5 s per attempt: a lost machine's address may be replaced meanwhile.
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(10), Duration::from_secs(5));
                 match TcpStream::connect_timeout(&addr, left) {
                     Ok(stream) => {
                         stream.set_nodelay(true)?;

@@ -1,10 +1,16 @@
-//! `mvp sweep` on a real two-node Ray cluster: a head node and a second node started on other
-//! ports of this machine by the test (`ray start`, with Ray's token authentication, which Ray
-//! 2.59+ expects on local clusters), stopped when the test ends.
+//! On a real two-node Ray cluster: a head node and a second node started on other ports of this
+//! machine by each test (`ray start`, with Ray's token authentication, which Ray 2.59+ expects
+//! on local clusters), stopped when the test ends; one cluster at a time (`ray stop` stops
+//! every Ray process of the machine). `mvp sweep`, and a training run whose environment
+//! workers are Ray actors (`env.remote = "ray"`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// One cluster at a time.
+static CLUSTER: Mutex<()> = Mutex::new(());
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -48,21 +54,26 @@ impl Drop for Cluster {
     }
 }
 
-/// The pids of `mvp train` processes whose command line mentions `needle`.
-fn train_processes(needle: &str) -> Vec<i32> {
+/// The pids of processes whose command line passes `keep`.
+fn processes(keep: impl Fn(&str) -> bool) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains(" train ") && cmd.contains(needle)
+            keep(&String::from_utf8_lossy(&cmd).replace('\0', " "))
         })
         .collect()
 }
 
+/// The pids of `mvp train` processes whose command line mentions `needle`.
+fn train_processes(needle: &str) -> Vec<i32> {
+    processes(|cmd| cmd.contains(" train ") && cmd.contains(needle))
+}
+
 #[test]
 fn a_sweep_on_a_two_node_ray_cluster_survives_a_killed_run_and_reports() {
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), 6391);
     let out = dir.path().join("sweep");
@@ -154,4 +165,94 @@ lambda0 = ["agent.actor.ivc_weight=0.0"]
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert!(String::from_utf8_lossy(&again.stderr).contains("4 already done"));
     assert_eq!(state(victim)["starts"].as_u64(), Some(2));
+}
+
+#[test]
+fn training_environments_on_ray_worker_actors_survive_a_killed_actor() {
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 6393);
+    let runs = dir.path().join("runs");
+    let sets = [
+        "env.name=\"cube-single-play-singletask-task1-v0\"".to_string(),
+        "env.remote=\"ray\"".to_string(),
+        format!("env.ray_address=\"{}\"", cluster.address),
+        // Two environments, one per worker actor, one actor per one-CPU node.
+        "env.num_envs=2".to_string(),
+        "env.workers=2".to_string(),
+        "data.demo_episodes=0".to_string(),
+        "agent.batch_size=16".to_string(),
+        "agent.actor.network.hidden=[32, 32]".to_string(),
+        "agent.critic.network.hidden=[32, 32]".to_string(),
+        "schedule.offline_steps=0".to_string(),
+        "schedule.online_steps=4000".to_string(),
+        "schedule.warmup_steps=500".to_string(),
+        "schedule.eval_interval=4000".to_string(),
+        "schedule.eval_episodes=1".to_string(),
+        "schedule.log_interval=100".to_string(),
+        format!("run.out_dir=\"{}\"", runs.display()),
+        "run.name=\"ray\"".to_string(),
+    ];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mvp"));
+    cmd.args(["train", "--config", root().join("configs/native-quick.toml").to_str().unwrap()]);
+    sets.iter().for_each(|s| _ = cmd.args(["--set", s]));
+    let mut run = cmd
+        .envs(cluster.env.iter().cloned())
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Kill one worker actor's process (SIGKILL) once the online phase is under way.
+    let metrics = runs.join("ray/metrics.jsonl");
+    let started = Instant::now();
+    let killed = loop {
+        let step = std::fs::read_to_string(&metrics)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
+            .max()
+            .unwrap_or(0);
+        let actors = processes(|cmd| cmd.starts_with("ray::EnvWorkerActor"));
+        if step >= 1000 && !actors.is_empty() {
+            // SAFETY: a signal to a worker actor of this test's cluster.
+            break unsafe { libc::kill(actors[0], libc::SIGKILL) } == 0;
+        }
+        if started.elapsed() > Duration::from_secs(300) || run.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let result = run.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
+    assert!(killed, "no worker actor to kill mid-run:\n{stdout}\n{stderr}");
+    assert!(result.status.success(), "the run failed:\n{stdout}\n{stderr}");
+    assert!(stderr.matches("on Ray at").count() == 2, "both workers placed: {stderr}");
+    assert!(stderr.contains("was replaced on Ray"), "the replacement is reported: {stderr}");
+
+    // The run finished, counted the reconnection, and stored no transition joining two episodes.
+    let checkpoints = runs.join("ray/checkpoints");
+    let last = checkpoints.join(mvp_nn::checkpoint::latest(&checkpoints).expect("a checkpoint"));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(last.join("meta.json")).unwrap()).unwrap();
+    let progress = &meta;
+    assert_eq!(progress["step"].as_u64(), Some(4000), "{meta}");
+    assert!(progress["env_restarts"].as_u64().unwrap() >= 1, "the restart is counted: {meta}");
+    let buffer = mvp_replay::ReplayBuffer::load(last.join("buffer.bin")).unwrap();
+    let n = buffer.num_starts(1);
+    let mut one = mvp_replay::ChunkBatch::new(n, 1, buffer.obs_dim(), buffer.act_dim());
+    buffer.chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut one).unwrap();
+    let d = buffer.obs_dim();
+    let mut ends = 0;
+    for k in 0..n.saturating_sub(1) {
+        if one.terminals[k] == 1.0 {
+            ends += 1;
+        } else {
+            let (next, following) =
+                (&one.next_observations[k * d..(k + 1) * d], &one.observations[(k + 1) * d..(k + 2) * d]);
+            assert_eq!(next, following, "transition {k} joins two episodes");
+        }
+    }
+    // 4,000 steps of 200-step episodes: 20 ends, less the two cut by the run's end.
+    assert!(ends >= 17, "{ends} episode ends");
 }
