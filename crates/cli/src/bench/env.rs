@@ -8,7 +8,9 @@
 //! trainer's collector does, so each step waits for the slowest worker), `async` gives each
 //! worker its next step as soon as its reply arrives (the bridge alone, no barrier). `tcp` is
 //! lockstep with the workers listening on local TCP ports (`python -m mvp_envs.worker
-//! --listen`) instead of pipes: the transport's own cost, for workers on other machines.
+//! --listen`) instead of pipes: the transport's own cost, for workers on other machines. `ray`
+//! is lockstep with the workers placed as actors on a local Ray instance (`env.remote = "ray"`),
+//! reached over TCP the same way (Ray's start and the actors' placement are not timed).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -58,6 +60,8 @@ pub enum Mode {
     Async,
     /// Lockstep, with the workers on TCP connections (local ports) instead of pipes.
     Tcp,
+    /// Lockstep, with the workers as Ray actors (a local Ray instance), over TCP.
+    Ray,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,17 +112,22 @@ impl Drop for Listening {
     }
 }
 
-/// Steps a [`VecEnv`] of `w` workers (on pipes, or on TCP connections with `tcp`) for `steps`
-/// steps per environment; returns steps/s.
-fn bridge(args: &EnvArgs, w: usize, tcp: bool) -> Result<f64> {
+/// Steps a [`VecEnv`] of `w` workers (on pipes, on TCP connections with `Mode::Tcp`, Ray
+/// actors with `Mode::Ray`) for `steps` steps per environment; returns steps/s.
+fn bridge(args: &EnvArgs, w: usize, mode: Mode) -> Result<f64> {
     let mut config = VecEnvConfig::new(&args.env, w, args.envs_per_worker, 0);
-    let _servers = if tcp {
+    let _servers = if mode == Mode::Tcp {
         let (servers, addresses) = Listening::start(w)?;
         config.addresses = addresses;
         Some(servers)
     } else {
         None
     };
+    if mode == Mode::Ray {
+        // A share of this machine's cores each, so that every actor is placed.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        config.ray = Some(mvp_envs::RayConfig { address: None, cpus_per_worker: (cores as f64 / w as f64).min(1.0) });
+    }
     let mut venv = VecEnv::new(config)?;
     let n = venv.num_envs();
     let a = venv.spec().action_dim;
@@ -266,8 +275,7 @@ pub fn run(args: EnvArgs) -> Result<()> {
             plains.push(plain);
             for (k, &mode) in args.modes.iter().enumerate() {
                 let bridge = match mode {
-                    Mode::Lockstep => bridge(&args, w, false)?,
-                    Mode::Tcp => bridge(&args, w, true)?,
+                    Mode::Lockstep | Mode::Tcp | Mode::Ray => bridge(&args, w, mode)?,
                     Mode::Async => bridge_async(&args, w)?,
                 };
                 tracing::info!(
