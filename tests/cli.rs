@@ -399,3 +399,61 @@ fn interrupted_training_checkpoints_and_resumes_without_duplicated_rows() {
     let loss_rows: Vec<&str> = csv.lines().filter(|l| l.contains(",critic/loss,")).collect();
     assert_eq!(loss_rows.len(), steps.len(), "the CSV holds the same rows");
 }
+
+#[test]
+fn train_check_prints_the_resolved_config_and_names_a_bad_key() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/native-quick.toml");
+    let ok = mvp(&["train", "--check", "--config", config, "--set", "runtime.device=\"cuda\""]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let resolved: toml::Value = toml::from_str(&String::from_utf8_lossy(&ok.stdout)).unwrap();
+    assert_eq!(resolved["runtime"]["device"].as_str(), Some("cuda:0"));
+    assert_eq!(resolved["agent"]["num_samples"].as_integer(), Some(32), "the file's own values");
+    let bad = mvp(&["train", "--check", "--config", config, "--set", "env.remote=\"rya\""]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("env.remote") && err.contains("`ray`"), "{err}");
+}
+
+#[test]
+fn a_sweep_with_a_bad_run_config_stops_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/native-quick.toml");
+    let file = dir.path().join("sweep.toml");
+    let out = dir.path().join("out");
+    std::fs::write(
+        &file,
+        format!(
+            "out = \"{}\"\nconfigs = [\"{config}\"]\n[variants]\ngood = []\nbad = [\"agent.num_sample=4\"]\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let result = mvp(&["sweep", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{err}");
+    assert!(err.contains("native-quick.bad__seed0") && err.contains("num_sample"), "names the run and the key: {err}");
+    assert!(!out.join(".sweep").exists(), "nothing started");
+    // Without Ray: the check runs before a Ray instance would start.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_sweep_asks_for_a_gpu_for_runs_on_cuda_unless_its_file_says_otherwise() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/native-quick.toml");
+    let code = format!(
+        r#"
+import json, sys
+from mvp_envs import sweep
+runs = [dict(name="cpu", config="{config}", sets=[], seed=0),
+        dict(name="cuda", config="{config}", sets=['runtime.device="cuda"'], seed=0)]
+for gpus in (None, 0.5):
+    sweep.check_runs(dict(gpus=gpus), runs, "{mvp}", ".")
+    print(json.dumps([r["gpus"] for r in runs]))
+"#,
+        mvp = env!("CARGO_BIN_EXE_mvp")
+    );
+    let out = mvp_envs::python_command().unwrap().args(["-c", &code]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<_> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines, ["[0.0, 1.0]", "[0.5, 0.5]"]);
+}

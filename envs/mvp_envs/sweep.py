@@ -7,13 +7,16 @@ A sweep file (TOML) names a grid: configs × variants × seeds, each cell one ru
     seeds = 3                          # seeds 0, 1, 2 (or a list: [0, 5])
     sets = ["schedule.eval_episodes=20"]   # --set overrides of every run
     cpus = 1                           # Ray resources of one run
-    gpus = 0
+    gpus = 0                           # default: 1 for a run whose config trains on CUDA, else 0
     attempts = 3                       # starts of one run before it counts as failed
     [variants]                         # name = its --set overrides
     mvp = ['agent.actor.kind="mvp"']
     qc = ['agent.actor.kind="flow"', "agent.actor.steps=10"]
 
-Each run is one Ray task asking for `cpus` CPUs (and `gpus` GPUs) that runs the `mvp` binary as
+Before anything starts, every run's config (with its overrides) is checked with `mvp train
+--check`: a bad key stops the sweep with mvp's message. Each run is one Ray task asking for
+`cpus` CPUs and `gpus` GPUs (without `gpus` in the file: one GPU for a run whose config trains
+on CUDA, `runtime.device = "cuda"`, none otherwise) that runs the `mvp` binary as
 a subprocess, in `<out>/<config>.<variant>__seed<s>/` (so `mvp report` groups runs by
 `<config>.<variant>`). A run whose process dies is started again from its newest checkpoint
 (`mvp train --resume`) up to `attempts` times; a task lost with its node is retried by Ray
@@ -78,7 +81,7 @@ def load_grid(path):
     settings = {
         "out": spec["out"],
         "cpus": float(spec.get("cpus", 1)),
-        "gpus": float(spec.get("gpus", 0)),
+        "gpus": float(spec["gpus"]) if "gpus" in spec else None,
         "attempts": int(spec.get("attempts", 3)),
     }
     common = list(spec.get("sets", []))
@@ -90,6 +93,26 @@ def load_grid(path):
                 name = f"{stem}.{variant}__seed{seed}"
                 runs.append({"name": name, "config": config, "sets": common + list(sets), "seed": seed})
     return settings, runs
+
+
+def check_runs(settings, runs, mvp, root):
+    """Checks every run's config with `mvp train --check` (once per config and overrides) and
+    sets each run's GPU request: the file's `gpus`, else 1 where the resolved config trains on
+    CUDA. Raises SweepError with mvp's message for a config that cannot run."""
+    resolved = {}
+    for run in runs:
+        key = (run["config"], tuple(run["sets"]))
+        if key not in resolved:
+            cmd = [mvp, "--log", "warn", "train", "--check", "--config", run["config"]]
+            for s in run["sets"]:
+                cmd += ["--set", s]
+            done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+            if done.returncode != 0:
+                message = (done.stderr.strip() or done.stdout.strip()).removeprefix("error: ")
+                raise SweepError(f"run {run['name']}: {message}")
+            resolved[key] = tomllib.loads(done.stdout)
+        device = str(resolved[key].get("runtime", {}).get("device", "cpu"))
+        run["gpus"] = settings["gpus"] if settings["gpus"] is not None else float(device.startswith("cuda"))
 
 
 def _die_with_parent():
@@ -163,10 +186,13 @@ def sweep(settings, runs, mvp, root, address=None, progress_every=5.0, log=sys.s
     os.makedirs(os.path.join(out, ".sweep"), exist_ok=True)
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
-        task = ray.remote(run_one).options(num_cpus=settings["cpus"], num_gpus=settings["gpus"], max_retries=3)
+        task = ray.remote(run_one).options(num_cpus=settings["cpus"], max_retries=3)
         todo = [r for r in runs if (read_state(out, r["name"]) or {}).get("state") != "done"]
         skipped = len(runs) - len(todo)
-        pending = {task.remote(mvp, root, out, r, settings["attempts"]): r["name"] for r in todo}
+        pending = {
+            task.options(num_gpus=r.get("gpus") or 0).remote(mvp, root, out, r, settings["attempts"]): r["name"]
+            for r in todo
+        }
         results = {}
         start, last = time.time(), 0.0
         print(
@@ -209,12 +235,14 @@ def main(argv=None):
     p.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
     p.add_argument("--root", default=os.getcwd(), help="the working directory of the runs")
     args = p.parse_args(argv)
+    mvp, root = os.path.abspath(args.mvp), os.path.abspath(args.root)
     try:
         settings, runs = load_grid(args.file)
+        check_runs(settings, runs, mvp, root)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    result = sweep(settings, runs, os.path.abspath(args.mvp), os.path.abspath(args.root), args.address)
+    result = sweep(settings, runs, mvp, root, args.address)
     print(json.dumps(result))
     if any(r.get("state") != "done" for r in result["runs"].values()):
         sys.exit(1)

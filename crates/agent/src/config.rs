@@ -391,7 +391,13 @@ impl TrainConfig {
         check(self.env.eval_envs >= 1, "env.eval_envs", "an integer ≥ 1")?;
         check(self.env.eval_workers >= 1, "env.eval_workers", "an integer ≥ 1")?;
         check(self.env.obs_history >= 1, "env.obs_history", "an integer ≥ 1")?;
+        check(self.env.ray_cpus >= 0.0 && self.env.ray_cpus.is_finite(), "env.ray_cpus", "a CPU count ≥ 0")?;
         Ok(())
+    }
+
+    /// The config as TOML (what a run's config.toml holds below its header line).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).context("serialising the resolved config")
     }
 }
 

@@ -59,7 +59,7 @@ fn write_run_files(run_dir: &Path, config: &TrainConfig) -> Result<()> {
 /// Writes the resolved `config` as the run's config.toml, under a header line with its seed
 /// and `note`.
 pub fn write_config(run_dir: &Path, config: &TrainConfig, note: &str) -> Result<()> {
-    let text = toml::to_string_pretty(config).context("serialising the resolved config")?;
+    let text = config.to_toml()?;
     let header = format!("# Resolved config of this run. seed = {}, {note}\n", config.run.seed);
     checkpoint::write_atomically(&run_dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())
 }

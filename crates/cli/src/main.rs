@@ -40,6 +40,10 @@ enum Command {
         /// intact one, when the latest is damaged).
         #[arg(long, requires = "resume")]
         resume_step: Option<u64>,
+        /// Only read and check the config (file and --set overrides), print it resolved as
+        /// TOML and exit: nothing is trained (`mvp sweep` checks every run this way first).
+        #[arg(long, conflicts_with = "resume")]
+        check: bool,
     },
     /// Evaluate a run's checkpoint (`--run`) or an exported policy (`--policy`): no dataset, no
     /// replay buffer, no training environments.
@@ -390,7 +394,13 @@ fn export(run: PathBuf, step: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { config, overrides, resume, resume_step } => train(config, overrides, resume, resume_step),
+        Command::Train { config, overrides, check: true, .. } => {
+            print!("{}", mvp_agent::TrainConfig::load(config.as_deref(), &overrides)?.to_toml()?);
+            Ok(())
+        }
+        Command::Train { config, overrides, resume, resume_step, check: false } => {
+            train(config, overrides, resume, resume_step)
+        }
         Command::Eval { run, step, policy, episodes, engine, video, video_size, video_dir, overrides } => {
             let [w, h] = video_size[..] else {
                 anyhow::bail!("--video-size takes WIDTH,HEIGHT (e.g. 256,256), got {video_size:?}");
