@@ -16,14 +16,16 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A Ray cluster of two one-CPU nodes; `ray stop` when dropped.
+/// A Ray cluster of a head node and a one-CPU second node; `ray stop` when dropped.
 struct Cluster {
     env: Vec<(String, String)>,
     address: String,
+    /// The second node's raylet port (`--node-manager-port`), which finds its process.
+    second_node_port: u16,
 }
 
 impl Cluster {
-    fn start(dir: &Path, port: u16) -> Self {
+    fn start(dir: &Path, port: u16, head_cpus: usize) -> Self {
         let token = dir.join("ray_token");
         let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + port as usize) % 251)).collect();
         std::fs::write(&token, secret).unwrap();
@@ -31,10 +33,13 @@ impl Cluster {
             ("RAY_AUTH_MODE".to_string(), "token".to_string()),
             ("RAY_AUTH_TOKEN_PATH".to_string(), token.display().to_string()),
         ];
-        let cluster = Self { env, address: format!("127.0.0.1:{port}") };
-        let head = ["start", "--head", &format!("--port={port}"), "--num-cpus=1", "--include-dashboard=false"];
+        let cluster = Self { env, address: format!("127.0.0.1:{port}"), second_node_port: port + 17 };
+        let cpus = format!("--num-cpus={head_cpus}");
+        let head = ["start", "--head", &format!("--port={port}"), &cpus, "--include-dashboard=false"];
         cluster.ray(&[&head[..], &["--disable-usage-stats"]].concat());
-        cluster.ray(&["start", &format!("--address={}", cluster.address), "--num-cpus=1", "--disable-usage-stats"]);
+        let raylet = format!("--node-manager-port={}", cluster.second_node_port);
+        let second = ["start", &format!("--address={}", cluster.address), "--num-cpus=1", &raylet];
+        cluster.ray(&[&second[..], &["--disable-usage-stats"]].concat());
         cluster
     }
 
@@ -66,6 +71,13 @@ fn processes(keep: impl Fn(&str) -> bool) -> Vec<i32> {
         .collect()
 }
 
+/// The parent process of `pid` (0 when unknown).
+fn parent(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // pid (comm) state ppid ...: the command may hold spaces, the fields after it do not.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
 /// The pids of `mvp train` processes whose command line mentions `needle`.
 fn train_processes(needle: &str) -> Vec<i32> {
     processes(|cmd| cmd.contains(" train ") && cmd.contains(needle))
@@ -75,7 +87,7 @@ fn train_processes(needle: &str) -> Vec<i32> {
 fn a_sweep_on_a_two_node_ray_cluster_survives_a_killed_run_and_reports() {
     let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path(), 6391);
+    let cluster = Cluster::start(dir.path(), 6391, 1);
     let out = dir.path().join("sweep");
     let config = root().join("configs/native-quick.toml");
     let sweep = dir.path().join("sweep.toml");
@@ -168,10 +180,11 @@ lambda0 = ["agent.actor.ivc_weight=0.0"]
 }
 
 #[test]
-fn training_environments_on_ray_worker_actors_survive_a_killed_actor() {
+fn training_environments_on_ray_worker_actors_survive_a_killed_actor_and_a_lost_node() {
     let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path(), 6393);
+    // Two CPUs on the head: room for both worker actors once the second node is gone.
+    let cluster = Cluster::start(dir.path(), 6393, 2);
     let runs = dir.path().join("runs");
     let sets = [
         "env.name=\"cube-single-play-singletask-task1-v0\"".to_string(),
@@ -185,9 +198,9 @@ fn training_environments_on_ray_worker_actors_survive_a_killed_actor() {
         "agent.actor.network.hidden=[32, 32]".to_string(),
         "agent.critic.network.hidden=[32, 32]".to_string(),
         "schedule.offline_steps=0".to_string(),
-        "schedule.online_steps=4000".to_string(),
+        "schedule.online_steps=6000".to_string(),
         "schedule.warmup_steps=500".to_string(),
-        "schedule.eval_interval=4000".to_string(),
+        "schedule.eval_interval=6000".to_string(),
         "schedule.eval_episodes=1".to_string(),
         "schedule.log_interval=100".to_string(),
         format!("run.out_dir=\"{}\"", runs.display()),
@@ -204,40 +217,50 @@ fn training_environments_on_ray_worker_actors_survive_a_killed_actor() {
         .spawn()
         .unwrap();
 
-    // Kill one worker actor's process (SIGKILL) once the online phase is under way.
+    // Once the online phase is under way, kill the head node's worker actor (SIGKILL): Ray
+    // restarts it there. Later, kill the second node's raylet: the node is lost with its
+    // worker actor, which Ray places again on the head. A worker actor is a child process of
+    // its node's raylet.
     let metrics = runs.join("ray/metrics.jsonl");
+    let second_raylet = format!("node_manager_port={}", cluster.second_node_port);
     let started = Instant::now();
-    let killed = loop {
+    let (mut killed_actor, mut killed_node) = (false, false);
+    while !killed_node {
         let step = std::fs::read_to_string(&metrics)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
             .max()
             .unwrap_or(0);
+        let raylet = processes(|cmd| cmd.contains("raylet") && cmd.contains(&second_raylet));
         let actors = processes(|cmd| cmd.starts_with("ray::EnvWorkerActor"));
-        if step >= 1000 && !actors.is_empty() {
+        let on_head: Vec<_> = actors.iter().filter(|&&a| Some(&parent(a)) != raylet.first()).collect();
+        if !killed_actor && step >= 1000 && actors.len() == 2 && on_head.len() == 1 {
             // SAFETY: a signal to a worker actor of this test's cluster.
-            break unsafe { libc::kill(actors[0], libc::SIGKILL) } == 0;
+            killed_actor = unsafe { libc::kill(*on_head[0], libc::SIGKILL) } == 0;
+        } else if killed_actor && step >= 3000 && raylet.len() == 1 && actors.len() == 2 && on_head.len() == 1 {
+            // SAFETY: a signal to the second node's raylet, started by this test.
+            killed_node = unsafe { libc::kill(raylet[0], libc::SIGKILL) } == 0;
         }
         if started.elapsed() > Duration::from_secs(300) || run.try_wait().unwrap().is_some() {
-            break false;
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
     let result = run.wait_with_output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
-    assert!(killed, "no worker actor to kill mid-run:\n{stdout}\n{stderr}");
+    assert!(killed_actor && killed_node, "killed actor {killed_actor}, node {killed_node}:\n{stdout}\n{stderr}");
     assert!(result.status.success(), "the run failed:\n{stdout}\n{stderr}");
     assert!(stderr.matches("on Ray at").count() == 2, "both workers placed: {stderr}");
-    assert!(stderr.contains("was replaced on Ray"), "the replacement is reported: {stderr}");
+    assert!(stderr.matches("was replaced on Ray").count() >= 2, "both replacements are reported: {stderr}");
 
     // The run finished, counted the reconnection, and stored no transition joining two episodes.
     let checkpoints = runs.join("ray/checkpoints");
     let last = checkpoints.join(mvp_nn::checkpoint::latest(&checkpoints).expect("a checkpoint"));
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(last.join("meta.json")).unwrap()).unwrap();
     let progress = &meta;
-    assert_eq!(progress["step"].as_u64(), Some(4000), "{meta}");
-    assert!(progress["env_restarts"].as_u64().unwrap() >= 1, "the restart is counted: {meta}");
+    assert_eq!(progress["step"].as_u64(), Some(6000), "{meta}");
+    assert!(progress["env_restarts"].as_u64().unwrap() >= 2, "the restarts are counted: {meta}");
     let buffer = mvp_replay::ReplayBuffer::load(last.join("buffer.bin")).unwrap();
     let n = buffer.num_starts(1);
     let mut one = mvp_replay::ChunkBatch::new(n, 1, buffer.obs_dim(), buffer.act_dim());
@@ -253,6 +276,6 @@ fn training_environments_on_ray_worker_actors_survive_a_killed_actor() {
             assert_eq!(next, following, "transition {k} joins two episodes");
         }
     }
-    // 4,000 steps of 200-step episodes: 20 ends, less the two cut by the run's end.
-    assert!(ends >= 17, "{ends} episode ends");
+    // 6,000 steps of 200-step episodes: 30 ends, less the two cut by the run's end.
+    assert!(ends >= 27, "{ends} episode ends");
 }
