@@ -186,11 +186,13 @@ def sweep(settings, runs, mvp, root, address=None, progress_every=5.0, log=sys.s
     os.makedirs(os.path.join(out, ".sweep"), exist_ok=True)
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
-        task = ray.remote(run_one).options(num_cpus=settings["cpus"], max_retries=3)
+        task = ray.remote(run_one)
         todo = [r for r in runs if (read_state(out, r["name"]) or {}).get("state") != "done"]
         skipped = len(runs) - len(todo)
         pending = {
-            task.options(num_gpus=r.get("gpus") or 0).remote(mvp, root, out, r, settings["attempts"]): r["name"]
+            task.options(num_cpus=settings["cpus"], num_gpus=r.get("gpus") or 0, max_retries=3).remote(
+                mvp, root, out, r, settings["attempts"]
+            ): r["name"]
             for r in todo
         }
         results = {}
