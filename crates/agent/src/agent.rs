@@ -27,7 +27,8 @@ use mvp_nn::{checkpoint, polyak_update, Adam};
 use mvp_replay::ChunkBatch;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use crate::config::{AgentConfig, SelectEngine};
+use crate::config::{AgentConfig, CriticEngine, SelectEngine};
+use crate::native_critic::NativeCritic;
 
 /// Scalars of one update, as detached 0-d tensors.
 pub type Metrics = Vec<(&'static str, Tensor)>;
@@ -92,6 +93,8 @@ pub struct Agent {
     shape: ChunkShape,
     device: Device,
     native_select: Option<NativeSelect>,
+    /// The critic's update on the native kernels (`agent.critic_engine`).
+    native_critic: Option<NativeCritic>,
     diagnostics: bool,
     imitation: bool,
     /// The moving average of the actor's weights that acts (`agent.actor_ema`), with its decay.
@@ -135,6 +138,27 @@ impl Agent {
             }
         };
         let native_select = precision.map(|precision| NativeSelect { precision, policy: None, chosen: Vec::new() });
+        let native_critic = match config.critic_engine {
+            CriticEngine::Libtorch => None,
+            engine => {
+                let fits = if device != Device::Cpu {
+                    Err(anyhow::anyhow!("it runs on the CPU, the networks are on {device:?}"))
+                } else if mvp_nn::MatmulPrecision::current() != mvp_nn::MatmulPrecision::F32 {
+                    Err(anyhow::anyhow!("it multiplies in fp32, runtime.matmul asks for bf16"))
+                } else if config.critic_optim.weight_decay != 0.0 || config.critic_optim.max_grad_norm.is_some() {
+                    Err(anyhow::anyhow!("its Adam step has no weight decay or gradient clipping"))
+                } else {
+                    NativeCritic::new(&critic, &critic_opt)
+                };
+                match (fits, engine) {
+                    (Ok(n), _) => Some(n),
+                    (Err(why), CriticEngine::Native) => {
+                        bail!("config key `agent.critic_engine`: the native critic update cannot run: {why}; use auto or libtorch")
+                    }
+                    (Err(_), _) => None,
+                }
+            }
+        };
         Ok(Self {
             actor_vs,
             actor,
@@ -147,6 +171,7 @@ impl Agent {
             shape,
             device,
             native_select,
+            native_critic,
             diagnostics: true,
             imitation: config.imitation,
             ema,
@@ -362,6 +387,18 @@ impl Agent {
 
     fn td_target_marked(&mut self, b: &TensorBatch, mark: Mark) -> Result<(Tensor, Tensor, Metrics)> {
         let _no_grad = tch::no_grad_guard();
+        let (next_chunk, selection) = self.select_next(b, mark)?;
+        let next_q = self.critic.q_target(&b.next_observations, &next_chunk);
+        let next_v = self.critic.config().aggregate.apply(&next_q);
+        let target = self.critic.td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon);
+        mark("target: value");
+        Ok((target, next_chunk, selection))
+    }
+
+    /// The chunk selected at each next state of the batch `[B, h·A]` (on the engine of
+    /// `agent.select_engine`, noise from libtorch's generator), and the selection diagnostics.
+    fn select_next(&mut self, b: &TensorBatch, mark: Mark) -> Result<(Tensor, Metrics)> {
+        let _no_grad = tch::no_grad_guard();
         let n = self.num_samples;
         let (bs, d) = (b.next_observations.size()[0], self.shape.flat_dim() as i64);
         let noise = Tensor::randn([bs * n as i64, d], (b.next_observations.kind(), b.next_observations.device()));
@@ -380,11 +417,7 @@ impl Agent {
             let spread = candidates.view([bs, n as i64, d]).std_dim(1, true, false).mean(Kind::Float);
             selection.push(("select/candidate_std", spread));
         }
-        let next_q = self.critic.q_target(&b.next_observations, &next_chunk);
-        let next_v = self.critic.config().aggregate.apply(&next_q);
-        let target = self.critic.td_target(&b.rewards, &b.masks, &next_v, self.shape.horizon);
-        mark("target: value");
-        Ok((target, next_chunk, selection))
+        Ok((next_chunk, selection))
     }
 
     /// The actor's loss: its own generative loss, masked by `valid`, on the buffer's chunks —
@@ -421,6 +454,11 @@ impl Agent {
             self.actor_step(&actor_loss, mark);
             return Ok(metrics);
         }
+        if let Some(mut native) = self.native_critic.take() {
+            let result = self.update_native_critic(&mut native, b, mark);
+            self.native_critic = Some(native);
+            return result;
+        }
         let (critic_loss, mut metrics) = self.critic_loss_marked(b, mark)?;
         let (actor_loss, actor_metrics) = self.actor_loss(b);
         mark("actor: loss");
@@ -436,6 +474,51 @@ impl Agent {
         self.actor_step(&actor_loss, mark);
         self.critic.soft_update();
         mark("polyak");
+        metrics.extend(actor_metrics);
+        Ok(metrics)
+    }
+
+    /// Whether the critic's update runs on the native kernels (`agent.critic_engine`).
+    pub fn critic_natively(&self) -> bool {
+        self.native_critic.is_some()
+    }
+
+    /// [`Agent::update_marked`] with the critic's TD update on the native kernels: the same
+    /// selection, target, loss and Adam arithmetic, from host copies of the batch.
+    fn update_native_critic(&mut self, native: &mut NativeCritic, b: &TensorBatch, mark: Mark) -> Result<Metrics> {
+        let (next_chunk, mut metrics) = self.select_next(b, mark)?;
+        let h = self.shape.horizon;
+        let (rewards, masks) = (host(&b.rewards), host(&b.masks));
+        let target =
+            native.td_target(&self.critic, &host(&b.next_observations), &host(&next_chunk), &rewards, &masks, h);
+        mark("target: value");
+        let valid = host(&b.valid.select(1, h as i64 - 1));
+        let (cl, q) = native.loss_and_grads(&self.critic, &host(&b.observations), &host(&b.actions), &target, &valid);
+        mark("critic: loss and backward (native)");
+        let (actor_loss, actor_metrics) = self.actor_loss(b);
+        mark("actor: loss");
+        let al = actor_loss.double_value(&[]);
+        if !cl.is_finite() || !al.is_finite() {
+            anyhow::bail!("non-finite loss (critic {cl}, actor {al}); stopping, the last checkpoint is kept");
+        }
+        self.critic_opt.step_flat(&native.grads)?;
+        mark("critic: adam");
+        self.actor_step(&actor_loss, mark);
+        self.critic.soft_update();
+        mark("polyak");
+        let all = q.iter().flatten().copied();
+        let rows = target.len().max(1);
+        let aggregate = self.critic.config().aggregate;
+        let q_data = (0..rows).map(|r| crate::native_critic::combine(aggregate, q.iter().map(|m| m[r]))).sum::<f32>();
+        let scalar = |v: f64| Tensor::from(v as f32);
+        metrics.extend([
+            ("critic/loss", scalar(cl)),
+            ("critic/q_mean", scalar(all.clone().map(f64::from).sum::<f64>() / (q.len() * rows) as f64)),
+            ("critic/q_max", scalar(f64::from(all.clone().fold(f32::NEG_INFINITY, f32::max)))),
+            ("critic/q_min", scalar(f64::from(all.fold(f32::INFINITY, f32::min)))),
+            ("critic/q_data", scalar(f64::from(q_data) / rows as f64)),
+            ("critic/target_mean", scalar(target.iter().map(|&v| f64::from(v)).sum::<f64>() / rows as f64)),
+        ]);
         metrics.extend(actor_metrics);
         Ok(metrics)
     }

@@ -140,6 +140,12 @@ pub struct AgentConfig {
     /// chunks within fp32 rounding; bf16 rounds the candidates and scores (learning measured
     /// the same, experiments/speed/). It is most of an update's arithmetic at N = 32.
     pub select_engine: SelectEngine,
+    /// Where the critic's TD update runs: `libtorch`, or `native`: the target members'
+    /// values, the online members' forward and backward passes on the native fp32 kernels and
+    /// Adam from their host gradients (CPU, GELU critics, fp32 matmuls, Adam without weight
+    /// decay or clipping; the same loss, tested against libtorch's gradients). `auto`: native
+    /// where it can run.
+    pub critic_engine: CriticEngine,
     /// Imitation learning: the actor is trained on the dataset's chunks alone (behaviour
     /// cloning with the actor's generative loss), with no critic update, no TD target and no
     /// selection; needs `num_samples = 1` and no online phase. MP1-style runs.
@@ -169,6 +175,19 @@ pub enum Remote {
     Local,
     /// Ray actors (`env.ray_address`, `env.ray_cpus`).
     Ray,
+}
+
+/// Where the critic's TD update runs (`agent.critic_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CriticEngine {
+    /// `native` where it can run, else `libtorch`.
+    Auto,
+    /// libtorch's autograd and the optimiser's tensor step.
+    #[default]
+    Libtorch,
+    /// The native fp32 kernels (`mvp-infer`) and a host-gradient Adam step.
+    Native,
 }
 
 /// Where the TD target's generate-and-select runs (`agent.select_engine`).
@@ -209,6 +228,7 @@ impl Default for AgentConfig {
             imitation: false,
             actor_ema: 0.0,
             select_engine: SelectEngine::Auto,
+            critic_engine: CriticEngine::Libtorch,
             batch_size: 256,
             actor: ActorConfig::default(),
             critic: CriticConfig::default(),

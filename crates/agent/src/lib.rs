@@ -10,6 +10,7 @@ pub mod agent;
 pub mod config;
 pub mod eval;
 pub mod export;
+mod native_critic;
 pub mod progress;
 pub mod run_dir;
 pub mod trainer;

@@ -132,6 +132,11 @@ impl Critic {
         (loss, metrics)
     }
 
+    /// The target members (what values the selected chunk in the TD target).
+    pub fn target(&self) -> &EnsembleMlp {
+        &self.target
+    }
+
     /// The online members (what acting scores candidates with).
     pub fn online(&self) -> &EnsembleMlp {
         &self.online

@@ -9,6 +9,9 @@
 //! heap allocation (tested). One thread; the kernels are sized for the policy shapes (tens to
 //! hundreds of rows × 512).
 //!
+//! The same kernels also run the forward and backward passes of an MLP in fp32 ([`MlpGrad`]):
+//! the training code updates its critic with them on the CPU.
+//!
 //! A trained policy leaves a run as a folder ([`PolicyFile`]: `policy.safetensors` +
 //! `policy.json`, written by `mvp export`) that this crate loads and acts with.
 //!
@@ -18,11 +21,13 @@
 #![warn(missing_docs)]
 
 mod amx;
+mod backprop;
 mod file;
 mod gemm;
 mod mlp;
 mod policy;
 
+pub use backprop::{LayerGrads, LayerParams, MlpGrad};
 pub use file::{
     ActorSpec, CriticSpec, LayerSpec, NetworkSpec, PolicyFile, PolicyFileError, PolicySpec, Preprocessing, FORMAT,
     SPEC_FILE, WEIGHTS_FILE,

@@ -54,7 +54,7 @@ impl MlpWeights {
     }
 }
 
-const LN_EPS: f32 = 1e-5;
+pub(crate) const LN_EPS: f32 = 1e-5;
 
 /// An MLP ready to run: packed weights and scratch buffers that grow on the first call for a
 /// row count and are reused afterwards (no allocation on later calls of the same or fewer rows).
@@ -338,7 +338,7 @@ fn activate_portable(a: Activation, x: &mut [f32]) {
 
 /// Sum with 16 independent partial sums (vectorises; a plain fold would not, to keep its order).
 #[inline(always)]
-fn sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(crate) fn sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = x.chunks_exact(16);
     let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();

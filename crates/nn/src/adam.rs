@@ -30,6 +30,40 @@ impl Default for AdamConfig {
     }
 }
 
+/// The constants of one Adam step, applied element by element.
+struct Elementwise {
+    w1: f32,
+    w2: f32,
+    bc2: f32,
+    eps: f32,
+    step: f32,
+    grad_scale: f32,
+}
+
+impl Elementwise {
+    fn new(c: &AdamConfig, bc1: f64, bc2: f64, grad_scale: f64) -> Self {
+        Self {
+            w1: (1.0 - c.beta1) as f32,
+            w2: (1.0 - c.beta2) as f32,
+            bc2: bc2 as f32,
+            eps: c.eps as f32,
+            step: (-c.lr / bc1) as f32,
+            grad_scale: grad_scale as f32,
+        }
+    }
+
+    /// Moments and parameter in one pass.
+    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        for j in 0..p.len() {
+            let g = g[j] * self.grad_scale;
+            // libtorch's lerp for weights below one half: start + w·(end − start).
+            m[j] += self.w1 * (g - m[j]);
+            v[j] += self.w2 * (g * g - v[j]);
+            p[j] += m[j] / ((v[j] / self.bc2).sqrt() + self.eps) * self.step;
+        }
+    }
+}
+
 /// Adam over the trainable variables of one [`VarStore`].
 ///
 /// Unlike tch's optimiser, its moments and step count can be saved and restored, so a
@@ -173,8 +207,7 @@ impl Adam {
         if !fits(&self.m) || !fits(&self.v) || !self.params.iter().chain(grads).all(fits) {
             return false;
         }
-        let (w1, w2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-        let (bc2, eps, step, gs) = (bc2 as f32, c.eps as f32, (-c.lr / bc1) as f32, grad_scale as f32);
+        let k = Elementwise::new(c, bc1, bc2, grad_scale);
         // SAFETY: every tensor is a contiguous fp32 CPU tensor; `m` and `v` hold `offsets[i] +
         // numel` elements for parameter i; parameters, gradients and moments are distinct
         // storages, so the slices do not alias; nothing else runs on them during the step.
@@ -186,16 +219,55 @@ impl Adam {
                 let g = std::slice::from_raw_parts(g.data_ptr() as *const f32, n);
                 let m = std::slice::from_raw_parts_mut(m_all.add(self.offsets[i] as usize), n);
                 let v = std::slice::from_raw_parts_mut(v_all.add(self.offsets[i] as usize), n);
-                for j in 0..n {
-                    let g = g[j] * gs;
-                    // libtorch's lerp for weights below one half: start + w·(end − start).
-                    m[j] += w1 * (g - m[j]);
-                    v[j] += w2 * (g * g - v[j]);
-                    p[j] += m[j] / ((v[j] / bc2).sqrt() + eps) * step;
-                }
+                k.apply(p, g, m, v);
             }
         }
         true
+    }
+
+    /// Total number of optimised parameters: the length of a flat gradient.
+    pub fn numel(&self) -> usize {
+        self.params.iter().map(|p| p.numel()).sum()
+    }
+
+    /// Where `param` (one of the optimised variables, or a shallow clone of one) starts in a
+    /// flat gradient; `None` for any other tensor.
+    pub fn offset_of(&self, param: &Tensor) -> Option<usize> {
+        let ptr = param.data_ptr();
+        self.params.iter().position(|p| p.data_ptr() == ptr).map(|i| self.offsets[i] as usize)
+    }
+
+    /// One update from a flat host gradient (every parameter's gradient, each at its
+    /// [`Adam::offset_of`]) instead of the tensors' `.grad`: for gradients computed outside
+    /// libtorch. The arithmetic of [`Adam::step`]'s fused pass. Fp32 CPU parameters only, and
+    /// without weight decay or clipping.
+    pub fn step_flat(&mut self, grads: &[f32]) -> Result<()> {
+        let c = self.config.clone();
+        if c.weight_decay != 0.0 || c.max_grad_norm.is_some() {
+            bail!("a flat-gradient Adam step supports neither weight decay nor gradient clipping");
+        }
+        let fits = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == tch::Kind::Float && t.is_contiguous();
+        if !fits(&self.m) || !fits(&self.v) || !self.params.iter().all(fits) {
+            bail!("a flat-gradient Adam step needs contiguous fp32 CPU parameters");
+        }
+        if grads.len() != self.numel() {
+            bail!("flat gradient of {} numbers for {} parameters", grads.len(), self.numel());
+        }
+        self.step += 1;
+        let t = self.step as f64;
+        let k = Elementwise::new(&c, 1.0 - c.beta1.powf(t), 1.0 - c.beta2.powf(t), 1.0);
+        // SAFETY: as in `fused_cpu_step`; `grads` is a host slice of the parameters' total size.
+        unsafe {
+            let (m_all, v_all) = (self.m.data_ptr() as *mut f32, self.v.data_ptr() as *mut f32);
+            for (i, p) in self.params.iter().enumerate() {
+                let (n, o) = (p.numel(), self.offsets[i] as usize);
+                let p = std::slice::from_raw_parts_mut(p.data_ptr() as *mut f32, n);
+                let m = std::slice::from_raw_parts_mut(m_all.add(o), n);
+                let v = std::slice::from_raw_parts_mut(v_all.add(o), n);
+                k.apply(p, &grads[o..o + n], m, v);
+            }
+        }
+        Ok(())
     }
 
     /// The optimiser state as named tensors (`{prefix}m/{name}`, `{prefix}v/{name}`, copies

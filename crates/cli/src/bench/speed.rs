@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig};
-use mvp_agent::config::{AgentConfig, SelectEngine};
+use mvp_agent::config::{AgentConfig, CriticEngine, SelectEngine};
 use mvp_agent::{Agent, TensorBatch};
 use mvp_infer::Precision;
 use mvp_nn::{DeviceChoice, MatmulPrecision, MlpConfig, Runtime};
@@ -114,6 +114,9 @@ pub struct TrainArgs {
     /// auto, libtorch, native-f32, native-bf16. Methods without a native path always use libtorch.
     #[arg(long, value_delimiter = ',', default_value = "libtorch,auto")]
     select: Vec<SelectEngineArg>,
+    /// Engines of the critic's TD update to measure (`agent.critic_engine`): libtorch, native.
+    #[arg(long, value_delimiter = ',', default_value = "libtorch")]
+    critic: Vec<CriticEngineArg>,
     /// Also time each phase of an update (median ms, FLOPs and GFLOP/s per phase) and print
     /// that table.
     #[arg(long)]
@@ -142,6 +145,15 @@ impl SelectEngineArg {
             SelectEngineArg::NativeBf16 => SelectEngine::NativeBf16,
         }
     }
+}
+
+/// `agent.critic_engine` as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CriticEngineArg {
+    /// libtorch's autograd.
+    Libtorch,
+    /// The native fp32 kernels.
+    Native,
 }
 
 /// A method of the comparison: a name and its agent settings.
@@ -416,6 +428,8 @@ struct TrainRow {
     matmul: MatmulPrecision,
     /// The engine the TD target's selection ran on.
     select: String,
+    /// The engine the critic's update ran on.
+    critic: String,
     batch: usize,
     median_ms_per_iter: f64,
     iters_per_s: f64,
@@ -485,6 +499,7 @@ fn phase_gflop(c: &Common, config: &AgentConfig, batch: usize) -> Vec<(&'static 
         ("critic: loss", critic * b * g),
         ("actor: loss", actor_loss * b * g),
         ("critic: backward", 2.0 * critic * b * g),
+        ("critic: loss and backward (native)", 3.0 * critic * b * g),
         ("actor: backward", actor_backward * b * g),
     ]
 }
@@ -497,14 +512,21 @@ pub fn train(args: TrainArgs) -> Result<()> {
     for &matmul in &args.matmul {
         device = Runtime { device: c.device, threads: c.threads, matmul }.apply()?;
         for m in methods(c) {
-            for &select in &args.select {
+            for (&select, &critic) in args.select.iter().flat_map(|s| args.critic.iter().map(move |c| (s, c))) {
                 tch::manual_seed(0);
                 let mut config = m.config.clone();
                 config.batch_size = args.batch;
                 config.select_engine = select.engine();
+                config.critic_engine = match critic {
+                    CriticEngineArg::Libtorch => CriticEngine::Libtorch,
+                    CriticEngineArg::Native => CriticEngine::Native,
+                };
                 let mut agent = match Agent::new(c.obs_dim, c.action_dim, &config, device) {
                     Ok(a) => a,
-                    Err(e) if select != SelectEngineArg::Auto && select != SelectEngineArg::Libtorch => {
+                    Err(e)
+                        if (select != SelectEngineArg::Auto && select != SelectEngineArg::Libtorch)
+                            || critic == CriticEngineArg::Native =>
+                    {
                         tracing::warn!("{}: skipped: {e:#}", m.name);
                         continue;
                     }
@@ -519,14 +541,19 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 } else {
                     "libtorch"
                 };
-                if rows.iter().any(|r| r.method == m.name && r.matmul == matmul && r.select == used) {
+                let critic_used = if agent.critic_natively() { "native" } else { "libtorch" };
+                if rows
+                    .iter()
+                    .any(|r| r.method == m.name && r.matmul == matmul && r.select == used && r.critic == critic_used)
+                {
                     continue; // e.g. auto = libtorch for an actor without a native path
                 }
                 // As in training, where only the logged updates (1 in 100 or more) compute them.
                 agent.set_diagnostics(false);
-                let row = time_updates(&mut agent, &args, &config, matmul, used, &m.name, device)?;
+                let mut row = time_updates(&mut agent, &args, &config, matmul, used, &m.name, device)?;
+                row.critic = critic_used.to_string();
                 tracing::info!(
-                    "{} ({matmul} matmuls, {used} selection): {:.1} ms per iteration",
+                    "{} ({matmul} matmuls, {used} selection, {critic_used} critic update): {:.1} ms per iteration",
                     m.name,
                     row.median_ms_per_iter
                 );
@@ -540,18 +567,24 @@ pub fn train(args: TrainArgs) -> Result<()> {
          networks {:?}, median of {} iterations\n",
         c.threads, device, args.batch, c.hidden, args.iters
     );
-    println!("| method | matmuls | TD-target selection | ms / iteration | iterations / s | MVP speed-up (same matmuls and selection) |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| method | matmuls | TD-target selection | critic update | ms / iteration | iterations / s | MVP speed-up \
+         (same engines) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for r in &rows {
         let base = rows
             .iter()
-            .find(|b| b.matmul == r.matmul && b.select == r.select && b.method.starts_with("MVP"))
+            .find(|b| {
+                b.matmul == r.matmul && b.select == r.select && b.critic == r.critic && b.method.starts_with("MVP")
+            })
             .map(|b| b.iters_per_s);
         println!(
-            "| {} | {} | {} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {:.1} | {:.2} | {:.2} |",
             r.method,
             r.matmul,
             r.select,
+            r.critic,
             r.median_ms_per_iter,
             r.iters_per_s,
             base.map(|b| b / r.iters_per_s).unwrap_or(f64::NAN)
@@ -561,8 +594,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         println!("\nWhere the time of one update goes (median ms per phase; GFLOP/s of its matrix products)\n");
         for r in &rows {
             println!(
-                "{} ({} matmuls, {} selection): {:.1} ms per update",
-                r.method, r.matmul, r.select, r.median_ms_per_iter
+                "{} ({} matmuls, {} selection, {} critic update): {:.1} ms per update",
+                r.method, r.matmul, r.select, r.critic, r.median_ms_per_iter
             );
             println!("| phase | ms | share | GFLOP | GFLOP/s |");
             println!("|---|---|---|---|---|");
@@ -656,6 +689,7 @@ fn time_updates(
         method: name.to_string(),
         matmul,
         select: used.to_string(),
+        critic: String::new(),
         batch: args.batch,
         median_ms_per_iter: median,
         iters_per_s: 1e3 / median,

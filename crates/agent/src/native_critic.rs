@@ -1,0 +1,312 @@
+//! The critic's TD update on the native kernels (`agent.critic_engine`): the target members'
+//! values of the selected chunks, the online members' forward and backward passes
+//! ([`mvp_infer::MlpGrad`], fp32) and Adam from the host gradients ([`Adam::step_flat`]). The
+//! same loss as [`mvp_critic::Critic::td_loss`] — the mean over members and batch of
+//! `(Q − y)²·valid` — without a libtorch call between the batch and the parameters; at CPU
+//! batch sizes libtorch spends most of this update dispatching small operations.
+
+use anyhow::{bail, Result};
+use mvp_critic::{Aggregate, Critic};
+use mvp_infer::{LayerGrads, LayerParams, MlpGrad};
+use mvp_nn::{Activation, Adam, EnsembleMlp, Layer};
+use tch::{Device, Kind, Tensor};
+
+/// Where one layer's gradients go in the optimiser's flat gradient (member 0; member e adds
+/// e times the parameter's per-member size).
+#[derive(Debug, Clone, Copy)]
+struct Slots {
+    weight: usize,
+    bias: usize,
+    norm: Option<(usize, usize)>,
+}
+
+/// One layer's gradient buffers.
+#[derive(Debug, Default)]
+struct GradBuffers {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+/// The native critic update's state: per-member forward/backward workspaces, the flat
+/// gradient in the optimiser's layout and the slots of each layer in it.
+#[derive(Debug)]
+pub struct NativeCritic {
+    online: Vec<MlpGrad>,
+    target: Vec<MlpGrad>,
+    dims: Vec<usize>,
+    slots: Vec<Slots>,
+    buffers: Vec<GradBuffers>,
+    /// The last update's flat gradient, for [`Adam::step_flat`].
+    pub grads: Vec<f32>,
+    input: Vec<f32>,
+}
+
+/// The host values of a contiguous fp32 CPU tensor, member `e`'s part of an ensemble tensor
+/// `[E, ...]` of `len` numbers per member.
+fn member<'a>(t: &'a Tensor, e: usize, len: usize) -> &'a [f32] {
+    assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && (e + 1) * len <= t.numel());
+    // SAFETY: a contiguous fp32 CPU tensor holds numel() floats from data_ptr; the caller
+    // (one update, on this thread) does not write the parameters while the slice lives.
+    unsafe { &std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel())[e * len..(e + 1) * len] }
+}
+
+fn params<'a>(layers: &'a [Layer], dims: &[usize], e: usize) -> Vec<LayerParams<'a>> {
+    layers
+        .iter()
+        .enumerate()
+        .map(|(l, layer)| {
+            let (i, o) = (dims[l], dims[l + 1]);
+            LayerParams {
+                weight: member(&layer.weight, e, i * o),
+                bias: member(&layer.bias, e, o),
+                norm: layer.norm.as_ref().map(|(s, b)| (member(s, e, o), member(b, e, o))),
+            }
+        })
+        .collect()
+}
+
+impl NativeCritic {
+    /// The native update of `critic`, optimised by `opt`; an error says why it cannot run
+    /// (another activation, device or parameter layout).
+    pub fn new(critic: &Critic, opt: &Adam) -> Result<Self> {
+        let net = critic.online();
+        if net.activation() != Activation::Gelu {
+            bail!("the native critic update supports GELU critics, not {:?}", net.activation());
+        }
+        let layers = net.layers();
+        let mut dims = Vec::with_capacity(layers.len() + 1);
+        for (l, layer) in layers.iter().enumerate() {
+            let (device, kind) = (layer.weight.device(), layer.weight.kind());
+            if device != Device::Cpu || kind != Kind::Float {
+                bail!("the native critic update needs fp32 CPU parameters (layer {l} is {kind:?} on {device:?})");
+            }
+            let size = layer.weight.size();
+            if l == 0 {
+                dims.push(size[1] as usize);
+            }
+            dims.push(size[2] as usize);
+        }
+        let layer_norm = layers.iter().any(|l| l.norm.is_some());
+        let mut slots = Vec::with_capacity(layers.len());
+        let offset = |t: &Tensor| {
+            opt.offset_of(t).ok_or_else(|| anyhow::anyhow!("a critic parameter is not among the optimiser's"))
+        };
+        for layer in layers {
+            let norm = match &layer.norm {
+                Some((s, b)) => Some((offset(s)?, offset(b)?)),
+                None => None,
+            };
+            slots.push(Slots { weight: offset(&layer.weight)?, bias: offset(&layer.bias)?, norm });
+        }
+        let members = net.members();
+        let make = || (0..members).map(|_| MlpGrad::new(&dims, layer_norm)).collect::<Vec<_>>();
+        let buffers = (0..layers.len())
+            .map(|l| {
+                let (i, o) = (dims[l], dims[l + 1]);
+                let norm = if layers[l].norm.is_some() { o } else { 0 };
+                GradBuffers {
+                    weight: vec![0.0; i * o],
+                    bias: vec![0.0; o],
+                    scale: vec![0.0; norm],
+                    shift: vec![0.0; norm],
+                }
+            })
+            .collect();
+        Ok(Self {
+            online: make(),
+            target: make(),
+            dims,
+            slots,
+            buffers,
+            grads: vec![0.0; opt.numel()],
+            input: Vec::new(),
+        })
+    }
+
+    fn fill_input(&mut self, obs: &[f32], chunks: &[f32], rows: usize) {
+        let (s, d) = (obs.len() / rows, chunks.len() / rows);
+        self.input.clear();
+        for r in 0..rows {
+            self.input.extend_from_slice(&obs[r * s..(r + 1) * s]);
+            self.input.extend_from_slice(&chunks[r * d..(r + 1) * d]);
+        }
+    }
+
+    /// Each member's values `[E][rows]` of `net` (with `works`) at `[obs, chunks]`.
+    fn values(
+        works: &mut [MlpGrad],
+        net: &EnsembleMlp,
+        dims: &[usize],
+        input: &[f32],
+        rows: usize,
+        backward: bool,
+    ) -> Vec<Vec<f32>> {
+        works
+            .iter_mut()
+            .enumerate()
+            .map(|(e, w)| {
+                let p = params(net.layers(), dims, e);
+                w.set_params(&p, backward);
+                let stride = w.out_stride();
+                let out = w.forward(input, rows, &p);
+                (0..rows).map(|r| out[r * stride]).collect()
+            })
+            .collect()
+    }
+
+    /// The TD target `[rows]`: `rewards + γ^h·masks·V(next_obs, next_chunks)` with V the
+    /// target members' values combined as the critic's config says.
+    pub fn td_target(
+        &mut self,
+        critic: &Critic,
+        next_obs: &[f32],
+        next_chunks: &[f32],
+        rewards: &[f32],
+        masks: &[f32],
+        horizon: usize,
+    ) -> Vec<f32> {
+        let rows = rewards.len();
+        self.fill_input(next_obs, next_chunks, rows);
+        let q = Self::values(&mut self.target, critic.target(), &self.dims, &self.input, rows, false);
+        let discount = critic.config().gamma.powi(horizon as i32) as f32;
+        (0..rows)
+            .map(|r| {
+                let v = combine(critic.config().aggregate, q.iter().map(|m| m[r]));
+                rewards[r] + discount * masks[r] * v
+            })
+            .collect()
+    }
+
+    /// The TD loss of the online members at `[obs, chunks]` against `target` (samples counted
+    /// where `valid`), its gradient in [`NativeCritic::grads`], and the online values `[E][rows]`.
+    pub fn loss_and_grads(
+        &mut self,
+        critic: &Critic,
+        obs: &[f32],
+        chunks: &[f32],
+        target: &[f32],
+        valid: &[f32],
+    ) -> (f64, Vec<Vec<f32>>) {
+        let rows = target.len();
+        self.fill_input(obs, chunks, rows);
+        let net = critic.online();
+        let q = Self::values(&mut self.online, net, &self.dims, &self.input, rows, true);
+        let n = (q.len() * rows) as f32;
+        let mut loss = 0.0f64;
+        for (e, qe) in q.iter().enumerate() {
+            let dq: Vec<f32> = (0..rows)
+                .map(|r| {
+                    let err = qe[r] - target[r];
+                    loss += f64::from(err * err * valid[r]);
+                    2.0 * err * valid[r] / n
+                })
+                .collect();
+            let p = params(net.layers(), &self.dims, e);
+            let mut g: Vec<LayerGrads> = self
+                .buffers
+                .iter_mut()
+                .map(|b| LayerGrads {
+                    weight: &mut b.weight,
+                    bias: &mut b.bias,
+                    norm: (!b.scale.is_empty()).then_some((&mut b.scale, &mut b.shift)),
+                })
+                .collect();
+            self.online[e].backward(&dq, &p, &mut g);
+            for (l, (b, s)) in self.buffers.iter().zip(&self.slots).enumerate() {
+                let (i, o) = (self.dims[l], self.dims[l + 1]);
+                let put = |grads: &mut [f32], at: usize, v: &[f32]| {
+                    grads[at + e * v.len()..at + (e + 1) * v.len()].copy_from_slice(v)
+                };
+                put(&mut self.grads, s.weight, &b.weight[..i * o]);
+                put(&mut self.grads, s.bias, &b.bias[..o]);
+                if let Some((ss, sb)) = s.norm {
+                    put(&mut self.grads, ss, &b.scale);
+                    put(&mut self.grads, sb, &b.shift);
+                }
+            }
+        }
+        (loss / f64::from(n), q)
+    }
+}
+
+/// The members' values combined by `aggregate`.
+pub fn combine(aggregate: Aggregate, values: impl Iterator<Item = f32>) -> f32 {
+    match aggregate {
+        Aggregate::Mean => {
+            let (sum, n) = values.fold((0.0f32, 0usize), |(s, n), v| (s + v, n + 1));
+            sum / n as f32
+        }
+        Aggregate::Min => values.fold(f32::INFINITY, f32::min),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mvp_critic::CriticConfig;
+    use mvp_nn::{AdamConfig, MlpConfig};
+
+    fn host(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap()
+    }
+
+    /// The native TD target, loss and gradients against libtorch's on the same critic and
+    /// batch (random weights, LayerNorm on and off, mean and min aggregation).
+    #[test]
+    fn native_td_loss_and_gradients_equal_libtorch() {
+        for (layer_norm, aggregate) in [(true, Aggregate::Mean), (false, Aggregate::Min)] {
+            tch::manual_seed(7);
+            let (s, d, b, h) = (11usize, 10usize, 37usize, 5usize);
+            let network = MlpConfig { hidden: vec![48, 40], activation: Activation::Gelu, layer_norm };
+            let config = CriticConfig { network, ensemble: 3, aggregate, ..CriticConfig::default() };
+            let mut critic = Critic::new(Device::Cpu, s, d, config);
+            // Make the target differ from the online members, and every LayerNorm non-trivial.
+            tch::no_grad(|| {
+                for (_, mut t) in critic.target_vs.variables() {
+                    let _ = t.g_add_(&(t.randn_like() * 0.1));
+                }
+                for (_, mut t) in critic.vs.variables() {
+                    let _ = t.g_add_(&(t.randn_like() * 0.05));
+                }
+            });
+            let opt = Adam::new(&critic.vs, AdamConfig::default());
+            let obs = Tensor::randn([b as i64, s as i64], (Kind::Float, Device::Cpu));
+            let chunks = Tensor::randn([b as i64, d as i64], (Kind::Float, Device::Cpu)).clamp(-1.0, 1.0);
+            let next_obs = Tensor::randn([b as i64, s as i64], (Kind::Float, Device::Cpu));
+            let next_chunks = Tensor::randn([b as i64, d as i64], (Kind::Float, Device::Cpu)).clamp(-1.0, 1.0);
+            let rewards = Tensor::randn([b as i64], (Kind::Float, Device::Cpu));
+            let masks = Tensor::rand([b as i64], (Kind::Float, Device::Cpu)).gt(0.2).to_kind(Kind::Float);
+            let valid = Tensor::rand([b as i64], (Kind::Float, Device::Cpu)).gt(0.1).to_kind(Kind::Float);
+
+            // libtorch
+            let next_v = aggregate.apply(&critic.q_target(&next_obs, &next_chunks));
+            let target = critic.td_target(&rewards, &masks, &next_v, h);
+            let (loss, _) = critic.td_loss(&obs, &chunks, &target, &valid);
+            loss.backward();
+
+            // native
+            let mut native = NativeCritic::new(&critic, &opt).unwrap();
+            let y = native.td_target(&critic, &host(&next_obs), &host(&next_chunks), &host(&rewards), &host(&masks), h);
+            for (a, e) in y.iter().zip(host(&target)) {
+                assert!((a - e).abs() <= 1e-4 * (1.0 + e.abs()), "TD target {a} vs {e}");
+            }
+            let (native_loss, _) =
+                native.loss_and_grads(&critic, &host(&obs), &host(&chunks), &host(&target), &host(&valid));
+            let l = loss.double_value(&[]);
+            assert!((native_loss - l).abs() <= 1e-5 * (1.0 + l.abs()), "loss {native_loss} vs {l}");
+            let mut checked = 0;
+            for (name, p) in critic.vs.variables() {
+                let g = host(&p.grad());
+                let at = opt.offset_of(&p).unwrap();
+                let ours = &native.grads[at..at + g.len()];
+                let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let worst = ours.iter().zip(&g).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+                assert!(worst <= 1e-4 * scale, "{name}: gradient off by {worst} (largest {scale})");
+                checked += 1;
+            }
+            assert_eq!(checked, if layer_norm { 3 * 2 + 2 * 2 } else { 3 * 2 });
+        }
+    }
+}
