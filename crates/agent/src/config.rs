@@ -143,8 +143,8 @@ pub struct AgentConfig {
     /// Where the critic's TD update runs: `libtorch`, or `native`: the target members'
     /// values, the online members' forward and backward passes on the native fp32 kernels and
     /// Adam from their host gradients (CPU, GELU critics, fp32 matmuls, Adam without weight
-    /// decay or clipping; the same loss, tested against libtorch's gradients). `auto`: native
-    /// where it can run.
+    /// decay or clipping; the same loss, tested against libtorch's gradients). `auto` (the
+    /// default): native where it can run.
     pub critic_engine: CriticEngine,
     /// Imitation learning: the actor is trained on the dataset's chunks alone (behaviour
     /// cloning with the actor's generative loss), with no critic update, no TD target and no
@@ -182,9 +182,9 @@ pub enum Remote {
 #[serde(rename_all = "kebab-case")]
 pub enum CriticEngine {
     /// `native` where it can run, else `libtorch`.
+    #[default]
     Auto,
     /// libtorch's autograd and the optimiser's tensor step.
-    #[default]
     Libtorch,
     /// The native fp32 kernels (`mvp-infer`) and a host-gradient Adam step.
     Native,
@@ -228,7 +228,7 @@ impl Default for AgentConfig {
             imitation: false,
             actor_ema: 0.0,
             select_engine: SelectEngine::Auto,
-            critic_engine: CriticEngine::Libtorch,
+            critic_engine: CriticEngine::Auto,
             batch_size: 256,
             actor: ActorConfig::default(),
             critic: CriticConfig::default(),
