@@ -114,8 +114,9 @@ pub struct TrainArgs {
     /// auto, libtorch, native-f32, native-bf16. Methods without a native path always use libtorch.
     #[arg(long, value_delimiter = ',', default_value = "libtorch,auto")]
     select: Vec<SelectEngineArg>,
-    /// Engines of the critic's TD update to measure (`agent.critic_engine`): libtorch, native.
-    #[arg(long, value_delimiter = ',', default_value = "libtorch")]
+    /// Engines of the critic's TD update to measure (`agent.critic_engine`): auto (what
+    /// training uses), libtorch, native.
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
     critic: Vec<CriticEngineArg>,
     /// Also time each phase of an update (median ms, FLOPs and GFLOP/s per phase) and print
     /// that table.
@@ -150,6 +151,8 @@ impl SelectEngineArg {
 /// `agent.critic_engine` as a command-line value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CriticEngineArg {
+    /// The config's default: native where it can run.
+    Auto,
     /// libtorch's autograd.
     Libtorch,
     /// The native fp32 kernels.
@@ -518,6 +521,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 config.batch_size = args.batch;
                 config.select_engine = select.engine();
                 config.critic_engine = match critic {
+                    CriticEngineArg::Auto => CriticEngine::Auto,
                     CriticEngineArg::Libtorch => CriticEngine::Libtorch,
                     CriticEngineArg::Native => CriticEngine::Native,
                 };
