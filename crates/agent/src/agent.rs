@@ -145,6 +145,9 @@ impl Agent {
                     Err(anyhow::anyhow!("it runs on the CPU, the networks are on {device:?}"))
                 } else if mvp_nn::MatmulPrecision::current() != mvp_nn::MatmulPrecision::F32 {
                     Err(anyhow::anyhow!("it multiplies in fp32, runtime.matmul asks for bf16"))
+                } else if engine == CriticEngine::Auto && !mvp_infer::has_avx512() {
+                    // The portable kernels are correct but slower than libtorch.
+                    Err(anyhow::anyhow!("this CPU has no AVX-512"))
                 } else if config.critic_optim.weight_decay != 0.0 || config.critic_optim.max_grad_norm.is_some() {
                     Err(anyhow::anyhow!("its Adam step has no weight decay or gradient clipping"))
                 } else {

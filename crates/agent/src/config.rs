@@ -144,7 +144,7 @@ pub struct AgentConfig {
     /// values, the online members' forward and backward passes on the native fp32 kernels and
     /// Adam from their host gradients (CPU, GELU critics, fp32 matmuls, Adam without weight
     /// decay or clipping; the same loss, tested against libtorch's gradients). `auto` (the
-    /// default): native where it can run.
+    /// default): native where it can run on a CPU with AVX-512.
     pub critic_engine: CriticEngine,
     /// Imitation learning: the actor is trained on the dataset's chunks alone (behaviour
     /// cloning with the actor's generative loss), with no critic update, no TD target and no
