@@ -261,7 +261,7 @@ mod tests {
             let (s, d, b, h) = (11usize, 10usize, 37usize, 5usize);
             let network = MlpConfig { hidden: vec![48, 40], activation: Activation::Gelu, layer_norm };
             let config = CriticConfig { network, ensemble: 3, aggregate, ..CriticConfig::default() };
-            let mut critic = Critic::new(Device::Cpu, s, d, config);
+            let critic = Critic::new(Device::Cpu, s, d, config);
             // Make the target differ from the online members, and every LayerNorm non-trivial.
             tch::no_grad(|| {
                 for (_, mut t) in critic.target_vs.variables() {
