@@ -11,6 +11,12 @@ use tch::{Device, Kind, Tensor};
 const S: usize = 37;
 const A: usize = 5;
 
+/// libtorch's generator is global: tests that seed it and compare draws run one at a time.
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn agent(actor: ActorConfig) -> Agent {
     agent_on(actor, SelectEngine::Auto)
 }
@@ -82,6 +88,7 @@ fn compare(agent: &Agent, precision: Precision, tol: f32) {
 
 #[test]
 fn native_mvp_matches_the_training_code() {
+    let _g = lock();
     let a = agent(ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() }));
     compare(&a, Precision::F32, 1e-4);
     if mvp_infer::has_avx512_bf16() {
@@ -91,6 +98,7 @@ fn native_mvp_matches_the_training_code() {
 
 #[test]
 fn native_multi_step_mvp_and_qc_flow_match_the_training_code() {
+    let _g = lock();
     let a = agent(ActorConfig::Mvp(MvpConfig { network: net(), sampling_steps: 3, ..MvpConfig::default() }));
     compare(&a, Precision::F32, 1e-4);
     let a = agent(ActorConfig::Flow(FlowConfig { network: net(), steps: 10, ..FlowConfig::default() }));
@@ -99,6 +107,7 @@ fn native_multi_step_mvp_and_qc_flow_match_the_training_code() {
 
 #[test]
 fn actors_without_a_native_path_say_so() {
+    let _g = lock();
     let a = agent(ActorConfig::Diffusion(DiffusionConfig { network: net(), steps: 5, ..DiffusionConfig::default() }));
     let err = a.native_policy(Precision::F32, 0).unwrap_err().to_string();
     assert!(err.contains("no native acting path"), "{err}");
@@ -109,6 +118,7 @@ fn actors_without_a_native_path_say_so() {
 /// selected and the targets agree to fp32 rounding.
 #[test]
 fn native_td_target_selection_matches_libtorch() {
+    let _g = lock();
     let actors = [
         ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() }),
         ActorConfig::Flow(FlowConfig { network: net(), steps: 10, ..FlowConfig::default() }),
@@ -156,6 +166,7 @@ fn native_td_target_selection_matches_libtorch() {
 /// (the gradients themselves are compared in the crate's unit test).
 #[test]
 fn native_critic_updates_track_libtorch_ones() {
+    let _g = lock();
     let actor = ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() });
     let build = |critic_engine| {
         let mut config = AgentConfig {
@@ -198,6 +209,7 @@ fn native_critic_updates_track_libtorch_ones() {
 
 #[test]
 fn asking_for_the_native_engine_where_it_cannot_run_names_the_key() {
+    let _g = lock();
     let config = AgentConfig {
         actor: ActorConfig::Diffusion(DiffusionConfig { network: net(), steps: 5, ..DiffusionConfig::default() }),
         select_engine: SelectEngine::NativeF32,
@@ -216,6 +228,7 @@ fn asking_for_the_native_engine_where_it_cannot_run_names_the_key() {
 /// rounding of each other are skipped).
 #[test]
 fn an_exported_policy_acts_like_the_agent_in_rust_and_in_python() {
+    let _g = lock();
     for actor in [
         ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() }),
         ActorConfig::Flow(FlowConfig { network: net(), steps: 4, ..FlowConfig::default() }),
@@ -284,6 +297,7 @@ fn an_exported_policy_acts_like_the_agent_in_rust_and_in_python() {
 /// its target) untouched.
 #[test]
 fn imitation_updates_train_the_actor_only() {
+    let _g = lock();
     tch::manual_seed(3);
     let config = AgentConfig {
         imitation: true,
@@ -324,6 +338,7 @@ fn imitation_updates_train_the_actor_only() {
 /// and restored with the agent's state.
 #[test]
 fn the_acting_actor_is_the_moving_average_of_the_trained_one() {
+    let _g = lock();
     tch::manual_seed(5);
     let config = AgentConfig {
         imitation: true,
