@@ -427,14 +427,13 @@ fn a_sweep_with_a_bad_run_config_stops_before_starting_anything() {
         ),
     )
     .unwrap();
-    let started = std::time::Instant::now();
     let result = mvp(&["sweep", file.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&result.stderr);
     assert!(!result.status.success(), "{err}");
     assert!(err.contains("native-quick.bad__seed0") && err.contains("num_sample"), "names the run and the key: {err}");
+    // The check runs before Ray starts: no run was started, no state written.
     assert!(!out.join(".sweep").exists(), "nothing started");
-    // Without Ray: the check runs before a Ray instance would start.
-    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert!(!err.contains("sweep: "), "no progress line: {err}");
 }
 
 #[test]

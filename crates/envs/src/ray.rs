@@ -4,7 +4,6 @@
 //! addresses in an [`AddressBook`] that the workers' connections read when they (re)connect.
 //! So a worker actor that Ray restarts, on its node or on another, is a reconnect here.
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::worker::python_module_command_in;
+use crate::worker::{keep_stderr_tail, python_module_command_in, tail_text, StderrTail};
 use crate::WorkerConfig;
 
 /// Where each of W remote workers serves now (`HOST:PORT`, `None` before it is placed),
@@ -86,7 +85,7 @@ pub struct RayWorkers {
     child: Child,
     stdin: Option<ChildStdin>,
     book: AddressBook,
-    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_tail: StderrTail,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -121,49 +120,27 @@ impl RayWorkers {
         let mut child = cmd.spawn().context("cannot start python -m mvp_envs.ray_workers")?;
         let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let book = AddressBook::new(workers);
-        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let mut threads = Vec::new();
+        let (stderr_tail, stderr_thread) =
+            keep_stderr_tail(stderr.expect("piped"), "ray workers".into(), template.forward_stderr);
+        let mut threads: Vec<_> = stderr_thread.into_iter().collect();
         let b = book.clone();
         threads.push(std::thread::spawn(move || {
             for line in BufReader::new(stdout.expect("piped")).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Placement>(&line) {
-                    Ok(p) if p.generation <= 1 => {
-                        tracing::info!(
-                            "env worker {} on Ray at {} (process {}, node {:.8})",
-                            p.worker,
-                            p.address,
-                            p.pid,
-                            p.node
-                        );
-                        b.set(p.worker, p.address);
+                let p = match serde_json::from_str::<Placement>(&line) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!("ray_workers: unreadable line {line:?}: {e}");
+                        continue;
                     }
-                    Ok(p) => {
-                        tracing::warn!(
-                            "env worker {} was replaced on Ray (placement {}): now at {} (process {}, node {:.8})",
-                            p.worker,
-                            p.generation,
-                            p.address,
-                            p.pid,
-                            p.node
-                        );
-                        b.set(p.worker, p.address);
-                    }
-                    Err(e) => tracing::warn!("ray_workers: unreadable line {line:?}: {e}"),
+                };
+                let (w, g, node) = (p.worker, p.generation, &p.node);
+                let at = format!("{} (process {}, node {node:.8})", p.address, p.pid);
+                if g <= 1 {
+                    tracing::info!("env worker {w} on Ray at {at}");
+                } else {
+                    tracing::warn!("env worker {w} was replaced on Ray (placement {g}): now at {at}");
                 }
-            }
-        }));
-        let tail = stderr_tail.clone();
-        let forward = template.forward_stderr;
-        threads.push(std::thread::spawn(move || {
-            for line in BufReader::new(stderr.expect("piped")).lines().map_while(Result::ok) {
-                if forward {
-                    eprintln!("[ray workers] {line}");
-                }
-                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-                if t.len() == 40 {
-                    t.pop_front();
-                }
-                t.push_back(line);
+                b.set(w, p.address);
             }
         }));
         let mut this = Self { child, stdin, book, stderr_tail, threads };
@@ -182,7 +159,7 @@ impl RayWorkers {
             bail!(
                 "cannot place {workers} env workers on Ray ({}): {what}; its last messages:\n{}",
                 config.address.as_deref().unwrap_or("a local instance"),
-                this.stderr_text()
+                tail_text(&this.stderr_tail)
             );
         }
         Ok(this)
@@ -191,11 +168,6 @@ impl RayWorkers {
     /// The workers' current addresses.
     pub fn book(&self) -> &AddressBook {
         &self.book
-    }
-
-    fn stderr_text(&self) -> String {
-        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
-        tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
     }
 }
 

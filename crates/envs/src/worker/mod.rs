@@ -46,7 +46,7 @@ use std::path::PathBuf;
 
 pub use client::{auto_spin, PythonWorker, WorkerConfig};
 pub use env::WorkerEnv;
-pub(crate) use process::python_module_command_in;
+pub(crate) use process::{keep_stderr_tail, python_module_command_in, tail_text, StderrTail};
 pub use process::{project_root, python_command, python_module_command};
 pub use protocol::{BatchReset, BatchStep, WorkerInfo, PROTOCOL_VERSION};
 

@@ -99,7 +99,7 @@ fn python_command_in(root: Option<&Path>, python: Option<&Path>) -> anyhow::Resu
 }
 
 /// Keeps the last lines of the worker's stderr (and optionally copies them to ours).
-pub(super) type StderrTail = Arc<Mutex<VecDeque<String>>>;
+pub(crate) type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
 /// How requests reach a worker.
 pub(super) enum Link {
@@ -180,25 +180,7 @@ impl Proc {
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        let stderr_tail: StderrTail = Arc::new(Mutex::new(VecDeque::new()));
-        let tail = Arc::clone(&stderr_tail);
-        let forward = config.forward_stderr;
-        let stderr_thread = std::thread::Builder::new()
-            .name(format!("env-worker-{pid}-stderr"))
-            .spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if forward {
-                        eprintln!("[env worker {pid}] {line}");
-                    }
-                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    if tail.len() == STDERR_TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }
-            })
-            .ok();
+        let (stderr_tail, stderr_thread) = keep_stderr_tail(stderr, format!("env worker {pid}"), config.forward_stderr);
         let link = Link::Pipes { child, stdin: Some(stdin), stdout };
         Ok(Proc { link, stderr_tail, stderr_thread, pid })
     }
@@ -238,8 +220,7 @@ impl Proc {
                 self.stderr_thread = Some(handle);
             }
         }
-        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
-        tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+        tail_text(&self.stderr_tail)
     }
 
     /// Ends the process: closes its input (a healthy worker exits on end of input), waits
@@ -265,6 +246,40 @@ impl Proc {
             }
         }
     }
+}
+
+/// Reads a child's stderr on a thread of its own, keeping its last lines (and copying them to
+/// ours, prefixed with `[label]`, when `forward`).
+pub(crate) fn keep_stderr_tail(
+    stderr: impl Read + Send + 'static,
+    label: String,
+    forward: bool,
+) -> (StderrTail, Option<JoinHandle<()>>) {
+    let stderr_tail: StderrTail = Arc::new(Mutex::new(VecDeque::new()));
+    let tail = Arc::clone(&stderr_tail);
+    let thread = std::thread::Builder::new()
+        .name(format!("{label}-stderr"))
+        .spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if forward {
+                    eprintln!("[{label}] {line}");
+                }
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if tail.len() == STDERR_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        })
+        .ok();
+    (stderr_tail, thread)
+}
+
+/// The kept lines, indented, one per line.
+pub(crate) fn tail_text(tail: &StderrTail) -> String {
+    let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+    tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Failure of one read with a deadline.
