@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::pointnet::PointCloudConfig;
-use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, NativeActor, NativeSampler, TimeSampler};
+use crate::{
+    masked_sq_err, ChunkShape, CondNet, GenerativePolicy, LossDraws, Metrics, NativeActor, NativeLoss, NativeSampler,
+    TimeSampler,
+};
 
 /// Settings of the flow-matching policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,8 +74,7 @@ impl FlowPolicy {
 
 impl GenerativePolicy for FlowPolicy {
     fn loss(&self, obs: &Tensor, actions: &Tensor, valid: Option<&Tensor>) -> (Tensor, Metrics) {
-        let eps = actions.randn_like();
-        let t = self.config.time_sampler.sample(actions.size()[0], actions);
+        let LossDraws { eps, t, .. } = self.loss_draws(actions).expect("flow draws");
         let loss = self.loss_given(obs, actions, valid, &eps, &t);
         (loss.shallow_clone(), vec![("actor/flow_loss", loss.detach()), ("actor/loss", loss.detach())])
     }
@@ -94,6 +96,17 @@ impl GenerativePolicy for FlowPolicy {
 
     fn network_calls(&self) -> usize {
         self.config.steps.max(1)
+    }
+
+    fn native_loss(&self) -> Result<NativeLoss, String> {
+        self.net.native()?;
+        Ok(NativeLoss::Flow)
+    }
+
+    fn loss_draws(&self, actions: &Tensor) -> Option<LossDraws> {
+        let eps = actions.randn_like();
+        let t = self.config.time_sampler.sample(actions.size()[0], actions);
+        Some(LossDraws { eps, t, r: None })
     }
 
     fn native(&self) -> Result<NativeActor<'_>, String> {

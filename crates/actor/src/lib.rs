@@ -74,6 +74,47 @@ pub trait GenerativePolicy {
     fn native(&self) -> Result<NativeActor<'_>, String> {
         Err("this policy has no native acting path (MVP and flow actors with raw time features do)".into())
     }
+
+    /// The loss in the form the native training kernels compute, or why it has none:
+    /// a regression of the network on `[s, z, raw times]`, with the randomness of one batch
+    /// drawn by [`GenerativePolicy::loss_draws`].
+    fn native_loss(&self) -> Result<NativeLoss, String> {
+        Err("this policy's loss has no native form (MVP and flow losses do)".into())
+    }
+
+    /// The noise and times of one loss evaluation on `actions [B, h·A]`, drawn from libtorch's
+    /// generator exactly as [`GenerativePolicy::loss`] draws them (the same stream follows),
+    /// for losses with a [`GenerativePolicy::native_loss`] (None for the others).
+    fn loss_draws(&self, actions: &Tensor) -> Option<LossDraws> {
+        let _ = actions;
+        None
+    }
+}
+
+/// A policy loss the native kernels compute (`agent.actor_engine`). With `x` the data chunk,
+/// `ε` the noise, `z = (1 − t)·x + t·ε` and `v = ε − x`, masked means over every chunk
+/// number as in the libtorch losses:
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NativeLoss {
+    /// Flow matching: `‖f(s, z, t) − v‖²`.
+    Flow,
+    /// MeanFlow with the IVC: `‖u − sg(v − (t − r)·du/dt)‖² + λ·‖f(s, z, t, 0) − v‖²`, with
+    /// `u = f(s, z, t, t − r)` and `du/dt` its derivative along `(dz, dt, d(t − r)) = (v, 1, 1)`.
+    MeanFlow {
+        /// λ, the IVC's weight.
+        ivc_weight: f64,
+    },
+}
+
+/// The randomness of one loss evaluation: noise `[B, h·A]` and times `[B, 1]`.
+#[derive(Debug)]
+pub struct LossDraws {
+    /// ε.
+    pub eps: Tensor,
+    /// t.
+    pub t: Tensor,
+    /// r ≤ t (MeanFlow losses).
+    pub r: Option<Tensor>,
 }
 
 /// What the libtorch-free acting path needs of a policy: its network, whose inputs are

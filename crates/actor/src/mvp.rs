@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::pointnet::PointCloudConfig;
-use crate::{masked_sq_err, ChunkShape, CondNet, GenerativePolicy, Metrics, NativeActor, NativeSampler, TimeSampler};
+use crate::{
+    masked_sq_err, ChunkShape, CondNet, GenerativePolicy, LossDraws, Metrics, NativeActor, NativeLoss, NativeSampler,
+    TimeSampler,
+};
 
 /// Settings of the mean velocity policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,9 +211,8 @@ pub fn dispersive_loss(h: &Tensor, tau: f64) -> Tensor {
 
 impl GenerativePolicy for MeanVelocityPolicy {
     fn loss(&self, obs: &Tensor, actions: &Tensor, valid: Option<&Tensor>) -> (Tensor, Metrics) {
-        let b = actions.size()[0];
-        let eps = actions.randn_like();
-        let (r, t) = self.sample_times(b, actions);
+        let LossDraws { eps, t, r } = self.loss_draws(actions).expect("MVP draws");
+        let r = r.expect("MeanFlow draws r");
         let p = self.loss_parts(obs, actions, valid, &eps, &r, &t);
         let loss = &p.mean_flow + self.config.ivc_weight * &p.ivc + self.config.dispersive_weight * &p.dispersive;
         let mut metrics = vec![
@@ -243,6 +245,21 @@ impl GenerativePolicy for MeanVelocityPolicy {
 
     fn network_calls(&self) -> usize {
         self.config.sampling_steps.max(1)
+    }
+
+    fn native_loss(&self) -> Result<NativeLoss, String> {
+        self.net.native()?;
+        let c = &self.config;
+        if c.cfg_omega != 1.0 || c.adaptive_p != 0.0 || c.dispersive_weight != 0.0 {
+            return Err("the native MVP loss has no CFG folding, adaptive weighting or dispersive loss".into());
+        }
+        Ok(NativeLoss::MeanFlow { ivc_weight: c.ivc_weight })
+    }
+
+    fn loss_draws(&self, actions: &Tensor) -> Option<LossDraws> {
+        let eps = actions.randn_like();
+        let (r, t) = self.sample_times(actions.size()[0], actions);
+        Some(LossDraws { eps, t, r: Some(r) })
     }
 
     fn native(&self) -> Result<NativeActor<'_>, String> {

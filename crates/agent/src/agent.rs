@@ -27,7 +27,8 @@ use mvp_nn::{checkpoint, polyak_update, Adam};
 use mvp_replay::ChunkBatch;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use crate::config::{AgentConfig, CriticEngine, SelectEngine};
+use crate::config::{AgentConfig, SelectEngine, UpdateEngine};
+use crate::native_actor::{ActorRows, NativeActorUpdate};
 use crate::native_critic::NativeCritic;
 
 /// Scalars of one update, as detached 0-d tensors.
@@ -95,6 +96,8 @@ pub struct Agent {
     native_select: Option<NativeSelect>,
     /// The critic's update on the native kernels (`agent.critic_engine`).
     native_critic: Option<NativeCritic>,
+    /// The actor's update on the native kernels (`agent.actor_engine`).
+    native_actor: Option<NativeActorUpdate>,
     diagnostics: bool,
     imitation: bool,
     /// The moving average of the actor's weights that acts (`agent.actor_ema`), with its decay.
@@ -138,30 +141,14 @@ impl Agent {
             }
         };
         let native_select = precision.map(|precision| NativeSelect { precision, policy: None, chosen: Vec::new() });
-        let native_critic = match config.critic_engine {
-            CriticEngine::Libtorch => None,
-            engine => {
-                let fits = if device != Device::Cpu {
-                    Err(anyhow::anyhow!("it runs on the CPU, the networks are on {device:?}"))
-                } else if mvp_nn::MatmulPrecision::current() != mvp_nn::MatmulPrecision::F32 {
-                    Err(anyhow::anyhow!("it multiplies in fp32, runtime.matmul asks for bf16"))
-                } else if engine == CriticEngine::Auto && !mvp_infer::has_avx512() {
-                    // The portable kernels are correct but slower than libtorch.
-                    Err(anyhow::anyhow!("this CPU has no AVX-512"))
-                } else if config.critic_optim.weight_decay != 0.0 || config.critic_optim.max_grad_norm.is_some() {
-                    Err(anyhow::anyhow!("its Adam step has no weight decay or gradient clipping"))
-                } else {
-                    NativeCritic::new(&critic, &critic_opt)
-                };
-                match (fits, engine) {
-                    (Ok(n), _) => Some(n),
-                    (Err(why), CriticEngine::Native) => {
-                        bail!("config key `agent.critic_engine`: the native critic update cannot run: {why}; use auto or libtorch")
-                    }
-                    (Err(_), _) => None,
-                }
-            }
-        };
+        let native_critic = native_engine(config.critic_engine, "agent.critic_engine", "critic update", || {
+            check_native_update(device, &config.critic_optim)?;
+            NativeCritic::new(&critic, &critic_opt)
+        })?;
+        let native_actor = native_engine(config.actor_engine, "agent.actor_engine", "actor update", || {
+            check_native_update(device, &config.actor_optim)?;
+            NativeActorUpdate::new(actor.as_ref(), &actor_opt)
+        })?;
         Ok(Self {
             actor_vs,
             actor,
@@ -175,6 +162,7 @@ impl Agent {
             device,
             native_select,
             native_critic,
+            native_actor,
             diagnostics: true,
             imitation: config.imitation,
             ema,
@@ -228,14 +216,50 @@ impl Agent {
         }
     }
 
-    /// Backward pass and Adam step of the actor, then its moving average.
-    fn actor_step(&mut self, actor_loss: &Tensor, mark: Mark) {
+    /// The actor's update on `b` with its [`Agent::actor_data`]: its loss, backward pass and Adam step (on the native kernels
+    /// where `agent.actor_engine` puts them), then its moving average. Stops on a non-finite
+    /// loss before any parameter changes.
+    fn actor_update(&mut self, b: &TensorBatch, (actions, valid): (Tensor, Tensor), mark: Mark) -> Result<Metrics> {
+        if let Some(native) = self.native_actor.as_mut() {
+            let draws = self.actor.loss_draws(&actions).expect("an actor with a native loss draws its randomness");
+            let bs = actions.size()[0];
+            let shape = [bs, self.shape.horizon as i64, self.shape.action_dim as i64];
+            let mask = host(&valid.unsqueeze(-1).expand(shape, false));
+            let (eps, t, r) = (host(&draws.eps), host(&draws.t), draws.r.as_ref().map(host));
+            let rows = ActorRows {
+                obs: &host(&b.observations),
+                actions: &host(&actions),
+                mask: &mask,
+                eps: &eps,
+                t: &t,
+                r: r.as_deref(),
+            };
+            let net = self.actor.native().map_err(anyhow::Error::msg)?.net;
+            let parts = native.loss_and_grads(net, &rows);
+            mark("actor: loss and backward (native)");
+            let al = parts.iter().find(|(name, _)| *name == "actor/loss").map_or(f64::NAN, |p| p.1);
+            anyhow::ensure!(al.is_finite(), "non-finite actor loss {al}; stopping, the last checkpoint is kept");
+            self.actor_opt.step_flat(&native.grads.flat)?;
+            self.update_ema();
+            mark("actor: adam");
+            return Ok(parts.into_iter().map(|(name, v)| (name, Tensor::from(v as f32))).collect());
+        }
+        let (loss, metrics) = self.actor.loss(&b.observations, &actions, Some(&valid));
+        mark("actor: loss");
+        let al = loss.double_value(&[]);
+        anyhow::ensure!(al.is_finite(), "non-finite actor loss {al}; stopping, the last checkpoint is kept");
         self.actor_opt.zero_grad();
-        actor_loss.backward();
+        loss.backward();
         mark("actor: backward");
         self.actor_opt.step();
         self.update_ema();
         mark("actor: adam");
+        Ok(metrics)
+    }
+
+    /// Whether the actor's update runs on the native kernels (`agent.actor_engine`).
+    pub fn actor_natively(&self) -> bool {
+        self.native_actor.is_some()
     }
 
     fn update_ema(&mut self) {
@@ -429,15 +453,22 @@ impl Agent {
     /// Either way the target is data for a behaviour-cloning loss: no gradient of the critic
     /// reaches the actor.
     pub fn actor_loss(&self, b: &TensorBatch) -> (Tensor, Metrics) {
+        let (actions, valid) = self.actor_data(b);
+        self.actor.loss(&b.observations, &actions, Some(&valid))
+    }
+
+    /// The chunks `[B, h·A]` the actor's loss regresses on and their per-step mask `[B, h]`
+    /// (see [`Agent::actor_loss`]).
+    fn actor_data(&self, b: &TensorBatch) -> (Tensor, Tensor) {
         let bs = b.observations.size()[0];
         let k = (self.selected_target_fraction * bs as f64).round() as i64;
         if k == 0 || self.num_samples <= 1 {
-            return self.actor.loss(&b.observations, &b.actions, Some(&b.valid));
+            return (b.actions.shallow_clone(), b.valid.shallow_clone());
         }
         let selected = self.sample_actions(&b.observations.narrow(0, 0, k), self.num_samples).detach();
         let actions = Tensor::cat(&[selected, b.actions.narrow(0, k, bs - k)], 0);
         let valid = Tensor::cat(&[b.valid.narrow(0, 0, k).ones_like(), b.valid.narrow(0, k, bs - k)], 0);
-        self.actor.loss(&b.observations, &actions, Some(&valid))
+        (actions, valid)
     }
 
     /// One update of critic and actor, then the target networks.
@@ -450,12 +481,8 @@ impl Agent {
     pub fn update_marked(&mut self, b: &TensorBatch, mark: Mark) -> Result<Metrics> {
         if self.imitation {
             // Behaviour cloning: the actor's loss on the stored chunks, nothing else.
-            let (actor_loss, metrics) = self.actor_loss(b);
-            mark("actor: loss");
-            let al = actor_loss.double_value(&[]);
-            anyhow::ensure!(al.is_finite(), "non-finite actor loss {al}; stopping, the last checkpoint is kept");
-            self.actor_step(&actor_loss, mark);
-            return Ok(metrics);
+            let data = self.actor_data(b);
+            return self.actor_update(b, data, mark);
         }
         if let Some(mut native) = self.native_critic.take() {
             let result = self.update_native_critic(&mut native, b, mark);
@@ -463,18 +490,16 @@ impl Agent {
             return result;
         }
         let (critic_loss, mut metrics) = self.critic_loss_marked(b, mark)?;
-        let (actor_loss, actor_metrics) = self.actor_loss(b);
-        mark("actor: loss");
-        let (cl, al) = (critic_loss.double_value(&[]), actor_loss.double_value(&[]));
-        if !cl.is_finite() || !al.is_finite() {
-            anyhow::bail!("non-finite loss (critic {cl}, actor {al}); stopping, the last checkpoint is kept");
-        }
+        let cl = critic_loss.double_value(&[]);
+        anyhow::ensure!(cl.is_finite(), "non-finite critic loss {cl}; stopping, the last checkpoint is kept");
+        // The actor's chunks before the critic's step (selected ones are picked by this critic).
+        let actor_data = self.actor_data(b);
         self.critic_opt.zero_grad();
         critic_loss.backward();
         mark("critic: backward");
         self.critic_opt.step();
         mark("critic: adam");
-        self.actor_step(&actor_loss, mark);
+        let actor_metrics = self.actor_update(b, actor_data, mark)?;
         self.critic.soft_update();
         mark("polyak");
         metrics.extend(actor_metrics);
@@ -498,15 +523,11 @@ impl Agent {
         let valid = host(&b.valid.select(1, h as i64 - 1));
         let (cl, q) = native.loss_and_grads(&self.critic, &host(&b.observations), &host(&b.actions), &target, &valid);
         mark("critic: loss and backward (native)");
-        let (actor_loss, actor_metrics) = self.actor_loss(b);
-        mark("actor: loss");
-        let al = actor_loss.double_value(&[]);
-        if !cl.is_finite() || !al.is_finite() {
-            anyhow::bail!("non-finite loss (critic {cl}, actor {al}); stopping, the last checkpoint is kept");
-        }
-        self.critic_opt.step_flat(&native.grads)?;
+        anyhow::ensure!(cl.is_finite(), "non-finite critic loss {cl}; stopping, the last checkpoint is kept");
+        let actor_data = self.actor_data(b);
+        self.critic_opt.step_flat(&native.grads.flat)?;
         mark("critic: adam");
-        self.actor_step(&actor_loss, mark);
+        let actor_metrics = self.actor_update(b, actor_data, mark)?;
         self.critic.soft_update();
         mark("polyak");
         let all = q.iter().flatten().copied();
@@ -577,6 +598,43 @@ impl Agent {
 }
 
 /// A CPU float tensor's values, row-major.
+/// Builds a native update where `engine` asks for it: `native` must run (its error names the
+/// config `key`), `auto` falls back to libtorch where it cannot (or where the CPU has no
+/// AVX-512: the portable kernels are correct but slower than libtorch).
+fn native_engine<T>(
+    engine: UpdateEngine,
+    key: &str,
+    what: &str,
+    build: impl FnOnce() -> Result<T>,
+) -> Result<Option<T>> {
+    let fits = match engine {
+        UpdateEngine::Libtorch => return Ok(None),
+        UpdateEngine::Auto if !mvp_infer::has_avx512() => Err(anyhow::anyhow!("this CPU has no AVX-512")),
+        _ => build(),
+    };
+    match (fits, engine) {
+        (Ok(n), _) => Ok(Some(n)),
+        (Err(why), UpdateEngine::Native) => {
+            bail!("config key `{key}`: the native {what} cannot run: {why}; use auto or libtorch")
+        }
+        (Err(_), _) => Ok(None),
+    }
+}
+
+/// What every native update needs: the CPU, fp32 products, plain Adam.
+fn check_native_update(device: Device, optim: &mvp_nn::AdamConfig) -> Result<()> {
+    if device != Device::Cpu {
+        bail!("it runs on the CPU, the networks are on {device:?}");
+    }
+    if mvp_nn::MatmulPrecision::current() != mvp_nn::MatmulPrecision::F32 {
+        bail!("it multiplies in fp32, runtime.matmul asks for bf16");
+    }
+    if optim.weight_decay != 0.0 || optim.max_grad_norm.is_some() {
+        bail!("its Adam step has no weight decay or gradient clipping");
+    }
+    Ok(())
+}
+
 fn host(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().view([-1])).expect("a float tensor converts to Vec<f32>")
 }

@@ -145,7 +145,15 @@ pub struct AgentConfig {
     /// Adam from their host gradients (CPU, GELU critics, fp32 matmuls, Adam without weight
     /// decay or clipping; the same loss, tested against libtorch's gradients). `auto` (the
     /// default): native where it can run on a CPU with AVX-512.
-    pub critic_engine: CriticEngine,
+    pub critic_engine: UpdateEngine,
+    /// Where the actor's update runs: `libtorch`, or `native`: the generative loss (MeanFlow
+    /// with its JVP and the IVC, or flow matching), its backward pass on the native fp32
+    /// kernels and Adam from the host gradients (CPU, MVP or flow actors with GELU networks
+    /// on raw times, no point cloud, no CFG folding, adaptive weighting or dispersive loss;
+    /// fp32 matmuls; Adam without weight decay or clipping; the same loss and randomness,
+    /// tested against libtorch's gradients). `auto` (the default): native where it can run on
+    /// a CPU with AVX-512.
+    pub actor_engine: UpdateEngine,
     /// Imitation learning: the actor is trained on the dataset's chunks alone (behaviour
     /// cloning with the actor's generative loss), with no critic update, no TD target and no
     /// selection; needs `num_samples = 1` and no online phase. MP1-style runs.
@@ -177,10 +185,11 @@ pub enum Remote {
     Ray,
 }
 
-/// Where the critic's TD update runs (`agent.critic_engine`).
+/// Where the critic's TD update (`agent.critic_engine`) or the actor's update
+/// (`agent.actor_engine`) runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
-pub enum CriticEngine {
+pub enum UpdateEngine {
     /// `native` where it can run, else `libtorch`.
     #[default]
     Auto,
@@ -228,7 +237,8 @@ impl Default for AgentConfig {
             imitation: false,
             actor_ema: 0.0,
             select_engine: SelectEngine::Auto,
-            critic_engine: CriticEngine::Auto,
+            critic_engine: UpdateEngine::Auto,
+            actor_engine: UpdateEngine::Auto,
             batch_size: 256,
             actor: ActorConfig::default(),
             critic: CriticConfig::default(),

@@ -10,6 +10,8 @@ pub mod agent;
 pub mod config;
 pub mod eval;
 pub mod export;
+mod native;
+mod native_actor;
 mod native_critic;
 pub mod progress;
 pub mod run_dir;

@@ -7,64 +7,21 @@
 
 use anyhow::{bail, Result};
 use mvp_critic::{Aggregate, Critic};
-use mvp_infer::{LayerGrads, LayerParams, MlpGrad};
-use mvp_nn::{Activation, Adam, EnsembleMlp, Layer};
-use tch::{Device, Kind, Tensor};
+use mvp_infer::MlpGrad;
+use mvp_nn::{Activation, Adam, EnsembleMlp};
 
-/// Where one layer's gradients go in the optimiser's flat gradient (member 0; member e adds
-/// e times the parameter's per-member size).
-#[derive(Debug, Clone, Copy)]
-struct Slots {
-    weight: usize,
-    bias: usize,
-    norm: Option<(usize, usize)>,
-}
+use crate::native::{params, widths, FlatGrads};
 
-/// One layer's gradient buffers.
-#[derive(Debug, Default)]
-struct GradBuffers {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    scale: Vec<f32>,
-    shift: Vec<f32>,
-}
-
-/// The native critic update's state: per-member forward/backward workspaces, the flat
-/// gradient in the optimiser's layout and the slots of each layer in it.
+/// The native critic update's state: per-member forward/backward workspaces and the
+/// gradient in the optimiser's layout.
 #[derive(Debug)]
 pub struct NativeCritic {
     online: Vec<MlpGrad>,
     target: Vec<MlpGrad>,
     dims: Vec<usize>,
-    slots: Vec<Slots>,
-    buffers: Vec<GradBuffers>,
-    /// The last update's flat gradient, for [`Adam::step_flat`].
-    pub grads: Vec<f32>,
+    /// The last update's gradient ([`FlatGrads::flat`] for [`Adam::step_flat`]).
+    pub grads: FlatGrads,
     input: Vec<f32>,
-}
-
-/// The host values of a contiguous fp32 CPU tensor, member `e`'s part of an ensemble tensor
-/// `[E, ...]` of `len` numbers per member.
-fn member<'a>(t: &'a Tensor, e: usize, len: usize) -> &'a [f32] {
-    assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && (e + 1) * len <= t.numel());
-    // SAFETY: a contiguous fp32 CPU tensor holds numel() floats from data_ptr; the caller
-    // (one update, on this thread) does not write the parameters while the slice lives.
-    unsafe { &std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel())[e * len..(e + 1) * len] }
-}
-
-fn params<'a>(layers: &'a [Layer], dims: &[usize], e: usize) -> Vec<LayerParams<'a>> {
-    layers
-        .iter()
-        .enumerate()
-        .map(|(l, layer)| {
-            let (i, o) = (dims[l], dims[l + 1]);
-            LayerParams {
-                weight: member(&layer.weight, e, i * o),
-                bias: member(&layer.bias, e, o),
-                norm: layer.norm.as_ref().map(|(s, b)| (member(s, e, o), member(b, e, o))),
-            }
-        })
-        .collect()
 }
 
 impl NativeCritic {
@@ -76,53 +33,11 @@ impl NativeCritic {
             bail!("the native critic update supports GELU critics, not {:?}", net.activation());
         }
         let layers = net.layers();
-        let mut dims = Vec::with_capacity(layers.len() + 1);
-        for (l, layer) in layers.iter().enumerate() {
-            let (device, kind) = (layer.weight.device(), layer.weight.kind());
-            if device != Device::Cpu || kind != Kind::Float {
-                bail!("the native critic update needs fp32 CPU parameters (layer {l} is {kind:?} on {device:?})");
-            }
-            let size = layer.weight.size();
-            if l == 0 {
-                dims.push(size[1] as usize);
-            }
-            dims.push(size[2] as usize);
-        }
+        let dims = widths(layers)?;
         let layer_norm = layers.iter().any(|l| l.norm.is_some());
-        let mut slots = Vec::with_capacity(layers.len());
-        let offset = |t: &Tensor| {
-            opt.offset_of(t).ok_or_else(|| anyhow::anyhow!("a critic parameter is not among the optimiser's"))
-        };
-        for layer in layers {
-            let norm = match &layer.norm {
-                Some((s, b)) => Some((offset(s)?, offset(b)?)),
-                None => None,
-            };
-            slots.push(Slots { weight: offset(&layer.weight)?, bias: offset(&layer.bias)?, norm });
-        }
         let members = net.members();
         let make = || (0..members).map(|_| MlpGrad::new(&dims, layer_norm)).collect::<Vec<_>>();
-        let buffers = (0..layers.len())
-            .map(|l| {
-                let (i, o) = (dims[l], dims[l + 1]);
-                let norm = if layers[l].norm.is_some() { o } else { 0 };
-                GradBuffers {
-                    weight: vec![0.0; i * o],
-                    bias: vec![0.0; o],
-                    scale: vec![0.0; norm],
-                    shift: vec![0.0; norm],
-                }
-            })
-            .collect();
-        Ok(Self {
-            online: make(),
-            target: make(),
-            dims,
-            slots,
-            buffers,
-            grads: vec![0.0; opt.numel()],
-            input: Vec::new(),
-        })
+        Ok(Self { online: make(), target: make(), grads: FlatGrads::new(layers, &dims, opt)?, dims, input: Vec::new() })
     }
 
     fn fill_input(&mut self, obs: &[f32], chunks: &[f32], rows: usize) {
@@ -204,28 +119,8 @@ impl NativeCritic {
                 })
                 .collect();
             let p = params(net.layers(), &self.dims, e);
-            let mut g: Vec<LayerGrads> = self
-                .buffers
-                .iter_mut()
-                .map(|b| LayerGrads {
-                    weight: &mut b.weight,
-                    bias: &mut b.bias,
-                    norm: (!b.scale.is_empty()).then_some((&mut b.scale, &mut b.shift)),
-                })
-                .collect();
-            self.online[e].backward(&dq, &p, &mut g);
-            for (l, (b, s)) in self.buffers.iter().zip(&self.slots).enumerate() {
-                let (i, o) = (self.dims[l], self.dims[l + 1]);
-                let put = |grads: &mut [f32], at: usize, v: &[f32]| {
-                    grads[at + e * v.len()..at + (e + 1) * v.len()].copy_from_slice(v)
-                };
-                put(&mut self.grads, s.weight, &b.weight[..i * o]);
-                put(&mut self.grads, s.bias, &b.bias[..o]);
-                if let Some((ss, sb)) = s.norm {
-                    put(&mut self.grads, ss, &b.scale);
-                    put(&mut self.grads, sb, &b.shift);
-                }
-            }
+            self.online[e].backward(&dq, &p, &mut self.grads.layers());
+            self.grads.scatter(e);
         }
         (loss / f64::from(n), q)
     }
@@ -247,6 +142,7 @@ mod tests {
     use super::*;
     use mvp_critic::CriticConfig;
     use mvp_nn::{AdamConfig, MlpConfig};
+    use tch::{Device, Kind, Tensor};
 
     fn host(t: &Tensor) -> Vec<f32> {
         Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap()
@@ -256,6 +152,7 @@ mod tests {
     /// batch (random weights, LayerNorm on and off, mean and min aggregation).
     #[test]
     fn native_td_loss_and_gradients_equal_libtorch() {
+        let _rng = crate::native::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         for (layer_norm, aggregate) in [(true, Aggregate::Mean), (false, Aggregate::Min)] {
             tch::manual_seed(7);
             let (s, d, b, h) = (11usize, 10usize, 37usize, 5usize);
@@ -300,7 +197,7 @@ mod tests {
             for (name, p) in critic.vs.variables() {
                 let g = host(&p.grad());
                 let at = opt.offset_of(&p).unwrap();
-                let ours = &native.grads[at..at + g.len()];
+                let ours = &native.grads.flat[at..at + g.len()];
                 let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
                 let worst = ours.iter().zip(&g).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
                 assert!(worst <= 1e-4 * scale, "{name}: gradient off by {worst} (largest {scale})");

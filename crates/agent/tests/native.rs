@@ -2,7 +2,7 @@
 //! same candidates from the same noise, the same critic scores, the same selected chunk.
 
 use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig};
-use mvp_agent::config::{AgentConfig, CriticEngine, SelectEngine};
+use mvp_agent::config::{AgentConfig, SelectEngine, UpdateEngine};
 use mvp_agent::Agent;
 use mvp_infer::Precision;
 use mvp_nn::MlpConfig;
@@ -161,27 +161,30 @@ fn native_td_target_selection_matches_libtorch() {
     }
 }
 
-/// Training with the critic's update on the native kernels follows the libtorch update: from
-/// the same state and batches, the TD losses and values of 20 updates agree to fp32 rounding
-/// (the gradients themselves are compared in the crate's unit test).
+/// Training with the critic's and the actor's updates on the native kernels follows the
+/// libtorch updates: from the same state and batches, the TD losses, values and actor losses
+/// of 20 updates agree to fp32 rounding (the gradients themselves are compared in the crate's
+/// unit tests).
 #[test]
-fn native_critic_updates_track_libtorch_ones() {
+fn native_updates_track_libtorch_ones() {
     let _g = lock();
     let actor = ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() });
-    let build = |critic_engine| {
+    let build = |engine| {
         let mut config = AgentConfig {
             actor: actor.clone(),
             select_engine: SelectEngine::NativeF32,
-            critic_engine,
+            critic_engine: engine,
+            actor_engine: engine,
             ..AgentConfig::default()
         };
         config.critic.network.hidden = vec![256; 3];
         config.batch_size = 64;
         Agent::new(S, A, &config, Device::Cpu).unwrap()
     };
-    let mut reference = build(CriticEngine::Libtorch);
-    let mut native = build(CriticEngine::Native);
+    let mut reference = build(UpdateEngine::Libtorch);
+    let mut native = build(UpdateEngine::Native);
     assert!(native.critic_natively() && !reference.critic_natively());
+    assert!(native.actor_natively() && !reference.actor_natively());
     let (tensors, steps) = reference.state();
     native.load_state(&tensors.into_iter().collect(), steps).unwrap();
     let metric = |m: &[(&str, Tensor)], k: &str| m.iter().find(|(n, _)| *n == k).unwrap().1.double_value(&[]);
@@ -200,7 +203,9 @@ fn native_critic_updates_track_libtorch_ones() {
         let m_ref = reference.update(&tb).unwrap();
         tch::manual_seed(7 + step);
         let m_nat = native.update(&tb).unwrap();
-        for key in ["critic/loss", "critic/q_mean", "critic/target_mean", "actor/loss"] {
+        for key in
+            ["critic/loss", "critic/q_mean", "critic/target_mean", "actor/mf_loss", "actor/ivc_loss", "actor/loss"]
+        {
             let (r, n) = (metric(&m_ref, key), metric(&m_nat, key));
             assert!((r - n).abs() <= 1e-3 * (1.0 + r.abs()), "update {step}: {key} {n} (native) vs {r} (libtorch)");
         }
@@ -220,6 +225,13 @@ fn asking_for_the_native_engine_where_it_cannot_run_names_the_key() {
     // `auto` falls back to libtorch for it.
     let config = AgentConfig { select_engine: SelectEngine::Auto, ..config };
     assert!(!Agent::new(S, A, &config, Device::Cpu).unwrap().selects_natively());
+    // The same for the actor's update: MP1's dispersive loss has no native form.
+    let actor = ActorConfig::Mvp(MvpConfig { network: net(), dispersive_weight: 0.5, ..MvpConfig::default() });
+    let config = AgentConfig { actor, actor_engine: UpdateEngine::Native, ..AgentConfig::default() };
+    let err = Agent::new(S, A, &config, Device::Cpu).err().expect("no native dispersive loss").to_string();
+    assert!(err.contains("agent.actor_engine") && err.contains("dispersive"), "{err}");
+    let config = AgentConfig { actor_engine: UpdateEngine::Auto, ..config };
+    assert!(!Agent::new(S, A, &config, Device::Cpu).unwrap().actor_natively());
 }
 
 /// An exported policy acts like the agent it came from: written as a policy folder, loaded back

@@ -45,14 +45,17 @@ pub struct MlpGrad {
     rows: usize,
     /// Real rows of the current batch.
     batch: usize,
+    /// Tangent rows of the current batch (real, and padded), stored after the padded rows.
+    tangents: usize,
+    tangent_rows: usize,
     /// `W` of each layer, packed.
     fwd: Vec<PackedLinear>,
     /// `Wᵀ` of each layer but the first, packed (index l for layer l; unused at 0).
     bwd: Vec<Option<PackedLinear>>,
     /// Layer inputs: `h[0]` the batch, `h[l]` the output of hidden layer l − 1 (after its
-    /// LayerNorm), each `[rows × round_up(dims[l], NR)]`.
+    /// LayerNorm), each `[rows × round_up(dims[l], NR)]`, then the tangent rows.
     h: Vec<Vec<f32>>,
-    /// Pre-activations `[rows × round_up(dims[l + 1], NR)]`.
+    /// Pre-activations `[rows × round_up(dims[l + 1], NR)]`, then their tangents.
     z: Vec<Vec<f32>>,
     /// Normalised activations and inverse deviations of hidden layers with a LayerNorm.
     xhat: Vec<Vec<f32>>,
@@ -87,6 +90,8 @@ impl MlpGrad {
             layer_norm,
             rows: 0,
             batch: 0,
+            tangents: 0,
+            tangent_rows: 0,
             fwd,
             bwd,
             h: vec![Vec::new(); layers],
@@ -129,14 +134,36 @@ impl MlpGrad {
     /// parameters of the last [`MlpGrad::set_params`] (`params` for the LayerNorms); keeps the
     /// activations. Returns the outputs `[rows × round_up(out, NR)]` (the first `batch` rows).
     pub fn forward(&mut self, x: &[f32], batch: usize, params: &[LayerParams<'_>]) -> &[f32] {
+        self.forward_with_tangent(x, batch, &[], 0, params).0
+    }
+
+    /// [`MlpGrad::forward`], and the tangent `dy = J_f(x)·dx` of its first `tangent_rows` rows
+    /// along `dx` (`[tangent_rows, dims[0]]`): forward-mode differentiation, in the same
+    /// products as the primal rows (stacked after them, without the bias). The tangent is a
+    /// value only: [`MlpGrad::backward`] differentiates the primal rows. Returns the outputs
+    /// and the tangents, `[round_up(_, MR) × out_stride]` each.
+    pub fn forward_with_tangent(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        dx: &[f32],
+        tangent_rows: usize,
+        params: &[LayerParams<'_>],
+    ) -> (&[f32], &[f32]) {
+        assert!(tangent_rows <= batch, "tangents are taken of primal rows");
+        assert_eq!(dx.len(), tangent_rows * self.dims[0], "dx must be [tangent_rows, in]");
         #[cfg(target_arch = "x86_64")]
         if crate::gemm::has_avx512() {
             // SAFETY: the CPU has AVX-512F; the function compiles the same code for it.
-            unsafe { self.forward_avx512(x, batch, params) };
-            return &self.z[self.fwd.len() - 1];
+            unsafe { self.forward_avx512(x, batch, dx, tangent_rows, params) };
+        } else {
+            self.forward_body(x, batch, dx, tangent_rows, params);
         }
-        self.forward_body(x, batch, params);
-        &self.z[self.fwd.len() - 1]
+        #[cfg(not(target_arch = "x86_64"))]
+        self.forward_body(x, batch, dx, tangent_rows, params);
+        let out = &self.z[self.fwd.len() - 1];
+        let split = self.rows * self.out_stride();
+        (&out[..split], &out[split..])
     }
 
     /// The backward pass of the last forward pass from the output gradients `dy`
@@ -153,8 +180,15 @@ impl MlpGrad {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn forward_avx512(&mut self, x: &[f32], batch: usize, params: &[LayerParams<'_>]) {
-        self.forward_body(x, batch, params)
+    unsafe fn forward_avx512(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        dx: &[f32],
+        tangent_rows: usize,
+        params: &[LayerParams<'_>],
+    ) {
+        self.forward_body(x, batch, dx, tangent_rows, params)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -166,25 +200,30 @@ impl MlpGrad {
     /// The element-wise loops of both passes are written to vectorise: the AVX-512 entry
     /// points above compile this same body for that instruction set.
     #[inline(always)]
-    fn forward_body(&mut self, x: &[f32], batch: usize, params: &[LayerParams<'_>]) {
+    fn forward_body(&mut self, x: &[f32], batch: usize, dx: &[f32], tangent_rows: usize, params: &[LayerParams<'_>]) {
         let d0 = self.dims[0];
         assert_eq!(x.len(), batch * d0, "x must be [batch, in]");
         let layers = self.fwd.len();
         self.batch = batch;
         self.rows = round_up(batch.max(1), MR);
-        let rows = self.rows;
+        self.tangent_rows = tangent_rows;
+        self.tangents = round_up(tangent_rows, MR);
+        let (rows, all) = (self.rows, self.rows + self.tangents);
         for l in 0..layers {
             let (si, so) = (self.stride(l), self.stride(l + 1));
             self.h[l].clear();
-            self.h[l].resize(rows * si, 0.0);
-            self.z[l].resize(rows * so, 0.0);
+            self.h[l].resize(all * si, 0.0);
+            self.z[l].resize(all * so, 0.0);
         }
         let s0 = self.stride(0);
         for r in 0..batch {
             self.h[0][r * s0..r * s0 + d0].copy_from_slice(&x[r * d0..(r + 1) * d0]);
         }
+        for r in 0..tangent_rows {
+            self.h[0][(rows + r) * s0..(rows + r) * s0 + d0].copy_from_slice(&dx[r * d0..(r + 1) * d0]);
+        }
         for l in 0..layers {
-            self.fwd[l].forward_f32(&self.h[l], rows, &mut self.z[l]);
+            self.fwd[l].forward_f32_biased(&self.h[l], all, rows, &mut self.z[l]);
             if l + 1 == layers {
                 break;
             }
@@ -210,6 +249,26 @@ impl MlpGrad {
                     for j in 0..d {
                         xhat[j] = (out[j] - mean) * inv;
                         out[j] = xhat[j] * scale[j] + shift[j];
+                    }
+                }
+            }
+            // Tangents: through the GELU (its derivative at the primal pre-activation), then
+            // the LayerNorm's: dx̂ = (dh − mean(dh) − x̂·mean(x̂·dh)) / σ, scaled.
+            let (zl, hl) = (&self.z[l], &mut self.h[l + 1]);
+            for r in 0..tangent_rows {
+                let (t, at) = ((rows + r) * s, r * s);
+                let out = &mut hl[t..t + d];
+                for ((o, &dz), &z) in out.iter_mut().zip(&zl[t..t + d]).zip(&zl[at..at + d]) {
+                    *o = dz * gelu_derivative(z);
+                }
+                if let Some((scale, _)) = norm {
+                    let n = d as f32;
+                    let xhat = &self.xhat[l][r * d..(r + 1) * d];
+                    let mean = sum(out, |v| v) / n;
+                    let mean_x = dot(out, xhat, |_| 1.0, xhat) / n;
+                    let inv = self.rstd[l][r];
+                    for j in 0..d {
+                        out[j] = (out[j] - mean - xhat[j] * mean_x) * inv * scale[j];
                     }
                 }
             }

@@ -204,15 +204,23 @@ impl PackedLinear {
     /// `out = a·W + b` for `rows` rows (a multiple of [`MR`]) of fp32 input with stride
     /// [`Self::in_stride`]; `out` has stride [`Self::out_stride`]. fp32 layers only.
     pub fn forward_f32(&self, a: &[f32], rows: usize, out: &mut [f32]) {
+        self.forward_f32_biased(a, rows, rows, out);
+    }
+
+    /// [`Self::forward_f32`] with the bias added to the first `biased` rows only (a multiple
+    /// of [`MR`]); the rows after them get `a·W`: tangents pushed through the layer together
+    /// with their primal rows.
+    pub fn forward_f32_biased(&self, a: &[f32], rows: usize, biased: usize, out: &mut [f32]) {
         assert_eq!(self.precision, Precision::F32);
         self.check(a.len(), rows, out.len());
+        assert!(biased <= rows && biased % MR == 0, "biased rows must be a multiple of {MR} up to rows");
         #[cfg(target_arch = "x86_64")]
         if has_avx512() {
             // SAFETY: the CPU has AVX-512F; `check` bounds every pointer the kernel touches.
-            unsafe { self.forward_f32_avx512(a, rows, out) };
+            unsafe { self.forward_f32_avx512(a, rows, biased, out) };
             return;
         }
-        self.forward_f32_portable(a, rows, out);
+        self.forward_f32_portable(a, rows, biased, out);
     }
 
     /// `out = a·W + b` for bf16 input `a` (see [`Self::forward_f32`]). bf16 layers only; the
@@ -253,12 +261,14 @@ impl PackedLinear {
         assert!(out_len >= rows * self.n, "output buffer too small");
     }
 
-    fn forward_f32_portable(&self, a: &[f32], rows: usize, out: &mut [f32]) {
+    fn forward_f32_portable(&self, a: &[f32], rows: usize, biased: usize, out: &mut [f32]) {
         for p in 0..self.n / NR {
             let panel = &self.f32_panels[p * self.k * NR..(p + 1) * self.k * NR];
             for r in 0..rows {
                 let mut acc = [0f32; NR];
-                acc.copy_from_slice(&self.bias[p * NR..(p + 1) * NR]);
+                if r < biased {
+                    acc.copy_from_slice(&self.bias[p * NR..(p + 1) * NR]);
+                }
                 let row = &a[r * self.k..(r + 1) * self.k];
                 for (kk, &x) in row.iter().enumerate() {
                     for (c, &w) in acc.iter_mut().zip(&panel[kk * NR..(kk + 1) * NR]) {
@@ -272,13 +282,13 @@ impl PackedLinear {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn forward_f32_avx512(&self, a: &[f32], rows: usize, out: &mut [f32]) {
+    unsafe fn forward_f32_avx512(&self, a: &[f32], rows: usize, biased: usize, out: &mut [f32]) {
         use std::arch::x86_64::*;
         let (k, n) = (self.k, self.n);
         for p in 0..n / NR {
             let w = self.f32_panels.as_ptr().add(p * k * NR);
-            let b0 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR));
-            let b1 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR + 16));
+            let bias0 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR));
+            let bias1 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR + 16));
             // K in blocks of KC so that the panel's slice (KC × 32 floats) stays in L1 while
             // every row block passes over it; partial sums go through the output buffer.
             for kc in (0..k).step_by(KC) {
@@ -286,6 +296,8 @@ impl PackedLinear {
                 for r0 in (0..rows).step_by(MR) {
                     let ap = a.as_ptr().add(r0 * k);
                     let cp = out.as_mut_ptr().add(r0 * n + p * NR);
+                    let (b0, b1) =
+                        if r0 < biased { (bias0, bias1) } else { (_mm512_setzero_ps(), _mm512_setzero_ps()) };
                     let mut acc = [b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1];
                     if kc > 0 {
                         for i in 0..MR {
@@ -426,10 +438,37 @@ mod tests {
         let layer = PackedLinear::new(i, o, &w, &b, Precision::F32);
         let a = data(r * layer.in_stride(), 7);
         let (mut x, mut y) = (vec![0.0; r * layer.out_stride()], vec![0.0; r * layer.out_stride()]);
-        layer.forward_f32_portable(&a, r, &mut x);
+        layer.forward_f32_portable(&a, r, r, &mut x);
         layer.forward_f32(&a, r, &mut y);
         for (p, q) in x.iter().zip(&y) {
             assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+        }
+    }
+
+    /// Rows past `biased` get `a·W` without the bias, on both kernels.
+    #[test]
+    fn unbiased_rows_skip_the_bias() {
+        let (i, o, r, biased) = (45, 70, 24, 8);
+        let w = data(i * o, 8);
+        let b = data(o, 9);
+        let layer = PackedLinear::new(i, o, &w, &b, Precision::F32);
+        let a = data(r * layer.in_stride(), 10);
+        let mut full = vec![0.0; r * layer.out_stride()];
+        layer.forward_f32(&a, r, &mut full);
+        let mut x = vec![0.0; r * layer.out_stride()];
+        for portable in [false, true] {
+            if portable {
+                layer.forward_f32_portable(&a, r, biased, &mut x);
+            } else {
+                layer.forward_f32_biased(&a, r, biased, &mut x);
+            }
+            for row in 0..r {
+                for c in 0..o {
+                    let (got, with_bias) = (x[row * layer.out_stride() + c], full[row * layer.out_stride() + c]);
+                    let want = if row < biased { with_bias } else { with_bias - b[c] };
+                    assert!((got - want).abs() < 1e-4, "row {row} col {c}: {got} vs {want} (portable: {portable})");
+                }
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig};
-use mvp_agent::config::{AgentConfig, CriticEngine, SelectEngine};
+use mvp_agent::config::{AgentConfig, SelectEngine, UpdateEngine};
 use mvp_agent::{Agent, TensorBatch};
 use mvp_infer::Precision;
 use mvp_nn::{DeviceChoice, MatmulPrecision, MlpConfig, Runtime};
@@ -117,7 +117,11 @@ pub struct TrainArgs {
     /// Engines of the critic's TD update to measure (`agent.critic_engine`): auto (what
     /// training uses), libtorch, native.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
-    critic: Vec<CriticEngineArg>,
+    critic: Vec<EngineArg>,
+    /// Engines of the actor's update to measure (`agent.actor_engine`): auto (what training
+    /// uses), libtorch, native.
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    actor: Vec<EngineArg>,
     /// Also time each phase of an update (median ms, FLOPs and GFLOP/s per phase) and print
     /// that table.
     #[arg(long)]
@@ -148,15 +152,25 @@ impl SelectEngineArg {
     }
 }
 
-/// `agent.critic_engine` as a command-line value.
+/// `agent.critic_engine` or `agent.actor_engine` as a command-line value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CriticEngineArg {
+pub enum EngineArg {
     /// The config's default: native where it can run.
     Auto,
     /// libtorch's autograd.
     Libtorch,
     /// The native fp32 kernels.
     Native,
+}
+
+impl EngineArg {
+    fn engine(self) -> UpdateEngine {
+        match self {
+            EngineArg::Auto => UpdateEngine::Auto,
+            EngineArg::Libtorch => UpdateEngine::Libtorch,
+            EngineArg::Native => UpdateEngine::Native,
+        }
+    }
 }
 
 /// A method of the comparison: a name and its agent settings.
@@ -433,6 +447,8 @@ struct TrainRow {
     select: String,
     /// The engine the critic's update ran on.
     critic: String,
+    /// The engine the actor's update ran on.
+    actor: String,
     batch: usize,
     median_ms_per_iter: f64,
     iters_per_s: f64,
@@ -503,6 +519,7 @@ fn phase_gflop(c: &Common, config: &AgentConfig, batch: usize) -> Vec<(&'static 
         ("actor: loss", actor_loss * b * g),
         ("critic: backward", 2.0 * critic * b * g),
         ("critic: loss and backward (native)", 3.0 * critic * b * g),
+        ("actor: loss and backward (native)", (actor_loss + actor_backward) * b * g),
         ("actor: backward", actor_backward * b * g),
     ]
 }
@@ -515,21 +532,25 @@ pub fn train(args: TrainArgs) -> Result<()> {
     for &matmul in &args.matmul {
         device = Runtime { device: c.device, threads: c.threads, matmul }.apply()?;
         for m in methods(c) {
-            for (&select, &critic) in args.select.iter().flat_map(|s| args.critic.iter().map(move |c| (s, c))) {
+            let mut engines = Vec::new();
+            for &s in &args.select {
+                for &c in &args.critic {
+                    engines.extend(args.actor.iter().map(|&a| (s, c, a)));
+                }
+            }
+            for (select, critic, actor) in engines {
                 tch::manual_seed(0);
                 let mut config = m.config.clone();
                 config.batch_size = args.batch;
                 config.select_engine = select.engine();
-                config.critic_engine = match critic {
-                    CriticEngineArg::Auto => CriticEngine::Auto,
-                    CriticEngineArg::Libtorch => CriticEngine::Libtorch,
-                    CriticEngineArg::Native => CriticEngine::Native,
-                };
+                config.critic_engine = critic.engine();
+                config.actor_engine = actor.engine();
                 let mut agent = match Agent::new(c.obs_dim, c.action_dim, &config, device) {
                     Ok(a) => a,
                     Err(e)
                         if (select != SelectEngineArg::Auto && select != SelectEngineArg::Libtorch)
-                            || critic == CriticEngineArg::Native =>
+                            || critic == EngineArg::Native
+                            || actor == EngineArg::Native =>
                     {
                         tracing::warn!("{}: skipped: {e:#}", m.name);
                         continue;
@@ -546,18 +567,24 @@ pub fn train(args: TrainArgs) -> Result<()> {
                     "libtorch"
                 };
                 let critic_used = if agent.critic_natively() { "native" } else { "libtorch" };
-                if rows
-                    .iter()
-                    .any(|r| r.method == m.name && r.matmul == matmul && r.select == used && r.critic == critic_used)
-                {
+                let actor_used = if agent.actor_natively() { "native" } else { "libtorch" };
+                if rows.iter().any(|r| {
+                    r.method == m.name
+                        && r.matmul == matmul
+                        && r.select == used
+                        && r.critic == critic_used
+                        && r.actor == actor_used
+                }) {
                     continue; // e.g. auto = libtorch for an actor without a native path
                 }
                 // As in training, where only the logged updates (1 in 100 or more) compute them.
                 agent.set_diagnostics(false);
                 let mut row = time_updates(&mut agent, &args, &config, matmul, used, &m.name, device)?;
                 row.critic = critic_used.to_string();
+                row.actor = actor_used.to_string();
                 tracing::info!(
-                    "{} ({matmul} matmuls, {used} selection, {critic_used} critic update): {:.1} ms per iteration",
+                    "{} ({matmul} matmuls, {used} selection, {critic_used} critic update, {actor_used} actor update): \
+                     {:.1} ms per iteration",
                     m.name,
                     row.median_ms_per_iter
                 );
@@ -572,23 +599,28 @@ pub fn train(args: TrainArgs) -> Result<()> {
         c.threads, device, args.batch, c.hidden, args.iters
     );
     println!(
-        "| method | matmuls | TD-target selection | critic update | ms / iteration | iterations / s | MVP speed-up \
-         (same engines) |"
+        "| method | matmuls | TD-target selection | critic update | actor update | ms / iteration | iterations / s | \
+         MVP speed-up (same engines) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let base = rows
             .iter()
             .find(|b| {
-                b.matmul == r.matmul && b.select == r.select && b.critic == r.critic && b.method.starts_with("MVP")
+                b.matmul == r.matmul
+                    && b.select == r.select
+                    && b.critic == r.critic
+                    && b.actor == r.actor
+                    && b.method.starts_with("MVP")
             })
             .map(|b| b.iters_per_s);
         println!(
-            "| {} | {} | {} | {} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2} |",
             r.method,
             r.matmul,
             r.select,
             r.critic,
+            r.actor,
             r.median_ms_per_iter,
             r.iters_per_s,
             base.map(|b| b / r.iters_per_s).unwrap_or(f64::NAN)
@@ -598,8 +630,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         println!("\nWhere the time of one update goes (median ms per phase; GFLOP/s of its matrix products)\n");
         for r in &rows {
             println!(
-                "{} ({} matmuls, {} selection, {} critic update): {:.1} ms per update",
-                r.method, r.matmul, r.select, r.critic, r.median_ms_per_iter
+                "{} ({} matmuls, {} selection, {} critic update, {} actor update): {:.1} ms per update",
+                r.method, r.matmul, r.select, r.critic, r.actor, r.median_ms_per_iter
             );
             println!("| phase | ms | share | GFLOP | GFLOP/s |");
             println!("|---|---|---|---|---|");
@@ -694,6 +726,7 @@ fn time_updates(
         matmul,
         select: used.to_string(),
         critic: String::new(),
+        actor: String::new(),
         batch: args.batch,
         median_ms_per_iter: median,
         iters_per_s: 1e3 / median,
