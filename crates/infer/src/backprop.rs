@@ -4,8 +4,8 @@
 //! more time dispatching and recording its graph than multiplying.
 //!
 //! Every product is `A·W` with `W` packed: the forward pass packs `W`, the input gradient
-//! `dH = dZ·Wᵀ` packs `Wᵀ`, and the weight gradient `dW = Hᵀ·dZ` packs `dZ` (the batch is the
-//! inner dimension). Rows of the batch are padded to a multiple of [`MR`] with zeros, whose
+//! `dH = dZ·Wᵀ` packs `Wᵀ` (straight from `W`), and the weight gradient `dW = Hᵀ·dZ` packs
+//! `dZ` (the batch is the inner dimension) and reads `Hᵀ` in place. Rows of the batch are padded to a multiple of [`MR`] with zeros, whose
 //! output gradients are zero, so they add nothing to any gradient.
 
 use crate::gemm::{round_up, PackedLinear, Precision, MR, NR};
@@ -60,7 +60,6 @@ pub struct MlpGrad {
     /// Normalised activations and inverse deviations of hidden layers with a LayerNorm.
     xhat: Vec<Vec<f32>>,
     rstd: Vec<Vec<f32>>,
-    scratch_t: Vec<f32>,
     zeros: Vec<f32>,
     /// `dZ` of each layer packed as a weight (for `dW`), re-packed every backward pass.
     dz_pack: Vec<Option<PackedLinear>>,
@@ -98,7 +97,6 @@ impl MlpGrad {
             z: vec![Vec::new(); layers],
             xhat: vec![Vec::new(); layers],
             rstd: vec![Vec::new(); layers],
-            scratch_t: Vec::new(),
             zeros: vec![0.0; dims.iter().copied().max().unwrap_or(1)],
             dz_pack: (0..layers).map(|_| None).collect(),
             scratch: Scratch::default(),
@@ -113,10 +111,7 @@ impl MlpGrad {
             assert_eq!((p.weight.len(), p.bias.len()), (i * o, o), "layer {l}: weight [in, out] and bias [out]");
             self.fwd[l].repack(p.weight, p.bias);
             if let (true, Some(b)) = (with_backward, self.bwd[l].as_mut()) {
-                // Wᵀ: [out, in].
-                self.scratch_t.resize(i * o, 0.0);
-                transpose(p.weight, i, o, o, &mut self.scratch_t, i);
-                b.repack(&self.scratch_t, &self.zeros[..i]);
+                b.repack_transposed(p.weight); // Wᵀ: [out, in]
             }
         }
     }
@@ -281,7 +276,7 @@ impl MlpGrad {
         let (rows, batch) = (self.rows, self.batch);
         let out = self.dims[layers];
         assert_eq!(dy.len(), batch * out, "dy must be [batch, out]");
-        let Scratch { dz, next, dh, ht, dw, compact } = &mut self.scratch;
+        let Scratch { dz, next, dh, dw, compact } = &mut self.scratch;
         // dz: the gradient of the current layer's pre-activation, [rows × stride], zero-padded.
         let s_out = round_up(out, NR);
         dz.clear();
@@ -304,12 +299,10 @@ impl MlpGrad {
                 }
                 slot => slot.insert(PackedLinear::new(rows, dout, compact, &self.zeros[..dout], Precision::F32)),
             };
-            let (ht_rows, ht_stride) = (round_up(din, MR), pack.in_stride());
-            ht.clear();
-            ht.resize(ht_rows * ht_stride, 0.0);
-            transpose(&self.h[l], rows, din, sin, ht, ht_stride);
+            // Hᵀ read in place: element (c, r) of Hᵀ is h[r·sin + c].
+            let ht_rows = round_up(din, MR);
             dw.resize(ht_rows * pack.out_stride(), 0.0);
-            pack.forward_f32(ht, ht_rows, dw);
+            pack.forward_f32_strided(&self.h[l], ht_rows, 1, sin, dw);
             let g = &mut grads[l];
             for c in 0..din {
                 g.weight[c * dout..(c + 1) * dout]
@@ -374,24 +367,8 @@ struct Scratch {
     dz: Vec<f32>,
     next: Vec<f32>,
     dh: Vec<f32>,
-    ht: Vec<f32>,
     dw: Vec<f32>,
     compact: Vec<f32>,
-}
-
-/// `dst[c·dst_stride + r] = src[r·src_stride + c]` for `rows × cols`, in 16 × 16 tiles.
-#[inline(always)]
-fn transpose(src: &[f32], rows: usize, cols: usize, src_stride: usize, dst: &mut [f32], dst_stride: usize) {
-    const T: usize = 16;
-    for r0 in (0..rows).step_by(T) {
-        for c0 in (0..cols).step_by(T) {
-            for r in r0..(r0 + T).min(rows) {
-                for c in c0..(c0 + T).min(cols) {
-                    dst[c * dst_stride + r] = src[r * src_stride + c];
-                }
-            }
-        }
-    }
 }
 
 /// `Σ_j a_j·b_j·f(c_j)` with 16 partial sums (a reduction the compiler vectorises).

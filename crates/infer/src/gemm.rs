@@ -157,6 +157,27 @@ impl PackedLinear {
         self.bias.resize(self.n, 0.0);
     }
 
+    /// Packs the transpose of `weight_t` (`[out_dim, in_dim]`, row-major: the weight of the
+    /// layer this one runs backwards) with a zero bias, in one pass: fp32 layers only.
+    pub fn repack_transposed(&mut self, weight_t: &[f32]) {
+        assert_eq!(self.precision, Precision::F32, "transposed packing is for fp32 layers");
+        let (in_dim, out_dim, k) = (self.in_dim, self.out_dim, self.k);
+        assert_eq!(weight_t.len(), in_dim * out_dim, "weight_t must be [out, in]");
+        let out = &mut self.f32_panels;
+        out.clear();
+        out.resize(self.n / NR * k * NR, 0.0);
+        // Column c of this layer's weight is row c of `weight_t`: it goes to lane c % NR of
+        // panel c / NR, one row of the panel per input.
+        for (c, row) in weight_t.chunks_exact(in_dim).enumerate() {
+            let panel = &mut out[(c / NR) * k * NR + c % NR..];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[kk * NR] = v;
+            }
+        }
+        self.bias.clear();
+        self.bias.resize(self.n, 0.0);
+    }
+
     /// Real input width.
     pub fn in_dim(&self) -> usize {
         self.in_dim
@@ -214,13 +235,31 @@ impl PackedLinear {
         assert_eq!(self.precision, Precision::F32);
         self.check(a.len(), rows, out.len());
         assert!(biased <= rows && biased % MR == 0, "biased rows must be a multiple of {MR} up to rows");
+        self.forward_f32_any(a, rows, (self.k, 1), biased, out);
+    }
+
+    /// `out = A·W + b` where element (row i, input j) of `A` is `a[i·row_step + j·col_step]`:
+    /// with `row_step = 1` and `col_step` a row stride, `A` is the transpose of a row-major
+    /// buffer, multiplied without copying it (`dW = Hᵀ·dZ` in a backward pass). Only the
+    /// `in_dim` real inputs are read.
+    pub fn forward_f32_strided(&self, a: &[f32], rows: usize, row_step: usize, col_step: usize, out: &mut [f32]) {
+        assert_eq!(self.precision, Precision::F32);
+        assert_eq!(rows % MR, 0, "rows must be a multiple of {MR}");
+        assert!(out.len() >= rows * self.n, "output buffer too small");
+        let last = (rows.max(1) - 1) * row_step + (self.in_dim - 1) * col_step;
+        assert!(rows == 0 || last < a.len(), "input buffer too small");
+        self.forward_f32_any(a, rows, (row_step, col_step), rows, out);
+    }
+
+    fn forward_f32_any(&self, a: &[f32], rows: usize, steps: (usize, usize), biased: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if has_avx512() {
-            // SAFETY: the CPU has AVX-512F; `check` bounds every pointer the kernel touches.
-            unsafe { self.forward_f32_avx512(a, rows, biased, out) };
+            // SAFETY: the CPU has AVX-512F; the callers bound every element the kernel reads
+            // (rows × in_dim of `a` at `steps`) and writes (rows × n of `out`).
+            unsafe { self.forward_f32_avx512(a, rows, steps, biased, out) };
             return;
         }
-        self.forward_f32_portable(a, rows, biased, out);
+        self.forward_f32_portable(a, rows, steps, biased, out);
     }
 
     /// `out = a·W + b` for bf16 input `a` (see [`Self::forward_f32`]). bf16 layers only; the
@@ -261,7 +300,8 @@ impl PackedLinear {
         assert!(out_len >= rows * self.n, "output buffer too small");
     }
 
-    fn forward_f32_portable(&self, a: &[f32], rows: usize, biased: usize, out: &mut [f32]) {
+    fn forward_f32_portable(&self, a: &[f32], rows: usize, steps: (usize, usize), biased: usize, out: &mut [f32]) {
+        let (rs, cs) = steps;
         for p in 0..self.n / NR {
             let panel = &self.f32_panels[p * self.k * NR..(p + 1) * self.k * NR];
             for r in 0..rows {
@@ -269,8 +309,8 @@ impl PackedLinear {
                 if r < biased {
                     acc.copy_from_slice(&self.bias[p * NR..(p + 1) * NR]);
                 }
-                let row = &a[r * self.k..(r + 1) * self.k];
-                for (kk, &x) in row.iter().enumerate() {
+                for kk in 0..self.in_dim {
+                    let x = a[r * rs + kk * cs];
                     for (c, &w) in acc.iter_mut().zip(&panel[kk * NR..(kk + 1) * NR]) {
                         *c += x * w;
                     }
@@ -282,19 +322,20 @@ impl PackedLinear {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn forward_f32_avx512(&self, a: &[f32], rows: usize, biased: usize, out: &mut [f32]) {
+    unsafe fn forward_f32_avx512(&self, a: &[f32], rows: usize, steps: (usize, usize), biased: usize, out: &mut [f32]) {
         use std::arch::x86_64::*;
-        let (k, n) = (self.k, self.n);
+        let (k, n, (rs, cs)) = (self.k, self.n, steps);
         for p in 0..n / NR {
             let w = self.f32_panels.as_ptr().add(p * k * NR);
             let bias0 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR));
             let bias1 = _mm512_loadu_ps(self.bias.as_ptr().add(p * NR + 16));
             // K in blocks of KC so that the panel's slice (KC × 32 floats) stays in L1 while
-            // every row block passes over it; partial sums go through the output buffer.
-            for kc in (0..k).step_by(KC) {
-                let kend = (kc + KC).min(k);
+            // every row block passes over it; partial sums go through the output buffer. Inputs
+            // past in_dim would multiply zero rows of the panel: skipped.
+            for kc in (0..self.in_dim).step_by(KC) {
+                let kend = (kc + KC).min(self.in_dim);
                 for r0 in (0..rows).step_by(MR) {
-                    let ap = a.as_ptr().add(r0 * k);
+                    let ap = a.as_ptr().add(r0 * rs);
                     let cp = out.as_mut_ptr().add(r0 * n + p * NR);
                     let (b0, b1) =
                         if r0 < biased { (bias0, bias1) } else { (_mm512_setzero_ps(), _mm512_setzero_ps()) };
@@ -309,7 +350,7 @@ impl PackedLinear {
                         let w0 = _mm512_loadu_ps(w.add(kk * NR));
                         let w1 = _mm512_loadu_ps(w.add(kk * NR + 16));
                         for i in 0..MR {
-                            let x = _mm512_set1_ps(*ap.add(i * k + kk));
+                            let x = _mm512_set1_ps(*ap.add(i * rs + kk * cs));
                             acc[2 * i] = _mm512_fmadd_ps(x, w0, acc[2 * i]);
                             acc[2 * i + 1] = _mm512_fmadd_ps(x, w1, acc[2 * i + 1]);
                         }
@@ -438,11 +479,58 @@ mod tests {
         let layer = PackedLinear::new(i, o, &w, &b, Precision::F32);
         let a = data(r * layer.in_stride(), 7);
         let (mut x, mut y) = (vec![0.0; r * layer.out_stride()], vec![0.0; r * layer.out_stride()]);
-        layer.forward_f32_portable(&a, r, r, &mut x);
+        layer.forward_f32_portable(&a, r, (layer.in_stride(), 1), r, &mut x);
         layer.forward_f32(&a, r, &mut y);
         for (p, q) in x.iter().zip(&y) {
             assert!((p - q).abs() < 1e-4, "{p} vs {q}");
         }
+    }
+
+    /// A strided input (the transpose of a row-major buffer) gives the product of the copy.
+    #[test]
+    fn strided_input_equals_its_copy() {
+        let (i, o, r) = (45, 70, 24);
+        let layer = PackedLinear::new(i, o, &data(i * o, 13), &data(o, 14), Precision::F32);
+        let ht = data(i * r, 15); // [i, r] row-major: A = htᵀ is [r, i]
+        let mut a = vec![0.0; r * layer.in_stride()];
+        for row in 0..r {
+            for c in 0..i {
+                a[row * layer.in_stride() + c] = ht[c * r + row];
+            }
+        }
+        let (mut x, mut y) = (vec![0.0; r * layer.out_stride()], vec![0.0; r * layer.out_stride()]);
+        layer.forward_f32_strided(&ht, r, 1, r, &mut x);
+        layer.forward_f32(&a, r, &mut y);
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+        layer.forward_f32_portable(&ht, r, (1, r), r, &mut x);
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+        }
+    }
+
+    /// Packing the transpose directly equals transposing and packing.
+    #[test]
+    fn transposed_packing_equals_packing_the_transpose() {
+        let (i, o, r) = (45, 70, 16);
+        let w = data(i * o, 11); // [i, o], the forward layer
+        let mut wt = vec![0.0; i * o]; // [o, i]
+        for a in 0..i {
+            for b in 0..o {
+                wt[b * i + a] = w[a * o + b];
+            }
+        }
+        let want = PackedLinear::new(o, i, &wt, &vec![0.0; i], Precision::F32);
+        let mut got = PackedLinear::new(o, i, &vec![1.0; i * o], &vec![1.0; i], Precision::F32);
+        got.repack_transposed(&w);
+        assert_eq!(got.f32_panels, want.f32_panels);
+        assert_eq!(got.bias, want.bias);
+        let a = data(r * got.in_stride(), 12);
+        let (mut x, mut y) = (vec![0.0; r * got.out_stride()], vec![0.0; r * got.out_stride()]);
+        got.forward_f32(&a, r, &mut x);
+        want.forward_f32(&a, r, &mut y);
+        assert_eq!(x, y);
     }
 
     /// Rows past `biased` get `a·W` without the bias, on both kernels.
@@ -458,7 +546,7 @@ mod tests {
         let mut x = vec![0.0; r * layer.out_stride()];
         for portable in [false, true] {
             if portable {
-                layer.forward_f32_portable(&a, r, biased, &mut x);
+                layer.forward_f32_portable(&a, r, (layer.in_stride(), 1), biased, &mut x);
             } else {
                 layer.forward_f32_biased(&a, r, biased, &mut x);
             }
