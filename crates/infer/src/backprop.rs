@@ -5,8 +5,12 @@
 //!
 //! Every product is `A·W` with `W` packed: the forward pass packs `W`, the input gradient
 //! `dH = dZ·Wᵀ` packs `Wᵀ` (straight from `W`), and the weight gradient `dW = Hᵀ·dZ` packs
-//! `dZ` (the batch is the inner dimension) and reads `Hᵀ` in place. Rows of the batch are padded to a multiple of [`MR`] with zeros, whose
-//! output gradients are zero, so they add nothing to any gradient.
+//! `dZ` (the batch is the inner dimension) and reads `Hᵀ` in place. Rows of the batch are
+//! padded to a multiple of [`MR`] with zeros, whose output gradients are zero, so they add
+//! nothing to any gradient.
+//!
+//! The forward pass can also carry tangents (forward-mode differentiation) of some rows as
+//! extra rows of the same products: the MeanFlow target's `du/dt`.
 
 use crate::gemm::{round_up, PackedLinear, Precision, MR, NR};
 use crate::mlp::{exp, gelu, sum, LN_EPS};
@@ -45,9 +49,6 @@ pub struct MlpGrad {
     rows: usize,
     /// Real rows of the current batch.
     batch: usize,
-    /// Tangent rows of the current batch (real, and padded), stored after the padded rows.
-    tangents: usize,
-    tangent_rows: usize,
     /// `W` of each layer, packed.
     fwd: Vec<PackedLinear>,
     /// `Wᵀ` of each layer but the first, packed (index l for layer l; unused at 0).
@@ -89,8 +90,6 @@ impl MlpGrad {
             layer_norm,
             rows: 0,
             batch: 0,
-            tangents: 0,
-            tangent_rows: 0,
             fwd,
             bwd,
             h: vec![Vec::new(); layers],
@@ -201,9 +200,8 @@ impl MlpGrad {
         let layers = self.fwd.len();
         self.batch = batch;
         self.rows = round_up(batch.max(1), MR);
-        self.tangent_rows = tangent_rows;
-        self.tangents = round_up(tangent_rows, MR);
-        let (rows, all) = (self.rows, self.rows + self.tangents);
+        // Tangent rows follow the padded primal rows.
+        let (rows, all) = (self.rows, self.rows + round_up(tangent_rows, MR));
         for l in 0..layers {
             let (si, so) = (self.stride(l), self.stride(l + 1));
             self.h[l].clear();
