@@ -65,6 +65,12 @@ impl FlowPolicy {
         self.net.forward(&self.net.encode(obs), z, t)
     }
 
+    /// The randomness of one loss evaluation on `actions`: noise ε, then the times t.
+    fn draws(&self, actions: &Tensor) -> (Tensor, Tensor) {
+        let eps = actions.randn_like();
+        (eps, self.config.time_sampler.sample(actions.size()[0], actions))
+    }
+
     /// The flow-matching loss for given data, noise and times `t [B, 1]`.
     pub fn loss_given(&self, obs: &Tensor, x: &Tensor, valid: Option<&Tensor>, eps: &Tensor, t: &Tensor) -> Tensor {
         let z = (1.0 - t) * x + t * eps;
@@ -74,7 +80,7 @@ impl FlowPolicy {
 
 impl GenerativePolicy for FlowPolicy {
     fn loss(&self, obs: &Tensor, actions: &Tensor, valid: Option<&Tensor>) -> (Tensor, Metrics) {
-        let LossDraws { eps, t, .. } = self.loss_draws(actions).expect("flow draws");
+        let (eps, t) = self.draws(actions);
         let loss = self.loss_given(obs, actions, valid, &eps, &t);
         (loss.shallow_clone(), vec![("actor/flow_loss", loss.detach()), ("actor/loss", loss.detach())])
     }
@@ -104,8 +110,7 @@ impl GenerativePolicy for FlowPolicy {
     }
 
     fn loss_draws(&self, actions: &Tensor) -> Option<LossDraws> {
-        let eps = actions.randn_like();
-        let t = self.config.time_sampler.sample(actions.size()[0], actions);
+        let (eps, t) = self.draws(actions);
         Some(LossDraws { eps, t, r: None })
     }
 

@@ -142,6 +142,13 @@ impl MeanVelocityPolicy {
         (r, t)
     }
 
+    /// The randomness of one loss evaluation on `actions`: noise ε, then the times (r, t).
+    fn draws(&self, actions: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let eps = actions.randn_like();
+        let (r, t) = self.sample_times(actions.size()[0], actions);
+        (eps, r, t)
+    }
+
     /// The loss for given data `x`, noise `eps` and times `r ≤ t` (`[B, 1]` each).
     ///
     /// Gradient flow: only `u_θ` is trained. The MeanFlow target is detached here (it is
@@ -211,8 +218,7 @@ pub fn dispersive_loss(h: &Tensor, tau: f64) -> Tensor {
 
 impl GenerativePolicy for MeanVelocityPolicy {
     fn loss(&self, obs: &Tensor, actions: &Tensor, valid: Option<&Tensor>) -> (Tensor, Metrics) {
-        let LossDraws { eps, t, r } = self.loss_draws(actions).expect("MVP draws");
-        let r = r.expect("MeanFlow draws r");
+        let (eps, r, t) = self.draws(actions);
         let p = self.loss_parts(obs, actions, valid, &eps, &r, &t);
         let loss = &p.mean_flow + self.config.ivc_weight * &p.ivc + self.config.dispersive_weight * &p.dispersive;
         let mut metrics = vec![
@@ -257,8 +263,7 @@ impl GenerativePolicy for MeanVelocityPolicy {
     }
 
     fn loss_draws(&self, actions: &Tensor) -> Option<LossDraws> {
-        let eps = actions.randn_like();
-        let (r, t) = self.sample_times(actions.size()[0], actions);
+        let (eps, r, t) = self.draws(actions);
         Some(LossDraws { eps, t, r: Some(r) })
     }
 

@@ -216,9 +216,9 @@ impl Agent {
         }
     }
 
-    /// The actor's update on `b` with its [`Agent::actor_data`]: its loss, backward pass and Adam step (on the native kernels
-    /// where `agent.actor_engine` puts them), then its moving average. Stops on a non-finite
-    /// loss before any parameter changes.
+    /// The actor's update on `b` with its [`Agent::actor_data`]: its loss, backward pass and
+    /// Adam step (on the native kernels where `agent.actor_engine` puts them), then its moving
+    /// average. Stops on a non-finite loss before the actor's parameters change.
     fn actor_update(&mut self, b: &TensorBatch, (actions, valid): (Tensor, Tensor), mark: Mark) -> Result<Metrics> {
         if let Some(native) = self.native_actor.as_mut() {
             let draws = self.actor.loss_draws(&actions).expect("an actor with a native loss draws its randomness");
@@ -597,7 +597,6 @@ impl Agent {
     }
 }
 
-/// A CPU float tensor's values, row-major.
 /// Builds a native update where `engine` asks for it: `native` must run (its error names the
 /// config `key`), `auto` falls back to libtorch where it cannot (or where the CPU has no
 /// AVX-512: the portable kernels are correct but slower than libtorch).
@@ -635,6 +634,7 @@ fn check_native_update(device: Device, optim: &mvp_nn::AdamConfig) -> Result<()>
     Ok(())
 }
 
+/// A CPU float tensor's values, row-major.
 fn host(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().view([-1])).expect("a float tensor converts to Vec<f32>")
 }

@@ -2,8 +2,9 @@
 //! offline-to-online trainer with evaluation, logging and checkpoints, and the training config.
 //!
 //! Depends on every crate below it: `nn`, `actor`, `critic`, `replay`, `envs`, `data`, `rollout`,
-//! `logging`, and on `infer` through [`export`], the one place where trained networks become
-//! the native engine's weights; plus tch, `serde`, `toml`, `rand`, `indicatif` and `tracing`.
+//! `logging`, and on `infer`: [`export`] turns trained networks into the native engine's
+//! weights, and the native critic and actor updates run their forward and backward passes on
+//! its kernels; plus tch, `serde`, `toml`, `rand`, `indicatif` and `tracing`.
 #![warn(missing_docs)]
 
 pub mod agent;
