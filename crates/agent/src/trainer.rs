@@ -238,8 +238,14 @@ impl Trainer {
             None => "libtorch",
         };
         let background = s.eval_background && self.agent.select_precision().is_some();
+        let on = |native: bool| if native { "the native kernels" } else { "libtorch" };
+        let critic = match self.config.agent.imitation {
+            true => "no critic update (imitation)".to_string(),
+            false => format!("critic update on {}", on(self.agent.critic_natively())),
+        };
         tracing::info!(
-            "TD-target selection and evaluation on {engine}; evaluations {}",
+            "TD-target selection and evaluation on {engine}; {critic}, actor update on {}; evaluations {}",
+            on(self.agent.actor_natively()),
             if background { "in the background while training goes on" } else { "stop training while they run" }
         );
         let bar = ProgressBar::new(total).with_position(self.progress.step);
