@@ -188,9 +188,13 @@ fn speed_benchmarks_compare_every_method_in_one_run() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("iterations / s"), "{text}");
     // The profile names every phase of an update, the TD target's on the engine that ran it.
-    for phase in
-        ["| target: generate |", "| target: score |", "| target: generate and score (native) |", "| actor: backward |"]
-    {
+    for phase in [
+        "| target: generate |",
+        "| target: score |",
+        "| target: generate and score (native) |",
+        "| actor: backward |",
+        "| actor: loss and backward (native) |",
+    ] {
         assert!(text.contains(phase), "{phase} missing:\n{text}");
     }
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&train_json).unwrap()).unwrap();
@@ -201,7 +205,18 @@ fn speed_benchmarks_compare_every_method_in_one_run() {
         [("f32", "libtorch"), ("f32", "native f32"), ("bf16", "libtorch"), ("bf16", "native f32")],
         "one MVP row per matmul precision and selection engine"
     );
-    assert!(rows.iter().all(|r| r["phases"].as_array().is_some_and(|p| p.len() >= 10)), "phases in the JSON");
+    let phases_of = |r: &serde_json::Value| -> Vec<String> {
+        r["phases"].as_array().into_iter().flatten().filter_map(|p| Some(p["phase"].as_str()?.to_string())).collect()
+    };
+    for r in &rows {
+        let names = phases_of(r);
+        let has = |n: &str| names.iter().any(|p| p == n);
+        assert!(
+            ["batch: sample and copy", "target: value", "critic: adam", "actor: adam", "polyak"].iter().all(|n| has(n))
+                && names.iter().any(|p| p.starts_with("target: generate")),
+            "every phase of an update in the JSON: {names:?}"
+        );
+    }
     let out = mvp(&["bench", "train", "--matmul", "fp16"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("expected f32 or bf16"), "{err}");
