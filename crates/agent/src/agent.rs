@@ -28,6 +28,7 @@ use mvp_replay::ChunkBatch;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::{AgentConfig, SelectEngine, UpdateEngine};
+use crate::native::host;
 use crate::native_actor::{ActorRows, NativeActorUpdate};
 use crate::native_critic::NativeCritic;
 
@@ -632,9 +633,4 @@ fn check_native_update(device: Device, optim: &mvp_nn::AdamConfig) -> Result<()>
         bail!("its Adam step has no weight decay or gradient clipping");
     }
     Ok(())
-}
-
-/// A CPU float tensor's values, row-major.
-fn host(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().view([-1])).expect("a float tensor converts to Vec<f32>")
 }

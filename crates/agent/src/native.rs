@@ -131,6 +131,28 @@ impl FlatGrads {
     }
 }
 
+/// A float tensor's values, row-major, on the host.
+pub(crate) fn host(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().view([-1])).expect("a float tensor converts to Vec<f32>")
+}
+
 /// Tests that draw from libtorch's generator (one per process) hold this lock.
 #[cfg(test)]
 pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Asserts that the flat gradient `flat` (in `opt`'s layout) equals the `.grad` libtorch left on
+/// every variable of `vs`, to 1e-4 of each parameter's largest; returns how many were checked.
+#[cfg(test)]
+pub(crate) fn assert_flat_grads_match(vs: &tch::nn::VarStore, opt: &Adam, flat: &[f32], what: &str) -> usize {
+    let mut checked = 0;
+    for (name, p) in vs.variables() {
+        let g = host(&p.grad());
+        let at = opt.offset_of(&p).unwrap();
+        let ours = &flat[at..at + g.len()];
+        let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let worst = ours.iter().zip(&g).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+        assert!(worst <= 1e-4 * scale, "{what} {name}: gradient off by {worst} (largest {scale})");
+        checked += 1;
+    }
+    checked
+}

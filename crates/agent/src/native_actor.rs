@@ -150,13 +150,10 @@ impl NativeActorUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::native::{assert_flat_grads_match, host};
     use mvp_actor::{ActorConfig, ChunkShape, FlowConfig, MvpConfig};
     use mvp_nn::{AdamConfig, MlpConfig};
     use tch::{nn::VarStore, Device, Kind, Tensor};
-
-    fn host(t: &Tensor) -> Vec<f32> {
-        Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().view([-1])).unwrap()
-    }
 
     /// The native loss and every parameter's gradient against libtorch's loss (same draws)
     /// for MVP with and without the IVC and with a LayerNorm network, and for flow matching.
@@ -214,16 +211,7 @@ mod tests {
                 let want = want.double_value(&[]);
                 assert!((v - want).abs() <= 1e-5 * (1.0 + want.abs()), "case {case} {name}: {v} vs {want}");
             }
-            let mut checked = 0;
-            for (name, p) in vs.variables() {
-                let g = host(&p.grad());
-                let at = opt.offset_of(&p).unwrap();
-                let ours = &native.grads.flat[at..at + g.len()];
-                let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-                let worst = ours.iter().zip(&g).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
-                assert!(worst <= 1e-4 * scale, "case {case} {name}: gradient off by {worst} (largest {scale})");
-                checked += 1;
-            }
+            let checked = assert_flat_grads_match(&vs, &opt, &native.grads.flat, &format!("case {case}"));
             assert_eq!(checked, if case == 1 { 3 * 2 + 2 * 2 } else { 3 * 2 }, "case {case}: every parameter");
         }
     }

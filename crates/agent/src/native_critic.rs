@@ -140,13 +140,10 @@ pub fn combine(aggregate: Aggregate, values: impl Iterator<Item = f32>) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::native::{assert_flat_grads_match, host};
     use mvp_critic::CriticConfig;
     use mvp_nn::{AdamConfig, MlpConfig};
     use tch::{Device, Kind, Tensor};
-
-    fn host(t: &Tensor) -> Vec<f32> {
-        Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap()
-    }
 
     /// The native TD target, loss and gradients against libtorch's on the same critic and
     /// batch (random weights, LayerNorm on and off, mean and min aggregation).
@@ -193,16 +190,7 @@ mod tests {
                 native.loss_and_grads(&critic, &host(&obs), &host(&chunks), &host(&target), &host(&valid));
             let l = loss.double_value(&[]);
             assert!((native_loss - l).abs() <= 1e-5 * (1.0 + l.abs()), "loss {native_loss} vs {l}");
-            let mut checked = 0;
-            for (name, p) in critic.vs.variables() {
-                let g = host(&p.grad());
-                let at = opt.offset_of(&p).unwrap();
-                let ours = &native.grads.flat[at..at + g.len()];
-                let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-                let worst = ours.iter().zip(&g).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
-                assert!(worst <= 1e-4 * scale, "{name}: gradient off by {worst} (largest {scale})");
-                checked += 1;
-            }
+            let checked = assert_flat_grads_match(&critic.vs, &opt, &native.grads.flat, "critic");
             assert_eq!(checked, if layer_norm { 3 * 2 + 2 * 2 } else { 3 * 2 });
         }
     }

@@ -146,18 +146,20 @@ impl MlpGrad {
     ) -> (&[f32], &[f32]) {
         assert!(tangent_rows <= batch, "tangents are taken of primal rows");
         assert_eq!(dx.len(), tangent_rows * self.dims[0], "dx must be [tangent_rows, in]");
+        self.run_forward(x, batch, dx, tangent_rows, params);
+        let out = &self.z[self.fwd.len() - 1];
+        let split = self.rows * self.out_stride();
+        (&out[..split], &out[split..])
+    }
+
+    fn run_forward(&mut self, x: &[f32], batch: usize, dx: &[f32], tangent_rows: usize, params: &[LayerParams<'_>]) {
         #[cfg(target_arch = "x86_64")]
         if crate::gemm::has_avx512() {
             // SAFETY: the CPU has AVX-512F; the function compiles the same code for it.
             unsafe { self.forward_avx512(x, batch, dx, tangent_rows, params) };
-        } else {
-            self.forward_body(x, batch, dx, tangent_rows, params);
+            return;
         }
-        #[cfg(not(target_arch = "x86_64"))]
         self.forward_body(x, batch, dx, tangent_rows, params);
-        let out = &self.z[self.fwd.len() - 1];
-        let split = self.rows * self.out_stride();
-        (&out[..split], &out[split..])
     }
 
     /// The backward pass of the last forward pass from the output gradients `dy`
