@@ -47,6 +47,20 @@ struct NativeSelect {
     chosen: Vec<f32>,
 }
 
+/// Packs the actor's and the online critic's parameters into `policy` straight from their
+/// host memory (no copy of the weights first); `false` where they are not fp32 CPU tensors.
+fn repack_in_place(policy: &mut NativePolicy, actor: &dyn GenerativePolicy, critic: &Critic) -> Result<bool> {
+    use crate::native::{params, widths};
+    let net = actor.native().map_err(anyhow::Error::msg)?.net;
+    let (Ok(actor_dims), Ok(critic_dims)) = (widths(net.layers()), widths(critic.online().layers())) else {
+        return Ok(false);
+    };
+    let layers = critic.online().layers();
+    let members: Vec<_> = (0..critic.online().members()).map(|e| params(layers, &critic_dims, e)).collect();
+    policy.set_layers(&params(net.layers(), &actor_dims, 0), &members)?;
+    Ok(true)
+}
+
 /// A batch of chunks as tensors on the agent's device (the QC/FQL batch contract).
 #[derive(Debug)]
 pub struct TensorBatch {
@@ -321,12 +335,18 @@ impl Agent {
         mark: Mark,
     ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
         let d = self.shape.flat_dim();
-        let weights = crate::export::policy_weights(self.actor.as_ref(), Some(&self.critic), self.obs_dim, d, n)
-            .map_err(anyhow::Error::msg)?;
         let native = self.native_select.as_mut().expect("select_native is called only with a native engine");
-        match native.policy.as_mut() {
-            Some(p) => p.set_weights(&weights)?,
-            None => native.policy = Some(NativePolicy::new(&weights, native.precision, 0)?),
+        let repacked = match native.policy.as_mut() {
+            Some(p) => repack_in_place(p, self.actor.as_ref(), &self.critic)?,
+            None => false,
+        };
+        if !repacked {
+            let weights = crate::export::policy_weights(self.actor.as_ref(), Some(&self.critic), self.obs_dim, d, n)
+                .map_err(anyhow::Error::msg)?;
+            match native.policy.as_mut() {
+                Some(p) => p.set_weights(&weights)?,
+                None => native.policy = Some(NativePolicy::new(&weights, native.precision, 0)?),
+            }
         }
         let policy = native.policy.as_mut().expect("packed above");
         mark("target: pack weights");

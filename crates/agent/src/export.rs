@@ -59,7 +59,21 @@ pub fn policy_weights(
     Ok(PolicyWeights { obs_dim, chunk_dim, num_samples, actor, actor_kind, critics, aggregate })
 }
 
-fn host(t: &Tensor) -> Vec<f32> {
+/// `t`'s values (member `e`'s part of an ensemble tensor `[E, ...]`), row-major on the host:
+/// a plain copy for fp32 CPU tensors (once per update for the TD target's selection), through
+/// libtorch otherwise.
+fn host(t: &Tensor, member: Option<i64>) -> Vec<f32> {
+    let (e, len) = match member {
+        Some(e) => (e as usize, t.numel() / t.size()[0] as usize),
+        None => (0, t.numel()),
+    };
+    if t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() {
+        return crate::native::member(t, e, len).to_vec();
+    }
+    let t = match member {
+        Some(e) => t.select(0, e),
+        None => t.shallow_clone(),
+    };
     let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
     Vec::<f32>::try_from(&t).expect("a float tensor converts to Vec<f32>")
 }
@@ -74,17 +88,13 @@ fn activation(a: Activation) -> mvp_infer::Activation {
 
 /// Layer `l` of ensemble member `member` (`None`: a plain MLP).
 fn layer(l: &Layer, member: Option<i64>) -> LayerWeights {
-    let pick = |t: &Tensor| match member {
-        Some(e) => t.select(0, e),
-        None => t.shallow_clone(),
-    };
-    let w = pick(&l.weight);
-    let (in_dim, out_dim) = w.size2().expect("a layer weight is [in, out]");
+    let size = l.weight.size();
+    let (in_dim, out_dim) = (size[size.len() - 2] as usize, size[size.len() - 1] as usize);
     LayerWeights {
-        in_dim: in_dim as usize,
-        out_dim: out_dim as usize,
-        weight: host(&w),
-        bias: host(&pick(&l.bias)),
-        norm: l.norm.as_ref().map(|(s, b)| (host(&pick(s)), host(&pick(b)))),
+        in_dim,
+        out_dim,
+        weight: host(&l.weight, member),
+        bias: host(&l.bias, member),
+        norm: l.norm.as_ref().map(|(s, b)| (host(s, member), host(b, member))),
     }
 }

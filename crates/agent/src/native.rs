@@ -60,75 +60,67 @@ struct Slots {
     norm: Option<(usize, usize)>,
 }
 
-/// One layer's gradient buffers.
-#[derive(Debug, Default)]
-struct Buffers {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    scale: Vec<f32>,
-    shift: Vec<f32>,
-}
-
-/// Gradient buffers of one network's layers (one member at a time) and where each lands in
-/// the optimiser's flat gradient.
+/// One network's gradients, written by its backward pass straight into their places in the
+/// optimiser's flat gradient (one ensemble member at a time).
 #[derive(Debug)]
 pub(crate) struct FlatGrads {
     slots: Vec<Slots>,
-    buffers: Vec<Buffers>,
+    /// Widths (input, hidden..., output).
+    dims: Vec<usize>,
     /// The flat gradient, for [`Adam::step_flat`].
     pub flat: Vec<f32>,
 }
 
 impl FlatGrads {
-    /// Buffers for `layers` (widths `dims`) optimised by `opt`.
+    /// The gradient of `layers` (widths `dims`) optimised by `opt`.
     pub fn new(layers: &[Layer], dims: &[usize], opt: &Adam) -> Result<Self> {
         let offset =
             |t: &Tensor| opt.offset_of(t).ok_or_else(|| anyhow::anyhow!("a parameter is not among the optimiser's"));
         let mut slots = Vec::with_capacity(layers.len());
-        let mut buffers = Vec::with_capacity(layers.len());
-        for (l, layer) in layers.iter().enumerate() {
+        for layer in layers {
             let norm = match &layer.norm {
                 Some((s, b)) => Some((offset(s)?, offset(b)?)),
                 None => None,
             };
             slots.push(Slots { weight: offset(&layer.weight)?, bias: offset(&layer.bias)?, norm });
-            let (i, o) = (dims[l], dims[l + 1]);
-            let n = if layer.norm.is_some() { o } else { 0 };
-            buffers.push(Buffers {
-                weight: vec![0.0; i * o],
-                bias: vec![0.0; o],
-                scale: vec![0.0; n],
-                shift: vec![0.0; n],
-            });
         }
-        Ok(Self { slots, buffers, flat: vec![0.0; opt.numel()] })
+        Ok(Self { slots, dims: dims.to_vec(), flat: vec![0.0; opt.numel()] })
     }
 
-    /// The buffers, for a backward pass to write.
-    pub fn layers(&mut self) -> Vec<LayerGrads<'_>> {
-        self.buffers
-            .iter_mut()
-            .map(|b| LayerGrads {
-                weight: &mut b.weight,
-                bias: &mut b.bias,
-                norm: (!b.scale.is_empty()).then_some((&mut b.scale, &mut b.shift)),
-            })
-            .collect()
-    }
-
-    /// Copies the buffers into member `e`'s place of the flat gradient.
-    pub fn scatter(&mut self, e: usize) {
-        let Self { slots, buffers, flat } = self;
-        let mut put = |at: usize, v: &[f32]| flat[at + e * v.len()..at + (e + 1) * v.len()].copy_from_slice(v);
-        for (b, s) in buffers.iter().zip(slots.iter()) {
-            put(s.weight, &b.weight);
-            put(s.bias, &b.bias);
-            if let Some((ss, sb)) = s.norm {
-                put(ss, &b.scale);
-                put(sb, &b.shift);
+    /// Member `e`'s places in the flat gradient, one [`LayerGrads`] per layer, for a backward
+    /// pass to write.
+    pub fn layers(&mut self, e: usize) -> Vec<LayerGrads<'_>> {
+        let mut ranges = Vec::with_capacity(4 * self.slots.len());
+        for (l, s) in self.slots.iter().enumerate() {
+            let (i, o) = (self.dims[l], self.dims[l + 1]);
+            ranges.extend([(s.weight + e * i * o, i * o), (s.bias + e * o, o)]);
+            if let Some((scale, shift)) = s.norm {
+                ranges.extend([(scale + e * o, o), (shift + e * o, o)]);
             }
         }
+        let mut parts = disjoint_mut(&mut self.flat, &ranges).into_iter();
+        let mut next = || parts.next().expect("one slice per range");
+        self.slots
+            .iter()
+            .map(|s| LayerGrads { weight: next(), bias: next(), norm: s.norm.map(|_| (next(), next())) })
+            .collect()
     }
+}
+
+/// The slices `(start, len)` of `flat`, in the order given; they must not overlap.
+fn disjoint_mut<'a>(flat: &'a mut [f32], ranges: &[(usize, usize)]) -> Vec<&'a mut [f32]> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].0);
+    let mut out: Vec<Option<&'a mut [f32]>> = ranges.iter().map(|_| None).collect();
+    let (mut rest, mut base) = (flat, 0);
+    for i in order {
+        let (start, len) = ranges[i];
+        assert!(start >= base, "gradient slices overlap at {start}");
+        let (mine, tail) = std::mem::take(&mut rest)[start - base..].split_at_mut(len);
+        out[i] = Some(mine);
+        (rest, base) = (tail, start + len);
+    }
+    out.into_iter().map(|s| s.expect("every range is split off")).collect()
 }
 
 /// A float tensor's values, row-major, on the host.

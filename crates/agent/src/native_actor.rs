@@ -136,8 +136,7 @@ impl NativeActorUpdate {
                 }
             }
         }
-        self.work.backward(&self.dy, &p, &mut self.grads.layers());
-        self.grads.scatter(0);
+        self.work.backward(&self.dy, &p, &mut self.grads.layers(0));
         let (main, inst) = (main / f64::from(n), inst / f64::from(n));
         if mean_flow {
             vec![("actor/mf_loss", main), ("actor/ivc_loss", inst), ("actor/loss", main + ivc_weight * inst)]
@@ -162,7 +161,7 @@ mod tests {
         let _rng = crate::native::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let shape = ChunkShape { horizon: 3, action_dim: 4 };
         let (s, b) = (9usize, 37usize);
-        let network = |layer_norm| MlpConfig { hidden: vec![48, 40], activation: Activation::Gelu, layer_norm };
+        let network = |layer_norm| MlpConfig { hidden: vec![48, 64], activation: Activation::Gelu, layer_norm };
         let cases = [
             ActorConfig::Mvp(MvpConfig { network: network(false), ..MvpConfig::default() }),
             ActorConfig::Mvp(MvpConfig { network: network(true), ivc_weight: 0.5, ..MvpConfig::default() }),

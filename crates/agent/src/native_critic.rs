@@ -119,8 +119,7 @@ impl NativeCritic {
                 })
                 .collect();
             let p = params(net.layers(), &self.dims, e);
-            self.online[e].backward(&dq, &p, &mut self.grads.layers());
-            self.grads.scatter(e);
+            self.online[e].backward(&dq, &p, &mut self.grads.layers(e));
         }
         (loss / f64::from(n), q)
     }
@@ -153,7 +152,8 @@ mod tests {
         for (layer_norm, aggregate) in [(true, Aggregate::Mean), (false, Aggregate::Min)] {
             tch::manual_seed(7);
             let (s, d, b, h) = (11usize, 10usize, 37usize, 5usize);
-            let network = MlpConfig { hidden: vec![48, 40], activation: Activation::Gelu, layer_norm };
+            // 48 → 64 is a layer whose weight gradient the kernel writes in place; the others copy.
+            let network = MlpConfig { hidden: vec![48, 64], activation: Activation::Gelu, layer_norm };
             let config = CriticConfig { network, ensemble: 3, aggregate, ..CriticConfig::default() };
             let critic = Critic::new(Device::Cpu, s, d, config);
             // Make the target differ from the online members, and every LayerNorm non-trivial.

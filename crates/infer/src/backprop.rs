@@ -288,10 +288,15 @@ impl MlpGrad {
             let (din, dout) = (self.dims[l], self.dims[l + 1]);
             let (sin, sout) = (round_up(din, NR), round_up(dout, NR));
             // dW = Hᵀ·dZ: dZ [rows, dout] packed as the weight, Hᵀ [din, rows] as the input.
-            compact.clear();
-            for r in 0..rows {
-                compact.extend_from_slice(&dz[r * sout..r * sout + dout]);
-            }
+            let compact: &[f32] = if sout == dout {
+                &dz[..rows * dout]
+            } else {
+                compact.clear();
+                for r in 0..rows {
+                    compact.extend_from_slice(&dz[r * sout..r * sout + dout]);
+                }
+                compact
+            };
             let pack = match &mut self.dz_pack[l] {
                 Some(p) if p.in_dim() == rows => {
                     p.repack(compact, &self.zeros[..dout]);
@@ -299,14 +304,19 @@ impl MlpGrad {
                 }
                 slot => slot.insert(PackedLinear::new(rows, dout, compact, &self.zeros[..dout], Precision::F32)),
             };
-            // Hᵀ read in place: element (c, r) of Hᵀ is h[r·sin + c].
-            let ht_rows = round_up(din, MR);
-            dw.resize(ht_rows * pack.out_stride(), 0.0);
-            pack.forward_f32_strided(&self.h[l], ht_rows, 1, sin, dw);
+            // Hᵀ read in place: element (c, r) of Hᵀ is h[r·sin + c]. Where the kernel's padded
+            // output is the gradient's own shape, it is written in place.
             let g = &mut grads[l];
-            for c in 0..din {
-                g.weight[c * dout..(c + 1) * dout]
-                    .copy_from_slice(&dw[c * pack.out_stride()..c * pack.out_stride() + dout]);
+            let ht_rows = round_up(din, MR);
+            if ht_rows == din && pack.out_stride() == dout {
+                pack.forward_f32_strided(&self.h[l], ht_rows, 1, sin, g.weight);
+            } else {
+                dw.resize(ht_rows * pack.out_stride(), 0.0);
+                pack.forward_f32_strided(&self.h[l], ht_rows, 1, sin, dw);
+                for c in 0..din {
+                    g.weight[c * dout..(c + 1) * dout]
+                        .copy_from_slice(&dw[c * pack.out_stride()..c * pack.out_stride() + dout]);
+                }
             }
             g.bias.fill(0.0);
             for r in 0..rows {

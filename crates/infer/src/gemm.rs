@@ -65,6 +65,30 @@ pub fn to_bf16(x: f32) -> u16 {
     (bits.wrapping_add(round) >> 16) as u16
 }
 
+/// `dst[2j] = bf16(even[j])`, `dst[2j + 1] = bf16(odd[j])`: two weight rows interleaved as
+/// the bf16 kernel reads them (vectorised where the CPU has AVX-512).
+fn interleave_bf16(even: &[f32], odd: &[f32], dst: &mut [u16]) {
+    #[inline(always)]
+    fn body(even: &[f32], odd: &[f32], dst: &mut [u16]) {
+        for ((pair, &e), &o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
+            let word = u32::from(to_bf16(e)) | (u32::from(to_bf16(o)) << 16);
+            pair.copy_from_slice(&[word as u16, (word >> 16) as u16]);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(even: &[f32], odd: &[f32], dst: &mut [u16]) {
+        body(even, odd, dst)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { avx512(even, odd, dst) };
+        return;
+    }
+    body(even, odd, dst)
+}
+
 /// bf16 → f32 (exact).
 #[inline(always)]
 pub fn from_bf16(x: u16) -> f32 {
@@ -110,31 +134,41 @@ impl PackedLinear {
         let (in_dim, out_dim, k) = (self.in_dim, self.out_dim, self.k);
         assert_eq!(weight.len(), in_dim * out_dim, "weight must be [in, out]");
         assert_eq!(bias.len(), out_dim, "bias must be [out]");
-        // Row kk of the weight, zero-padded to whole panels (rows past in_dim are zeros).
         let n = self.n;
-        let mut row = vec![0.0f32; 2 * n];
-        let fill = |kk: usize, dst: &mut [f32]| {
-            dst.fill(0.0);
-            if kk < in_dim {
-                dst[..out_dim].copy_from_slice(&weight[kk * out_dim..(kk + 1) * out_dim]);
-            }
-        };
         let panels = n / NR;
         match self.precision {
             Precision::F32 => {
-                // Panel p holds columns p·NR .. p·NR + NR of every row, row after row.
+                // Panel p holds columns p·NR .. p·NR + NR of every row, row after row; rows past
+                // in_dim and columns past out_dim are zeros. Whole panels are copied straight
+                // from the weight's rows.
                 let out = &mut self.f32_panels;
-                out.clear();
                 out.resize(panels * k * NR, 0.0);
-                for kk in 0..k {
-                    fill(kk, &mut row[..n]);
-                    for p in 0..panels {
-                        out[(p * k + kk) * NR..(p * k + kk + 1) * NR].copy_from_slice(&row[p * NR..(p + 1) * NR]);
+                for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
+                    let (c0, width) = (p * NR, NR.min(out_dim - p * NR));
+                    let (real, pad) = panel.split_at_mut(in_dim * NR);
+                    for (kk, dst) in real.chunks_exact_mut(NR).enumerate() {
+                        let src = &weight[kk * out_dim + c0..kk * out_dim + c0 + width];
+                        match <&[f32; NR]>::try_from(src) {
+                            Ok(whole) => *<&mut [f32; NR]>::try_from(dst).expect("NR lanes") = *whole,
+                            Err(_) => {
+                                dst[..width].copy_from_slice(src);
+                                dst[width..].fill(0.0);
+                            }
+                        }
                     }
+                    pad.fill(0.0);
                 }
             }
             Precision::Bf16 => {
                 // Panel p holds, for each pair of rows (2kp, 2kp + 1), the NR columns interleaved.
+                // Row kk of the weight, zero-padded to whole panels (rows past in_dim are zeros).
+                let mut row = vec![0.0f32; 2 * n];
+                let fill = |kk: usize, dst: &mut [f32]| {
+                    dst.fill(0.0);
+                    if kk < in_dim {
+                        dst[..out_dim].copy_from_slice(&weight[kk * out_dim..(kk + 1) * out_dim]);
+                    }
+                };
                 let out = &mut self.bf16_panels;
                 out.clear();
                 out.resize(panels * k * NR, 0);
@@ -144,10 +178,7 @@ impl PackedLinear {
                     fill(2 * kp + 1, odd);
                     for p in 0..panels {
                         let dst = &mut out[(p * (k / 2) + kp) * 2 * NR..(p * (k / 2) + kp + 1) * 2 * NR];
-                        for j in 0..NR {
-                            dst[2 * j] = to_bf16(even[p * NR + j]);
-                            dst[2 * j + 1] = to_bf16(odd[p * NR + j]);
-                        }
+                        interleave_bf16(&even[p * NR..(p + 1) * NR], &odd[p * NR..(p + 1) * NR], dst);
                     }
                 }
             }
@@ -468,6 +499,28 @@ mod tests {
     fn fp32_kernel_matches_naive_product() {
         for &(i, o, r) in &[(64, 512, 32), (37, 25, 8), (512, 1, 16), (100, 70, 40), (300, 70, 16)] {
             check(Precision::F32, i, o, r);
+        }
+    }
+
+    /// The bf16 panels hold each pair of weight rows rounded to nearest even and interleaved
+    /// column by column, zeros past the real rows and columns (bit for bit).
+    #[test]
+    fn bf16_panels_interleave_rounded_row_pairs() {
+        let (i, o) = (37, 45);
+        let w = data(i * o, 21);
+        let layer = PackedLinear::new(i, o, &w, &data(o, 22), Precision::Bf16);
+        let k = layer.in_stride();
+        for p in 0..layer.out_stride() / NR {
+            for kp in 0..k / 2 {
+                for j in 0..NR {
+                    for parity in 0..2 {
+                        let (row, col) = (2 * kp + parity, p * NR + j);
+                        let want = if row < i && col < o { to_bf16(w[row * o + col]) } else { 0 };
+                        let got = layer.bf16_panels[(p * (k / 2) + kp) * 2 * NR + 2 * j + parity];
+                        assert_eq!(got, want, "panel {p}, row {row}, column {col}");
+                    }
+                }
+            }
         }
     }
 

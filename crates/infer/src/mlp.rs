@@ -1,5 +1,6 @@
 //! MLPs on packed layers, with their own scratch buffers, and the elementwise kernels.
 
+use crate::backprop::LayerParams;
 use crate::gemm::{has_avx512, round_up, to_bf16, PackedLinear, Precision, MR};
 
 /// Nonlinearity between layers (the same set as the training crate's).
@@ -93,17 +94,44 @@ impl Mlp {
     /// Packs new weights of the same architecture in place of the current ones (after a
     /// training step), keeping the scratch buffers.
     pub fn repack(&mut self, w: &MlpWeights) -> Result<(), crate::InferError> {
-        let fits = w.layers.len() == self.layers.len()
-            && w.activation == self.activation
-            && w.layers.iter().zip(&self.layers).all(|(l, p)| l.in_dim == p.in_dim() && l.out_dim == p.out_dim());
+        if w.activation != self.activation {
+            return Err(crate::InferError::Shape("repacked weights must keep the network's activation".into()));
+        }
+        let views: Vec<LayerParams<'_>> = w
+            .layers
+            .iter()
+            .map(|l| LayerParams {
+                weight: &l.weight,
+                bias: &l.bias,
+                norm: l.norm.as_ref().map(|(s, b)| (s.as_slice(), b.as_slice())),
+            })
+            .collect();
+        self.repack_layers(&views)
+    }
+
+    /// [`Mlp::repack`] from borrowed parameters (one per layer, `weight [in, out]`): the
+    /// training loop's own buffers, packed without an intermediate copy.
+    pub fn repack_layers(&mut self, layers: &[LayerParams<'_>]) -> Result<(), crate::InferError> {
+        let fits = layers.len() == self.layers.len()
+            && layers.iter().zip(&self.layers).all(|(l, p)| {
+                l.weight.len() == p.in_dim() * p.out_dim()
+                    && l.bias.len() == p.out_dim()
+                    && l.norm.is_none_or(|(s, b)| s.len() == p.out_dim() && b.len() == p.out_dim())
+            });
         if !fits {
             return Err(crate::InferError::Shape("repacked weights must keep the network's architecture".into()));
         }
-        for (p, l) in self.layers.iter_mut().zip(&w.layers) {
-            p.repack(&l.weight, &l.bias);
+        for (p, l) in self.layers.iter_mut().zip(layers) {
+            p.repack(l.weight, l.bias);
         }
-        for (n, l) in self.norms.iter_mut().zip(&w.layers) {
-            n.clone_from(&l.norm);
+        for (n, l) in self.norms.iter_mut().zip(layers) {
+            match (n.as_mut(), l.norm) {
+                (Some((scale, shift)), Some((s, b))) => {
+                    scale.copy_from_slice(s);
+                    shift.copy_from_slice(b);
+                }
+                (_, norm) => *n = norm.map(|(s, b)| (s.to_vec(), b.to_vec())),
+            }
         }
         Ok(())
     }

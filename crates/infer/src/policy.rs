@@ -5,6 +5,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
+use crate::backprop::LayerParams;
 use crate::gemm::{has_avx512_bf16, Precision};
 use crate::mlp::{Mlp, MlpWeights};
 
@@ -173,6 +174,28 @@ impl NativePolicy {
         self.num_samples = w.num_samples.max(1);
         self.aggregate = w.aggregate;
         self.rows = 0; // candidate buffers are re-sized for the new N on the next call
+        Ok(())
+    }
+
+    /// [`NativePolicy::set_weights`] from borrowed parameters of the same networks (the
+    /// actor's layers and each critic member's): repacks without copying them first, for the
+    /// TD target's selection after every training step.
+    pub fn set_layers(
+        &mut self,
+        actor: &[LayerParams<'_>],
+        critics: &[Vec<LayerParams<'_>>],
+    ) -> Result<(), InferError> {
+        if critics.len() != self.critics.len() {
+            return Err(InferError::Shape(format!(
+                "{} critics given for {} packed ones",
+                critics.len(),
+                self.critics.len()
+            )));
+        }
+        self.actor.repack_layers(actor)?;
+        for (c, layers) in self.critics.iter_mut().zip(critics) {
+            c.repack_layers(layers)?;
+        }
         Ok(())
     }
 
