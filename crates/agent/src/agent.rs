@@ -48,8 +48,9 @@ struct NativeSelect {
 }
 
 /// Packs the actor's and the online critic's parameters into `policy` straight from their
-/// host memory (no copy of the weights first); `false` where they are not fp32 CPU tensors.
-fn repack_in_place(policy: &mut NativePolicy, actor: &dyn GenerativePolicy, critic: &Critic) -> Result<bool> {
+/// host memory (no copy of the weights first), to select among `n` candidates; `false` where
+/// they are not fp32 CPU tensors.
+fn repack_in_place(policy: &mut NativePolicy, actor: &dyn GenerativePolicy, critic: &Critic, n: usize) -> Result<bool> {
     use crate::native::{params, widths};
     let net = actor.native().map_err(anyhow::Error::msg)?.net;
     let (Ok(actor_dims), Ok(critic_dims)) = (widths(net.layers()), widths(critic.online().layers())) else {
@@ -57,7 +58,7 @@ fn repack_in_place(policy: &mut NativePolicy, actor: &dyn GenerativePolicy, crit
     };
     let layers = critic.online().layers();
     let members: Vec<_> = (0..critic.online().members()).map(|e| params(layers, &critic_dims, e)).collect();
-    policy.set_layers(&params(net.layers(), &actor_dims, 0), &members)?;
+    policy.set_layers(&params(net.layers(), &actor_dims, 0), &members, n)?;
     Ok(true)
 }
 
@@ -337,7 +338,7 @@ impl Agent {
         let d = self.shape.flat_dim();
         let native = self.native_select.as_mut().expect("select_native is called only with a native engine");
         let repacked = match native.policy.as_mut() {
-            Some(p) => repack_in_place(p, self.actor.as_ref(), &self.critic)?,
+            Some(p) => repack_in_place(p, self.actor.as_ref(), &self.critic, n)?,
             None => false,
         };
         if !repacked {

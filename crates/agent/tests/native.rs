@@ -163,8 +163,8 @@ fn native_td_target_selection_matches_libtorch() {
 
 /// Training with the critic's and the actor's updates on the native kernels follows the
 /// libtorch updates: from the same state and batches, the TD losses, values and actor losses
-/// of 20 updates agree to fp32 rounding (the gradients themselves are compared in the crate's
-/// unit tests).
+/// of 20 updates agree to fp32 rounding, also after the candidate count changes (the gradients
+/// themselves are compared in the crate's unit tests).
 #[test]
 fn native_updates_track_libtorch_ones() {
     let _g = lock();
@@ -199,6 +199,10 @@ fn native_updates_track_libtorch_ones() {
         b.masks.iter_mut().enumerate().for_each(|(i, m)| *m = (i % 7 != 0) as i32 as f32);
         b.valid.iter_mut().enumerate().for_each(|(i, v)| *v = (i % 11 != 0) as i32 as f32);
         let tb = mvp_agent::TensorBatch::from_chunks(&b, Device::Cpu);
+        // The candidate count changes midway, as between a run's offline and online phases.
+        let n = if step < 10 { 32 } else { 4 };
+        reference.set_num_samples(n);
+        native.set_num_samples(n);
         tch::manual_seed(7 + step);
         let m_ref = reference.update(&tb).unwrap();
         tch::manual_seed(7 + step);

@@ -178,12 +178,13 @@ impl NativePolicy {
     }
 
     /// [`NativePolicy::set_weights`] from borrowed parameters of the same networks (the
-    /// actor's layers and each critic member's): repacks without copying them first, for the
-    /// TD target's selection after every training step.
+    /// actor's layers and each critic member's) and the candidate count: repacks without
+    /// copying the parameters first, for the TD target's selection after every training step.
     pub fn set_layers(
         &mut self,
         actor: &[LayerParams<'_>],
         critics: &[Vec<LayerParams<'_>>],
+        num_samples: usize,
     ) -> Result<(), InferError> {
         if critics.len() != self.critics.len() {
             return Err(InferError::Shape(format!(
@@ -192,9 +193,16 @@ impl NativePolicy {
                 self.critics.len()
             )));
         }
+        if num_samples > 1 && critics.is_empty() {
+            return Err(InferError::Shape("selection among N > 1 candidates needs a critic".into()));
+        }
         self.actor.repack_layers(actor)?;
         for (c, layers) in self.critics.iter_mut().zip(critics) {
             c.repack_layers(layers)?;
+        }
+        if num_samples.max(1) != self.num_samples {
+            self.num_samples = num_samples.max(1);
+            self.rows = 0; // candidate buffers are re-sized for the new N on the next call
         }
         Ok(())
     }
