@@ -158,12 +158,12 @@ impl Agent {
         };
         let native_select = precision.map(|precision| NativeSelect { precision, policy: None, chosen: Vec::new() });
         let native_critic = native_engine(config.critic_engine, "agent.critic_engine", "critic update", || {
-            check_native_update(device, &config.critic_optim)?;
-            NativeCritic::new(&critic, &critic_opt)
+            let precision = check_native_update(device, &config.critic_optim)?;
+            NativeCritic::new(&critic, &critic_opt, precision)
         })?;
         let native_actor = native_engine(config.actor_engine, "agent.actor_engine", "actor update", || {
-            check_native_update(device, &config.actor_optim)?;
-            NativeActorUpdate::new(actor.as_ref(), &actor_opt)
+            let precision = check_native_update(device, &config.actor_optim)?;
+            NativeActorUpdate::new(actor.as_ref(), &actor_opt, precision)
         })?;
         Ok(Self {
             actor_vs,
@@ -642,16 +642,18 @@ fn native_engine<T>(
     }
 }
 
-/// What every native update needs: the CPU, fp32 products, plain Adam.
-fn check_native_update(device: Device, optim: &mvp_nn::AdamConfig) -> Result<()> {
+/// What every native update needs: the CPU and plain Adam; the products' format follows
+/// `runtime.matmul` (bf16 on CPUs with AVX512-BF16).
+fn check_native_update(device: Device, optim: &mvp_nn::AdamConfig) -> Result<Precision> {
     if device != Device::Cpu {
         bail!("it runs on the CPU, the networks are on {device:?}");
-    }
-    if mvp_nn::MatmulPrecision::current() != mvp_nn::MatmulPrecision::F32 {
-        bail!("it multiplies in fp32, runtime.matmul asks for bf16");
     }
     if optim.weight_decay != 0.0 || optim.max_grad_norm.is_some() {
         bail!("its Adam step has no weight decay or gradient clipping");
     }
-    Ok(())
+    match mvp_nn::MatmulPrecision::current() {
+        mvp_nn::MatmulPrecision::F32 => Ok(Precision::F32),
+        mvp_nn::MatmulPrecision::Bf16 if mvp_infer::has_avx512_bf16() => Ok(Precision::Bf16),
+        mvp_nn::MatmulPrecision::Bf16 => bail!("runtime.matmul = \"bf16\" needs AVX512-BF16, which this CPU lacks"),
+    }
 }

@@ -141,18 +141,19 @@ pub struct AgentConfig {
     /// the same, experiments/speed/). It is most of an update's arithmetic at N = 32.
     pub select_engine: SelectEngine,
     /// Where the critic's TD update runs: `libtorch`, or `native`: the target members'
-    /// values, the online members' forward and backward passes on the native fp32 kernels and
-    /// Adam from their host gradients (CPU, GELU critics, fp32 matmuls, Adam without weight
-    /// decay or clipping; the same loss, tested against libtorch's gradients). `auto` (the
-    /// default): native where it can run on a CPU with AVX-512.
+    /// values, the online members' forward and backward passes on the native kernels and
+    /// Adam from their host gradients (CPU, GELU critics, Adam without weight decay or
+    /// clipping; the same loss, tested against libtorch's gradients). The products follow
+    /// `runtime.matmul`: fp32, or bf16 operands with fp32 sums on CPUs with AVX512-BF16.
+    /// `auto` (the default): native where it can run on a CPU with AVX-512.
     pub critic_engine: UpdateEngine,
     /// Where the actor's update runs: `libtorch`, or `native`: the generative loss (MeanFlow
-    /// with its JVP and the IVC, or flow matching), its backward pass on the native fp32
-    /// kernels and Adam from the host gradients (CPU, MVP or flow actors with GELU networks
-    /// on raw times, no point cloud, no CFG folding, adaptive weighting or dispersive loss;
-    /// fp32 matmuls; Adam without weight decay or clipping; the same loss and randomness,
-    /// tested against libtorch's gradients). `auto` (the default): native where it can run on
-    /// a CPU with AVX-512.
+    /// with its JVP and the IVC, or flow matching), its backward pass on the native kernels
+    /// and Adam from the host gradients (CPU, MVP or flow actors with GELU networks on raw
+    /// times, no point cloud, no CFG folding, adaptive weighting or dispersive loss; Adam
+    /// without weight decay or clipping; the same loss and randomness, tested against
+    /// libtorch's gradients; products in `runtime.matmul`'s format as for the critic). `auto`
+    /// (the default): native where it can run on a CPU with AVX-512.
     pub actor_engine: UpdateEngine,
     /// Imitation learning: the actor is trained on the dataset's chunks alone (behaviour
     /// cloning with the actor's generative loss), with no critic update, no TD target and no

@@ -128,6 +128,24 @@ pub(crate) fn host(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().view([-1])).expect("a float tensor converts to Vec<f32>")
 }
 
+/// The products' formats a native update is tested in, with libtorch's setting of the same
+/// format and the tolerances against it (gradients relative to each parameter's largest;
+/// values relative to 1 + |value|): fp32 everywhere, bf16 where the CPU has AVX512-BF16 (its
+/// operands are rounded as libtorch's are; libtorch also rounds the products' results to bf16,
+/// the native kernels keep them in fp32).
+#[cfg(test)]
+pub(crate) fn test_precisions() -> Vec<(mvp_infer::Precision, mvp_nn::MatmulPrecision, f32, f64)> {
+    use mvp_infer::Precision;
+    use mvp_nn::MatmulPrecision;
+    let mut all = vec![(Precision::F32, MatmulPrecision::F32, 1e-4, 1e-5)];
+    if mvp_infer::has_avx512_bf16() {
+        all.push((Precision::Bf16, MatmulPrecision::Bf16, 1e-2, 1e-3));
+    } else {
+        eprintln!("this CPU has no AVX512-BF16: the native bf16 update is not tested here");
+    }
+    all
+}
+
 /// Tests that draw from libtorch's generator (one per process) hold this lock.
 #[cfg(test)]
 pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -135,7 +153,7 @@ pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Asserts that the flat gradient `flat` (in `opt`'s layout) equals the `.grad` libtorch left on
 /// every variable of `vs`, to 1e-4 of each parameter's largest; returns how many were checked.
 #[cfg(test)]
-pub(crate) fn assert_flat_grads_match(vs: &tch::nn::VarStore, opt: &Adam, flat: &[f32], what: &str) -> usize {
+pub(crate) fn assert_flat_grads_match(vs: &tch::nn::VarStore, opt: &Adam, flat: &[f32], what: &str, tol: f32) -> usize {
     let mut checked = 0;
     for (name, p) in vs.variables() {
         let g = host(&p.grad());
@@ -143,7 +161,7 @@ pub(crate) fn assert_flat_grads_match(vs: &tch::nn::VarStore, opt: &Adam, flat: 
         let ours = &flat[at..at + g.len()];
         let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
         let worst = ours.iter().zip(&g).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
-        assert!(worst <= 1e-4 * scale, "{what} {name}: gradient off by {worst} (largest {scale})");
+        assert!(worst <= tol * scale, "{what} {name}: gradient off by {worst} (largest {scale})");
         checked += 1;
     }
     checked

@@ -12,7 +12,7 @@
 
 use anyhow::{bail, Result};
 use mvp_actor::{GenerativePolicy, NativeLoss};
-use mvp_infer::MlpGrad;
+use mvp_infer::{MlpGrad, Precision};
 use mvp_nn::{Activation, Adam, Mlp};
 
 use crate::native::{params, widths, FlatGrads};
@@ -50,7 +50,7 @@ pub struct NativeActorUpdate {
 
 impl NativeActorUpdate {
     /// The native update of `actor`, optimised by `opt`; an error says why it cannot run.
-    pub fn new(actor: &dyn GenerativePolicy, opt: &Adam) -> Result<Self> {
+    pub fn new(actor: &dyn GenerativePolicy, opt: &Adam, precision: Precision) -> Result<Self> {
         let loss = actor.native_loss().map_err(anyhow::Error::msg)?;
         let net = actor.native().map_err(anyhow::Error::msg)?.net;
         if net.activation() != Activation::Gelu {
@@ -60,7 +60,7 @@ impl NativeActorUpdate {
         let dims = widths(layers)?;
         let layer_norm = layers.iter().any(|l| l.norm.is_some());
         Ok(Self {
-            work: MlpGrad::new(&dims, layer_norm),
+            work: MlpGrad::with_precision(&dims, layer_norm, precision),
             loss,
             grads: FlatGrads::new(layers, &dims, opt)?,
             dims,
@@ -149,7 +149,7 @@ impl NativeActorUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::native::{assert_flat_grads_match, host};
+    use crate::native::{assert_flat_grads_match, host, test_precisions};
     use mvp_actor::{ActorConfig, ChunkShape, FlowConfig, MvpConfig};
     use mvp_nn::{AdamConfig, MlpConfig};
     use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -168,7 +168,9 @@ mod tests {
             ActorConfig::Mvp(MvpConfig { network: network(false), ivc_weight: 0.0, ..MvpConfig::default() }),
             ActorConfig::Flow(FlowConfig { network: network(false), ..FlowConfig::default() }),
         ];
-        for (case, config) in cases.iter().enumerate() {
+        for ((precision, matmul, grad_tol, tol), (case, config)) in
+            test_precisions().into_iter().flat_map(|p| cases.iter().enumerate().map(move |c| (p, c)))
+        {
             tch::manual_seed(11 + case as i64);
             let vs = VarStore::new(Device::Cpu);
             let actor = config.build(&vs.root(), s, shape);
@@ -189,11 +191,14 @@ mod tests {
 
             // libtorch, then the same draws again for the native loss.
             tch::manual_seed(5);
-            let (loss, metrics) = actor.loss(&obs, &actions, Some(&valid));
-            loss.backward();
+            let metrics = matmul.scope(|| {
+                let (loss, metrics) = actor.loss(&obs, &actions, Some(&valid));
+                loss.backward();
+                metrics
+            });
             tch::manual_seed(5);
             let draws = actor.loss_draws(&actions).unwrap();
-            let mut native = NativeActorUpdate::new(actor.as_ref(), &opt).unwrap();
+            let mut native = NativeActorUpdate::new(actor.as_ref(), &opt, precision).unwrap();
             let (eps, t, r) = (host(&draws.eps), host(&draws.t), draws.r.as_ref().map(host));
             let rows = ActorRows {
                 obs: &host(&obs),
@@ -208,9 +213,13 @@ mod tests {
             for ((name, v), (want_name, want)) in ours.iter().zip(&metrics) {
                 assert_eq!(name, want_name);
                 let want = want.double_value(&[]);
-                assert!((v - want).abs() <= 1e-5 * (1.0 + want.abs()), "case {case} {name}: {v} vs {want}");
+                assert!(
+                    (v - want).abs() <= tol * (1.0 + want.abs()),
+                    "{precision:?} case {case} {name}: {v} vs {want}"
+                );
             }
-            let checked = assert_flat_grads_match(&vs, &opt, &native.grads.flat, &format!("case {case}"));
+            let what = format!("{precision:?} case {case}");
+            let checked = assert_flat_grads_match(&vs, &opt, &native.grads.flat, &what, grad_tol);
             assert_eq!(checked, if case == 1 { 3 * 2 + 2 * 2 } else { 3 * 2 }, "case {case}: every parameter");
         }
     }
@@ -224,7 +233,7 @@ mod tests {
         let config = ActorConfig::Mvp(MvpConfig { dispersive_weight: 0.5, ..MvpConfig::default() });
         let actor = config.build(&vs.root(), 5, shape);
         let opt = Adam::new(&vs, AdamConfig::default());
-        let err = NativeActorUpdate::new(actor.as_ref(), &opt).unwrap_err().to_string();
+        let err = NativeActorUpdate::new(actor.as_ref(), &opt, Precision::F32).unwrap_err().to_string();
         assert!(err.contains("dispersive"), "{err}");
     }
 }

@@ -216,6 +216,61 @@ fn native_updates_track_libtorch_ones() {
     }
 }
 
+/// With `runtime.matmul = "bf16"` the native updates multiply bf16 operands (where the CPU has
+/// AVX512-BF16; elsewhere asking for them names the setting): ten updates follow libtorch's
+/// bf16 updates to bf16 rounding.
+#[test]
+fn bf16_products_run_the_native_updates() {
+    let _g = lock();
+    let actor = ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() });
+    let build = |engine| {
+        let mut config = AgentConfig {
+            actor: actor.clone(),
+            select_engine: SelectEngine::NativeF32,
+            critic_engine: engine,
+            actor_engine: engine,
+            ..AgentConfig::default()
+        };
+        config.critic.network.hidden = vec![256; 3];
+        config.batch_size = 64;
+        Agent::new(S, A, &config, Device::Cpu)
+    };
+    mvp_nn::MatmulPrecision::Bf16.scope(|| {
+        if !mvp_infer::has_avx512_bf16() {
+            let err = build(UpdateEngine::Native).err().expect("bf16 needs AVX512-BF16").to_string();
+            assert!(err.contains("runtime.matmul") && err.contains("AVX512-BF16"), "{err}");
+            return;
+        }
+        let mut reference = build(UpdateEngine::Libtorch).unwrap();
+        let mut native = build(UpdateEngine::Native).unwrap();
+        assert!(native.critic_natively() && native.actor_natively());
+        let (tensors, steps) = reference.state();
+        native.load_state(&tensors.into_iter().collect(), steps).unwrap();
+        let metric = |m: &[(&str, Tensor)], k: &str| m.iter().find(|(n, _)| *n == k).unwrap().1.double_value(&[]);
+        for step in 0..10 {
+            let rows = 64;
+            let mut b = mvp_replay::ChunkBatch::new(rows, 5, S, A);
+            tch::manual_seed(200 + step);
+            let obs = host(&Tensor::randn([rows as i64, S as i64], (Kind::Float, Device::Cpu)));
+            b.observations.copy_from_slice(&obs);
+            b.next_observations.copy_from_slice(&obs);
+            b.actions.copy_from_slice(&host(&Tensor::rand([(rows * 5 * A) as i64], (Kind::Float, Device::Cpu))));
+            b.rewards.iter_mut().enumerate().for_each(|(i, r)| *r = -((i % 3) as f32));
+            b.masks.fill(1.0);
+            b.valid.fill(1.0);
+            let tb = mvp_agent::TensorBatch::from_chunks(&b, Device::Cpu);
+            tch::manual_seed(9 + step);
+            let m_ref = reference.update(&tb).unwrap();
+            tch::manual_seed(9 + step);
+            let m_nat = native.update(&tb).unwrap();
+            for key in ["critic/loss", "critic/q_mean", "actor/mf_loss", "actor/ivc_loss"] {
+                let (r, n) = (metric(&m_ref, key), metric(&m_nat, key));
+                assert!((r - n).abs() <= 1e-2 * (1.0 + r.abs()), "update {step}: {key} {n} (native) vs {r} (libtorch)");
+            }
+        }
+    });
+}
+
 #[test]
 fn asking_for_the_native_engine_where_it_cannot_run_names_the_key() {
     let _g = lock();

@@ -1,19 +1,21 @@
 //! Forward and backward passes of one MLP (`Linear → GELU → [LayerNorm]` per hidden layer,
-//! then a final `Linear`) in fp32 on the packed kernels of [`crate::gemm`], for training a
-//! critic without libtorch at the small batches of CPU training: at 64 rows libtorch spends
-//! more time dispatching and recording its graph than multiplying.
+//! then a final `Linear`) on the packed kernels of [`crate::gemm`], for training critics and
+//! actors without libtorch at the small batches of CPU training: at 64 rows libtorch spends
+//! more time dispatching and recording its graph than multiplying. Products in fp32, or with
+//! bf16 operands and fp32 sums (AVX512-BF16); everything else in fp32.
 //!
 //! Every product is `A·W` with `W` packed: the forward pass packs `W`, the input gradient
 //! `dH = dZ·Wᵀ` packs `Wᵀ` (straight from `W`), and the weight gradient `dW = Hᵀ·dZ` packs
-//! `dZ` (the batch is the inner dimension) and reads `Hᵀ` in place. Rows of the batch are
-//! padded to a multiple of [`MR`] with zeros, whose output gradients are zero, so they add
-//! nothing to any gradient.
+//! `dZ` (the batch is the inner dimension) and reads `Hᵀ` in place (in bf16, whose kernel
+//! reads pairs of consecutive inputs, from a rounded transposed copy). Rows of the batch are
+//! padded to a multiple of [`MR`]; their output gradients are zero, so they add nothing to any
+//! gradient.
 //!
 //! The forward pass can also carry tangents (forward-mode differentiation) of some rows as
 //! extra rows of the same products: the MeanFlow target's `du/dt`.
 
-use crate::gemm::{round_up, PackedLinear, Precision, MR, NR};
-use crate::mlp::{exp, gelu, sum, LN_EPS};
+use crate::gemm::{round_up, to_bf16, PackedLinear, Precision, MR, NR};
+use crate::mlp::{exp, gelu, round_to_bf16, sum, LN_EPS};
 
 /// One layer's parameters: `weight [in, out]` row-major (`y = x·W + b`), `bias [out]`, and the
 /// LayerNorm scale and shift `[out]` that follow its activation (hidden layers).
@@ -64,6 +66,8 @@ pub struct MlpGrad {
     zeros: Vec<f32>,
     /// `dZ` of each layer packed as a weight (for `dW`), re-packed every backward pass.
     dz_pack: Vec<Option<PackedLinear>>,
+    /// The products' number format: fp32, or bf16 operands with fp32 sums (AVX512-BF16).
+    precision: Precision,
     scratch: Scratch,
 }
 
@@ -71,18 +75,26 @@ impl MlpGrad {
     /// An MLP of widths `dims` (input, hidden..., output) with or without LayerNorms after the
     /// hidden activations (GELU).
     pub fn new(dims: &[usize], layer_norm: bool) -> Self {
+        Self::with_precision(dims, layer_norm, Precision::F32)
+    }
+
+    /// [`MlpGrad::new`] with the products in `precision`: with [`Precision::Bf16`] every
+    /// product's two operands (inputs, weights, `dZ`, `Hᵀ`) are rounded to bf16 and summed in
+    /// fp32 (AVX512-BF16), as libtorch's bf16 matmuls round theirs; activations, LayerNorms and
+    /// gradients stay fp32. Bf16 needs a CPU with AVX512-BF16 (`has_avx512_bf16`).
+    pub fn with_precision(dims: &[usize], layer_norm: bool, precision: Precision) -> Self {
         assert!(dims.len() >= 2 && dims.iter().all(|&d| d > 0), "an MLP needs an input and an output width");
         let layers = dims.len() - 1;
         let fwd = (0..layers)
             .map(|l| {
                 let (i, o) = (dims[l], dims[l + 1]);
-                PackedLinear::new(i, o, &vec![0.0; i * o], &vec![0.0; o], Precision::F32)
+                PackedLinear::new(i, o, &vec![0.0; i * o], &vec![0.0; o], precision)
             })
             .collect();
         let bwd = (0..layers)
             .map(|l| {
                 let (i, o) = (dims[l], dims[l + 1]);
-                (l > 0).then(|| PackedLinear::new(o, i, &vec![0.0; i * o], &vec![0.0; i], Precision::F32))
+                (l > 0).then(|| PackedLinear::new(o, i, &vec![0.0; i * o], &vec![0.0; i], precision))
             })
             .collect();
         Self {
@@ -98,6 +110,7 @@ impl MlpGrad {
             rstd: vec![Vec::new(); layers],
             zeros: vec![0.0; dims.iter().copied().max().unwrap_or(1)],
             dz_pack: (0..layers).map(|_| None).collect(),
+            precision,
             scratch: Scratch::default(),
         }
     }
@@ -218,7 +231,20 @@ impl MlpGrad {
             self.h[0][(rows + r) * s0..(rows + r) * s0 + d0].copy_from_slice(&dx[r * d0..(r + 1) * d0]);
         }
         for l in 0..layers {
-            self.fwd[l].forward_f32_biased(&self.h[l], all, rows, &mut self.z[l]);
+            match self.precision {
+                Precision::F32 => self.fwd[l].forward_f32_biased(&self.h[l], all, rows, &mut self.z[l]),
+                Precision::Bf16 => {
+                    let half = &mut self.scratch.half;
+                    half.resize(self.h[l].len(), 0);
+                    round_to_bf16(&self.h[l], half);
+                    self.fwd[l].forward_bf16(half, all, &mut self.z[l]);
+                    // Tangent rows carry no bias: take it off again.
+                    let (so, bias) = (self.stride(l + 1), params[l].bias);
+                    for row in self.z[l][rows * so..all * so].chunks_exact_mut(so) {
+                        row.iter_mut().zip(bias).for_each(|(z, b)| *z -= b);
+                    }
+                }
+            }
             if l + 1 == layers {
                 break;
             }
@@ -276,7 +302,8 @@ impl MlpGrad {
         let (rows, batch) = (self.rows, self.batch);
         let out = self.dims[layers];
         assert_eq!(dy.len(), batch * out, "dy must be [batch, out]");
-        let Scratch { dz, next, dh, dw, compact } = &mut self.scratch;
+        let Scratch { dz, next, dh, dw, compact, half } = &mut self.scratch;
+        let precision = self.precision;
         // dz: the gradient of the current layer's pre-activation, [rows × stride], zero-padded.
         let s_out = round_up(out, NR);
         dz.clear();
@@ -302,13 +329,29 @@ impl MlpGrad {
                     p.repack(compact, &self.zeros[..dout]);
                     p
                 }
-                slot => slot.insert(PackedLinear::new(rows, dout, compact, &self.zeros[..dout], Precision::F32)),
+                slot => slot.insert(PackedLinear::new(rows, dout, compact, &self.zeros[..dout], precision)),
             };
             // Hᵀ read in place: element (c, r) of Hᵀ is h[r·sin + c]. Where the kernel's padded
             // output is the gradient's own shape, it is written in place.
             let g = &mut grads[l];
             let ht_rows = round_up(din, MR);
-            if ht_rows == din && pack.out_stride() == dout {
+            if precision == Precision::Bf16 {
+                // The bf16 kernel reads pairs of consecutive inputs: Hᵀ rounded into rows of its own.
+                let k = pack.in_stride();
+                half.clear();
+                half.resize(ht_rows * k, 0);
+                for (r, h) in self.h[l].chunks_exact(sin).take(rows).enumerate() {
+                    for (c, &v) in h[..din].iter().enumerate() {
+                        half[c * k + r] = to_bf16(v);
+                    }
+                }
+                dw.resize(ht_rows * pack.out_stride(), 0.0);
+                pack.forward_bf16(half, ht_rows, dw);
+                for c in 0..din {
+                    g.weight[c * dout..(c + 1) * dout]
+                        .copy_from_slice(&dw[c * pack.out_stride()..c * pack.out_stride() + dout]);
+                }
+            } else if ht_rows == din && pack.out_stride() == dout {
                 pack.forward_f32_strided(&self.h[l], ht_rows, 1, sin, g.weight);
             } else {
                 dw.resize(ht_rows * pack.out_stride(), 0.0);
@@ -329,7 +372,15 @@ impl MlpGrad {
             }
             // dH = dZ·Wᵀ, then back through the LayerNorm and the GELU of hidden layer l − 1.
             dh.resize(rows * sin, 0.0);
-            self.bwd[l].as_ref().expect("packed for layers after the first").forward_f32(dz, rows, dh);
+            let bwd = self.bwd[l].as_ref().expect("packed for layers after the first");
+            match precision {
+                Precision::F32 => bwd.forward_f32(dz, rows, dh),
+                Precision::Bf16 => {
+                    half.resize(rows * sout, 0);
+                    round_to_bf16(&dz[..rows * sout], &mut half[..rows * sout]);
+                    bwd.forward_bf16(&half[..rows * sout], rows, dh);
+                }
+            }
             let zl = &self.z[l - 1];
             next.clear();
             next.resize(rows * sin, 0.0);
@@ -379,6 +430,8 @@ struct Scratch {
     dh: Vec<f32>,
     dw: Vec<f32>,
     compact: Vec<f32>,
+    /// bf16 operands: a layer's rounded inputs, `Hᵀ` or `dZ`.
+    half: Vec<u16>,
 }
 
 /// `Σ_j a_j·b_j·f(c_j)` with 16 partial sums (a reduction the compiler vectorises).

@@ -189,20 +189,38 @@ impl PackedLinear {
     }
 
     /// Packs the transpose of `weight_t` (`[out_dim, in_dim]`, row-major: the weight of the
-    /// layer this one runs backwards) with a zero bias, in one pass: fp32 layers only.
+    /// layer this one runs backwards) with a zero bias, in one pass.
     pub fn repack_transposed(&mut self, weight_t: &[f32]) {
-        assert_eq!(self.precision, Precision::F32, "transposed packing is for fp32 layers");
         let (in_dim, out_dim, k) = (self.in_dim, self.out_dim, self.k);
         assert_eq!(weight_t.len(), in_dim * out_dim, "weight_t must be [out, in]");
-        let out = &mut self.f32_panels;
-        out.clear();
-        out.resize(self.n / NR * k * NR, 0.0);
+        let len = self.n / NR * k * NR;
         // Column c of this layer's weight is row c of `weight_t`: it goes to lane c % NR of
-        // panel c / NR, one row of the panel per input.
-        for (c, row) in weight_t.chunks_exact(in_dim).enumerate() {
-            let panel = &mut out[(c / NR) * k * NR + c % NR..];
-            for (kk, &v) in row.iter().enumerate() {
-                panel[kk * NR] = v;
+        // panel c / NR, one row of the panel per input (fp32), or one pair of inputs per row
+        // pair, interleaved (bf16).
+        match self.precision {
+            Precision::F32 => {
+                let out = &mut self.f32_panels;
+                out.clear();
+                out.resize(len, 0.0);
+                for (c, row) in weight_t.chunks_exact(in_dim).enumerate() {
+                    let panel = &mut out[(c / NR) * k * NR + c % NR..];
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * NR] = v;
+                    }
+                }
+            }
+            Precision::Bf16 => {
+                let out = &mut self.bf16_panels;
+                out.clear();
+                out.resize(len, 0);
+                for (c, row) in weight_t.chunks_exact(in_dim).enumerate() {
+                    let panel = &mut out[(c / NR) * k * NR + 2 * (c % NR)..];
+                    for (kp, pair) in row.chunks(2).enumerate() {
+                        for (parity, &v) in pair.iter().enumerate() {
+                            panel[kp * 2 * NR + parity] = to_bf16(v);
+                        }
+                    }
+                }
             }
         }
         self.bias.clear();
@@ -566,7 +584,7 @@ mod tests {
     /// Packing the transpose directly equals transposing and packing.
     #[test]
     fn transposed_packing_equals_packing_the_transpose() {
-        let (i, o, r) = (45, 70, 16);
+        let (i, o, r) = (45, 71, 16);
         let w = data(i * o, 11); // [i, o], the forward layer
         let mut wt = vec![0.0; i * o]; // [o, i]
         for a in 0..i {
@@ -574,11 +592,19 @@ mod tests {
                 wt[b * i + a] = w[a * o + b];
             }
         }
-        let want = PackedLinear::new(o, i, &wt, &vec![0.0; i], Precision::F32);
-        let mut got = PackedLinear::new(o, i, &vec![1.0; i * o], &vec![1.0; i], Precision::F32);
+        for precision in [Precision::F32, Precision::Bf16] {
+            let want = PackedLinear::new(o, i, &wt, &vec![0.0; i], precision);
+            let mut got = PackedLinear::new(o, i, &vec![1.0; i * o], &vec![1.0; i], precision);
+            got.repack_transposed(&w);
+            assert_eq!(got.f32_panels, want.f32_panels, "{precision:?}");
+            assert_eq!(got.bf16_panels, want.bf16_panels, "{precision:?}");
+            assert_eq!(got.bias, want.bias);
+        }
+        let (want, mut got) = (
+            PackedLinear::new(o, i, &wt, &vec![0.0; i], Precision::F32),
+            PackedLinear::new(o, i, &vec![1.0; i * o], &vec![1.0; i], Precision::F32),
+        );
         got.repack_transposed(&w);
-        assert_eq!(got.f32_panels, want.f32_panels);
-        assert_eq!(got.bias, want.bias);
         let a = data(r * got.in_stride(), 12);
         let (mut x, mut y) = (vec![0.0; r * got.out_stride()], vec![0.0; r * got.out_stride()]);
         got.forward_f32(&a, r, &mut x);

@@ -242,7 +242,7 @@ impl Mlp {
 /// Rows per tile of [`Mlp::forward`]: a multiple of every kernel's row block (8, and AMX's 32).
 const TILE_ROWS: usize = 256;
 
-fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: the CPU has AVX-512F.
