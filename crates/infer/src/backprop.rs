@@ -340,9 +340,11 @@ impl MlpGrad {
                 let k = pack.in_stride();
                 half.clear();
                 half.resize(ht_rows * k, 0);
-                for (r, h) in self.h[l].chunks_exact(sin).take(rows).enumerate() {
-                    for (c, &v) in h[..din].iter().enumerate() {
-                        half[c * k + r] = to_bf16(v);
+                // Column by column: contiguous writes, and the rows' cache lines serve 16 columns.
+                let h = &self.h[l];
+                for (c, dst) in half.chunks_exact_mut(k).take(din).enumerate() {
+                    for (r, d) in dst[..rows].iter_mut().enumerate() {
+                        *d = to_bf16(h[r * sin + c]);
                     }
                 }
                 dw.resize(ht_rows * pack.out_stride(), 0.0);
