@@ -94,8 +94,11 @@ impl Mlp {
     /// Packs new weights of the same architecture in place of the current ones (after a
     /// training step), keeping the scratch buffers.
     pub fn repack(&mut self, w: &MlpWeights) -> Result<(), crate::InferError> {
-        if w.activation != self.activation {
-            return Err(crate::InferError::Shape("repacked weights must keep the network's activation".into()));
+        let fits = w.layers.len() == self.layers.len()
+            && w.activation == self.activation
+            && w.layers.iter().zip(&self.layers).all(|(l, p)| l.in_dim == p.in_dim() && l.out_dim == p.out_dim());
+        if !fits {
+            return Err(crate::InferError::Shape("repacked weights must keep the network's architecture".into()));
         }
         let views: Vec<LayerParams<'_>> = w
             .layers
