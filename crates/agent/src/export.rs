@@ -74,8 +74,7 @@ fn host(t: &Tensor, member: Option<i64>) -> Vec<f32> {
         Some(e) => t.select(0, e),
         None => t.shallow_clone(),
     };
-    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
-    Vec::<f32>::try_from(&t).expect("a float tensor converts to Vec<f32>")
+    crate::native::host(&t.detach().to_device(Device::Cpu))
 }
 
 fn activation(a: Activation) -> mvp_infer::Activation {

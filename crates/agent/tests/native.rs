@@ -161,34 +161,36 @@ fn native_td_target_selection_matches_libtorch() {
     }
 }
 
-/// Training with the critic's and the actor's updates on the native kernels follows the
-/// libtorch updates: from the same state and batches, the TD losses, values and actor losses
-/// of 20 updates agree to fp32 rounding, also after the candidate count changes (the gradients
-/// themselves are compared in the crate's unit tests).
-#[test]
-fn native_updates_track_libtorch_ones() {
-    let _g = lock();
+/// An MVP agent (3×256 critic, batch 64) whose critic and actor updates run on `engine`.
+fn mvp_agent_updating_on(engine: UpdateEngine) -> anyhow::Result<Agent> {
     let actor = ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() });
-    let build = |engine| {
-        let mut config = AgentConfig {
-            actor: actor.clone(),
-            select_engine: SelectEngine::NativeF32,
-            critic_engine: engine,
-            actor_engine: engine,
-            ..AgentConfig::default()
-        };
-        config.critic.network.hidden = vec![256; 3];
-        config.batch_size = 64;
-        Agent::new(S, A, &config, Device::Cpu).unwrap()
+    let mut config = AgentConfig {
+        actor,
+        select_engine: SelectEngine::NativeF32,
+        critic_engine: engine,
+        actor_engine: engine,
+        ..AgentConfig::default()
     };
-    let mut reference = build(UpdateEngine::Libtorch);
-    let mut native = build(UpdateEngine::Native);
-    assert!(native.critic_natively() && !reference.critic_natively());
-    assert!(native.actor_natively() && !reference.actor_natively());
-    let (tensors, steps) = reference.state();
-    native.load_state(&tensors.into_iter().collect(), steps).unwrap();
+    config.critic.network.hidden = vec![256; 3];
+    config.batch_size = 64;
+    Agent::new(S, A, &config, Device::Cpu)
+}
+
+/// Runs `steps` updates of `reference` and of `native` (from the reference's state) on the
+/// same random batches and draws, with `num_samples(step)` candidates, and checks that the
+/// metrics `keys` agree to `tol` relative to 1 + |value|.
+fn assert_updates_track(
+    mut reference: Agent,
+    mut native: Agent,
+    steps: i64,
+    num_samples: impl Fn(i64) -> usize,
+    keys: &[&str],
+    tol: f64,
+) {
+    let (tensors, state_steps) = reference.state();
+    native.load_state(&tensors.into_iter().collect(), state_steps).unwrap();
     let metric = |m: &[(&str, Tensor)], k: &str| m.iter().find(|(n, _)| *n == k).unwrap().1.double_value(&[]);
-    for step in 0..20 {
+    for step in 0..steps {
         let rows = 64;
         let mut b = mvp_replay::ChunkBatch::new(rows, 5, S, A);
         tch::manual_seed(100 + step);
@@ -199,21 +201,33 @@ fn native_updates_track_libtorch_ones() {
         b.masks.iter_mut().enumerate().for_each(|(i, m)| *m = (i % 7 != 0) as i32 as f32);
         b.valid.iter_mut().enumerate().for_each(|(i, v)| *v = (i % 11 != 0) as i32 as f32);
         let tb = mvp_agent::TensorBatch::from_chunks(&b, Device::Cpu);
-        // The candidate count changes midway, as between a run's offline and online phases.
-        let n = if step < 10 { 32 } else { 4 };
-        reference.set_num_samples(n);
-        native.set_num_samples(n);
+        reference.set_num_samples(num_samples(step));
+        native.set_num_samples(num_samples(step));
         tch::manual_seed(7 + step);
         let m_ref = reference.update(&tb).unwrap();
         tch::manual_seed(7 + step);
         let m_nat = native.update(&tb).unwrap();
-        for key in
-            ["critic/loss", "critic/q_mean", "critic/target_mean", "actor/mf_loss", "actor/ivc_loss", "actor/loss"]
-        {
+        for &key in keys {
             let (r, n) = (metric(&m_ref, key), metric(&m_nat, key));
-            assert!((r - n).abs() <= 1e-3 * (1.0 + r.abs()), "update {step}: {key} {n} (native) vs {r} (libtorch)");
+            assert!((r - n).abs() <= tol * (1.0 + r.abs()), "update {step}: {key} {n} (native) vs {r} (libtorch)");
         }
     }
+}
+
+/// Training with the critic's and the actor's updates on the native kernels follows the
+/// libtorch updates: from the same state and batches, the TD losses, values and actor losses
+/// of 20 updates agree to fp32 rounding, also after the candidate count changes midway, as
+/// between a run's offline and online phases (the gradients themselves are compared in the
+/// crate's unit tests).
+#[test]
+fn native_updates_track_libtorch_ones() {
+    let _g = lock();
+    let reference = mvp_agent_updating_on(UpdateEngine::Libtorch).unwrap();
+    let native = mvp_agent_updating_on(UpdateEngine::Native).unwrap();
+    assert!(native.critic_natively() && !reference.critic_natively());
+    assert!(native.actor_natively() && !reference.actor_natively());
+    let keys = ["critic/loss", "critic/q_mean", "critic/target_mean", "actor/mf_loss", "actor/ivc_loss", "actor/loss"];
+    assert_updates_track(reference, native, 20, |step| if step < 10 { 32 } else { 4 }, &keys, 1e-3);
 }
 
 /// With `runtime.matmul = "bf16"` the native updates multiply bf16 operands (where the CPU has
@@ -222,52 +236,17 @@ fn native_updates_track_libtorch_ones() {
 #[test]
 fn bf16_products_run_the_native_updates() {
     let _g = lock();
-    let actor = ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() });
-    let build = |engine| {
-        let mut config = AgentConfig {
-            actor: actor.clone(),
-            select_engine: SelectEngine::NativeF32,
-            critic_engine: engine,
-            actor_engine: engine,
-            ..AgentConfig::default()
-        };
-        config.critic.network.hidden = vec![256; 3];
-        config.batch_size = 64;
-        Agent::new(S, A, &config, Device::Cpu)
-    };
     mvp_nn::MatmulPrecision::Bf16.scope(|| {
         if !mvp_infer::has_avx512_bf16() {
-            let err = build(UpdateEngine::Native).err().expect("bf16 needs AVX512-BF16").to_string();
+            let err = mvp_agent_updating_on(UpdateEngine::Native).err().expect("bf16 needs AVX512-BF16").to_string();
             assert!(err.contains("runtime.matmul") && err.contains("AVX512-BF16"), "{err}");
             return;
         }
-        let mut reference = build(UpdateEngine::Libtorch).unwrap();
-        let mut native = build(UpdateEngine::Native).unwrap();
-        assert!(native.critic_natively() && native.actor_natively());
-        let (tensors, steps) = reference.state();
-        native.load_state(&tensors.into_iter().collect(), steps).unwrap();
-        let metric = |m: &[(&str, Tensor)], k: &str| m.iter().find(|(n, _)| *n == k).unwrap().1.double_value(&[]);
-        for step in 0..10 {
-            let rows = 64;
-            let mut b = mvp_replay::ChunkBatch::new(rows, 5, S, A);
-            tch::manual_seed(200 + step);
-            let obs = host(&Tensor::randn([rows as i64, S as i64], (Kind::Float, Device::Cpu)));
-            b.observations.copy_from_slice(&obs);
-            b.next_observations.copy_from_slice(&obs);
-            b.actions.copy_from_slice(&host(&Tensor::rand([(rows * 5 * A) as i64], (Kind::Float, Device::Cpu))));
-            b.rewards.iter_mut().enumerate().for_each(|(i, r)| *r = -((i % 3) as f32));
-            b.masks.fill(1.0);
-            b.valid.fill(1.0);
-            let tb = mvp_agent::TensorBatch::from_chunks(&b, Device::Cpu);
-            tch::manual_seed(9 + step);
-            let m_ref = reference.update(&tb).unwrap();
-            tch::manual_seed(9 + step);
-            let m_nat = native.update(&tb).unwrap();
-            for key in ["critic/loss", "critic/q_mean", "actor/mf_loss", "actor/ivc_loss"] {
-                let (r, n) = (metric(&m_ref, key), metric(&m_nat, key));
-                assert!((r - n).abs() <= 1e-2 * (1.0 + r.abs()), "update {step}: {key} {n} (native) vs {r} (libtorch)");
-            }
-        }
+        let reference = mvp_agent_updating_on(UpdateEngine::Libtorch).unwrap();
+        let native = mvp_agent_updating_on(UpdateEngine::Native).unwrap();
+        assert!(native.critic_natively() && native.actor_natively() && !reference.critic_natively());
+        let keys = ["critic/loss", "critic/q_mean", "actor/mf_loss", "actor/ivc_loss"];
+        assert_updates_track(reference, native, 10, |_| 32, &keys, 1e-2);
     });
 }
 
