@@ -27,7 +27,8 @@ use mvp_nn::{checkpoint, polyak_update, Adam};
 use mvp_replay::ChunkBatch;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use crate::config::{AgentConfig, SelectEngine, UpdateEngine};
+use crate::config::AgentConfig;
+use crate::engines::{Choice, Step};
 use crate::native::host;
 use crate::native_actor::{ActorRows, NativeActorUpdate};
 use crate::native_critic::NativeCritic;
@@ -114,6 +115,8 @@ pub struct Agent {
     native_critic: Option<NativeCritic>,
     /// The actor's update on the native kernels (`agent.actor_engine`).
     native_actor: Option<NativeActorUpdate>,
+    /// Which engine runs each step, and why.
+    plan: EnginePlan,
     diagnostics: bool,
     imitation: bool,
     /// The moving average of the actor's weights that acts (`agent.actor_ema`), with its decay.
@@ -138,33 +141,42 @@ impl Agent {
             (vs, net, config.actor_ema)
         });
         let critic_opt = Adam::new(&critic.vs, config.critic_optim.clone());
-        let precision = match config.select_engine {
-            SelectEngine::Libtorch => None,
-            SelectEngine::Auto => (device == Device::Cpu && actor.native().is_ok())
-                .then_some(if mvp_infer::has_avx512_bf16() { Precision::Bf16 } else { Precision::F32 }),
-            engine @ (SelectEngine::NativeF32 | SelectEngine::NativeBf16) => {
-                let key = "config key `agent.select_engine`";
-                if device != Device::Cpu {
-                    bail!("{key}: the native engine runs on the CPU, the networks are on {device:?}; use auto or libtorch");
-                }
-                if let Err(why) = actor.native() {
-                    bail!("{key}: {why}; use auto or libtorch");
-                }
-                if engine == SelectEngine::NativeBf16 && !mvp_infer::has_avx512_bf16() {
-                    bail!("{key}: native-bf16 needs a CPU with AVX512-BF16 (this one has none); use native-f32");
-                }
-                Some(if engine == SelectEngine::NativeBf16 { Precision::Bf16 } else { Precision::F32 })
-            }
+        // Each step's native engine, built where it can run (its error says why not); the
+        // plan keeps those its config and the calibration choose.
+        let isa = mvp_infer::Isa::active();
+        let select_precision = match config.select_precision {
+            None if isa.has_bf16() => Precision::Bf16,
+            None | Some(mvp_nn::MatmulPrecision::F32) => Precision::F32,
+            Some(mvp_nn::MatmulPrecision::Bf16) => Precision::Bf16,
         };
-        let native_select = precision.map(|precision| NativeSelect { precision, policy: None, chosen: Vec::new() });
-        let native_critic = native_engine(config.critic_engine, "agent.critic_engine", "critic update", || {
-            let precision = check_native_update(device, &config.critic_optim)?;
-            NativeCritic::new(&critic, &critic_opt, precision)
-        })?;
-        let native_actor = native_engine(config.actor_engine, "agent.actor_engine", "actor update", || {
-            let precision = check_native_update(device, &config.actor_optim)?;
-            NativeActorUpdate::new(actor.as_ref(), &actor_opt, precision)
-        })?;
+        let select_can = match (device, actor.native()) {
+            (Device::Cpu, Ok(_)) if select_precision == Precision::Bf16 && !isa.has_bf16() => {
+                Err("bf16 selection needs a CPU with AVX512-BF16".to_string())
+            }
+            (Device::Cpu, Ok(_)) => Ok(()),
+            (Device::Cpu, Err(why)) => Err(why.to_string()),
+            (other, _) => Err(format!("it runs on the CPU, the networks are on {other:?}")),
+        };
+        let native_critic = check_native_update(device, &config.critic_optim)
+            .and_then(|precision| NativeCritic::new(&critic, &critic_opt, precision));
+        let native_actor = check_native_update(device, &config.actor_optim)
+            .and_then(|precision| NativeActorUpdate::new(actor.as_ref(), &actor_opt, precision));
+        fn reason<T>(r: &Result<T>) -> std::result::Result<(), String> {
+            r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"))
+        }
+        let calibration =
+            crate::engines::has_auto(config).then(|| crate::engines::cached(obs_dim, action_dim, config)).flatten();
+        let plan = EnginePlan::resolve(
+            config,
+            isa,
+            select_precision,
+            calibration,
+            [select_can, reason(&native_critic), reason(&native_actor)],
+        )?;
+        let native_select =
+            plan.select.native.then(|| NativeSelect { precision: select_precision, policy: None, chosen: Vec::new() });
+        let native_critic = native_critic.ok().filter(|_| plan.critic.native);
+        let native_actor = native_actor.ok().filter(|_| plan.actor.native);
         Ok(Self {
             actor_vs,
             actor,
@@ -179,6 +191,7 @@ impl Agent {
             native_select,
             native_critic,
             native_actor,
+            plan,
             diagnostics: true,
             imitation: config.imitation,
             ema,
@@ -189,6 +202,11 @@ impl Agent {
     /// scores and spread). On by default; the trainer turns them on only for updates it logs.
     pub fn set_diagnostics(&mut self, on: bool) {
         self.diagnostics = on;
+    }
+
+    /// Which engine runs each step, and why (for the start line).
+    pub fn engines(&self) -> &EnginePlan {
+        &self.plan
     }
 
     /// Whether the TD target's selection runs on the native engine (`agent.select_engine`).
@@ -619,26 +637,62 @@ impl Agent {
     }
 }
 
-/// Builds a native update where `engine` asks for it: `native` must run (its error names the
-/// config `key`), `auto` falls back to libtorch where it cannot (or where the CPU has no
-/// AVX-512: the portable kernels are correct but slower than libtorch).
-fn native_engine<T>(
-    engine: UpdateEngine,
-    key: &str,
-    what: &str,
-    build: impl FnOnce() -> Result<T>,
-) -> Result<Option<T>> {
-    let fits = match engine {
-        UpdateEngine::Libtorch => return Ok(None),
-        UpdateEngine::Auto if !mvp_infer::has_avx512() => Err(anyhow::anyhow!("this CPU has no AVX-512")),
-        _ => build(),
-    };
-    match (fits, engine) {
-        (Ok(n), _) => Ok(Some(n)),
-        (Err(why), UpdateEngine::Native) => {
-            bail!("config key `{key}`: the native {what} cannot run: {why}; use auto or libtorch")
-        }
-        (Err(_), _) => Ok(None),
+/// Which engine runs each step of an agent, and why: resolved once, in [`Agent::new`], from
+/// the config, the CPU and (for `auto`) the calibration of [`crate::engines::calibrate`].
+#[derive(Debug, Clone)]
+pub struct EnginePlan {
+    /// TD-target selection and acting.
+    pub select: Choice,
+    /// The native selection's number format (where it runs natively).
+    pub select_precision: Precision,
+    /// The critic's update.
+    pub critic: Choice,
+    /// The actor's update.
+    pub actor: Choice,
+    /// The native kernels' family.
+    pub isa: mvp_infer::Isa,
+    /// The calibration the `auto` steps were decided by, where there was one.
+    pub calibration: Option<crate::engines::Calibration>,
+}
+
+impl EnginePlan {
+    /// The one place the engine keys are read: each step's config value, whether its native
+    /// engine can run here (`can`, per [`Step::ALL`]: the reason where not), and for `auto` the
+    /// calibration of these shapes on this CPU (or the rule where there is none).
+    fn resolve(
+        config: &AgentConfig,
+        isa: mvp_infer::Isa,
+        select_precision: Precision,
+        calibration: Option<crate::engines::Calibration>,
+        can: [std::result::Result<(), String>; 3],
+    ) -> Result<Self> {
+        let [select, critic, actor] = can;
+        let times = |s: Step| calibration.as_ref().and_then(|c| c.times(s));
+        let decide = |s: Step, can| crate::engines::decide(s, s.engine(config), can, times(s), isa);
+        Ok(Self {
+            select: decide(Step::Select, select)?,
+            select_precision,
+            critic: decide(Step::Critic, critic)?,
+            actor: decide(Step::Actor, actor)?,
+            isa,
+            calibration,
+        })
+    }
+
+    /// The start line's account: per step, its engine and why.
+    pub fn describe(&self) -> String {
+        let precision = match self.select_precision {
+            Precision::Bf16 => "bf16",
+            Precision::F32 => "fp32",
+        };
+        let select = match self.select.native {
+            true => format!("{} ({precision})", self.select.why),
+            false => self.select.why.clone(),
+        };
+        format!(
+            "TD-target selection and acting: {select}; critic update: {}; actor update: {}",
+            self.critic.why, self.actor.why
+        )
     }
 }
 
@@ -653,7 +707,7 @@ fn check_native_update(device: Device, optim: &mvp_nn::AdamConfig) -> Result<Pre
     }
     match mvp_nn::MatmulPrecision::current() {
         mvp_nn::MatmulPrecision::F32 => Ok(Precision::F32),
-        mvp_nn::MatmulPrecision::Bf16 if mvp_infer::has_avx512_bf16() => Ok(Precision::Bf16),
+        mvp_nn::MatmulPrecision::Bf16 if mvp_infer::Isa::active().has_bf16() => Ok(Precision::Bf16),
         mvp_nn::MatmulPrecision::Bf16 => bail!("runtime.matmul = \"bf16\" needs AVX512-BF16, which this CPU lacks"),
     }
 }

@@ -23,6 +23,8 @@ pub struct TrainConfig {
     pub env: EnvConfig,
     /// The offline dataset.
     pub data: DataConfig,
+    /// The native engine's kernels.
+    pub engine: EngineConfig,
     /// The agent: chunking, selection, actor and critic.
     pub agent: AgentConfig,
     /// Phases and intervals.
@@ -132,29 +134,33 @@ pub struct AgentConfig {
     /// stored chunks; the MVP paper calls a* "the target action for policy training".
     pub selected_target_fraction: f64,
     /// Where the TD target's generate-and-select (N candidates at every next state of the
-    /// batch, scored by the online critic) runs: `auto` (on a CPU, for actors with a native
-    /// path — MVP, and flow with raw time features — the native engine in bf16 where the CPU
-    /// has AVX512-BF16, else in fp32; libtorch otherwise), `libtorch`, `native-f32` or
-    /// `native-bf16`. The native engine is re-packed from the current weights before every
-    /// target and gets the same noise as libtorch would, so `native-f32` selects the same
-    /// chunks within fp32 rounding; bf16 rounds the candidates and scores (learning measured
-    /// the same, experiments/speed/). It is most of an update's arithmetic at N = 32.
-    pub select_engine: SelectEngine,
+    /// batch, scored by the online critic) runs, and with it acting (collection, evaluation,
+    /// videos): `auto` (the faster engine at the run's shapes on this CPU, measured at start-up
+    /// and cached; see `docs` and `mvp_agent::engines`), `libtorch`, or `native` (CPU, actors
+    /// with a native path: MVP, and flow with raw time features). The native engine is
+    /// re-packed from the current weights before every target and gets the same noise as
+    /// libtorch would; in fp32 it selects the same chunks within rounding. It is most of an
+    /// update's arithmetic at N = 32.
+    pub select_engine: Engine,
+    /// The native selection's number format: unset = bf16 where the CPU has AVX512-BF16 (the
+    /// candidates and scores rounded; learning measured the same), else fp32; or `"f32"`,
+    /// `"bf16"`.
+    pub select_precision: Option<mvp_nn::MatmulPrecision>,
     /// Where the critic's TD update runs: `libtorch`, or `native`: the target members'
     /// values, the online members' forward and backward passes on the native kernels and
     /// Adam from their host gradients (CPU, GELU critics, Adam without weight decay or
     /// clipping; the same loss, tested against libtorch's gradients). The products follow
     /// `runtime.matmul`: fp32, or bf16 operands with fp32 sums on CPUs with AVX512-BF16.
-    /// `auto` (the default): native where it can run on a CPU with AVX-512.
-    pub critic_engine: UpdateEngine,
+    /// `auto` (the default): the faster engine at the run's shapes, as for selection.
+    pub critic_engine: Engine,
     /// Where the actor's update runs: `libtorch`, or `native`: the generative loss (MeanFlow
     /// with its JVP and the IVC, or flow matching), its backward pass on the native kernels
     /// and Adam from the host gradients (CPU, MVP or flow actors with GELU networks on raw
     /// times, no point cloud, no CFG folding, adaptive weighting or dispersive loss; Adam
     /// without weight decay or clipping; the same loss and randomness, tested against
     /// libtorch's gradients; products in `runtime.matmul`'s format as for the critic). `auto`
-    /// (the default): native where it can run on a CPU with AVX-512.
-    pub actor_engine: UpdateEngine,
+    /// (the default): the faster engine at the run's shapes, as for selection.
+    pub actor_engine: Engine,
     /// Imitation learning: the actor is trained on the dataset's chunks alone (behaviour
     /// cloning with the actor's generative loss), with no critic update, no TD target and no
     /// selection; needs `num_samples = 1` and no online phase. MP1-style runs.
@@ -186,34 +192,59 @@ pub enum Remote {
     Ray,
 }
 
-/// Where the critic's TD update (`agent.critic_engine`) or the actor's update
-/// (`agent.actor_engine`) runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Where a step with two engines runs (`agent.select_engine`, `agent.critic_engine`,
+/// `agent.actor_engine`, and the benchmarks' `--select`, `--critic`, `--actor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum UpdateEngine {
-    /// `native` where it can run, else `libtorch`.
+pub enum Engine {
+    /// The faster of the two at the run's shapes on this CPU (measured; see
+    /// `mvp_agent::engines`), where the native one can run; else libtorch.
     #[default]
     Auto,
-    /// libtorch's autograd and the optimiser's tensor step.
+    /// libtorch: its tensors, autograd and the optimiser's tensor step.
     Libtorch,
-    /// The native fp32 kernels (`mvp-infer`) and a host-gradient Adam step.
+    /// The native kernels (`mvp-infer`) and a host-gradient Adam step.
     Native,
 }
 
-/// Where the TD target's generate-and-select runs (`agent.select_engine`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SelectEngine {
-    /// `native-bf16` (or `native-f32` without AVX512-BF16) on a CPU for actors with a native
-    /// path, `libtorch` otherwise.
-    #[default]
-    Auto,
-    /// The training code's own tensors.
-    Libtorch,
-    /// The native engine (`mvp-infer`), fp32.
-    NativeF32,
-    /// The native engine with bf16 weights and inputs (fp32 accumulation); needs AVX512-BF16.
-    NativeBf16,
+/// The kernel family of the native engine (`engine.isa`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `auto` (the best this CPU runs), or a cap: `portable`, `avx2`, `avx512` (never above
+    /// what the CPU has: asking for more is an error).
+    pub isa: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { isa: "auto".into() }
+    }
+}
+
+impl EngineConfig {
+    /// The cap this config sets: `None` for `auto`. Fails naming the key and the allowed values,
+    /// or where the CPU lacks the family.
+    pub fn cap(&self) -> Result<Option<mvp_infer::Isa>> {
+        if self.isa == "auto" {
+            return Ok(None);
+        }
+        let isa: mvp_infer::Isa =
+            self.isa.parse().map_err(|e| anyhow::anyhow!("config key `engine.isa`: {e}, or auto"))?;
+        if !isa.runs_here() {
+            bail!(
+                "config key `engine.isa`: this CPU does not run {isa} (it runs up to {})",
+                mvp_infer::Isa::detected()
+            );
+        }
+        Ok(Some(isa))
+    }
+
+    /// Caps the native kernels of everything built from now on (`engine.isa`).
+    pub fn apply(&self) -> Result<()> {
+        mvp_infer::Isa::set_cap(self.cap()?);
+        Ok(())
+    }
 }
 
 impl AgentConfig {
@@ -237,9 +268,10 @@ impl Default for AgentConfig {
             selected_target_fraction: 0.0,
             imitation: false,
             actor_ema: 0.0,
-            select_engine: SelectEngine::Auto,
-            critic_engine: UpdateEngine::Auto,
-            actor_engine: UpdateEngine::Auto,
+            select_engine: Engine::Auto,
+            select_precision: None,
+            critic_engine: Engine::Auto,
+            actor_engine: Engine::Auto,
             batch_size: 256,
             actor: ActorConfig::default(),
             critic: CriticConfig::default(),
@@ -416,6 +448,7 @@ impl TrainConfig {
         check(s.keep_checkpoints >= 1, "schedule.keep_checkpoints", "an integer ≥ 1")?;
         check(s.buffer_capacity >= a.batch_size + a.horizon, "schedule.buffer_capacity", "≥ batch_size + horizon")?;
         check(self.runtime.threads >= 1, "runtime.threads", "an integer ≥ 1")?;
+        self.engine.cap()?;
         check(self.data.generate_workers >= 1, "data.generate_workers", "an integer ≥ 1")?;
         check(self.env.num_envs >= 1, "env.num_envs", "an integer ≥ 1")?;
         check(self.env.workers >= 1, "env.workers", "an integer ≥ 1")?;

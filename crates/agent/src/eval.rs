@@ -48,6 +48,7 @@ impl RunEvaluation {
     pub fn open(run_dir: &Path, step: Option<u64>, overrides: &[String]) -> Result<Self> {
         let config = run_config(run_dir, overrides)?;
         let device = config.runtime.apply()?;
+        config.engine.apply()?;
         let e = &config.env;
         let pool = mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset, e.obs_history)?;
         let dir = checkpoint_dir(run_dir, step)?;

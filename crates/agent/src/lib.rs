@@ -4,11 +4,13 @@
 //! Depends on every crate below it: `nn`, `actor`, `critic`, `replay`, `envs`, `data`, `rollout`,
 //! `logging`, and on `infer`: [`export`] turns trained networks into the native engine's
 //! weights, and the native critic and actor updates run their forward and backward passes on
-//! its kernels; plus tch, `serde`, `toml`, `rand`, `indicatif` and `tracing`.
+//! its kernels; [`engines`] decides which engine runs each step; plus tch, `serde`, `toml`,
+//! `rand`, `indicatif`, `clap` (the engine enum's flag form), `tempfile` and `tracing`.
 #![warn(missing_docs)]
 
 pub mod agent;
 pub mod config;
+pub mod engines;
 pub mod eval;
 pub mod export;
 mod native;

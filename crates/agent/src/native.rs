@@ -128,18 +128,19 @@ pub(crate) fn host(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().view([-1])).expect("a float tensor converts to Vec<f32>")
 }
 
-/// The products' formats a native update is tested in, with libtorch's setting of the same
-/// format and the tolerances against it (gradients relative to each parameter's largest;
-/// values relative to 1 + |value|): fp32 everywhere, bf16 where the CPU has AVX512-BF16 (its
-/// operands are rounded as libtorch's are; libtorch also rounds the products' results to bf16,
-/// the native kernels keep them in fp32).
+/// The products' formats and kernel families a native update is tested in, with libtorch's
+/// setting of the same format and the tolerances against it (gradients relative to each
+/// parameter's largest; values relative to 1 + |value|): fp32 on every family this CPU runs,
+/// bf16 where the CPU has AVX512-BF16 (its operands are rounded as libtorch's are; libtorch
+/// also rounds the products' results to bf16, the native kernels keep them in fp32).
 #[cfg(test)]
-pub(crate) fn test_precisions() -> Vec<(mvp_infer::Precision, mvp_nn::MatmulPrecision, f32, f64)> {
-    use mvp_infer::Precision;
+pub(crate) fn test_precisions() -> Vec<(mvp_infer::Precision, mvp_infer::Isa, mvp_nn::MatmulPrecision, f32, f64)> {
+    use mvp_infer::{Isa, Precision};
     use mvp_nn::MatmulPrecision;
-    let mut all = vec![(Precision::F32, MatmulPrecision::F32, 1e-4, 1e-5)];
-    if mvp_infer::has_avx512_bf16() {
-        all.push((Precision::Bf16, MatmulPrecision::Bf16, 1e-2, 1e-3));
+    let mut all: Vec<_> =
+        Isa::available().into_iter().map(|isa| (Precision::F32, isa, MatmulPrecision::F32, 1e-4, 1e-5)).collect();
+    if Isa::Avx512.has_bf16() {
+        all.push((Precision::Bf16, Isa::Avx512, MatmulPrecision::Bf16, 1e-2, 1e-3));
     } else {
         eprintln!("this CPU has no AVX512-BF16: the native bf16 update is not tested here");
     }

@@ -49,6 +49,13 @@ pub struct NativeActorUpdate {
 }
 
 impl NativeActorUpdate {
+    /// The update with its kernels from `isa` (tests of each family).
+    #[cfg(test)]
+    fn with_isa(mut self, isa: mvp_infer::Isa) -> Self {
+        self.work = self.work.with_isa(isa);
+        self
+    }
+
     /// The native update of `actor`, optimised by `opt`; an error says why it cannot run.
     pub fn new(actor: &dyn GenerativePolicy, opt: &Adam, precision: Precision) -> Result<Self> {
         let loss = actor.native_loss().map_err(anyhow::Error::msg)?;
@@ -168,7 +175,7 @@ mod tests {
             ActorConfig::Mvp(MvpConfig { network: network(false), ivc_weight: 0.0, ..MvpConfig::default() }),
             ActorConfig::Flow(FlowConfig { network: network(false), ..FlowConfig::default() }),
         ];
-        for ((precision, matmul, grad_tol, tol), (case, config)) in
+        for ((precision, isa, matmul, grad_tol, tol), (case, config)) in
             test_precisions().into_iter().flat_map(|p| cases.iter().enumerate().map(move |c| (p, c)))
         {
             tch::manual_seed(11 + case as i64);
@@ -198,7 +205,7 @@ mod tests {
             });
             tch::manual_seed(5);
             let draws = actor.loss_draws(&actions).unwrap();
-            let mut native = NativeActorUpdate::new(actor.as_ref(), &opt, precision).unwrap();
+            let mut native = NativeActorUpdate::new(actor.as_ref(), &opt, precision).unwrap().with_isa(isa);
             let (eps, t, r) = (host(&draws.eps), host(&draws.t), draws.r.as_ref().map(host));
             let rows = ActorRows {
                 obs: &host(&obs),

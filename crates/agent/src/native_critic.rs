@@ -25,6 +25,15 @@ pub struct NativeCritic {
 }
 
 impl NativeCritic {
+    /// The update with its kernels from `isa` (tests of each family).
+    #[cfg(test)]
+    fn with_isa(mut self, isa: mvp_infer::Isa) -> Self {
+        let set = |works: Vec<MlpGrad>| works.into_iter().map(|w| w.with_isa(isa)).collect();
+        self.online = set(self.online);
+        self.target = set(self.target);
+        self
+    }
+
     /// The native update of `critic`, optimised by `opt`; an error says why it cannot run
     /// (another activation, device or parameter layout).
     pub fn new(critic: &Critic, opt: &Adam, precision: Precision) -> Result<Self> {
@@ -150,7 +159,7 @@ mod tests {
     fn native_td_loss_and_gradients_equal_libtorch() {
         let _rng = crate::native::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let cases = [(true, Aggregate::Mean), (false, Aggregate::Min)];
-        for ((precision, matmul, grad_tol, tol), (layer_norm, aggregate)) in
+        for ((precision, isa, matmul, grad_tol, tol), (layer_norm, aggregate)) in
             test_precisions().into_iter().flat_map(|p| cases.map(|c| (p, c)))
         {
             tch::manual_seed(7);
@@ -187,7 +196,7 @@ mod tests {
             });
 
             // native
-            let mut native = NativeCritic::new(&critic, &opt, precision).unwrap();
+            let mut native = NativeCritic::new(&critic, &opt, precision).unwrap().with_isa(isa);
             let y = native.td_target(&critic, &host(&next_obs), &host(&next_chunks), &host(&rewards), &host(&masks), h);
             for (a, e) in y.iter().zip(host(&target)) {
                 assert!(f64::from((a - e).abs()) <= 10.0 * tol * (1.0 + f64::from(e.abs())), "TD target {a} vs {e}");

@@ -77,6 +77,7 @@ impl Trainer {
     /// Starts a new run in a fresh run directory.
     pub fn new(config: TrainConfig) -> Result<Self> {
         let device = config.runtime.apply()?;
+        config.engine.apply()?;
         let collector = make_collector(&config, None)?.0;
         let run_dir = run_dir::create(&config)?;
         Self::assemble(config, run_dir, collector, device)
@@ -93,6 +94,7 @@ impl Trainer {
         let config = TrainConfig::load(Some(&run_dir.join(run_dir::CONFIG_FILE)), overrides)
             .with_context(|| format!("{} is not a run directory", run_dir.display()))?;
         let device = config.runtime.apply()?;
+        config.engine.apply()?;
         let root = run_dir.join(CHECKPOINTS);
         let loaded: checkpoint::Loaded<Progress> = match step {
             Some(step) => checkpoint::load(&root.join(checkpoint::step_name(step)))?,
@@ -145,6 +147,11 @@ impl Trainer {
             mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset, e.obs_history)?;
         let spec = collector.pool().spec().clone();
         let num_envs = collector.num_envs();
+        // Calibration (where `auto` steps have none cached for this CPU and these shapes) draws
+        // from libtorch's generator: before the seed.
+        if let Some(c) = crate::engines::calibrate(spec.obs_dim, spec.action_dim, &config.agent, device)? {
+            tracing::info!("{}", c.summary());
+        }
         tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
         let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device)?;
         let mut buffer = ReplayBuffer::new(config.schedule.buffer_capacity, spec.obs_dim, spec.action_dim)?;
@@ -232,20 +239,16 @@ impl Trainer {
             s.eval_episodes,
             self.config.env.eval_seed_offset
         );
-        let engine = match self.agent.select_precision() {
-            Some(mvp_infer::Precision::Bf16) => "the native engine (bf16)",
-            Some(mvp_infer::Precision::F32) => "the native engine (fp32)",
-            None => "libtorch",
-        };
         let background = s.eval_background && self.agent.select_precision().is_some();
-        let on = |native: bool| if native { "the native kernels" } else { "libtorch" };
         let critic = match self.config.agent.imitation {
-            true => "no critic update (imitation)".to_string(),
-            false => format!("critic update on {}", on(self.agent.critic_natively())),
+            true => "; no critic update (imitation)".to_string(),
+            false => String::new(),
         };
         tracing::info!(
-            "TD-target selection and evaluation on {engine}; {critic}, actor update on {}; evaluations {}",
-            on(self.agent.actor_natively()),
+            "engines ({} kernels on {}): {}{critic}; evaluations {}",
+            self.agent.engines().isa,
+            crate::engines::cpu_model(),
+            self.agent.engines().describe(),
             if background { "in the background while training goes on" } else { "stop training while they run" }
         );
         let bar = ProgressBar::new(total).with_position(self.progress.step);

@@ -2,9 +2,9 @@
 //! same candidates from the same noise, the same critic scores, the same selected chunk.
 
 use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig};
-use mvp_agent::config::{AgentConfig, SelectEngine, UpdateEngine};
+use mvp_agent::config::{AgentConfig, Engine};
 use mvp_agent::Agent;
-use mvp_infer::Precision;
+use mvp_infer::{Isa, Precision};
 use mvp_nn::MlpConfig;
 use tch::{Device, Kind, Tensor};
 
@@ -18,13 +18,18 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn agent(actor: ActorConfig) -> Agent {
-    agent_on(actor, SelectEngine::Auto)
+    agent_on(actor, Engine::Auto)
 }
 
-fn agent_on(actor: ActorConfig, select_engine: SelectEngine) -> Agent {
+fn agent_on(actor: ActorConfig, select_engine: Engine) -> Agent {
     tch::set_num_threads(1);
     tch::manual_seed(7);
-    let mut config = AgentConfig { actor, select_engine, ..AgentConfig::default() };
+    let mut config = AgentConfig {
+        actor,
+        select_engine,
+        select_precision: Some(mvp_nn::MatmulPrecision::F32),
+        ..AgentConfig::default()
+    };
     config.critic.network.hidden = vec![256; 3];
     let mut agent = Agent::new(S, A, &config, Device::Cpu).unwrap();
     // A few updates so the weights are not at their initial values (biases, LayerNorm).
@@ -113,20 +118,35 @@ fn actors_without_a_native_path_say_so() {
     assert!(err.contains("no native acting path"), "{err}");
 }
 
+/// Runs `f` once for every kernel family this CPU runs, with the native engine capped to it
+/// (the cap is process-wide: callers hold [`lock`]).
+fn on_every_isa(mut f: impl FnMut(Isa)) {
+    for isa in Isa::available() {
+        Isa::set_cap(Some(isa));
+        f(isa);
+    }
+    Isa::set_cap(None);
+}
+
 /// The TD target's generate-and-select on the native engine (`agent.select_engine`, the default
 /// on a CPU) computes the training code's targets: from the same noise the same chunks are
-/// selected and the targets agree to fp32 rounding.
+/// selected and the targets agree to fp32 rounding, on every kernel family this CPU runs.
 #[test]
 fn native_td_target_selection_matches_libtorch() {
     let _g = lock();
+    on_every_isa(selection_matches_libtorch);
+}
+
+fn selection_matches_libtorch(isa: Isa) {
     let actors = [
         ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() }),
         ActorConfig::Flow(FlowConfig { network: net(), steps: 10, ..FlowConfig::default() }),
     ];
     for actor in actors {
-        let mut reference = agent_on(actor.clone(), SelectEngine::Libtorch);
-        let mut native = agent_on(actor, SelectEngine::NativeF32);
+        let mut reference = agent_on(actor.clone(), Engine::Libtorch);
+        let mut native = agent_on(actor, Engine::Native);
         assert!(native.selects_natively() && !reference.selects_natively());
+        assert_eq!(native.engines().isa, isa);
         let (tensors, steps) = reference.state();
         let tensors = tensors.into_iter().collect();
         native.load_state(&tensors, steps).unwrap();
@@ -155,18 +175,24 @@ fn native_td_target_selection_matches_libtorch() {
                 other_choice += 1; // two candidates within rounding of each other
                 continue;
             }
-            assert!((t_ref[row] - t_nat[row]).abs() < 1e-4, "row {row}: targets {} vs {}", t_ref[row], t_nat[row]);
+            assert!(
+                (t_ref[row] - t_nat[row]).abs() < 1e-4,
+                "{isa}, row {row}: targets {} vs {}",
+                t_ref[row],
+                t_nat[row]
+            );
         }
-        assert!(other_choice <= 1, "{other_choice} of {rows} rows selected another chunk");
+        assert!(other_choice <= 1, "{isa}: {other_choice} of {rows} rows selected another chunk");
     }
 }
 
 /// An MVP agent (3×256 critic, batch 64) whose critic and actor updates run on `engine`.
-fn mvp_agent_updating_on(engine: UpdateEngine) -> anyhow::Result<Agent> {
+fn mvp_agent_updating_on(engine: Engine) -> anyhow::Result<Agent> {
     let actor = ActorConfig::Mvp(MvpConfig { network: net(), ..MvpConfig::default() });
     let mut config = AgentConfig {
         actor,
-        select_engine: SelectEngine::NativeF32,
+        select_engine: Engine::Native,
+        select_precision: Some(mvp_nn::MatmulPrecision::F32),
         critic_engine: engine,
         actor_engine: engine,
         ..AgentConfig::default()
@@ -218,16 +244,20 @@ fn assert_updates_track(
 /// libtorch updates: from the same state and batches, the TD losses, values and actor losses
 /// of 20 updates agree to fp32 rounding, also after the candidate count changes midway, as
 /// between a run's offline and online phases (the gradients themselves are compared in the
-/// crate's unit tests).
+/// crate's unit tests), on every kernel family this CPU runs.
 #[test]
 fn native_updates_track_libtorch_ones() {
     let _g = lock();
-    let reference = mvp_agent_updating_on(UpdateEngine::Libtorch).unwrap();
-    let native = mvp_agent_updating_on(UpdateEngine::Native).unwrap();
-    assert!(native.critic_natively() && !reference.critic_natively());
-    assert!(native.actor_natively() && !reference.actor_natively());
-    let keys = ["critic/loss", "critic/q_mean", "critic/target_mean", "actor/mf_loss", "actor/ivc_loss", "actor/loss"];
-    assert_updates_track(reference, native, 20, |step| if step < 10 { 32 } else { 4 }, &keys, 1e-3);
+    on_every_isa(|isa| {
+        let reference = mvp_agent_updating_on(Engine::Libtorch).unwrap();
+        let native = mvp_agent_updating_on(Engine::Native).unwrap();
+        assert!(native.critic_natively() && !reference.critic_natively());
+        assert!(native.actor_natively() && !reference.actor_natively());
+        assert_eq!(native.engines().isa, isa);
+        let keys =
+            ["critic/loss", "critic/q_mean", "critic/target_mean", "actor/mf_loss", "actor/ivc_loss", "actor/loss"];
+        assert_updates_track(reference, native, 20, |step| if step < 10 { 32 } else { 4 }, &keys, 1e-3);
+    });
 }
 
 /// With `runtime.matmul = "bf16"` the native updates multiply bf16 operands (where the CPU has
@@ -238,12 +268,12 @@ fn bf16_products_run_the_native_updates() {
     let _g = lock();
     mvp_nn::MatmulPrecision::Bf16.scope(|| {
         if !mvp_infer::has_avx512_bf16() {
-            let err = mvp_agent_updating_on(UpdateEngine::Native).err().expect("bf16 needs AVX512-BF16").to_string();
+            let err = mvp_agent_updating_on(Engine::Native).err().expect("bf16 needs AVX512-BF16").to_string();
             assert!(err.contains("runtime.matmul") && err.contains("AVX512-BF16"), "{err}");
             return;
         }
-        let reference = mvp_agent_updating_on(UpdateEngine::Libtorch).unwrap();
-        let native = mvp_agent_updating_on(UpdateEngine::Native).unwrap();
+        let reference = mvp_agent_updating_on(Engine::Libtorch).unwrap();
+        let native = mvp_agent_updating_on(Engine::Native).unwrap();
         assert!(native.critic_natively() && native.actor_natively() && !reference.critic_natively());
         let keys = ["critic/loss", "critic/q_mean", "actor/mf_loss", "actor/ivc_loss"];
         assert_updates_track(reference, native, 10, |_| 32, &keys, 1e-2);
@@ -255,20 +285,20 @@ fn asking_for_the_native_engine_where_it_cannot_run_names_the_key() {
     let _g = lock();
     let config = AgentConfig {
         actor: ActorConfig::Diffusion(DiffusionConfig { network: net(), steps: 5, ..DiffusionConfig::default() }),
-        select_engine: SelectEngine::NativeF32,
+        select_engine: Engine::Native,
         ..AgentConfig::default()
     };
     let err = Agent::new(S, A, &config, Device::Cpu).err().expect("diffusion has no native path").to_string();
     assert!(err.contains("agent.select_engine") && err.contains("libtorch"), "{err}");
     // `auto` falls back to libtorch for it.
-    let config = AgentConfig { select_engine: SelectEngine::Auto, ..config };
+    let config = AgentConfig { select_engine: Engine::Auto, ..config };
     assert!(!Agent::new(S, A, &config, Device::Cpu).unwrap().selects_natively());
     // The same for the actor's update: MP1's dispersive loss has no native form.
     let actor = ActorConfig::Mvp(MvpConfig { network: net(), dispersive_weight: 0.5, ..MvpConfig::default() });
-    let config = AgentConfig { actor, actor_engine: UpdateEngine::Native, ..AgentConfig::default() };
+    let config = AgentConfig { actor, actor_engine: Engine::Native, ..AgentConfig::default() };
     let err = Agent::new(S, A, &config, Device::Cpu).err().expect("no native dispersive loss").to_string();
     assert!(err.contains("agent.actor_engine") && err.contains("dispersive"), "{err}");
-    let config = AgentConfig { actor_engine: UpdateEngine::Auto, ..config };
+    let config = AgentConfig { actor_engine: Engine::Auto, ..config };
     assert!(!Agent::new(S, A, &config, Device::Cpu).unwrap().actor_natively());
 }
 

@@ -15,6 +15,7 @@
 //! extra rows of the same products: the MeanFlow target's `du/dt`.
 
 use crate::gemm::{round_up, to_bf16, PackedLinear, Precision, MR, NR};
+use crate::isa::Isa;
 use crate::mlp::{exp, gelu, round_to_bf16, sum, LN_EPS};
 
 /// One layer's parameters: `weight [in, out]` row-major (`y = x·W + b`), `bias [out]`, and the
@@ -68,6 +69,8 @@ pub struct MlpGrad {
     dz_pack: Vec<Option<PackedLinear>>,
     /// The products' number format: fp32, or bf16 operands with fp32 sums (AVX512-BF16).
     precision: Precision,
+    /// The family of kernels of every product and elementwise loop.
+    isa: Isa,
     scratch: Scratch,
 }
 
@@ -111,8 +114,24 @@ impl MlpGrad {
             zeros: vec![0.0; dims.iter().copied().max().unwrap_or(1)],
             dz_pack: (0..layers).map(|_| None).collect(),
             precision,
+            isa: Isa::active(),
             scratch: Scratch::default(),
         }
+    }
+
+    /// The network with its kernels from `isa` (at most [`Isa::detected`]).
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        assert!(isa.runs_here(), "this CPU does not run the {isa} kernels (it has {})", Isa::detected());
+        self.isa = isa;
+        for layer in self.fwd.iter_mut().chain(self.bwd.iter_mut().flatten()).chain(self.dz_pack.iter_mut().flatten()) {
+            layer.set_isa(isa);
+        }
+        self
+    }
+
+    /// The family of kernels the network runs.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// Packs new parameters (one [`LayerParams`] per layer, shapes as built).
@@ -166,25 +185,47 @@ impl MlpGrad {
     }
 
     fn run_forward(&mut self, x: &[f32], batch: usize, dx: &[f32], tangent_rows: usize, params: &[LayerParams<'_>]) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::gemm::has_avx512() {
-            // SAFETY: the CPU has AVX-512F; the function compiles the same code for it.
-            unsafe { self.forward_avx512(x, batch, dx, tangent_rows, params) };
-            return;
+        // SAFETY: the network's ISA never exceeds the CPU's; the functions compile the same
+        // code for it.
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.forward_avx512(x, batch, dx, tangent_rows, params) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.forward_avx2(x, batch, dx, tangent_rows, params) },
+            _ => self.forward_body(x, batch, dx, tangent_rows, params),
         }
-        self.forward_body(x, batch, dx, tangent_rows, params);
     }
 
     /// The backward pass of the last forward pass from the output gradients `dy`
     /// (`[batch, out]`, row-major): writes every parameter's gradient into `grads`.
     pub fn backward(&mut self, dy: &[f32], params: &[LayerParams<'_>], grads: &mut [LayerGrads<'_>]) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::gemm::has_avx512() {
-            // SAFETY: the CPU has AVX-512F; the function compiles the same code for it.
-            unsafe { self.backward_avx512(dy, params, grads) };
-            return;
+        // SAFETY: as in `run_forward`.
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.backward_avx512(dy, params, grads) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.backward_avx2(dy, params, grads) },
+            _ => self.backward_body(dy, params, grads),
         }
-        self.backward_body(dy, params, grads);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        dx: &[f32],
+        tangent_rows: usize,
+        params: &[LayerParams<'_>],
+    ) {
+        self.forward_body(x, batch, dx, tangent_rows, params)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn backward_avx2(&mut self, dy: &[f32], params: &[LayerParams<'_>], grads: &mut [LayerGrads<'_>]) {
+        self.backward_body(dy, params, grads)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -206,8 +247,8 @@ impl MlpGrad {
         self.backward_body(dy, params, grads)
     }
 
-    /// The element-wise loops of both passes are written to vectorise: the AVX-512 entry
-    /// points above compile this same body for that instruction set.
+    /// The element-wise loops of both passes are written to vectorise: the AVX-512 and AVX2
+    /// entry points above compile this same body for their instruction sets.
     #[inline(always)]
     fn forward_body(&mut self, x: &[f32], batch: usize, dx: &[f32], tangent_rows: usize, params: &[LayerParams<'_>]) {
         let d0 = self.dims[0];
@@ -236,7 +277,7 @@ impl MlpGrad {
                 Precision::Bf16 => {
                     let half = &mut self.scratch.half;
                     half.resize(self.h[l].len(), 0);
-                    round_to_bf16(&self.h[l], half);
+                    round_to_bf16(&self.h[l], half, self.isa);
                     self.fwd[l].forward_bf16(half, all, &mut self.z[l]);
                     // Tangent rows carry no bias: take it off again.
                     let (so, bias) = (self.stride(l + 1), params[l].bias);
@@ -303,7 +344,7 @@ impl MlpGrad {
         let out = self.dims[layers];
         assert_eq!(dy.len(), batch * out, "dy must be [batch, out]");
         let Scratch { dz, next, dh, dw, compact, half } = &mut self.scratch;
-        let precision = self.precision;
+        let (precision, isa) = (self.precision, self.isa);
         // dz: the gradient of the current layer's pre-activation, [rows × stride], zero-padded.
         let s_out = round_up(out, NR);
         dz.clear();
@@ -329,7 +370,9 @@ impl MlpGrad {
                     p.repack(compact, &self.zeros[..dout]);
                     p
                 }
-                slot => slot.insert(PackedLinear::new(rows, dout, compact, &self.zeros[..dout], precision)),
+                slot => {
+                    slot.insert(PackedLinear::new(rows, dout, compact, &self.zeros[..dout], precision).with_isa(isa))
+                }
             };
             // Hᵀ read in place: element (c, r) of Hᵀ is h[r·sin + c]. Where the kernel's padded
             // output is the gradient's own shape, it is written in place.
@@ -379,7 +422,7 @@ impl MlpGrad {
                 Precision::F32 => bwd.forward_f32(dz, rows, dh),
                 Precision::Bf16 => {
                     half.resize(rows * sout, 0);
-                    round_to_bf16(&dz[..rows * sout], &mut half[..rows * sout]);
+                    round_to_bf16(&dz[..rows * sout], &mut half[..rows * sout], isa);
                     bwd.forward_bf16(&half[..rows * sout], rows, dh);
                 }
             }

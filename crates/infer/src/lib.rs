@@ -24,6 +24,7 @@ mod amx;
 mod backprop;
 mod file;
 mod gemm;
+mod isa;
 mod mlp;
 mod policy;
 
@@ -32,6 +33,7 @@ pub use file::{
     ActorSpec, CriticSpec, LayerSpec, NetworkSpec, PolicyFile, PolicyFileError, PolicySpec, Preprocessing, FORMAT,
     SPEC_FILE, WEIGHTS_FILE,
 };
-pub use gemm::{from_bf16, has_avx512, has_avx512_bf16, to_bf16, PackedLinear, Precision};
+pub use gemm::{from_bf16, has_avx512_bf16, to_bf16, PackedLinear, Precision};
+pub use isa::Isa;
 pub use mlp::{Activation, LayerWeights, Mlp, MlpWeights};
 pub use policy::{ActorKind, Aggregate, InferError, NativePolicy, PolicyWeights};

@@ -1,7 +1,8 @@
 //! MLPs on packed layers, with their own scratch buffers, and the elementwise kernels.
 
 use crate::backprop::LayerParams;
-use crate::gemm::{has_avx512, round_up, to_bf16, PackedLinear, Precision, MR};
+use crate::gemm::{round_up, to_bf16, PackedLinear, Precision, MR};
+use crate::isa::Isa;
 
 /// Nonlinearity between layers (the same set as the training crate's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,22 @@ impl Mlp {
         }
     }
 
+    /// The network with every layer's kernels from `isa` (at most [`Isa::detected`]).
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.layers.iter_mut().for_each(|l| l.set_isa(isa));
+        self
+    }
+
+    /// The family of kernels the network runs.
+    pub fn isa(&self) -> Isa {
+        self.layers[0].isa()
+    }
+
+    /// The products' number format.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Packs new weights of the same architecture in place of the current ones (after a
     /// training step), keeping the scratch buffers.
     pub fn repack(&mut self, w: &MlpWeights) -> Result<(), crate::InferError> {
@@ -147,7 +164,7 @@ impl Mlp {
     /// Rows are computed in blocks of this many: 32 for the AMX tiles of the bf16 path, else
     /// the 8 of the AVX-512 micro-kernels.
     fn row_block(&self) -> usize {
-        if self.precision == Precision::Bf16 && crate::amx::available() {
+        if self.precision == Precision::Bf16 && self.isa() == Isa::Avx512 && crate::amx::available() {
             crate::amx::ROWS
         } else {
             MR
@@ -193,6 +210,7 @@ impl Mlp {
         let rows = round_up(rows.max(1), self.row_block());
         let (in_stride, out_stride) = (self.in_stride(), self.out_stride());
         let last = self.layers.len() - 1;
+        let isa = self.isa();
         let mut start = 0;
         while start < rows {
             let n = (rows - start).min(TILE_ROWS);
@@ -214,7 +232,7 @@ impl Mlp {
                 if bf16 {
                     // Hidden layers' bf16 inputs were rounded by the previous layer's epilogue.
                     if i == 0 {
-                        round_to_bf16(src, &mut self.half[..src.len()]);
+                        round_to_bf16(src, &mut self.half[..src.len()], isa);
                     }
                     layer.forward_bf16(&self.half[..src.len()], n, dst);
                 } else {
@@ -226,12 +244,12 @@ impl Mlp {
                     let (stride, width) = (layer.out_stride(), layer.out_dim());
                     let norm = self.norms[i].as_ref();
                     for (r, row) in dst.chunks_exact_mut(stride).enumerate() {
-                        activate(self.activation, row);
+                        activate(self.activation, row, isa);
                         if let Some((scale, shift)) = norm {
-                            layer_norm(&mut row[..width], scale, shift);
+                            layer_norm(&mut row[..width], scale, shift, isa);
                         }
                         if bf16 {
-                            round_to_bf16(row, &mut self.half[r * stride..(r + 1) * stride]);
+                            round_to_bf16(row, &mut self.half[r * stride..(r + 1) * stride], isa);
                         }
                     }
                 }
@@ -245,13 +263,14 @@ impl Mlp {
 /// Rows per tile of [`Mlp::forward`]: a multiple of every kernel's row block (8, and AMX's 32).
 const TILE_ROWS: usize = 256;
 
-pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [u16], isa: Isa) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512F.
+    if isa == Isa::Avx512 {
+        // SAFETY: the CPU has AVX-512F (an ISA in use never exceeds the CPU's).
         unsafe { round_to_bf16_avx512(src, dst) };
         return;
     }
+    let _ = isa;
     round_to_bf16_portable(src, dst);
 }
 
@@ -299,14 +318,72 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
-fn activate(a: Activation, x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512F; the function only compiles the same loop for it.
-        unsafe { activate_avx512(a, x) };
-        return;
+fn activate(a: Activation, x: &mut [f32], isa: Isa) {
+    // SAFETY: an ISA in use never exceeds the CPU's.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { activate_avx512(a, x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { activate_avx2(a, x) },
+        _ => activate_portable(a, x),
     }
-    activate_portable(a, x);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn activate_avx2(a: Activation, x: &mut [f32]) {
+    match a {
+        Activation::Gelu => gelu_avx2(x),
+        _ => activate_portable(a, x),
+    }
+}
+
+/// [`gelu`] 8 lanes at a time: the same approximation, with the reciprocal from `rcp` (12
+/// bits) and two Newton steps instead of a division, and 2^n built from its exponent bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let set = _mm256_set1_ps;
+    let sign = _mm256_set1_ps(-0.0);
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = _mm256_loadu_ps(c.as_ptr());
+        let y = _mm256_mul_ps(_mm256_andnot_ps(sign, v), set(std::f32::consts::FRAC_1_SQRT_2));
+        let d = _mm256_fmadd_ps(set(0.327_591_1), y, set(1.0));
+        let mut t = _mm256_rcp_ps(d);
+        for _ in 0..2 {
+            t = _mm256_mul_ps(t, _mm256_fnmadd_ps(d, t, set(2.0))); // Newton: r(2 − d·r)
+        }
+        let mut poly = set(1.061_405_4);
+        for coef in [-1.453_152, 1.421_413_8, -0.284_496_72, 0.254_829_6] {
+            poly = _mm256_fmadd_ps(poly, t, set(coef));
+        }
+        poly = _mm256_mul_ps(poly, t);
+        // e^(−y²): n = round(z·log2 e), r = z − n·ln2, Taylor degree 6, times 2^n (n ≥ −126).
+        let z = _mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), y), y), set(-87.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            z,
+            set(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm256_fnmadd_ps(n, set(1.428_606_8e-6), _mm256_fnmadd_ps(n, set(0.693_145_75), z));
+        let mut p = set(1.0 / 720.0);
+        for coef in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, set(coef));
+        }
+        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
+        let e = _mm256_mul_ps(p, two_n);
+        let erf_abs = _mm256_fnmadd_ps(poly, e, set(1.0));
+        let erf = _mm256_or_ps(erf_abs, _mm256_and_ps(v, sign));
+        let half = _mm256_mul_ps(v, set(0.5));
+        _mm256_storeu_ps(c.as_mut_ptr(), _mm256_fmadd_ps(half, erf, half));
+    }
+    for v in chunks.into_remainder() {
+        *v = gelu(*v);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -381,14 +458,22 @@ pub(crate) fn sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
-fn layer_norm(x: &mut [f32], scale: &[f32], shift: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512F; the function only compiles the same loops for it.
-        unsafe { layer_norm_avx512(x, scale, shift) };
-        return;
+fn layer_norm(x: &mut [f32], scale: &[f32], shift: &[f32], isa: Isa) {
+    // SAFETY: an ISA in use never exceeds the CPU's; the functions only compile the same loops
+    // for it.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { layer_norm_avx512(x, scale, shift) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { layer_norm_avx2(x, scale, shift) },
+        _ => layer_norm_portable(x, scale, shift),
     }
-    layer_norm_portable(x, scale, shift);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_avx2(x: &mut [f32], scale: &[f32], shift: &[f32]) {
+    layer_norm_portable(x, scale, shift)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -434,13 +519,15 @@ mod tests {
 
     #[test]
     fn vectorised_gelu_matches_the_exact_definition() {
-        let xs: Vec<f32> = (-600..=600).map(|i| i as f32 / 100.0).collect();
-        let mut ys = xs.clone();
-        activate(Activation::Gelu, &mut ys); // the AVX-512 path where the CPU has it
-        for (&x, &y) in xs.iter().zip(&ys) {
-            let x = x as f64;
-            let want = 0.5 * x * (1.0 + erf_ref(x / std::f64::consts::SQRT_2));
-            assert!((y as f64 - want).abs() < 1e-6 * (1.0 + x.abs()), "gelu({x}) = {y}, want {want}");
+        let xs: Vec<f32> = (-1200..=1200).map(|i| i as f32 / 100.0).collect();
+        for isa in Isa::available() {
+            let mut ys = xs.clone();
+            activate(Activation::Gelu, &mut ys, isa);
+            for (&x, &y) in xs.iter().zip(&ys) {
+                let x = x as f64;
+                let want = 0.5 * x * (1.0 + erf_ref(x.clamp(-6.0, 6.0) / std::f64::consts::SQRT_2));
+                assert!((y as f64 - want).abs() < 1e-6 * (1.0 + x.abs()), "{isa}: gelu({x}) = {y}, want {want}");
+            }
         }
     }
 
@@ -455,10 +542,12 @@ mod tests {
 
     #[test]
     fn layer_norm_standardises() {
-        let mut x: Vec<f32> = (0..64).map(|i| i as f32 * 0.3 - 4.0).collect();
-        layer_norm(&mut x, &[1.0; 64], &[0.0; 64]);
-        let mean = x.iter().sum::<f32>() / 64.0;
-        let var = x.iter().map(|v| v * v).sum::<f32>() / 64.0;
-        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "mean {mean}, var {var}");
+        for isa in Isa::available() {
+            let mut x: Vec<f32> = (0..64).map(|i| i as f32 * 0.3 - 4.0).collect();
+            layer_norm(&mut x, &[1.0; 64], &[0.0; 64], isa);
+            let mean = x.iter().sum::<f32>() / 64.0;
+            let var = x.iter().map(|v| v * v).sum::<f32>() / 64.0;
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{isa}: mean {mean}, var {var}");
+        }
     }
 }

@@ -6,7 +6,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use crate::backprop::LayerParams;
-use crate::gemm::{has_avx512_bf16, Precision};
+use crate::gemm::Precision;
+use crate::isa::Isa;
 use crate::mlp::{Mlp, MlpWeights};
 
 /// What the actor network computes and how samples are drawn from it.
@@ -102,7 +103,7 @@ pub struct NativePolicy {
 impl NativePolicy {
     /// Packs `w` for `precision`; noise comes from a generator seeded with `seed`.
     pub fn new(w: &PolicyWeights, precision: Precision, seed: u64) -> Result<Self, InferError> {
-        if precision == Precision::Bf16 && !has_avx512_bf16() {
+        if precision == Precision::Bf16 && !Isa::active().has_bf16() {
             return Err(InferError::NoBf16);
         }
         let actor_in = w.obs_dim + w.chunk_dim + w.actor_kind.time_cols();
@@ -141,6 +142,23 @@ impl NativePolicy {
             scores: Vec::new(),
             rows: 0,
         })
+    }
+
+    /// The policy with its networks' kernels from `isa` (at most [`Isa::detected`]; bf16
+    /// policies need AVX-512 with AVX512-BF16).
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self, InferError> {
+        if self.actor.precision() == Precision::Bf16 && !isa.has_bf16() {
+            return Err(InferError::NoBf16);
+        }
+        self.actor = self.actor.with_isa(isa);
+        self.critics = self.critics.into_iter().map(|c| c.with_isa(isa)).collect();
+        self.rows = 0;
+        Ok(self)
+    }
+
+    /// The family of kernels the policy runs.
+    pub fn isa(&self) -> Isa {
+        self.actor.isa()
     }
 
     /// Re-packs the networks from `w` (trained further since the last packing), keeping the

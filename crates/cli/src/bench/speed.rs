@@ -7,8 +7,9 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use mvp_actor::{ActorConfig, DiffusionConfig, FlowConfig, MvpConfig};
-use mvp_agent::config::{AgentConfig, SelectEngine, UpdateEngine};
+use mvp_agent::config::{AgentConfig, Engine as StepEngine};
 use mvp_agent::{Agent, TensorBatch};
+use mvp_infer::Isa;
 use mvp_infer::Precision;
 use mvp_nn::{DeviceChoice, MatmulPrecision, MlpConfig, Runtime};
 use mvp_replay::{ChunkBatch, ReplayBuffer};
@@ -47,6 +48,21 @@ pub struct Common {
     /// Write results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Cap the native kernels at this family (`engine.isa`): portable, avx2 or avx512; default
+    /// the best this CPU runs.
+    #[arg(long)]
+    isa: Option<Isa>,
+}
+
+impl Common {
+    /// Applies `--isa` to everything built from now on.
+    fn apply_isa(&self) -> Result<Isa> {
+        if let Some(isa) = self.isa.filter(|i| !i.runs_here()) {
+            anyhow::bail!("--isa {isa}: this CPU runs up to {}", Isa::detected());
+        }
+        Isa::set_cap(self.isa);
+        Ok(Isa::active())
+    }
 }
 
 /// Options of `mvp bench latency`.
@@ -111,66 +127,26 @@ pub struct TrainArgs {
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     matmul: Vec<MatmulPrecision>,
     /// Engines of the TD target's generate-and-select to measure (`agent.select_engine`):
-    /// auto, libtorch, native-f32, native-bf16. Methods without a native path always use libtorch.
+    /// auto (what training picks: calibrated at these shapes), libtorch, native. Methods
+    /// without a native path always use libtorch.
     #[arg(long, value_delimiter = ',', default_value = "libtorch,auto")]
-    select: Vec<SelectEngineArg>,
+    select: Vec<StepEngine>,
+    /// The native selection's format (`agent.select_precision`): f32 or bf16; default bf16
+    /// where the CPU has AVX512-BF16, else f32.
+    #[arg(long)]
+    select_precision: Option<MatmulPrecision>,
     /// Engines of the critic's TD update to measure (`agent.critic_engine`): auto (what
-    /// training uses), libtorch, native.
+    /// training picks), libtorch, native.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
-    critic: Vec<EngineArg>,
+    critic: Vec<StepEngine>,
     /// Engines of the actor's update to measure (`agent.actor_engine`): auto (what training
-    /// uses), libtorch, native.
+    /// picks), libtorch, native.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
-    actor: Vec<EngineArg>,
+    actor: Vec<StepEngine>,
     /// Also time each phase of an update (median ms, FLOPs and GFLOP/s per phase) and print
     /// that table.
     #[arg(long)]
     profile: bool,
-}
-
-/// `agent.select_engine` as a command-line value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SelectEngineArg {
-    /// The config's default.
-    Auto,
-    /// libtorch.
-    Libtorch,
-    /// The native engine, fp32.
-    NativeF32,
-    /// The native engine, bf16.
-    NativeBf16,
-}
-
-impl SelectEngineArg {
-    fn engine(self) -> SelectEngine {
-        match self {
-            SelectEngineArg::Auto => SelectEngine::Auto,
-            SelectEngineArg::Libtorch => SelectEngine::Libtorch,
-            SelectEngineArg::NativeF32 => SelectEngine::NativeF32,
-            SelectEngineArg::NativeBf16 => SelectEngine::NativeBf16,
-        }
-    }
-}
-
-/// `agent.critic_engine` or `agent.actor_engine` as a command-line value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum EngineArg {
-    /// The config's default: native where it can run.
-    Auto,
-    /// libtorch's autograd.
-    Libtorch,
-    /// The native fp32 kernels.
-    Native,
-}
-
-impl EngineArg {
-    fn engine(self) -> UpdateEngine {
-        match self {
-            EngineArg::Auto => UpdateEngine::Auto,
-            EngineArg::Libtorch => UpdateEngine::Libtorch,
-            EngineArg::Native => UpdateEngine::Native,
-        }
-    }
 }
 
 /// A method of the comparison: a name and its agent settings.
@@ -355,6 +331,8 @@ fn time_engine(
 pub fn latency(args: LatencyArgs) -> Result<()> {
     let c = &args.common;
     let device = Runtime { device: c.device, threads: c.threads, ..Runtime::default() }.apply()?;
+    let isa = c.apply_isa()?;
+    tracing::info!("native engine: {isa} kernels");
     let mut rows = Vec::new();
     for m in methods(c) {
         tch::manual_seed(0);
@@ -529,6 +507,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let c = &args.common;
     let mut rows: Vec<TrainRow> = Vec::new();
     let mut device = Device::Cpu;
+    c.apply_isa()?;
     for &matmul in &args.matmul {
         device = Runtime { device: c.device, threads: c.threads, matmul }.apply()?;
         for m in methods(c) {
@@ -539,35 +518,35 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 }
             }
             for (select, critic, actor) in engines {
-                tch::manual_seed(0);
                 let mut config = m.config.clone();
                 config.batch_size = args.batch;
-                config.select_engine = select.engine();
-                config.critic_engine = critic.engine();
-                config.actor_engine = actor.engine();
+                config.select_engine = select;
+                config.select_precision = args.select_precision;
+                config.critic_engine = critic;
+                config.actor_engine = actor;
+                // `auto` decides as training does: by the calibration at these shapes.
+                if let Some(cal) = mvp_agent::engines::calibrate(c.obs_dim, c.action_dim, &config, device)? {
+                    tracing::info!("{}: {}", m.name, cal.summary());
+                }
+                tch::manual_seed(0);
                 let mut agent = match Agent::new(c.obs_dim, c.action_dim, &config, device) {
                     Ok(a) => a,
-                    Err(e)
-                        if (select != SelectEngineArg::Auto && select != SelectEngineArg::Libtorch)
-                            || critic == EngineArg::Native
-                            || actor == EngineArg::Native =>
-                    {
+                    Err(e) if [select, critic, actor].contains(&StepEngine::Native) => {
                         tracing::warn!("{}: skipped: {e:#}", m.name);
                         continue;
                     }
                     Err(e) => return Err(e),
                 };
-                let used = if agent.selects_natively() {
-                    if select == SelectEngineArg::NativeBf16 {
-                        "native bf16"
-                    } else {
-                        "native f32"
-                    }
-                } else {
-                    "libtorch"
+                let plan = agent.engines();
+                tracing::info!("{}: {}", m.name, plan.describe());
+                let native = |on: bool| if on { format!("native {}", plan.isa) } else { "libtorch".to_string() };
+                let used = match (agent.selects_natively(), plan.select_precision) {
+                    (true, Precision::Bf16) => format!("{} bf16", native(true)),
+                    (true, Precision::F32) => format!("{} f32", native(true)),
+                    (false, _) => native(false),
                 };
-                let critic_used = if agent.critic_natively() { "native" } else { "libtorch" };
-                let actor_used = if agent.actor_natively() { "native" } else { "libtorch" };
+                let (critic_used, actor_used) = (native(agent.critic_natively()), native(agent.actor_natively()));
+                let used = used.as_str();
                 if rows.iter().any(|r| {
                     r.method == m.name
                         && r.matmul == matmul
@@ -580,8 +559,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 // As in training, where only the logged updates (1 in 100 or more) compute them.
                 agent.set_diagnostics(false);
                 let mut row = time_updates(&mut agent, &args, &config, matmul, used, &m.name, device)?;
-                row.critic = critic_used.to_string();
-                row.actor = actor_used.to_string();
+                row.critic = critic_used.clone();
+                row.actor = actor_used.clone();
                 tracing::info!(
                     "{} ({matmul} matmuls, {used} selection, {critic_used} critic update, {actor_used} actor update): \
                      {:.1} ms per iteration",
@@ -758,6 +737,9 @@ pub struct GemmArgs {
     /// each, 12 MB in fp32), which does not fit in L2 and streams from L3 as acting does.
     #[arg(long, default_value_t = 1)]
     matrices: usize,
+    /// Kernel families of the native fp32 columns; default every one this CPU runs.
+    #[arg(long, value_delimiter = ',')]
+    isa: Vec<Isa>,
     /// Write results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -769,7 +751,8 @@ struct GemmRow {
     dim: usize,
     libtorch_f32: f64,
     libtorch_bf16: f64,
-    native_f32: f64,
+    /// GFLOP/s of the native fp32 kernels, per family (its name).
+    native_f32: Vec<(String, f64)>,
     native_bf16: Option<f64>,
 }
 
@@ -787,6 +770,9 @@ fn gflops(rows: usize, dim: usize, seconds: f64, mut f: impl FnMut()) -> f64 {
     flop / (median * 1e-3) / 1e9
 }
 
+/// Rounds of `mvp bench gemm`: each engine is timed this many times, in turn.
+const ROUNDS: usize = 5;
+
 /// Runs `mvp bench gemm` (one thread, CPU).
 pub fn gemm(args: GemmArgs) -> Result<()> {
     Runtime { device: DeviceChoice::Cpu, threads: 1, ..Runtime::default() }.apply()?;
@@ -794,16 +780,20 @@ pub fn gemm(args: GemmArgs) -> Result<()> {
     let w: Vec<f32> = (0..d * d).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let bias = vec![0.0f32; d];
     let m = args.matrices.max(1);
+    let isas = if args.isa.is_empty() { Isa::available() } else { args.isa.clone() };
+    if let Some(isa) = isas.iter().find(|i| !i.runs_here()) {
+        anyhow::bail!("--isa {isa}: this CPU runs up to {}", Isa::detected());
+    }
     let packed: Vec<_> = (0..m).map(|_| mvp_infer::PackedLinear::new(d, d, &w, &bias, Precision::F32)).collect();
     let packed16: Option<Vec<_>> = mvp_infer::has_avx512_bf16()
         .then(|| (0..m).map(|_| mvp_infer::PackedLinear::new(d, d, &w, &bias, Precision::Bf16)).collect());
     let wt: Vec<Tensor> = (0..m).map(|_| Tensor::from_slice(&w).view([d as i64, d as i64])).collect();
     let wt16: Vec<Tensor> = wt.iter().map(|t| t.to_kind(Kind::BFloat16)).collect();
     let (stride_in, stride_out) = (packed[0].in_stride(), packed[0].out_stride());
-    let mut next = 0usize;
-    let mut pick = move || {
-        next = (next + 1) % m;
-        next
+    let next = std::cell::Cell::new(0usize);
+    let pick = || {
+        next.set((next.get() + 1) % m);
+        next.get()
     };
     let mut rows_out = Vec::new();
     for &rows in &args.rows {
@@ -814,29 +804,53 @@ pub fn gemm(args: GemmArgs) -> Result<()> {
         let a: Vec<f32> = (0..r16.max(r8) * stride_in).map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5).collect();
         let at = Tensor::from_slice(&a[..rows * d]).view([rows as i64, d as i64]);
         let at16 = at.to_kind(Kind::BFloat16);
-        let mut out = vec![0.0f32; r16.max(r8) * stride_out];
-        let libtorch_f32 = gflops(rows, d, args.seconds, || {
-            let _ = at.mm(&wt[pick()]);
-        });
-        let libtorch_bf16 = gflops(rows, d, args.seconds, || {
-            let _ = at16.mm(&wt16[pick()]);
-        });
-        // The native kernels compute whole blocks of 8 rows; count only the real ones.
-        let native_f32 = gflops(rows, d, args.seconds, || packed[pick()].forward_f32(&a, r8, &mut out));
-        let native_bf16 = packed16.as_ref().map(|p| {
-            let a16: Vec<u16> = a.iter().map(|&x| mvp_infer::to_bf16(x)).collect();
-            gflops(rows, d, args.seconds, || p[pick()].forward_bf16(&a16, r16, &mut out))
-        });
-        tracing::info!("rows {rows}: libtorch {libtorch_f32:.1}, native {native_f32:.1} GFLOP/s");
+        let out = vec![0.0f32; r16.max(r8) * stride_out];
+        // Every engine measured in turn, ROUNDS times, and the median of each kept: this
+        // machine's speed drifts within seconds, and interleaving spreads the drift over all.
+        let layers: Vec<Vec<_>> =
+            isas.iter().map(|&isa| packed.iter().map(|p| p.clone().with_isa(isa)).collect()).collect();
+        let a16: Vec<u16> = a.iter().map(|&x| mvp_infer::to_bf16(x)).collect();
+        let out = std::cell::RefCell::new(out);
+        let mut engines: Vec<Box<dyn FnMut() + '_>> =
+            vec![Box::new(|| drop(at.mm(&wt[pick()]))), Box::new(|| drop(at16.mm(&wt16[pick()])))];
+        for l in &layers {
+            engines.push(Box::new(|| l[pick()].forward_f32(&a, r8, &mut out.borrow_mut())));
+        }
+        if let Some(p) = &packed16 {
+            engines.push(Box::new(|| p[pick()].forward_bf16(&a16, r16, &mut out.borrow_mut())));
+        }
+        let mut samples = vec![Vec::new(); engines.len()];
+        for _ in 0..ROUNDS {
+            for (f, s) in engines.iter_mut().zip(&mut samples) {
+                s.push(gflops(rows, d, args.seconds / ROUNDS as f64, &mut **f));
+            }
+        }
+        drop(engines);
+        let mut medians = samples.into_iter().map(|s| percentiles(s).0);
+        let (libtorch_f32, libtorch_bf16) = (medians.next().unwrap_or(0.0), medians.next().unwrap_or(0.0));
+        let native_f32: Vec<(String, f64)> =
+            isas.iter().map(|i| (i.to_string(), medians.next().unwrap_or(0.0))).collect();
+        let native_bf16 = medians.next();
+        tracing::info!("rows {rows}: libtorch {libtorch_f32:.1}, native {native_f32:?} GFLOP/s");
         rows_out.push(GemmRow { rows, dim: d, libtorch_f32, libtorch_bf16, native_f32, native_bf16 });
     }
     println!("GEMM [rows × {d}] · [{d} × {d}], {m} weight matrices cycled, one thread, GFLOP/s (median call)\n");
     let bf16_kernel = packed16.as_ref().map_or("native bf16".to_string(), |p| format!("native {}", p[0].kernel()));
-    println!("| rows | libtorch fp32 | libtorch bf16 | native fp32 | {bf16_kernel} |");
-    println!("|---|---|---|---|---|");
+    let native_heads: String = isas.iter().map(|i| format!(" native fp32 {i} |")).collect();
+    println!("| rows | libtorch fp32 | libtorch bf16 |{native_heads} {bf16_kernel} | best native / libtorch fp32 |");
+    println!("|---|---|---|{}---|---|", "---|".repeat(isas.len()));
     for r in &rows_out {
         let b16 = r.native_bf16.map(|v| format!("{v:.1}")).unwrap_or_else(|| "no AVX512-BF16".into());
-        println!("| {} | {:.1} | {:.1} | {:.1} | {} |", r.rows, r.libtorch_f32, r.libtorch_bf16, r.native_f32, b16);
+        let natives: String = r.native_f32.iter().map(|(_, g)| format!(" {g:.1} |")).collect();
+        let best = r.native_f32.iter().map(|(_, g)| *g).fold(0.0, f64::max);
+        println!(
+            "| {} | {:.1} | {:.1} |{natives} {} | {:.2} |",
+            r.rows,
+            r.libtorch_f32,
+            r.libtorch_bf16,
+            b16,
+            best / r.libtorch_f32
+        );
     }
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_vec_pretty(&rows_out)?)?;

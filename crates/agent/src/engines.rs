@@ -1,0 +1,435 @@
+//! Which engine runs each step that has two — the TD target's generate-and-select (and with it
+//! acting: collection, evaluation, videos), the critic's update, the actor's update — decided
+//! once per agent, with the reason the start line prints.
+//!
+//! `libtorch` and `native` are honoured as asked (`native` fails with the config key where it
+//! cannot run). `auto` picks the engine that is faster *at the run's own shapes on this CPU*:
+//! [`calibrate`] times a few updates of two throwaway agents (every `auto` step on libtorch,
+//! then on the native kernels) and keeps the per-step times in a cache file keyed by the CPU
+//! model, the kernel family and the shapes, so a run pays for it once per machine and network
+//! size (about a second at CPU sizes). Without timings — a run that skipped calibration, a
+//! test — `auto` falls back to a rule taken from the same kind of measurement: the native
+//! kernels win on AVX2 and AVX-512 CPUs, libtorch wins over the portable kernels.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use mvp_infer::Isa;
+use mvp_replay::ChunkBatch;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::config::{AgentConfig, Engine};
+use crate::{Agent, TensorBatch};
+
+/// A step with a libtorch and a native engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The TD target's generate-and-select, and acting.
+    Select,
+    /// The critic's TD update.
+    Critic,
+    /// The actor's update.
+    Actor,
+}
+
+impl Step {
+    /// Every step, in update order.
+    pub const ALL: [Step; 3] = [Step::Select, Step::Critic, Step::Actor];
+
+    /// The config key that chooses its engine.
+    pub fn key(self) -> &'static str {
+        match self {
+            Step::Select => "agent.select_engine",
+            Step::Critic => "agent.critic_engine",
+            Step::Actor => "agent.actor_engine",
+        }
+    }
+
+    /// What it is, in words.
+    pub fn what(self) -> &'static str {
+        match self {
+            Step::Select => "TD-target selection and acting",
+            Step::Critic => "critic update",
+            Step::Actor => "actor update",
+        }
+    }
+
+    /// The step an update phase (a profiling mark of [`Agent::update_marked`]) belongs to;
+    /// `None` for phases outside the three (Polyak averaging).
+    pub fn of_phase(phase: &str) -> Option<Step> {
+        if phase.starts_with("target: value") || phase.starts_with("critic:") {
+            Some(Step::Critic)
+        } else if phase.starts_with("target:") {
+            Some(Step::Select)
+        } else if phase.starts_with("actor:") {
+            Some(Step::Actor)
+        } else {
+            None
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The step's engine in `config`.
+    pub fn engine(self, config: &AgentConfig) -> Engine {
+        match self {
+            Step::Select => config.select_engine,
+            Step::Critic => config.critic_engine,
+            Step::Actor => config.actor_engine,
+        }
+    }
+
+    fn set(self, config: &mut AgentConfig, engine: Engine) {
+        match self {
+            Step::Select => config.select_engine = engine,
+            Step::Critic => config.critic_engine = engine,
+            Step::Actor => config.actor_engine = engine,
+        }
+    }
+}
+
+/// One step's median time per update on each engine.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepTimes {
+    /// Milliseconds on libtorch.
+    pub libtorch_ms: f64,
+    /// Milliseconds on the native kernels.
+    pub native_ms: f64,
+}
+
+/// The engine a step runs on, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// The native kernels (else libtorch).
+    pub native: bool,
+    /// Why, in words, for the start line.
+    pub why: String,
+}
+
+/// The decision for one step: `requested` is its config value, `can` whether its native
+/// engine can run here (the reason where not), `times` the calibration's measurement at the
+/// run's shapes where there is one, `isa` the native kernels' family.
+pub fn decide(
+    step: Step,
+    requested: Engine,
+    can: std::result::Result<(), String>,
+    times: Option<StepTimes>,
+    isa: Isa,
+) -> Result<Choice> {
+    let key = step.key();
+    let choice = |native: bool, why: String| Ok(Choice { native, why });
+    match (requested, can) {
+        (Engine::Libtorch, _) => choice(false, format!("libtorch: set by {key}")),
+        (Engine::Native, Ok(())) => choice(true, format!("native {isa}: set by {key}")),
+        (Engine::Native, Err(why)) => {
+            anyhow::bail!("config key `{key}`: the native {} cannot run: {why}; use auto or libtorch", step.what())
+        }
+        (Engine::Auto, Err(why)) => choice(false, format!("libtorch: the native kernels cannot run it ({why})")),
+        (Engine::Auto, Ok(())) => match times {
+            Some(t) => {
+                let speedup = t.libtorch_ms / t.native_ms.max(1e-9);
+                let at =
+                    format!("at these shapes ({:.2} vs {:.2} ms per update, calibrated)", t.native_ms, t.libtorch_ms);
+                if t.native_ms < t.libtorch_ms {
+                    choice(true, format!("native {isa}: {speedup:.1}× libtorch {at}"))
+                } else {
+                    choice(false, format!("libtorch: native {isa} is {speedup:.2}× libtorch {at}"))
+                }
+            }
+            None if isa >= Isa::Avx2 => {
+                choice(true, format!("native {isa}: the rule for {isa} CPUs (not calibrated at these shapes)"))
+            }
+            None => choice(
+                false,
+                "libtorch: the portable native kernels are slower (the rule for CPUs without AVX2; not calibrated)"
+                    .to_string(),
+            ),
+        },
+    }
+}
+
+/// What [`calibrate`] measured for one agent configuration on this CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Per step, where both engines were timed.
+    pub select: Option<StepTimes>,
+    /// The critic's update.
+    pub critic: Option<StepTimes>,
+    /// The actor's update.
+    pub actor: Option<StepTimes>,
+    /// Seconds the calibration took (0 where it came from the cache).
+    #[serde(default)]
+    pub seconds: f64,
+    /// Whether it was read from the cache rather than measured now.
+    #[serde(skip)]
+    pub cached: bool,
+}
+
+impl Calibration {
+    /// The times of `step`.
+    pub fn times(&self, step: Step) -> Option<StepTimes> {
+        match step {
+            Step::Select => self.select,
+            Step::Critic => self.critic,
+            Step::Actor => self.actor,
+        }
+    }
+
+    /// One line for the log: each timed step's two engines and what it cost.
+    pub fn summary(&self) -> String {
+        let steps: Vec<String> = Step::ALL
+            .iter()
+            .filter_map(|&s| {
+                self.times(s)
+                    .map(|t| format!("{} {:.2} ms native, {:.2} ms libtorch", s.what(), t.native_ms, t.libtorch_ms))
+            })
+            .collect();
+        let source = if self.cached { "from the cache".to_string() } else { format!("took {:.1} s", self.seconds) };
+        format!("engine calibration ({source}): {}", steps.join("; "))
+    }
+}
+
+/// The cache key of an agent configuration for `obs_dim` observations and `action_dim`
+/// actions on this CPU with kernels of `isa`: everything that sets the shapes and the
+/// arithmetic (the engines themselves left out).
+fn cache_key(obs_dim: usize, action_dim: usize, config: &AgentConfig, isa: Isa) -> String {
+    let mut c = config.clone();
+    for s in Step::ALL {
+        s.set(&mut c, Engine::Auto);
+    }
+    let shapes = serde_json::to_string(&c).unwrap_or_default();
+    let matmul = mvp_nn::MatmulPrecision::current();
+    format!("{} | {isa} | matmul {matmul} | {obs_dim}→{action_dim} | {shapes}", cpu_model())
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), or the architecture where it cannot be read.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Where the calibration cache lives: `$MVP_CACHE_DIR`, else `$XDG_CACHE_HOME/mvp`, else
+/// `~/.cache/mvp`.
+fn cache_file() -> Option<PathBuf> {
+    let dir = std::env::var_os("MVP_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("mvp")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mvp")))?;
+    Some(dir.join("engine-calibration.json"))
+}
+
+/// Calibrations of this process, and a lock that keeps two from running at once.
+static MEMORY: Mutex<BTreeMap<String, Calibration>> = Mutex::new(BTreeMap::new());
+
+fn read_cache() -> BTreeMap<String, Calibration> {
+    cache_file()
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// The calibration of this configuration on this CPU, where one was measured (by this
+/// process or an earlier one).
+pub fn cached(obs_dim: usize, action_dim: usize, config: &AgentConfig) -> Option<Calibration> {
+    let key = cache_key(obs_dim, action_dim, config, Isa::active());
+    let memory = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = memory.get(&key) {
+        return Some(c.clone());
+    }
+    read_cache().remove(&key).map(|c| Calibration { cached: true, ..c })
+}
+
+/// Whether a configuration leaves any step to `auto`.
+pub fn has_auto(config: &AgentConfig) -> bool {
+    Step::ALL.iter().any(|s| s.engine(config) == Engine::Auto)
+}
+
+/// Measures the `auto` steps of `config` on both engines at its shapes (unless this CPU's
+/// cache has them) and remembers the result for [`Agent::new`]. Call it before seeding
+/// libtorch's generator: it draws from it. Returns `None` where nothing is left to `auto` or
+/// the networks are not on the CPU.
+pub fn calibrate(
+    obs_dim: usize,
+    action_dim: usize,
+    config: &AgentConfig,
+    device: Device,
+) -> Result<Option<Calibration>> {
+    if !has_auto(config) || device != Device::Cpu || config.imitation {
+        return Ok(None);
+    }
+    if let Some(c) = cached(obs_dim, action_dim, config) {
+        return Ok(Some(c));
+    }
+    let key = cache_key(obs_dim, action_dim, config, Isa::active());
+    let start = Instant::now();
+    let libtorch = time_steps(obs_dim, action_dim, config, Engine::Libtorch)?;
+    let native = time_steps(obs_dim, action_dim, config, Engine::Native)?;
+    let pair = |s: Step| match (libtorch[s.index()], native[s.index()]) {
+        (Some(l), Some(n)) => Some(StepTimes { libtorch_ms: l, native_ms: n }),
+        _ => None,
+    };
+    let calibration = Calibration {
+        select: pair(Step::Select),
+        critic: pair(Step::Critic),
+        actor: pair(Step::Actor),
+        seconds: start.elapsed().as_secs_f64(),
+        cached: false,
+    };
+    MEMORY.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), calibration.clone());
+    if let Err(e) = write_cache(&key, &calibration) {
+        tracing::warn!("the engine calibration could not be cached ({e:#}); it will run again next time");
+    }
+    Ok(Some(calibration))
+}
+
+fn write_cache(key: &str, calibration: &Calibration) -> Result<()> {
+    let file = cache_file().context("no cache directory (set MVP_CACHE_DIR)")?;
+    let dir = file.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut all = read_cache();
+    all.insert(key.to_string(), calibration.clone());
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer_pretty(&tmp, &all)?;
+    tmp.persist(&file).with_context(|| format!("writing {}", file.display()))?;
+    Ok(())
+}
+
+/// Median milliseconds per update of each `auto` step of `config` with those steps on
+/// `engine` (`None` for steps not timed, or where the native engine cannot run them), from
+/// a throwaway agent updated on a synthetic batch of the run's shapes.
+fn time_steps(obs_dim: usize, action_dim: usize, config: &AgentConfig, engine: Engine) -> Result<[Option<f64>; 3]> {
+    let mut c = config.clone();
+    let timed: Vec<Step> = Step::ALL.into_iter().filter(|s| s.engine(config) == Engine::Auto).collect();
+    for &s in &timed {
+        s.set(&mut c, engine);
+    }
+    let Ok(mut agent) = Agent::new(obs_dim, action_dim, &c, Device::Cpu) else {
+        // The native engine cannot run some step: time them one at a time.
+        let mut out = [None; 3];
+        for &s in &timed {
+            let mut one = config.clone();
+            for &o in &timed {
+                o.set(&mut one, if o == s { engine } else { Engine::Libtorch });
+            }
+            if let Ok(t) = time_agent(obs_dim, action_dim, &one) {
+                out[s.index()] = t[s.index()];
+            }
+        }
+        return Ok(out);
+    };
+    let all = time_updates(&mut agent, obs_dim, action_dim, c.horizon, c.batch_size)?;
+    let mut out = [None; 3];
+    for s in timed {
+        out[s.index()] = all[s.index()];
+    }
+    Ok(out)
+}
+
+fn time_agent(obs_dim: usize, action_dim: usize, config: &AgentConfig) -> Result<[Option<f64>; 3]> {
+    let mut agent = Agent::new(obs_dim, action_dim, config, Device::Cpu)?;
+    time_updates(&mut agent, obs_dim, action_dim, config.horizon, config.batch_size)
+}
+
+/// Warm-up and timed updates per calibration.
+const WARMUP: usize = 2;
+const TIMED: usize = 5;
+
+fn time_updates(agent: &mut Agent, obs: usize, act: usize, h: usize, batch: usize) -> Result<[Option<f64>; 3]> {
+    let mut b = ChunkBatch::new(batch, h, obs, act);
+    for (i, x) in b.observations.iter_mut().enumerate() {
+        *x = ((i * 7919) % 997) as f32 / 997.0 - 0.5;
+    }
+    b.next_observations.copy_from_slice(&b.observations);
+    for (i, x) in b.actions.iter_mut().enumerate() {
+        *x = ((i * 104_729) % 1999) as f32 / 1000.0 - 1.0;
+    }
+    b.rewards.fill(-1.0);
+    b.masks.fill(1.0);
+    b.valid.fill(1.0);
+    let batch = TensorBatch::from_chunks(&b, Device::Cpu);
+    agent.set_diagnostics(false);
+    let mut per_step: [Vec<f64>; 3] = Default::default();
+    for i in 0..WARMUP + TIMED {
+        let mut sums = [0.0f64; 3];
+        let mut last = Instant::now();
+        agent.update_marked(&batch, &mut |phase| {
+            let now = Instant::now();
+            if let Some(s) = Step::of_phase(phase) {
+                sums[s.index()] += (now - last).as_secs_f64() * 1e3;
+            }
+            last = now;
+        })?;
+        if i >= WARMUP {
+            for (all, s) in per_step.iter_mut().zip(sums) {
+                all.push(s);
+            }
+        }
+    }
+    Ok(per_step.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        Some(t[t.len() / 2])
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(native_ms: f64, libtorch_ms: f64) -> Option<StepTimes> {
+        Some(StepTimes { libtorch_ms, native_ms })
+    }
+
+    #[test]
+    fn auto_takes_the_faster_engine_by_the_injected_timings() {
+        let fast = decide(Step::Critic, Engine::Auto, Ok(()), times(1.0, 2.3), Isa::Avx2).unwrap();
+        assert!(fast.native, "{}", fast.why);
+        assert!(fast.why.contains("native avx2: 2.3× libtorch"), "{}", fast.why);
+        let slow = decide(Step::Critic, Engine::Auto, Ok(()), times(3.0, 2.0), Isa::Avx512).unwrap();
+        assert!(!slow.native, "{}", slow.why);
+        assert!(slow.why.contains("0.67× libtorch"), "{}", slow.why);
+        // The portable kernels win where the timings say so: the measurement decides, not the ISA.
+        assert!(decide(Step::Select, Engine::Auto, Ok(()), times(1.0, 1.5), Isa::Portable).unwrap().native);
+    }
+
+    #[test]
+    fn without_timings_the_rule_follows_the_kernel_family() {
+        assert!(decide(Step::Actor, Engine::Auto, Ok(()), None, Isa::Avx2).unwrap().native);
+        assert!(decide(Step::Actor, Engine::Auto, Ok(()), None, Isa::Avx512).unwrap().native);
+        assert!(!decide(Step::Actor, Engine::Auto, Ok(()), None, Isa::Portable).unwrap().native);
+    }
+
+    #[test]
+    fn explicit_engines_are_kept_and_an_impossible_native_names_its_key() {
+        let t = times(1.0, 9.0);
+        assert!(!decide(Step::Select, Engine::Libtorch, Ok(()), t, Isa::Avx2).unwrap().native);
+        assert!(decide(Step::Select, Engine::Native, Ok(()), times(9.0, 1.0), Isa::Portable).unwrap().native);
+        let err = decide(Step::Actor, Engine::Native, Err("a point cloud".into()), t, Isa::Avx2).unwrap_err();
+        assert!(err.to_string().contains("agent.actor_engine") && err.to_string().contains("a point cloud"), "{err}");
+        let auto = decide(Step::Actor, Engine::Auto, Err("a point cloud".into()), t, Isa::Avx2).unwrap();
+        assert!(!auto.native && auto.why.contains("a point cloud"), "{}", auto.why);
+    }
+
+    #[test]
+    fn update_phases_belong_to_their_steps() {
+        assert_eq!(Step::of_phase("target: generate"), Some(Step::Select));
+        assert_eq!(Step::of_phase("target: generate and score (native)"), Some(Step::Select));
+        assert_eq!(Step::of_phase("target: pack weights"), Some(Step::Select));
+        assert_eq!(Step::of_phase("target: value"), Some(Step::Critic));
+        assert_eq!(Step::of_phase("critic: loss and backward (native)"), Some(Step::Critic));
+        assert_eq!(Step::of_phase("actor: adam"), Some(Step::Actor));
+        assert_eq!(Step::of_phase("polyak"), None);
+    }
+}
