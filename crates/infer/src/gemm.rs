@@ -22,6 +22,9 @@ pub const NR: usize = 32;
 pub const MR: usize = 8;
 /// Depth of one pass of the micro-kernels over a panel (128 × 32 fp32 = 16 KB, in L1).
 const KC: usize = 128;
+/// The AVX2 kernel copies a row-major input into tiles when this many panels (or more) pass
+/// over it; below, it reads the input in place.
+const COPY_FROM_PANELS: usize = 4;
 /// Depth of one pass of the AVX2 kernel (its half panels are 16 columns wide: 256 × 16 fp32 =
 /// 16 KB in L1).
 const KC_AVX2: usize = 256;
@@ -396,7 +399,9 @@ impl PackedLinear {
     unsafe fn forward_f32_avx2(&self, a: &[f32], rows: usize, steps: (usize, usize), biased: usize, out: &mut [f32]) {
         let (k, n, (rs, cs)) = (self.k, self.n, steps);
         // The copied block: MC × KC_AVX2 floats (96 KB) on the stack, written before it is read
-        // (only the real rows of a partial tile are written and read).
+        // (only the real rows of a partial tile are written and read). A row-major input passed
+        // by few panels is read in place instead: the copy would cost more than it saves.
+        let copy = cs != 1 || n / NR >= COPY_FROM_PANELS;
         let mut block = std::mem::MaybeUninit::<[f32; MC * KC_AVX2]>::uninit();
         let block = block.as_mut_ptr() as *mut f32;
         for kc in (0..self.in_dim).step_by(KC_AVX2) {
@@ -404,17 +409,29 @@ impl PackedLinear {
             let depth = kend - kc;
             for m0 in (0..rows).step_by(MC) {
                 let mend = (m0 + MC).min(rows);
-                for (t, r0) in (m0..mend).step_by(6).enumerate() {
-                    let (dst, live) = (block.add(t * 6 * depth), (mend - r0).min(6));
-                    for kk in 0..depth {
-                        for i in 0..live {
-                            *dst.add(kk * 6 + i) = *a.as_ptr().add((r0 + i) * rs + (kc + kk) * cs);
+                if copy {
+                    for (t, r0) in (m0..mend).step_by(6).enumerate() {
+                        let (dst, live) = (block.add(t * 6 * depth), (mend - r0).min(6));
+                        for kk in 0..depth {
+                            for i in 0..live {
+                                *dst.add(kk * 6 + i) = *a.as_ptr().add((r0 + i) * rs + (kc + kk) * cs);
+                            }
                         }
                     }
                 }
                 for p in 0..n / NR {
                     for half in 0..2 {
                         let col = p * NR + half * 16;
+                        if col >= self.out_dim {
+                            // Padding only (the critic's one output): zeros, as every kernel
+                            // leaves padded columns.
+                            if kc == 0 {
+                                for r in m0..mend {
+                                    out[r * n + col..r * n + col + 16].fill(0.0);
+                                }
+                            }
+                            continue;
+                        }
                         let tile = Avx2Tile {
                             w: self.f32_panels.as_ptr().add(p * k * NR + kc * NR + half * 16),
                             bias: self.bias.as_ptr().add(col),
@@ -422,9 +439,15 @@ impl PackedLinear {
                             accumulate: kc > 0,
                             n,
                             biased,
+                            // (row step, k step) of the tile's input: the copy's, or the input's.
+                            steps: if copy { (1, 6) } else { (rs, 1) },
                         };
                         for (t, r0) in (m0..mend).step_by(6).enumerate() {
-                            let (ap, cp) = (block.add(t * 6 * depth), out.as_mut_ptr().add(r0 * n + col));
+                            let ap = match copy {
+                                true => block.add(t * 6 * depth),
+                                false => a.as_ptr().add(r0 * rs + kc),
+                            };
+                            let cp = out.as_mut_ptr().add(r0 * n + col);
                             match mend - r0 {
                                 1 => tile.run::<1>(ap, cp, r0),
                                 2 => tile.run::<2>(ap, cp, r0),
@@ -536,17 +559,18 @@ struct Avx2Tile {
     accumulate: bool,
     n: usize,
     biased: usize,
+    steps: (usize, usize),
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2Tile {
-    /// `R` rows from input row `r0` (copied tile at `ap`, `[depth][6]`) into the output at
+    /// `R` rows from input row `r0` (at `ap`, element (i, k) at `i·steps.0 + k·steps.1`) into the output at
     /// `cp`: the bias (rows before `biased`, first K block) or the partial sums in `cp` (later
     /// K blocks), plus the products over the K block.
     #[inline(always)]
     unsafe fn run<const R: usize>(&self, ap: *const f32, cp: *mut f32, r0: usize) {
         use std::arch::x86_64::*;
-        let n = self.n;
+        let (n, (rs, ks)) = (self.n, self.steps);
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for (i, a) in acc.iter_mut().enumerate() {
             if self.accumulate {
@@ -559,7 +583,7 @@ impl Avx2Tile {
             let w0 = _mm256_loadu_ps(self.w.add(kk * NR));
             let w1 = _mm256_loadu_ps(self.w.add(kk * NR + 8));
             for (i, a) in acc.iter_mut().enumerate() {
-                let x = _mm256_set1_ps(*ap.add(kk * 6 + i));
+                let x = _mm256_set1_ps(*ap.add(i * rs + kk * ks));
                 a[0] = _mm256_fmadd_ps(x, w0, a[0]);
                 a[1] = _mm256_fmadd_ps(x, w1, a[1]);
             }

@@ -71,6 +71,26 @@ pub struct Mlp {
     hidden: [Vec<f32>; 2],
     output: Vec<f32>,
     half: Vec<u16>,
+    /// The first layer's leading inputs, where they repeat over groups of rows.
+    shared: Option<SharedInputs>,
+}
+
+/// The first layer of an [`Mlp`] split in two for inputs whose first `cols` columns are the
+/// same within groups of consecutive rows (an observation and its N candidates): those columns
+/// are multiplied once per group (`head`, which holds the bias) and added to every row of the
+/// group; the rows' own columns go through `layers[0]` (without a bias).
+#[derive(Debug, Clone)]
+struct SharedInputs {
+    cols: usize,
+    head: PackedLinear,
+    /// One row per group, stride `head.in_stride()`.
+    input: Vec<f32>,
+    /// `head`'s output per group, stride `head.out_stride()`.
+    out: Vec<f32>,
+    half: Vec<u16>,
+    /// Groups the buffers hold.
+    groups: usize,
+    zeros: Vec<f32>,
 }
 
 impl Mlp {
@@ -89,12 +109,34 @@ impl Mlp {
             hidden: [Vec::new(), Vec::new()],
             output: Vec::new(),
             half: Vec::new(),
+            shared: None,
         }
+    }
+
+    /// Packs `w` for inputs whose first `cols` columns repeat within groups of rows
+    /// ([`Mlp::forward_grouped`]): those columns are written once per group
+    /// ([`Mlp::shared_input_mut`]) and multiplied once per group; [`Mlp::input_mut`] then holds
+    /// only the remaining columns of each row. `0 < cols < ` the input width.
+    pub fn with_shared_inputs(w: &MlpWeights, precision: Precision, cols: usize) -> Self {
+        let first = &w.layers[0];
+        assert!(cols > 0 && cols < first.in_dim, "shared columns must leave some of the {} inputs", first.in_dim);
+        let o = first.out_dim;
+        let zeros = vec![0.0; o];
+        let mut mlp = Self::new(w, precision);
+        let (head, rest) = first.weight.split_at(cols * o);
+        mlp.layers[0] = PackedLinear::new(first.in_dim - cols, o, rest, &zeros, precision);
+        let head = PackedLinear::new(cols, o, head, &first.bias, precision);
+        mlp.shared =
+            Some(SharedInputs { cols, head, input: Vec::new(), out: Vec::new(), half: Vec::new(), groups: 0, zeros });
+        mlp
     }
 
     /// The network with every layer's kernels from `isa` (at most [`Isa::detected`]).
     pub fn with_isa(mut self, isa: Isa) -> Self {
         self.layers.iter_mut().for_each(|l| l.set_isa(isa));
+        if let Some(sh) = &mut self.shared {
+            sh.head.set_isa(isa);
+        }
         self
     }
 
@@ -111,9 +153,12 @@ impl Mlp {
     /// Packs new weights of the same architecture in place of the current ones (after a
     /// training step), keeping the scratch buffers.
     pub fn repack(&mut self, w: &MlpWeights) -> Result<(), crate::InferError> {
+        let shared_cols = self.shared.as_ref().map_or(0, |s| s.cols);
         let fits = w.layers.len() == self.layers.len()
             && w.activation == self.activation
-            && w.layers.iter().zip(&self.layers).all(|(l, p)| l.in_dim == p.in_dim() && l.out_dim == p.out_dim());
+            && w.layers.iter().zip(&self.layers).enumerate().all(|(i, (l, p))| {
+                l.in_dim == p.in_dim() + if i == 0 { shared_cols } else { 0 } && l.out_dim == p.out_dim()
+            });
         if !fits {
             return Err(crate::InferError::Shape("repacked weights must keep the network's architecture".into()));
         }
@@ -132,17 +177,26 @@ impl Mlp {
     /// [`Mlp::repack`] from borrowed parameters (one per layer, `weight [in, out]`): the
     /// training loop's own buffers, packed without an intermediate copy.
     pub fn repack_layers(&mut self, layers: &[LayerParams<'_>]) -> Result<(), crate::InferError> {
+        let shared_cols = self.shared.as_ref().map_or(0, |s| s.cols);
         let fits = layers.len() == self.layers.len()
-            && layers.iter().zip(&self.layers).all(|(l, p)| {
-                l.weight.len() == p.in_dim() * p.out_dim()
+            && layers.iter().zip(&self.layers).enumerate().all(|(i, (l, p))| {
+                let in_dim = p.in_dim() + if i == 0 { shared_cols } else { 0 };
+                l.weight.len() == in_dim * p.out_dim()
                     && l.bias.len() == p.out_dim()
                     && l.norm.is_none_or(|(s, b)| s.len() == p.out_dim() && b.len() == p.out_dim())
             });
         if !fits {
             return Err(crate::InferError::Shape("repacked weights must keep the network's architecture".into()));
         }
-        for (p, l) in self.layers.iter_mut().zip(layers) {
-            p.repack(l.weight, l.bias);
+        for (i, (p, l)) in self.layers.iter_mut().zip(layers).enumerate() {
+            match (i, self.shared.as_mut()) {
+                (0, Some(sh)) => {
+                    let (head, rest) = l.weight.split_at(sh.cols * p.out_dim());
+                    sh.head.repack(head, l.bias);
+                    p.repack(rest, &sh.zeros);
+                }
+                _ => p.repack(l.weight, l.bias),
+            }
         }
         for (n, l) in self.norms.iter_mut().zip(layers) {
             match (n.as_mut(), l.norm) {
@@ -156,9 +210,39 @@ impl Mlp {
         Ok(())
     }
 
-    /// Row stride of the input buffer.
+    /// Row stride of the input buffer (with shared inputs: of the rows' own columns).
     pub fn in_stride(&self) -> usize {
         self.layers[0].in_stride()
+    }
+
+    /// Row stride of the shared inputs' buffer ([`Mlp::with_shared_inputs`]).
+    pub fn shared_stride(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.head.in_stride())
+    }
+
+    /// Makes room for `groups` rows of shared inputs; allocates only when `groups` exceeds
+    /// every earlier request.
+    pub fn reserve_shared(&mut self, groups: usize) {
+        let block = self.row_block();
+        let Some(sh) = self.shared.as_mut() else { return };
+        let groups = round_up(groups.max(1), block);
+        if groups <= sh.groups {
+            return;
+        }
+        sh.groups = groups;
+        sh.input = vec![0.0; groups * sh.head.in_stride()];
+        sh.out = vec![0.0; groups * sh.head.out_stride()];
+        if self.precision == Precision::Bf16 {
+            sh.half = vec![0; groups * sh.head.in_stride()];
+        }
+    }
+
+    /// The shared inputs' buffer for `groups` groups (call [`Mlp::reserve_shared`] first):
+    /// group `g`'s leading columns start at `g · shared_stride()`.
+    pub fn shared_input_mut(&mut self, groups: usize) -> &mut [f32] {
+        let sh = self.shared.as_mut().expect("an MLP built with_shared_inputs");
+        assert!(groups <= sh.groups, "reserve_shared({groups}) first");
+        &mut sh.input[..groups * sh.head.in_stride()]
     }
 
     /// Rows are computed in blocks of this many: 32 for the AMX tiles of the bf16 path, else
@@ -206,11 +290,33 @@ impl Mlp {
     /// (stride [`Mlp::out_stride`]). Rows go through all layers in tiles of 256 rows, so
     /// a tile's activations stay in the core's cache however many rows there are.
     pub fn forward(&mut self, rows: usize) -> &[f32] {
+        assert!(self.shared.is_none(), "an MLP with shared inputs runs forward_grouped");
+        self.forward_grouped(rows, rows.max(1))
+    }
+
+    /// [`Mlp::forward`] for an MLP [`with_shared_inputs`](Mlp::with_shared_inputs): row `r`
+    /// takes the shared inputs of group `r / group`.
+    pub fn forward_grouped(&mut self, rows: usize, group: usize) -> &[f32] {
         assert!(rows <= self.rows, "reserve({rows}) first");
+        assert!(group > 0, "groups of at least one row");
+        let real_groups = rows.max(1).div_ceil(group);
         let rows = round_up(rows.max(1), self.row_block());
         let (in_stride, out_stride) = (self.in_stride(), self.out_stride());
         let last = self.layers.len() - 1;
         let isa = self.isa();
+        if let Some(sh) = self.shared.as_mut() {
+            let groups = round_up(real_groups, self.layers[0].row_block());
+            assert!(groups <= sh.groups, "reserve_shared({real_groups}) first");
+            let src = &sh.input[..groups * sh.head.in_stride()];
+            let dst = &mut sh.out[..groups * sh.head.out_stride()];
+            match self.precision {
+                Precision::Bf16 => {
+                    round_to_bf16(src, &mut sh.half[..src.len()], isa);
+                    sh.head.forward_bf16(&sh.half[..src.len()], groups, dst);
+                }
+                Precision::F32 => sh.head.forward_f32(src, groups, dst),
+            }
+        }
         let mut start = 0;
         while start < rows {
             let n = (rows - start).min(TILE_ROWS);
@@ -237,6 +343,14 @@ impl Mlp {
                     layer.forward_bf16(&self.half[..src.len()], n, dst);
                 } else {
                     layer.forward_f32(src, n, dst);
+                }
+                if let (0, Some(sh)) = (i, self.shared.as_ref()) {
+                    // Each row's group's share of the first layer (with the bias).
+                    let (stride, hs) = (layer.out_stride(), sh.head.out_stride());
+                    for (r, row) in dst.chunks_exact_mut(stride).enumerate() {
+                        let g = ((start + r) / group).min(real_groups - 1);
+                        add(row, &sh.out[g * hs..g * hs + stride], isa);
+                    }
                 }
                 if i < last {
                     // One pass per row while it is in L1: activation, LayerNorm, and for bf16 the
@@ -458,6 +572,27 @@ pub(crate) fn sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// `x += y`, element by element.
+fn add(x: &mut [f32], y: &[f32], isa: Isa) {
+    #[inline(always)]
+    fn body(x: &mut [f32], y: &[f32]) {
+        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(x: &mut [f32], y: &[f32]) {
+        body(x, y)
+    }
+    // SAFETY: an ISA in use never exceeds the CPU's (AVX-512 CPUs have AVX2).
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        unsafe { avx2(x, y) };
+        return;
+    }
+    let _ = isa;
+    body(x, y)
+}
+
 fn layer_norm(x: &mut [f32], scale: &[f32], shift: &[f32], isa: Isa) {
     // SAFETY: an ISA in use never exceeds the CPU's; the functions only compile the same loops
     // for it.
@@ -527,6 +662,72 @@ mod tests {
                 let x = x as f64;
                 let want = 0.5 * x * (1.0 + erf_ref(x.clamp(-6.0, 6.0) / std::f64::consts::SQRT_2));
                 assert!((y as f64 - want).abs() < 1e-6 * (1.0 + x.abs()), "{isa}: gelu({x}) = {y}, want {want}");
+            }
+        }
+    }
+
+    fn weights(dims: &[usize], seed: u32) -> MlpWeights {
+        let val = |i: usize, salt: u32| {
+            (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed * 977 + salt) >> 9) % 2001) as f32 / 4000.0
+                - 0.25
+        };
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(l, w)| LayerWeights {
+                in_dim: w[0],
+                out_dim: w[1],
+                weight: (0..w[0] * w[1]).map(|i| val(i, l as u32)).collect(),
+                bias: (0..w[1]).map(|i| val(i, 100 + l as u32)).collect(),
+                norm: (l + 2 < dims.len()).then(|| {
+                    ((0..w[1]).map(|i| 1.0 + val(i, 200)).collect(), (0..w[1]).map(|i| val(i, 300)).collect())
+                }),
+            })
+            .collect();
+        MlpWeights { layers, activation: Activation::Gelu }
+    }
+
+    /// Splitting off the leading inputs that repeat within groups of rows (an observation and
+    /// its candidates) gives the plain network's outputs, on every kernel family, also after
+    /// repacking new weights; a partial last group and padded rows included.
+    #[test]
+    fn shared_inputs_give_the_plain_networks_outputs() {
+        let (s, d, group, rows): (usize, usize, usize, usize) = (37, 27, 32, 301); // 10 groups, the last partial; two row tiles
+        let dims = [s + d, 64, 48, 25];
+        for isa in Isa::available() {
+            for seed in [1, 2] {
+                let w = weights(&dims, seed);
+                let mut plain = Mlp::new(&weights(&dims, 9), Precision::F32).with_isa(isa);
+                let mut split = Mlp::with_shared_inputs(&weights(&dims, 9), Precision::F32, s).with_isa(isa);
+                plain.repack(&w).unwrap();
+                split.repack(&w).unwrap();
+                let groups = rows.div_ceil(group);
+                plain.reserve(rows);
+                split.reserve(rows);
+                split.reserve_shared(groups);
+                let obs = |g: usize, c: usize| ((g * 13 + c * 7) % 17) as f32 / 8.5 - 1.0;
+                let own = |r: usize, c: usize| ((r * 5 + c * 3) % 11) as f32 / 5.5 - 1.0;
+                let (ps, ss) = (plain.in_stride(), split.in_stride());
+                for (r, row) in plain.input_mut(rows).chunks_exact_mut(ps).enumerate() {
+                    (0..s).for_each(|c| row[c] = obs(r / group, c));
+                    (0..d).for_each(|c| row[s + c] = own(r, c));
+                }
+                for (r, row) in split.input_mut(rows).chunks_exact_mut(ss).enumerate() {
+                    (0..d).for_each(|c| row[c] = own(r, c));
+                }
+                let hs = split.shared_stride();
+                for (g, row) in split.shared_input_mut(groups).chunks_exact_mut(hs).enumerate() {
+                    (0..s).for_each(|c| row[c] = obs(g, c));
+                }
+                let want = plain.forward(rows).to_vec();
+                let got = split.forward_grouped(rows, group);
+                let os = plain.out_stride();
+                for r in 0..rows {
+                    for c in 0..25 {
+                        let (g, e) = (got[r * os + c], want[r * os + c]);
+                        assert!((g - e).abs() < 1e-5 * (1.0 + e.abs()), "{isa}, row {r}, column {c}: {g} vs {e}");
+                    }
+                }
             }
         }
     }

@@ -134,8 +134,10 @@ impl NativePolicy {
             num_samples: w.num_samples.max(1),
             kind: w.actor_kind,
             aggregate: w.aggregate,
-            actor: Mlp::new(&w.actor, precision),
-            critics: w.critics.iter().map(|c| Mlp::new(c, precision)).collect(),
+            // The observation columns repeat over an observation's N candidates (and over the
+            // flow steps): multiplied once per observation.
+            actor: Mlp::with_shared_inputs(&w.actor, precision, w.obs_dim),
+            critics: w.critics.iter().map(|c| Mlp::with_shared_inputs(c, precision, w.obs_dim)).collect(),
             rng: SmallRng::seed_from_u64(seed),
             noise: Vec::new(),
             z: Vec::new(),
@@ -252,7 +254,11 @@ impl NativePolicy {
         }
         self.rows = rows;
         self.actor.reserve(rows);
-        self.critics.iter_mut().for_each(|c| c.reserve(rows));
+        self.actor.reserve_shared(batch);
+        for c in &mut self.critics {
+            c.reserve(rows);
+            c.reserve_shared(batch);
+        }
         self.noise = vec![0.0; rows * self.chunk_dim];
         self.z = vec![0.0; rows * self.chunk_dim];
         self.scores = vec![0.0; rows];
@@ -296,12 +302,9 @@ impl NativePolicy {
         assert_eq!(noise.len(), rows * d, "noise must be B·N × {d}");
         self.z[..rows * d].copy_from_slice(noise);
 
-        // The actor's input rows: [s_b, z_j, times]; s is written once, z and times per step.
+        // The actor's input: [s_b] once per observation, [z_j, times] per candidate and step.
+        fill_shared(&mut self.actor, obs, batch, s);
         let stride = self.actor.in_stride();
-        let input = self.actor.input_mut(rows);
-        for (j, row) in input.chunks_exact_mut(stride).enumerate() {
-            row[..s].copy_from_slice(&obs[(j / ns) * s..(j / ns + 1) * s]);
-        }
         let k = self.kind.steps();
         let step = 1.0 / k as f32;
         for i in (0..k).rev() {
@@ -316,11 +319,11 @@ impl NativePolicy {
             let cols = self.kind.time_cols();
             let input = self.actor.input_mut(rows);
             for (j, row) in input.chunks_exact_mut(stride).enumerate() {
-                row[s..s + d].copy_from_slice(&self.z[j * d..(j + 1) * d]);
-                row[s + d..s + d + cols].copy_from_slice(&times[..cols]);
+                row[..d].copy_from_slice(&self.z[j * d..(j + 1) * d]);
+                row[d..d + cols].copy_from_slice(&times[..cols]);
             }
             let out_stride = self.actor.out_stride();
-            let u = self.actor.forward(rows);
+            let u = self.actor.forward_grouped(rows, ns);
             for (j, z) in self.z[..rows * d].chunks_exact_mut(d).enumerate() {
                 for (zc, uc) in z.iter_mut().zip(&u[j * out_stride..j * out_stride + d]) {
                     *zc -= uc * step;
@@ -335,14 +338,14 @@ impl NativePolicy {
         }
         let members = self.critics.len() as f32;
         for (m, critic) in self.critics.iter_mut().enumerate() {
+            fill_shared(critic, obs, batch, s);
             let stride = critic.in_stride();
             let input = critic.input_mut(rows);
             for (j, row) in input.chunks_exact_mut(stride).enumerate() {
-                row[..s].copy_from_slice(&obs[(j / ns) * s..(j / ns + 1) * s]);
-                row[s..s + d].copy_from_slice(&self.z[j * d..(j + 1) * d]);
+                row[..d].copy_from_slice(&self.z[j * d..(j + 1) * d]);
             }
             let out_stride = critic.out_stride();
-            let q = critic.forward(rows);
+            let q = critic.forward_grouped(rows, ns);
             for (j, score) in self.scores[..rows].iter_mut().enumerate() {
                 let v = q[j * out_stride];
                 *score = match (m, self.aggregate) {
@@ -360,5 +363,13 @@ impl NativePolicy {
             let best = (1..ns).fold(0, |best, j| if scores[j] > scores[best] { j } else { best });
             out[b * d..(b + 1) * d].copy_from_slice(&self.z[(b * ns + best) * d..(b * ns + best + 1) * d]);
         }
+    }
+}
+
+/// Writes the `batch` observations (`s` wide) as the shared inputs of `net`.
+fn fill_shared(net: &mut Mlp, obs: &[f32], batch: usize, s: usize) {
+    let stride = net.shared_stride();
+    for (b, row) in net.shared_input_mut(batch).chunks_exact_mut(stride).enumerate() {
+        row[..s].copy_from_slice(&obs[b * s..(b + 1) * s]);
     }
 }

@@ -506,6 +506,7 @@ fn phase_gflop(c: &Common, config: &AgentConfig, batch: usize) -> Vec<(&'static 
 pub fn train(args: TrainArgs) -> Result<()> {
     let c = &args.common;
     let mut rows: Vec<TrainRow> = Vec::new();
+    let mut timed: Vec<Timed> = Vec::new();
     let mut device = Device::Cpu;
     c.apply_isa()?;
     for &matmul in &args.matmul {
@@ -558,18 +559,59 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 }
                 // As in training, where only the logged updates (1 in 100 or more) compute them.
                 agent.set_diagnostics(false);
-                let mut row = time_updates(&mut agent, &args, &config, matmul, used, &m.name, device)?;
-                row.critic = critic_used.clone();
-                row.actor = actor_used.clone();
-                tracing::info!(
-                    "{} ({matmul} matmuls, {used} selection, {critic_used} critic update, {actor_used} actor update): \
-                     {:.1} ms per iteration",
-                    m.name,
-                    row.median_ms_per_iter
-                );
-                rows.push(row);
+                let batch = synthetic_batch(args.batch, config.horizon, c, device);
+                for _ in 0..3 {
+                    agent.update(&batch)?;
+                }
+                rows.push(TrainRow {
+                    method: m.name.clone(),
+                    matmul,
+                    select: used.to_string(),
+                    critic: critic_used,
+                    actor: actor_used,
+                    batch: args.batch,
+                    median_ms_per_iter: f64::NAN,
+                    iters_per_s: f64::NAN,
+                    phases: Vec::new(),
+                });
+                timed.push(Timed { agent, config, batch, totals: Vec::new(), phases: Vec::new() });
             }
         }
+    }
+    // Every row is timed in turn, in TRAIN_ROUNDS rounds: this machine's speed drifts within
+    // seconds, and interleaving spreads the drift over all rows alike.
+    let mut sampler = Sampler::new(c, args.batch)?;
+    for round in 0..TRAIN_ROUNDS {
+        let n = args.iters / TRAIN_ROUNDS + usize::from(round < args.iters % TRAIN_ROUNDS);
+        for (t, row) in timed.iter_mut().zip(&rows) {
+            row.matmul.set();
+            t.time(n, args.profile.then_some(&mut sampler), device)?;
+        }
+    }
+    let gflop_of = |config: &AgentConfig| phase_gflop(c, config, args.batch);
+    for (t, row) in timed.into_iter().zip(&mut rows) {
+        let (median, _, _) = percentiles(t.totals);
+        let gflop = gflop_of(&t.config);
+        row.median_ms_per_iter = median;
+        row.iters_per_s = 1e3 / median;
+        row.phases = t
+            .phases
+            .into_iter()
+            .map(|(phase, times)| PhaseRow {
+                phase: phase.to_string(),
+                median_ms: percentiles(times).0,
+                gflop: gflop.iter().find(|(p, _)| *p == phase).map(|(_, g)| *g),
+            })
+            .collect();
+        tracing::info!(
+            "{} ({} matmuls, {} selection, {} critic update, {} actor update): {:.1} ms per iteration",
+            row.method,
+            row.matmul,
+            row.select,
+            row.critic,
+            row.actor,
+            median
+        );
     }
     MatmulPrecision::F32.set();
     println!(
@@ -636,81 +678,83 @@ pub fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Times `args.iters` updates of `agent` (after 3 warm-up updates) and, with `--profile`, each
-/// phase of them, including drawing a batch from a replay buffer and copying it into tensors.
-fn time_updates(
-    agent: &mut Agent,
-    args: &TrainArgs,
-    config: &AgentConfig,
-    matmul: MatmulPrecision,
-    used: &str,
-    name: &str,
-    device: Device,
-) -> Result<TrainRow> {
-    let c = &args.common;
-    let batch = synthetic_batch(args.batch, config.horizon, c, device);
-    // A buffer of the size of a 100-episode play dataset, for the sampling phase.
-    let mut buffer = ReplayBuffer::new(100_000, c.obs_dim, c.action_dim)?;
-    let mut row = ChunkBatch::new(1, 1, c.obs_dim, c.action_dim);
-    fill_synthetic(&mut row);
-    for i in 0..100_000 {
-        buffer.push(
-            &row.observations,
-            &row.actions[..c.action_dim],
-            -1.0,
-            &row.next_observations,
-            i % 1000 == 999,
-            1.0,
-        )?;
-    }
-    let mut host_batch = ChunkBatch::new(args.batch, config.horizon, c.obs_dim, c.action_dim);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    for _ in 0..3 {
-        agent.update(&batch)?;
-    }
-    let mut totals = Vec::with_capacity(args.iters);
-    let mut phases: Vec<(&'static str, Vec<f64>)> = Vec::new();
-    for _ in 0..args.iters {
-        let start = Instant::now();
-        if args.profile {
-            buffer.sample_chunks(&mut rng, args.batch, config.horizon, 0.99, &mut host_batch)?;
-            let sampled = TensorBatch::from_chunks(&host_batch, device);
-            drop(sampled);
-            record(&mut phases, "batch: sample and copy", start.elapsed().as_secs_f64() * 1e3);
-        }
-        let mut last = Instant::now();
-        let update_start = last;
-        agent.update_marked(&batch, &mut |phase| {
-            if args.profile {
-                sync(device);
-                record(&mut phases, phase, last.elapsed().as_secs_f64() * 1e3);
-                last = Instant::now();
+/// Rounds of `mvp bench train`: the timed iterations of every row are split into this many
+/// rounds, run in turn.
+const TRAIN_ROUNDS: usize = 5;
+
+/// One row of `mvp bench train` being timed: its agent (warmed up), the batch it updates on,
+/// and the times so far (ms per update, and per phase with `--profile`).
+struct Timed {
+    agent: Agent,
+    config: AgentConfig,
+    batch: TensorBatch,
+    totals: Vec<f64>,
+    phases: Vec<(&'static str, Vec<f64>)>,
+}
+
+impl Timed {
+    /// Times `n` more updates; with a sampler, each phase too, including drawing a batch from
+    /// a replay buffer and copying it into tensors.
+    fn time(&mut self, n: usize, mut sampler: Option<&mut Sampler>, device: Device) -> Result<()> {
+        let profile = sampler.is_some();
+        for _ in 0..n {
+            if let Some(s) = sampler.as_deref_mut() {
+                let start = Instant::now();
+                s.sample(self.config.horizon, device)?;
+                record(&mut self.phases, "batch: sample and copy", start.elapsed().as_secs_f64() * 1e3);
             }
-        })?;
-        sync(device);
-        totals.push(update_start.elapsed().as_secs_f64() * 1e3);
+            let mut last = Instant::now();
+            let update_start = last;
+            let phases = &mut self.phases;
+            self.agent.update_marked(&self.batch, &mut |phase| {
+                if profile {
+                    sync(device);
+                    record(phases, phase, last.elapsed().as_secs_f64() * 1e3);
+                    last = Instant::now();
+                }
+            })?;
+            sync(device);
+            self.totals.push(update_start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(())
     }
-    let (median, _, _) = percentiles(totals);
-    let gflop = phase_gflop(c, config, args.batch);
-    let phases = phases
-        .into_iter()
-        .map(|(phase, t)| PhaseRow {
-            phase: phase.to_string(),
-            median_ms: percentiles(t).0,
-            gflop: gflop.iter().find(|(p, _)| *p == phase).map(|(_, g)| *g),
-        })
-        .collect();
-    Ok(TrainRow {
-        method: name.to_string(),
-        matmul,
-        select: used.to_string(),
-        critic: String::new(),
-        actor: String::new(),
-        batch: args.batch,
-        median_ms_per_iter: median,
-        iters_per_s: 1e3 / median,
-        phases,
-    })
+}
+
+/// A replay buffer of the size of a 100-episode play dataset, to time drawing a batch.
+struct Sampler {
+    buffer: ReplayBuffer,
+    host: ChunkBatch,
+    rng: rand::rngs::StdRng,
+    batch: usize,
+}
+
+impl Sampler {
+    fn new(c: &Common, batch: usize) -> Result<Self> {
+        let mut buffer = ReplayBuffer::new(100_000, c.obs_dim, c.action_dim)?;
+        let mut row = ChunkBatch::new(1, 1, c.obs_dim, c.action_dim);
+        fill_synthetic(&mut row);
+        for i in 0..100_000 {
+            buffer.push(
+                &row.observations,
+                &row.actions[..c.action_dim],
+                -1.0,
+                &row.next_observations,
+                i % 1000 == 999,
+                1.0,
+            )?;
+        }
+        let host = ChunkBatch::new(batch, 1, c.obs_dim, c.action_dim);
+        Ok(Self { buffer, host, rng: rand::rngs::StdRng::seed_from_u64(0), batch })
+    }
+
+    fn sample(&mut self, horizon: usize, device: Device) -> Result<()> {
+        if self.host.h != horizon {
+            self.host = ChunkBatch::new(self.batch, horizon, self.host.obs_dim, self.host.act_dim);
+        }
+        self.buffer.sample_chunks(&mut self.rng, self.batch, horizon, 0.99, &mut self.host)?;
+        drop(TensorBatch::from_chunks(&self.host, device));
+        Ok(())
+    }
 }
 
 fn record(phases: &mut Vec<(&'static str, Vec<f64>)>, phase: &'static str, ms: f64) {
