@@ -197,12 +197,13 @@ impl Calibration {
 
 /// The cache key of an agent configuration for `obs_dim` observations and `action_dim`
 /// actions on this CPU with kernels of `isa`: everything that sets the shapes and the
-/// arithmetic (the engines themselves left out).
+/// arithmetic (the engines themselves and the learning rates left out).
 fn cache_key(obs_dim: usize, action_dim: usize, config: &AgentConfig, isa: Isa) -> String {
     let mut c = config.clone();
     for s in Step::ALL {
         s.set(&mut c, Engine::Auto);
     }
+    (c.actor_optim.lr, c.critic_optim.lr) = (0.0, 0.0);
     let shapes = serde_json::to_string(&c).unwrap_or_default();
     let matmul = mvp_nn::MatmulPrecision::current();
     format!("{} | {isa} | matmul {matmul} | {obs_dim}→{action_dim} | {shapes}", cpu_model())
@@ -259,8 +260,8 @@ pub fn has_auto(config: &AgentConfig) -> bool {
 
 /// Measures the `auto` steps of `config` on both engines at its shapes (unless this CPU's
 /// cache has them) and remembers the result for [`Agent::new`]. Call it before seeding
-/// libtorch's generator: it draws from it. Returns `None` where nothing is left to `auto` or
-/// the networks are not on the CPU.
+/// libtorch's generator: it draws from it. Returns `None` where nothing is left to `auto`, the
+/// networks are not on the CPU, or the throwaway agents fail (warned; `auto` takes the rule).
 pub fn calibrate(
     obs_dim: usize,
     action_dim: usize,
@@ -275,8 +276,17 @@ pub fn calibrate(
     }
     let key = cache_key(obs_dim, action_dim, config, Isa::active());
     let start = Instant::now();
-    let libtorch = time_steps(obs_dim, action_dim, config, Engine::Libtorch)?;
-    let native = time_steps(obs_dim, action_dim, config, Engine::Native)?;
+    let timed = time_steps(obs_dim, action_dim, config, Engine::Libtorch)
+        .and_then(|l| Ok((l, time_steps(obs_dim, action_dim, config, Engine::Native)?)));
+    let (libtorch, native) = match timed {
+        Ok(both) => both,
+        Err(e) => {
+            // The throwaway agents failed (a diverging learning rate, say): the run itself
+            // decides what to do about that; `auto` takes the rule.
+            tracing::warn!("the engine calibration failed ({e:#}); `auto` follows the rule for {}", Isa::active());
+            return Ok(None);
+        }
+    };
     let pair = |s: Step| match (libtorch[s.index()], native[s.index()]) {
         (Some(l), Some(n)) => Some(StepTimes { libtorch_ms: l, native_ms: n }),
         _ => None,
