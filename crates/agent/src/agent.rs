@@ -432,15 +432,10 @@ impl Agent {
     /// chunks (compare with the critic's `critic/q_data`, the stored chunks scored the same way),
     /// the spread of the candidates' scores and of the candidates themselves.
     pub fn critic_loss(&mut self, b: &TensorBatch) -> Result<(Tensor, Metrics)> {
-        self.critic_loss_marked(b, &mut |_| {})
-    }
-
-    fn critic_loss_marked(&mut self, b: &TensorBatch, mark: Mark) -> Result<(Tensor, Metrics)> {
-        let (target, _, selection) = self.td_target_marked(b, mark)?;
+        let (target, _, selection) = self.td_target_marked(b, &mut |_| {})?;
         let last_valid = b.valid.select(1, self.shape.horizon as i64 - 1);
         let (loss, mut metrics) = self.critic.td_loss(&b.observations, &b.actions, &target, &last_valid);
         metrics.extend(selection);
-        mark("critic: loss");
         Ok((loss, metrics))
     }
 
@@ -517,31 +512,28 @@ impl Agent {
     }
 
     /// [`Agent::update`], calling `mark` after each phase (TD target, losses, backward passes,
-    /// optimiser steps, Polyak averaging) with the phase's name, for profiling.
+    /// optimiser steps, Polyak averaging) with the phase's name, for profiling. One sequence
+    /// for every engine: each step (selection, the critic's loss and gradients, the actor's
+    /// update) runs on the engine of the agent's [`EnginePlan`].
     pub fn update_marked(&mut self, b: &TensorBatch, mark: Mark) -> Result<Metrics> {
         if self.imitation {
             // Behaviour cloning: the actor's loss on the stored chunks, nothing else.
             let data = self.actor_data(b);
             return self.actor_update(b, data, mark);
         }
-        if let Some(mut native) = self.native_critic.take() {
-            let result = self.update_native_critic(&mut native, b, mark);
-            self.native_critic = Some(native);
-            return result;
-        }
-        let (critic_loss, mut metrics) = self.critic_loss_marked(b, mark)?;
-        let cl = critic_loss.double_value(&[]);
-        anyhow::ensure!(cl.is_finite(), "non-finite critic loss {cl}; stopping, the last checkpoint is kept");
+        let (next_chunk, selection) = self.select_next(b, mark)?;
+        let mut metrics = self.critic_gradients(b, &next_chunk, mark)?;
         // The actor's chunks before the critic's step (selected ones are picked by this critic).
         let actor_data = self.actor_data(b);
-        self.critic_opt.zero_grad();
-        critic_loss.backward();
-        mark("critic: backward");
-        self.critic_opt.step();
+        match &self.native_critic {
+            Some(native) => self.critic_opt.step_flat(&native.grads.flat)?,
+            None => drop(self.critic_opt.step()),
+        }
         mark("critic: adam");
         let actor_metrics = self.actor_update(b, actor_data, mark)?;
         self.critic.soft_update();
         mark("polyak");
+        metrics.extend(selection);
         metrics.extend(actor_metrics);
         Ok(metrics)
     }
@@ -551,40 +543,51 @@ impl Agent {
         self.native_critic.is_some()
     }
 
-    /// [`Agent::update_marked`] with the critic's TD update on the native kernels: the same
-    /// selection, target, loss and Adam arithmetic, from host copies of the batch.
-    fn update_native_critic(&mut self, native: &mut NativeCritic, b: &TensorBatch, mark: Mark) -> Result<Metrics> {
-        let (next_chunk, mut metrics) = self.select_next(b, mark)?;
+    /// The critic's TD target (valuing `next_chunk` with the target members), its loss and
+    /// the loss's gradients — in the parameters' `.grad` on libtorch, in the native update's
+    /// flat gradient on the native kernels — and the critic's metrics. Stops on a non-finite
+    /// loss before the critic's parameters change.
+    fn critic_gradients(&mut self, b: &TensorBatch, next_chunk: &Tensor, mark: Mark) -> Result<Metrics> {
         let h = self.shape.horizon;
+        let Some(native) = self.native_critic.as_mut() else {
+            let target = {
+                let _no_grad = tch::no_grad_guard();
+                let next_v =
+                    self.critic.config().aggregate.apply(&self.critic.q_target(&b.next_observations, next_chunk));
+                self.critic.td_target(&b.rewards, &b.masks, &next_v, h)
+            };
+            mark("target: value");
+            let last_valid = b.valid.select(1, h as i64 - 1);
+            let (loss, metrics) = self.critic.td_loss(&b.observations, &b.actions, &target, &last_valid);
+            mark("critic: loss");
+            let cl = loss.double_value(&[]);
+            anyhow::ensure!(cl.is_finite(), "non-finite critic loss {cl}; stopping, the last checkpoint is kept");
+            self.critic_opt.zero_grad();
+            loss.backward();
+            mark("critic: backward");
+            return Ok(metrics);
+        };
         let (rewards, masks) = (host(&b.rewards), host(&b.masks));
         let target =
-            native.td_target(&self.critic, &host(&b.next_observations), &host(&next_chunk), &rewards, &masks, h);
+            native.td_target(&self.critic, &host(&b.next_observations), &host(next_chunk), &rewards, &masks, h);
         mark("target: value");
         let valid = host(&b.valid.select(1, h as i64 - 1));
         let (cl, q) = native.loss_and_grads(&self.critic, &host(&b.observations), &host(&b.actions), &target, &valid);
         mark("critic: loss and backward (native)");
         anyhow::ensure!(cl.is_finite(), "non-finite critic loss {cl}; stopping, the last checkpoint is kept");
-        let actor_data = self.actor_data(b);
-        self.critic_opt.step_flat(&native.grads.flat)?;
-        mark("critic: adam");
-        let actor_metrics = self.actor_update(b, actor_data, mark)?;
-        self.critic.soft_update();
-        mark("polyak");
         let all = q.iter().flatten().copied();
         let rows = target.len().max(1);
         let aggregate = self.critic.config().aggregate;
         let q_data = (0..rows).map(|r| crate::native_critic::combine(aggregate, q.iter().map(|m| m[r]))).sum::<f32>();
         let scalar = |v: f64| Tensor::from(v as f32);
-        metrics.extend([
+        Ok(vec![
             ("critic/loss", scalar(cl)),
             ("critic/q_mean", scalar(all.clone().map(f64::from).sum::<f64>() / (q.len() * rows) as f64)),
             ("critic/q_max", scalar(f64::from(all.clone().fold(f32::NEG_INFINITY, f32::max)))),
             ("critic/q_min", scalar(f64::from(all.fold(f32::INFINITY, f32::min)))),
             ("critic/q_data", scalar(f64::from(q_data) / rows as f64)),
             ("critic/target_mean", scalar(target.iter().map(|&v| f64::from(v)).sum::<f64>() / rows as f64)),
-        ]);
-        metrics.extend(actor_metrics);
-        Ok(metrics)
+        ])
     }
 
     /// Every tensor of the agent's state, named, for a checkpoint, and the optimiser steps.
@@ -686,7 +689,11 @@ impl EnginePlan {
             Precision::F32 => "fp32",
         };
         let select = match self.select.native {
-            true => format!("{} ({precision})", self.select.why),
+            true => self.select.why.replacen(
+                &format!("native {}", self.isa),
+                &format!("native {} {precision}", self.isa),
+                1,
+            ),
             false => self.select.why.clone(),
         };
         format!(
