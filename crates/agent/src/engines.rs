@@ -9,7 +9,8 @@
 //! model, the kernel family and the shapes, so a run pays for it once per machine and network
 //! size (about a second at CPU sizes). Without timings — a run that skipped calibration, a
 //! test — `auto` falls back to a rule taken from the same kind of measurement: the native
-//! kernels win on AVX2 and AVX-512 CPUs, libtorch wins over the portable kernels.
+//! kernels win on AVX2 and AVX-512 CPUs, libtorch wins over the portable kernels (and over
+//! NEON, where nothing was measured yet: calibration decides there).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -142,13 +143,12 @@ pub fn decide(
                     choice(false, format!("libtorch: native {isa} is {speedup:.2}× libtorch {at}"))
                 }
             }
-            None if isa >= Isa::Avx2 => {
+            None if matches!(isa, Isa::Avx2 | Isa::Avx512) => {
                 choice(true, format!("native {isa}: the rule for {isa} CPUs (not calibrated at these shapes)"))
             }
             None => choice(
                 false,
-                "libtorch: the portable native kernels are slower (the rule for CPUs without AVX2; not calibrated)"
-                    .to_string(),
+                format!("libtorch: the rule for {isa} kernels (slower than libtorch where measured; not calibrated)"),
             ),
         },
     }
@@ -435,6 +435,7 @@ mod tests {
         assert!(decide(Step::Actor, Engine::Auto, Ok(()), None, Isa::Avx2).unwrap().native);
         assert!(decide(Step::Actor, Engine::Auto, Ok(()), None, Isa::Avx512).unwrap().native);
         assert!(!decide(Step::Actor, Engine::Auto, Ok(()), None, Isa::Portable).unwrap().native);
+        assert!(!decide(Step::Actor, Engine::Auto, Ok(()), None, Isa::Neon).unwrap().native);
     }
 
     #[test]

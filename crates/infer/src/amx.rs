@@ -14,6 +14,7 @@ const TILE_ROWS: usize = 16;
 /// Rows per block of the AMX kernel (the row count must be a multiple of this).
 pub const ROWS: usize = 2 * TILE_ROWS;
 /// K per tile step (32 bf16 = 64 bytes per A tile row).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const TILE_K: usize = 32;
 
 /// Whether AMX-BF16 can be used in this process (CPU support and the kernel's permission).
@@ -47,8 +48,10 @@ pub fn available() -> bool {
 
 /// The 64-byte tile configuration: palette 1, eight tiles of 16 rows × 64 bytes.
 #[repr(C, align(64))]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct TileConfig([u8; 64]);
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl TileConfig {
     fn new() -> Self {
         let mut c = [0u8; 64];

@@ -10,9 +10,9 @@
 //! Kernels, one family per [`Isa`] (fixed when a layer is built): an AVX-512F fp32 kernel (8
 //! rows × 32 columns, 16 accumulators), an AVX512-BF16 kernel of the same shape (bf16 inputs,
 //! fp32 accumulation), AMX tiles for bf16 where the CPU has them (blocks of 32 × 32,
-//! [`crate::amx`]); an AVX2 + FMA fp32 kernel (6 rows × 16 columns, 12 accumulators, over row
-//! blocks of [`MC`] rows so that a block of the input stays in L2 while every panel passes);
-//! and a portable fp32 loop (correct, not fast).
+//! [`crate::amx`]); AVX2 + FMA and NEON fp32 kernels (tiles of 6 rows × 16 columns over row
+//! blocks of [`MC`] rows copied so that a block of the input stays in cache, contiguous, while
+//! every panel passes); and a portable fp32 loop (correct, not fast).
 
 use crate::isa::Isa;
 
@@ -21,15 +21,16 @@ pub const NR: usize = 32;
 /// Rows per micro-kernel call.
 pub const MR: usize = 8;
 /// Depth of one pass of the micro-kernels over a panel (128 × 32 fp32 = 16 KB, in L1).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const KC: usize = 128;
-/// The AVX2 kernel copies a row-major input into tiles when this many panels (or more) pass
-/// over it; below, it reads the input in place.
+/// The AVX2 and NEON kernels copy a row-major input into tiles when this many panels (or more)
+/// pass over it; below, they read the input in place.
 const COPY_FROM_PANELS: usize = 4;
-/// Depth of one pass of the AVX2 kernel (its half panels are 16 columns wide: 256 × 16 fp32 =
-/// 16 KB in L1).
-const KC_AVX2: usize = 256;
-/// Rows of the input that the AVX2 kernel keeps in cache while it passes every panel over them
-/// (96 × 128 fp32 = 48 KB); a multiple of its 6-row tile.
+/// Depth of one pass of the AVX2 and NEON kernels (their half panels are 16 columns wide:
+/// 256 × 16 fp32 = 16 KB in L1).
+const KC_TILE: usize = 256;
+/// Rows of the input that the AVX2 and NEON kernels keep in cache while every panel passes
+/// over them (96 × 256 fp32 = 96 KB, in L2); a multiple of their 6-row tile.
 const MC: usize = 96;
 
 /// Arithmetic of the matrix products. Accumulation is always fp32.
@@ -284,6 +285,7 @@ impl PackedLinear {
             (Precision::Bf16, _) => "bf16 (AVX512-BF16)",
             (Precision::F32, Isa::Avx512) => "fp32 (AVX-512)",
             (Precision::F32, Isa::Avx2) => "fp32 (AVX2)",
+            (Precision::F32, Isa::Neon) => "fp32 (NEON)",
             (Precision::F32, Isa::Portable) => "fp32 (portable)",
         }
     }
@@ -326,6 +328,8 @@ impl PackedLinear {
             Isa::Avx512 => unsafe { self.forward_f32_avx512(a, rows, steps, biased, out) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { self.forward_f32_avx2(a, rows, steps, biased, out) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { self.forward_f32_neon(a, rows, steps, biased, out) },
             _ => self.forward_f32_portable(a, rows, steps, biased, out),
         }
     }
@@ -388,24 +392,40 @@ impl PackedLinear {
         }
     }
 
-    /// The AVX2 + FMA fp32 kernel. Loop order: K in blocks of [`KC_AVX2`], rows in blocks of
-    /// [`MC`], each block copied into tiles of 6 rows (`[k][6]`, so that the kernel's
-    /// broadcasts read one contiguous stream whatever the input's steps), then every panel in
-    /// two halves of 16 columns, each passed over the block tile by tile (12 accumulators, two
-    /// weight registers and a broadcast: 15 of the 16 YMM registers). Partial sums of later K
-    /// blocks go through the output buffer.
+    /// The AVX2 + FMA fp32 kernel: [`Self::blocked`] with its 6 × 16 tiles compiled for AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn forward_f32_avx2(&self, a: &[f32], rows: usize, steps: (usize, usize), biased: usize, out: &mut [f32]) {
+        self.blocked::<Avx2Tile>(a, rows, steps, biased, out)
+    }
+
+    /// The NEON fp32 kernel: [`Self::blocked`] with its 6 × 16 tiles of `vfmaq_f32` (NEON is
+    /// part of every aarch64 CPU).
+    #[cfg(target_arch = "aarch64")]
+    unsafe fn forward_f32_neon(&self, a: &[f32], rows: usize, steps: (usize, usize), biased: usize, out: &mut [f32]) {
+        self.blocked::<NeonTile>(a, rows, steps, biased, out)
+    }
+
+    /// The loops around the 6-row × 16-column tiles of the AVX2 and NEON kernels. Loop order: K
+    /// in blocks of [`KC_TILE`], rows in blocks of [`MC`], each block copied into tiles of 6
+    /// rows (`[k][6]`, so that the tiles' broadcasts read one contiguous stream whatever the
+    /// input's steps; a row-major input passed by few panels is read in place), then every
+    /// panel in two halves of 16 columns, each passed over the block tile by tile. Partial sums
+    /// of later K blocks go through the output buffer. Inlined into each kernel's entry point,
+    /// which compiles it for its instruction set.
+    ///
+    /// Safety: `T` runs on this CPU; the caller bounds every element read (rows × in_dim of `a`
+    /// at `steps`) and written (rows × n of `out`).
+    #[inline(always)]
+    unsafe fn blocked<T: Tile>(&self, a: &[f32], rows: usize, steps: (usize, usize), biased: usize, out: &mut [f32]) {
         let (k, n, (rs, cs)) = (self.k, self.n, steps);
-        // The copied block: MC × KC_AVX2 floats (96 KB) on the stack, written before it is read
-        // (only the real rows of a partial tile are written and read). A row-major input passed
-        // by few panels is read in place instead: the copy would cost more than it saves.
+        // The copied block: MC × KC_TILE floats (96 KB) on the stack, written before it is read
+        // (only the real rows of a partial tile are written and read).
         let copy = cs != 1 || n / NR >= COPY_FROM_PANELS;
-        let mut block = std::mem::MaybeUninit::<[f32; MC * KC_AVX2]>::uninit();
+        let mut block = std::mem::MaybeUninit::<[f32; MC * KC_TILE]>::uninit();
         let block = block.as_mut_ptr() as *mut f32;
-        for kc in (0..self.in_dim).step_by(KC_AVX2) {
-            let kend = (kc + KC_AVX2).min(self.in_dim);
+        for kc in (0..self.in_dim).step_by(KC_TILE) {
+            let kend = (kc + KC_TILE).min(self.in_dim);
             let depth = kend - kc;
             for m0 in (0..rows).step_by(MC) {
                 let mend = (m0 + MC).min(rows);
@@ -432,7 +452,7 @@ impl PackedLinear {
                             }
                             continue;
                         }
-                        let tile = Avx2Tile {
+                        let pass = TilePass {
                             w: self.f32_panels.as_ptr().add(p * k * NR + kc * NR + half * 16),
                             bias: self.bias.as_ptr().add(col),
                             depth,
@@ -449,12 +469,12 @@ impl PackedLinear {
                             };
                             let cp = out.as_mut_ptr().add(r0 * n + col);
                             match mend - r0 {
-                                1 => tile.run::<1>(ap, cp, r0),
-                                2 => tile.run::<2>(ap, cp, r0),
-                                3 => tile.run::<3>(ap, cp, r0),
-                                4 => tile.run::<4>(ap, cp, r0),
-                                5 => tile.run::<5>(ap, cp, r0),
-                                _ => tile.run::<6>(ap, cp, r0),
+                                1 => T::run::<1>(&pass, ap, cp, r0),
+                                2 => T::run::<2>(&pass, ap, cp, r0),
+                                3 => T::run::<3>(&pass, ap, cp, r0),
+                                4 => T::run::<4>(&pass, ap, cp, r0),
+                                5 => T::run::<5>(&pass, ap, cp, r0),
+                                _ => T::run::<6>(&pass, ap, cp, r0),
                             }
                         }
                     }
@@ -548,11 +568,11 @@ impl PackedLinear {
     }
 }
 
-/// One pass of the AVX2 kernel over 16 columns of a panel: its weights from the K block's
-/// first row (row stride [`NR`]), its bias, the K block's depth, whether earlier K blocks left
-/// partial sums in the output, the output stride, and the rows that take the bias.
-#[cfg(target_arch = "x86_64")]
-struct Avx2Tile {
+/// One pass of a 6 × 16 tile kernel over 16 columns of a panel: its weights from the K
+/// block's first row (row stride [`NR`]), its bias, the K block's depth, whether earlier K
+/// blocks left partial sums in the output, the output stride, the rows that take the bias, and
+/// the (row, k) steps of the tile's input.
+struct TilePass {
     w: *const f32,
     bias: *const f32,
     depth: usize,
@@ -562,26 +582,38 @@ struct Avx2Tile {
     steps: (usize, usize),
 }
 
+/// A micro-kernel of [`PackedLinear::blocked`]: `R` ≤ 6 rows from input row `r0` (at `ap`,
+/// element (i, k) at `i·steps.0 + k·steps.1`) into 16 output columns at `cp`: the bias (rows
+/// before `biased`, first K block) or the partial sums in `cp` (later K blocks), plus the
+/// products over the K block.
+trait Tile {
+    /// Safety: the instruction set of the implementation runs on this CPU; `ap`, `cp` and the
+    /// pass's pointers cover what the tile reads and writes.
+    unsafe fn run<const R: usize>(pass: &TilePass, ap: *const f32, cp: *mut f32, r0: usize);
+}
+
+/// AVX2 + FMA: 12 accumulators, two weight registers and a broadcast (15 of the 16 YMM
+/// registers).
 #[cfg(target_arch = "x86_64")]
-impl Avx2Tile {
-    /// `R` rows from input row `r0` (at `ap`, element (i, k) at `i·steps.0 + k·steps.1`) into the output at
-    /// `cp`: the bias (rows before `biased`, first K block) or the partial sums in `cp` (later
-    /// K blocks), plus the products over the K block.
+struct Avx2Tile;
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for Avx2Tile {
     #[inline(always)]
-    unsafe fn run<const R: usize>(&self, ap: *const f32, cp: *mut f32, r0: usize) {
+    unsafe fn run<const R: usize>(pass: &TilePass, ap: *const f32, cp: *mut f32, r0: usize) {
         use std::arch::x86_64::*;
-        let (n, (rs, ks)) = (self.n, self.steps);
+        let (n, (rs, ks)) = (pass.n, pass.steps);
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for (i, a) in acc.iter_mut().enumerate() {
-            if self.accumulate {
+            if pass.accumulate {
                 *a = [_mm256_loadu_ps(cp.add(i * n)), _mm256_loadu_ps(cp.add(i * n + 8))];
-            } else if r0 + i < self.biased {
-                *a = [_mm256_loadu_ps(self.bias), _mm256_loadu_ps(self.bias.add(8))];
+            } else if r0 + i < pass.biased {
+                *a = [_mm256_loadu_ps(pass.bias), _mm256_loadu_ps(pass.bias.add(8))];
             }
         }
-        for kk in 0..self.depth {
-            let w0 = _mm256_loadu_ps(self.w.add(kk * NR));
-            let w1 = _mm256_loadu_ps(self.w.add(kk * NR + 8));
+        for kk in 0..pass.depth {
+            let w0 = _mm256_loadu_ps(pass.w.add(kk * NR));
+            let w1 = _mm256_loadu_ps(pass.w.add(kk * NR + 8));
             for (i, a) in acc.iter_mut().enumerate() {
                 let x = _mm256_set1_ps(*ap.add(i * rs + kk * ks));
                 a[0] = _mm256_fmadd_ps(x, w0, a[0]);
@@ -591,6 +623,42 @@ impl Avx2Tile {
         for (i, a) in acc.iter().enumerate() {
             _mm256_storeu_ps(cp.add(i * n), a[0]);
             _mm256_storeu_ps(cp.add(i * n + 8), a[1]);
+        }
+    }
+}
+
+/// NEON: 24 accumulators, four weight registers and a broadcast (29 of the 32 vector
+/// registers).
+#[cfg(target_arch = "aarch64")]
+struct NeonTile;
+
+#[cfg(target_arch = "aarch64")]
+impl Tile for NeonTile {
+    #[inline(always)]
+    unsafe fn run<const R: usize>(pass: &TilePass, ap: *const f32, cp: *mut f32, r0: usize) {
+        use std::arch::aarch64::*;
+        let (n, (rs, ks)) = (pass.n, pass.steps);
+        let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+        for (i, a) in acc.iter_mut().enumerate() {
+            if pass.accumulate {
+                *a = [0, 4, 8, 12].map(|j| vld1q_f32(cp.add(i * n + j)));
+            } else if r0 + i < pass.biased {
+                *a = [0, 4, 8, 12].map(|j| vld1q_f32(pass.bias.add(j)));
+            }
+        }
+        for kk in 0..pass.depth {
+            let w = [0, 4, 8, 12].map(|j| vld1q_f32(pass.w.add(kk * NR + j)));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let x = vdupq_n_f32(*ap.add(i * rs + kk * ks));
+                for (aj, &wj) in a.iter_mut().zip(&w) {
+                    *aj = vfmaq_f32(*aj, x, wj);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            for (j, &v) in a.iter().enumerate() {
+                vst1q_f32(cp.add(i * n + 4 * j), v);
+            }
         }
     }
 }

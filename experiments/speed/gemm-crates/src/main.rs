@@ -186,17 +186,26 @@ fn main() {
     }
 
     let shapes: [(usize, usize); 5] = [(32, 256), (64, 256), (2048, 256), (64, 512), (2048, 512)];
-    println!("Single-threaded fp32 GFLOP/s (2·M·K·N per call, bias included; median of {batches} batch(es) ≥ {min_batch} s)\n");
+    println!("Single-threaded fp32 GFLOP/s (2·M·K·N per call, bias included; median of {batches} rounds, the methods in turn, each batch ≥ {min_batch} s)\n");
     println!("| M | K=N | PackedLinear | matrixmultiply 0.3.11 | gemm 0.19.0 |");
     println!("|---:|---:|---:|---:|---:|");
     for (m, kn) in shapes {
         let cs = Case::new(m, kn, kn);
         let flops = 2.0 * (m * kn * kn) as f64;
         let mut p = Packed::new(&cs);
-        let t_pl = time_per_call(|| { p.forward(m); black_box(&p.out); }, min_batch, batches);
         let mut c = vec![0.0; m * kn];
-        let t_mm = time_per_call(|| { mm_forward(&cs, &mut c); black_box(&c); }, min_batch, batches);
-        let t_gm = time_per_call(|| { gemm_forward(&cs, &mut c); black_box(&c); }, min_batch, batches);
+        // The three methods in turn, one batch each per round (the shared VM's speed drifts).
+        let (mut pl, mut mm, mut gm) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..batches {
+            pl.push(time_per_call(|| { p.forward(m); black_box(&p.out); }, min_batch, 1));
+            mm.push(time_per_call(|| { mm_forward(&cs, &mut c); black_box(&c); }, min_batch, 1));
+            gm.push(time_per_call(|| { gemm_forward(&cs, &mut c); black_box(&c); }, min_batch, 1));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (t_pl, t_mm, t_gm) = (median(pl), median(mm), median(gm));
         let g = |t: f64| flops / t / 1e9;
         println!("| {m} | {kn} | {:.1} | {:.1} | {:.1} |", g(t_pl), g(t_mm), g(t_gm));
     }
