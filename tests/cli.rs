@@ -203,7 +203,8 @@ fn speed_benchmarks_compare_every_method_in_one_run() {
     }
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&train_json).unwrap()).unwrap();
     // Native rows name their kernels ("native avx2 f32"): compare without them.
-    let engine = |s: &str| if s.starts_with("native ") { format!("native {}", s.rsplit(' ').next().unwrap()) } else { s.into() };
+    let engine =
+        |s: &str| if s.starts_with("native ") { format!("native {}", s.rsplit(' ').next().unwrap()) } else { s.into() };
     let mut runs: Vec<(&str, String)> =
         rows.iter().filter_map(|r| Some((r["matmul"].as_str()?, engine(r["select"].as_str()?)))).collect();
     runs.dedup(); // the actor engines of one precision and selection engine are adjacent rows
