@@ -81,6 +81,14 @@ pub struct TensorBatch {
 }
 
 impl TensorBatch {
+    /// `batch` windows of `horizon` steps with made-up values ([`fill_synthetic`]) on `device`:
+    /// the shapes of a real batch, for timing (the engine calibration, the benchmarks).
+    pub fn synthetic(batch: usize, horizon: usize, obs_dim: usize, act_dim: usize, device: Device) -> Self {
+        let mut b = ChunkBatch::new(batch, horizon, obs_dim, act_dim);
+        fill_synthetic(&mut b);
+        Self::from_chunks(&b, device)
+    }
+
     /// Copies a host batch to `device`.
     pub fn from_chunks(b: &ChunkBatch, device: Device) -> Self {
         let t = |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
@@ -638,6 +646,21 @@ impl Agent {
         self.critic_opt.load_state(tensors, "critic_opt/", steps[1])?;
         Ok(())
     }
+}
+
+/// Fills `b` with fixed made-up values: observations in [−0.5, 0.5), the next observations
+/// equal to them, actions in [−1, 1), rewards −1, every mask and step valid.
+pub fn fill_synthetic(b: &mut ChunkBatch) {
+    for (i, x) in b.observations.iter_mut().enumerate() {
+        *x = ((i * 7919) % 997) as f32 / 997.0 - 0.5;
+    }
+    b.next_observations.copy_from_slice(&b.observations);
+    for (i, x) in b.actions.iter_mut().enumerate() {
+        *x = ((i * 104_729) % 1999) as f32 / 1000.0 - 1.0;
+    }
+    b.rewards.fill(-1.0);
+    b.masks.fill(1.0);
+    b.valid.fill(1.0);
 }
 
 /// Which engine runs each step of an agent, and why: resolved once, in [`Agent::new`], from

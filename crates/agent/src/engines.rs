@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use mvp_infer::Isa;
-use mvp_replay::ChunkBatch;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -364,19 +363,7 @@ impl Variant {
     fn new(obs: usize, act: usize, config: &AgentConfig) -> Result<Self> {
         let mut agent = Agent::new(obs, act, config, Device::Cpu)?;
         agent.set_diagnostics(false);
-        let (h, batch) = (config.horizon, config.batch_size);
-        let mut b = ChunkBatch::new(batch, h, obs, act);
-        for (i, x) in b.observations.iter_mut().enumerate() {
-            *x = ((i * 7919) % 997) as f32 / 997.0 - 0.5;
-        }
-        b.next_observations.copy_from_slice(&b.observations);
-        for (i, x) in b.actions.iter_mut().enumerate() {
-            *x = ((i * 104_729) % 1999) as f32 / 1000.0 - 1.0;
-        }
-        b.rewards.fill(-1.0);
-        b.masks.fill(1.0);
-        b.valid.fill(1.0);
-        let batch = TensorBatch::from_chunks(&b, Device::Cpu);
+        let batch = TensorBatch::synthetic(config.batch_size, config.horizon, obs, act, Device::Cpu);
         for _ in 0..WARMUP {
             agent.update(&batch)?;
         }

@@ -443,26 +443,6 @@ struct PhaseRow {
     gflop: Option<f64>,
 }
 
-/// A synthetic batch with the shapes of a real one (values do not matter for speed).
-fn synthetic_batch(batch: usize, h: usize, c: &Common, device: Device) -> TensorBatch {
-    let mut b = ChunkBatch::new(batch, h, c.obs_dim, c.action_dim);
-    fill_synthetic(&mut b);
-    TensorBatch::from_chunks(&b, device)
-}
-
-fn fill_synthetic(b: &mut ChunkBatch) {
-    for (i, x) in b.observations.iter_mut().enumerate() {
-        *x = ((i * 7919) % 997) as f32 / 997.0 - 0.5;
-    }
-    b.next_observations.copy_from_slice(&b.observations);
-    for (i, x) in b.actions.iter_mut().enumerate() {
-        *x = ((i * 104729) % 1999) as f32 / 1000.0 - 1.0;
-    }
-    b.rewards.fill(-1.0);
-    b.masks.fill(1.0);
-    b.valid.fill(1.0);
-}
-
 /// GFLOP of the matrix products of each phase of one update (forward = 1×, backward = 2× the
 /// forward's MACs; the JVP adds a forward's worth, IVC another forward).
 fn phase_gflop(c: &Common, config: &AgentConfig, batch: usize) -> Vec<(&'static str, f64)> {
@@ -559,7 +539,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 }
                 // As in training, where only the logged updates (1 in 100 or more) compute them.
                 agent.set_diagnostics(false);
-                let batch = synthetic_batch(args.batch, config.horizon, c, device);
+                let batch = TensorBatch::synthetic(args.batch, config.horizon, c.obs_dim, c.action_dim, device);
                 for _ in 0..3 {
                     agent.update(&batch)?;
                 }
@@ -732,7 +712,7 @@ impl Sampler {
     fn new(c: &Common, batch: usize) -> Result<Self> {
         let mut buffer = ReplayBuffer::new(100_000, c.obs_dim, c.action_dim)?;
         let mut row = ChunkBatch::new(1, 1, c.obs_dim, c.action_dim);
-        fill_synthetic(&mut row);
+        mvp_agent::agent::fill_synthetic(&mut row);
         for i in 0..100_000 {
             buffer.push(
                 &row.observations,
