@@ -76,6 +76,10 @@ impl Step {
         self as usize
     }
 
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
     /// The step's engine in `config`.
     pub fn engine(self, config: &AgentConfig) -> Engine {
         match self {
@@ -154,15 +158,18 @@ pub fn decide(
 }
 
 /// What [`calibrate`] measured for one agent configuration on this CPU.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Calibration {
+    /// The steps calibrated (one bit per [`Step`]), timed or found unable to run natively.
+    #[serde(default)]
+    pub tried: u8,
     /// Per step, where both engines were timed.
     pub select: Option<StepTimes>,
     /// The critic's update.
     pub critic: Option<StepTimes>,
     /// The actor's update.
     pub actor: Option<StepTimes>,
-    /// Seconds the calibration took (0 where it came from the cache).
+    /// Seconds the last calibration of these shapes took.
     #[serde(default)]
     pub seconds: f64,
     /// Whether it was read from the cache rather than measured now.
@@ -247,7 +254,7 @@ pub fn cached(obs_dim: usize, action_dim: usize, config: &AgentConfig) -> Option
     let key = cache_key(obs_dim, action_dim, config, Isa::active());
     let memory = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = memory.get(&key) {
-        return Some(c.clone());
+        return Some(Calibration { cached: true, ..c.clone() });
     }
     read_cache().remove(&key).map(|c| Calibration { cached: true, ..c })
 }
@@ -270,21 +277,40 @@ pub fn calibrate(
     if !has_auto(config) || device != Device::Cpu || config.imitation {
         return Ok(None);
     }
-    if let Some(c) = cached(obs_dim, action_dim, config) {
-        return Ok(Some(c));
+    // Steps left to `auto` that no earlier calibration of these shapes timed (another run may
+    // have left other steps to `auto`): only those are timed now, and added to the entry.
+    let before = cached(obs_dim, action_dim, config);
+    let tried = before.as_ref().map_or(0, |c| c.tried);
+    let missing: Vec<Step> =
+        Step::ALL.into_iter().filter(|&s| s.engine(config) == Engine::Auto && tried & s.bit() == 0).collect();
+    if missing.is_empty() {
+        return Ok(before);
+    }
+    let mut only = config.clone();
+    for s in Step::ALL.into_iter().filter(|s| s.engine(config) == Engine::Auto && !missing.contains(s)) {
+        s.set(&mut only, Engine::Libtorch);
     }
     let key = cache_key(obs_dim, action_dim, config, Isa::active());
     let start = Instant::now();
-    let (select, critic, actor) = match time_steps(obs_dim, action_dim, config) {
-        Ok([s, c, a]) => (s, c, a),
+    let times = match time_steps(obs_dim, action_dim, &only) {
+        Ok(t) => t,
         Err(e) => {
             // The throwaway agents failed (a diverging learning rate, say): the run itself
             // decides what to do about that; `auto` takes the rule.
             tracing::warn!("the engine calibration failed ({e:#}); `auto` follows the rule for {}", Isa::active());
-            return Ok(None);
+            return Ok(before);
         }
     };
-    let calibration = Calibration { select, critic, actor, seconds: start.elapsed().as_secs_f64(), cached: false };
+    let mut calibration = before.unwrap_or_default();
+    for s in missing {
+        calibration.tried |= s.bit();
+        match s {
+            Step::Select => calibration.select = times[0],
+            Step::Critic => calibration.critic = times[1],
+            Step::Actor => calibration.actor = times[2],
+        }
+    }
+    (calibration.seconds, calibration.cached) = (start.elapsed().as_secs_f64(), false);
     MEMORY.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), calibration.clone());
     if let Err(e) = write_cache(&key, &calibration) {
         tracing::warn!("the engine calibration could not be cached ({e:#}); it will run again next time");
@@ -468,6 +494,11 @@ mod tests {
         // Another process finds it on disk.
         MEMORY.lock().unwrap().clear();
         assert!(cached(9, 2, &config).expect("read back from the cache file").cached);
+        // A run that leaves the critic to `auto` as well times only the critic, and keeps the rest.
+        let all_auto = AgentConfig { critic_engine: Engine::Auto, ..config.clone() };
+        let merged = calibrate(9, 2, &all_auto, Device::Cpu).unwrap().unwrap();
+        assert!(merged.critic.is_some() && merged.select == c.select && merged.actor == c.actor, "{merged:?}");
+        assert!(calibrate(9, 2, &all_auto, Device::Cpu).unwrap().unwrap().cached, "nothing left to time");
         std::env::remove_var("MVP_CACHE_DIR");
     }
 
