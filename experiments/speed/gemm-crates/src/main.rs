@@ -185,7 +185,7 @@ fn main() {
         println!("  OK (all < 1e-3)\n");
     }
 
-    let shapes: [(usize, usize); 5] = [(32, 256), (64, 256), (2048, 256), (64, 512), (2048, 512)];
+    let shapes: [(usize, usize); 7] = [(32, 256), (64, 256), (256, 256), (2048, 256), (64, 512), (256, 512), (2048, 512)];
     println!("Single-threaded fp32 GFLOP/s (2·M·K·N per call, bias included; median of {batches} rounds, the methods in turn, each batch ≥ {min_batch} s)\n");
     println!("| M | K=N | PackedLinear | matrixmultiply 0.3.11 | gemm 0.19.0 |");
     println!("|---:|---:|---:|---:|---:|");
