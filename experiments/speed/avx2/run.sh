@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../../.."
 B=${MVP_BIN:-target/release/mvp}
 out=experiments/speed/avx2
 export OMP_NUM_THREADS=1
-lscpu | grep -E "Model name|Flags" > $out/lscpu.txt
+lscpu | grep -E "Model name|CPU family|^Model:|Flags" > $out/lscpu.txt
 $B --log warn bench gemm --rows 32,64,2048 --dim 256 --seconds 2 --json $out/gemm_256.json > $out/gemm_256.md
 $B --log warn bench gemm --rows 64,256,2048 --dim 512 --seconds 2 --json $out/gemm_512.json > $out/gemm_512.md
 # libtorch and native for every step, every combination, timed in interleaved rounds
