@@ -136,7 +136,7 @@ pub struct AgentConfig {
     /// Where the TD target's generate-and-select (N candidates at every next state of the
     /// batch, scored by the online critic) runs, and with it acting (collection, evaluation,
     /// videos): `auto` (the faster engine at the run's shapes on this CPU, measured at start-up
-    /// and cached; see `docs` and `mvp_agent::engines`), `libtorch`, or `native` (CPU, actors
+    /// and cached; see [`crate::engines`]), `libtorch`, or `native` (CPU, actors
     /// with a native path: MVP, and flow with raw time features). The native engine is
     /// re-packed from the current weights before every target and gets the same noise as
     /// libtorch would; in fp32 it selects the same chunks within rounding. It is most of an

@@ -33,19 +33,7 @@ fn agent_on(actor: ActorConfig, select_engine: Engine) -> Agent {
     config.critic.network.hidden = vec![256; 3];
     let mut agent = Agent::new(S, A, &config, Device::Cpu).unwrap();
     // A few updates so the weights are not at their initial values (biases, LayerNorm).
-    let batch = mvp_replay::ChunkBatch::new(16, 5, S, A);
-    let mut b = batch;
-    for (i, x) in b.observations.iter_mut().enumerate() {
-        *x = ((i * 31) % 17) as f32 / 17.0 - 0.5;
-    }
-    b.next_observations.copy_from_slice(&b.observations);
-    for (i, x) in b.actions.iter_mut().enumerate() {
-        *x = ((i * 13) % 19) as f32 / 9.5 - 1.0;
-    }
-    b.rewards.fill(-1.0);
-    b.masks.fill(1.0);
-    b.valid.fill(1.0);
-    let tb = mvp_agent::TensorBatch::from_chunks(&b, Device::Cpu);
+    let tb = mvp_agent::TensorBatch::synthetic(16, 5, S, A, Device::Cpu);
     for _ in 0..3 {
         agent.update(&tb).unwrap();
     }
