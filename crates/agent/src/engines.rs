@@ -250,6 +250,42 @@ fn cache_file() -> Option<PathBuf> {
     Some(dir.join("engine-calibration.json"))
 }
 
+/// The file in a run directory that records which engine each step ran on.
+pub const RECORD_FILE: &str = "engines.json";
+
+/// Writes which engine each step of `agent` runs on into `run_dir` (once: a resume keeps the
+/// first start's record).
+pub fn record(run_dir: &std::path::Path, agent: &Agent) -> Result<()> {
+    let path = run_dir.join(RECORD_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let plan = agent.engines();
+    let engine = |native: bool| if native { Engine::Native } else { Engine::Libtorch };
+    let record = serde_json::json!({
+        "select": engine(plan.select.native),
+        "critic": engine(plan.critic.native),
+        "actor": engine(plan.actor.native),
+        "isa": plan.isa.name(),
+        "why": plan.describe(),
+    });
+    std::fs::write(&path, serde_json::to_vec_pretty(&record)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `config` with its `auto` steps set to the engines recorded in `run_dir` by the run's first
+/// start; `None` where there is no (readable) record.
+pub fn read_recorded(run_dir: &std::path::Path, config: &AgentConfig) -> Option<AgentConfig> {
+    let text = std::fs::read(run_dir.join(RECORD_FILE)).ok()?;
+    let record: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let mut c = config.clone();
+    for (s, key) in [(Step::Select, "select"), (Step::Critic, "critic"), (Step::Actor, "actor")] {
+        if s.engine(config) == Engine::Auto {
+            s.set(&mut c, serde_json::from_value(record.get(key)?.clone()).ok()?);
+        }
+    }
+    Some(c)
+}
+
 /// Calibrations of this process, and a lock that keeps two from running at once.
 static MEMORY: Mutex<BTreeMap<String, Calibration>> = Mutex::new(BTreeMap::new());
 
@@ -515,6 +551,35 @@ mod tests {
         assert!(merged.critic.is_some() && merged.select == c.select && merged.actor == c.actor, "{merged:?}");
         assert!(calibrate(9, 2, &all_auto, Device::Cpu).unwrap().unwrap().cached, "nothing left to time");
         std::env::remove_var("MVP_CACHE_DIR");
+    }
+
+    /// A run records its engines once; a resume reads them back into its `auto` steps and
+    /// leaves explicit ones alone.
+    #[test]
+    fn a_runs_engines_are_recorded_and_read_back_for_auto_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig { batch_size: 8, ..AgentConfig::default() };
+        config.critic.network.hidden = vec![16];
+        (config.select_engine, config.critic_engine, config.actor_engine) =
+            (Engine::Libtorch, Engine::Native, Engine::Libtorch);
+        let agent = Agent::new(5, 2, &config, Device::Cpu).unwrap();
+        assert!(read_recorded(dir.path(), &config).is_none());
+        record(dir.path(), &agent).unwrap();
+        let auto = AgentConfig {
+            select_engine: Engine::Auto,
+            critic_engine: Engine::Auto,
+            actor_engine: Engine::Native,
+            ..config.clone()
+        };
+        let back = read_recorded(dir.path(), &auto).unwrap();
+        assert_eq!(
+            (back.select_engine, back.critic_engine, back.actor_engine),
+            (Engine::Libtorch, Engine::Native, Engine::Native)
+        );
+        // The first record stays.
+        let other = Agent::new(5, 2, &AgentConfig { critic_engine: Engine::Libtorch, ..config }, Device::Cpu).unwrap();
+        record(dir.path(), &other).unwrap();
+        assert_eq!(read_recorded(dir.path(), &auto).unwrap().critic_engine, Engine::Native);
     }
 
     #[test]

@@ -147,13 +147,27 @@ impl Trainer {
             mvp_rollout::make_pool(&e.name, e.eval_envs, e.eval_workers, e.eval_seed_offset, e.obs_history)?;
         let spec = collector.pool().spec().clone();
         let num_envs = collector.num_envs();
-        // Calibration (where `auto` steps have none cached for this CPU and these shapes) draws
-        // from libtorch's generator: before the seed.
-        if let Some(c) = crate::engines::calibrate(spec.obs_dim, spec.action_dim, &config.agent, device)? {
-            tracing::info!("{}", c.summary());
+        // The engines of `auto` steps: those the run's first start chose (a resume keeps them,
+        // whatever the shared calibration cache says since), else calibrated now. Calibration
+        // draws from libtorch's generator: before the seed.
+        let recorded = crate::engines::read_recorded(&run_dir, &config.agent);
+        if recorded.is_none() {
+            if let Some(c) = crate::engines::calibrate(spec.obs_dim, spec.action_dim, &config.agent, device)? {
+                tracing::info!("{}", c.summary());
+            }
         }
         tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
-        let agent = Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device)?;
+        let agent = match recorded.map(|a| Agent::new(spec.obs_dim, spec.action_dim, &a, device)) {
+            Some(Ok(agent)) => agent,
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!("the engines of the run's first start cannot run here ({e:#}); choosing anew");
+                    tch::manual_seed(step_seed(config.run.seed, u64::MAX) as i64);
+                }
+                Agent::new(spec.obs_dim, spec.action_dim, &config.agent, device)?
+            }
+        };
+        crate::engines::record(&run_dir, &agent)?;
         let mut buffer = ReplayBuffer::new(config.schedule.buffer_capacity, spec.obs_dim, spec.action_dim)?;
         let dataset = load_dataset(&config, &spec)?;
         let has_dataset = dataset.is_some();
