@@ -165,9 +165,16 @@ impl Agent {
             (Device::Cpu, Err(why)) => Err(why.to_string()),
             (other, _) => Err(format!("it runs on the CPU, the networks are on {other:?}")),
         };
-        let native_critic = check_native_update(device, &config.critic_optim)
+        // Not built where the config asks for libtorch (nothing would use it).
+        let wanted = |s: Step| match s.engine(config) {
+            crate::config::Engine::Libtorch => Err(anyhow::anyhow!("libtorch asked for")),
+            _ => Ok(()),
+        };
+        let native_critic = wanted(Step::Critic)
+            .and_then(|()| check_native_update(device, &config.critic_optim))
             .and_then(|precision| NativeCritic::new(&critic, &critic_opt, precision));
-        let native_actor = check_native_update(device, &config.actor_optim)
+        let native_actor = wanted(Step::Actor)
+            .and_then(|()| check_native_update(device, &config.actor_optim))
             .and_then(|precision| NativeActorUpdate::new(actor.as_ref(), &actor_opt, precision));
         fn reason<T>(r: &Result<T>) -> std::result::Result<(), String> {
             r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"))
