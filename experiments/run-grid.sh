@@ -11,7 +11,9 @@
 # sessions and new runs form one report. The report (results.csv, summary.md, curves.csv,
 # learning_curves.png, learning_curves_wallclock.png) and the commit go to RESULTS; each run's
 # resolved config is in RESULTS/runs/<run>/config.toml. EXTRA (environment) adds overrides to
-# every run.
+# every run. Under experiments/EXP/, the kept runs live packed in experiments/EXP/runs.tar.xz (the
+# unpacked runs/ folders are ignored by git): the grid unpacks it first (experiments/unpack.sh),
+# so earlier runs count as done, and packs the kept runs again at the end (experiments/pack.sh).
 #
 # FORK=PARENT:STEP (environment) makes each run continue the same seed's run of variant PARENT
 # (in the same RESULTS) from its checkpoint at STEP, with the variant's overrides
@@ -35,6 +37,11 @@ main() {
   read -r -a extra <<< "${EXTRA:-}"
   runs=runs/grid/${results#experiments/}
   mkdir -p "$runs" "$results"
+  exp=
+  if [[ $results == experiments/*/* ]]; then
+    exp=${results#experiments/}; exp=${exp%%/*}
+    if [[ -f experiments/$exp/runs.tar.xz ]]; then experiments/unpack.sh "$exp" | grep -v "^  "; fi
+  fi
   commit=${COMMIT:-$(git rev-parse HEAD)}
   if [[ -n "${MVP_BIN:-}" ]]; then
     mvp=$MVP_BIN
@@ -114,5 +121,6 @@ main() {
 
   $mvp report --runs "$results/runs" --out "$results" --title "$(basename "$results"): evaluation success (mean over $seeds seeds)"
   echo "$commit" > "$results/commit.txt"
+  if [[ -n $exp ]]; then experiments/pack.sh "$exp"; fi
 }
 main "$@"; exit

@@ -1,5 +1,6 @@
 """The CPU results table over every task folder of experiments/cpu-benchmark/.
 
+    experiments/unpack.sh cpu-benchmark    # first: the kept runs are packed in runs.tar.xz
     python3 experiments/cpu-benchmark/table.py [TASK_DIR ...] > experiments/cpu-benchmark/table.md
 
 Reads each kept run (`TASK/runs/<method>__seed<k>/{config.toml,metrics.jsonl}`, as
@@ -92,6 +93,8 @@ def task_table(task):
 
 def main(args):
     tasks = [pathlib.Path(a) for a in args] or sorted(p for p in ROOT.iterdir() if (p / "runs").is_dir())
+    if not tasks:
+        sys.exit("no TASK/runs/ folders here: run experiments/unpack.sh cpu-benchmark first")
     print("\n".join(task_table(t) for t in tasks))
 
 
