@@ -56,7 +56,7 @@ fn an_exported_policy_evaluates_without_its_run() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run_s = run.to_str().unwrap();
     // The run's own evaluation of its latest checkpoint on the native engine...
-    let by_run = mvp(&["eval", "--run", run_s, "--engine", "native-f32"]);
+    let by_run = mvp(&["eval", "--run", run_s, "--engine", "native"]);
     assert!(by_run.status.success(), "{}", String::from_utf8_lossy(&by_run.stderr));
     let policy = dir.path().join("policy");
     let out = mvp(&["export", "--run", run_s, "--out", policy.to_str().unwrap()]);
@@ -127,7 +127,7 @@ fn mvp_learns_the_native_task_offline_to_online() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["episodes"], 5);
     // The native acting engine keeps the trained policy's success.
-    let out = mvp(&["eval", "--run", run.to_str().unwrap(), "--episodes", "10", "--engine", "native-f32"]);
+    let out = mvp(&["eval", "--run", run.to_str().unwrap(), "--episodes", "10", "--engine", "native"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["success_rate"].as_f64().unwrap() >= 0.8, "native engine: {r}");
@@ -159,8 +159,11 @@ fn speed_benchmarks_compare_every_method_in_one_run() {
         .iter()
         .all(|r| r["median_ms"].as_f64().unwrap() > 0.0 && r["mflop_per_action"].as_f64().unwrap() > 0.0));
     // The native engine serves MVP, QC and BFN (not diffusion).
-    let native: Vec<&str> =
-        rows.iter().filter(|r| r["engine"] == "native-f32").filter_map(|r| r["method"].as_str()).collect();
+    let native: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["engine"]["engine"] == "native" && r["engine"]["precision"] == "f32")
+        .filter_map(|r| r["method"].as_str())
+        .collect();
     assert!(native.len() == 3 && !native.iter().any(|n| n.starts_with("diffusion")), "{native:?}");
     let out = mvp(&["bench", "gemm", "--rows", "8", "--dim", "64", "--seconds", "0.01"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -265,10 +265,10 @@ fn training_environments_on_ray_worker_actors_survive_a_killed_actor_and_a_lost_
     let n = buffer.num_starts(1);
     let mut one = mvp_replay::ChunkBatch::new(n, 1, buffer.obs_dim(), buffer.act_dim());
     buffer.chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut one).unwrap();
-    let d = buffer.obs_dim();
+    let (d, episode_ends) = (buffer.obs_dim(), buffer.episode_ends());
     let mut ends = 0;
     for k in 0..n.saturating_sub(1) {
-        if one.terminals[k] == 1.0 {
+        if episode_ends[k] {
             ends += 1;
         } else {
             let (next, following) =

@@ -300,6 +300,9 @@ pub struct ScheduleConfig {
     pub eval_interval: u64,
     /// Episodes per evaluation (paper: 50).
     pub eval_episodes: usize,
+    /// Episodes of the evaluation at the schedule's end (0 = `eval_episodes`): the points of
+    /// a learning curve can take fewer episodes than the final figure.
+    pub final_eval_episodes: usize,
     /// Actions of each chunk executed in evaluation before the policy is queried again:
     /// 0 = the whole chunk (h, open loop, as trained); 1 = receding horizon (closed loop).
     /// Training always executes whole chunks (the critic values whole chunks).
@@ -343,6 +346,7 @@ impl Default for ScheduleConfig {
             online_fraction: -1.0,
             eval_interval: 100_000,
             eval_episodes: 50,
+            final_eval_episodes: 0,
             eval_execute_steps: 0,
             eval_background: true,
             video_episodes: 0,
@@ -364,6 +368,17 @@ impl TrainConfig {
         let s = &self.schedule;
         let execute = if s.eval_execute_steps == 0 { self.agent.horizon } else { s.eval_execute_steps };
         (s.eval_episodes, execute, self.env.eval_seed_offset + self.run.seed * 10_000)
+    }
+
+    /// [`TrainConfig::eval_protocol`] of the evaluation at `step`: the schedule's last step
+    /// takes `schedule.final_eval_episodes` where set.
+    pub fn eval_protocol_at(&self, step: u64) -> (usize, usize, u64) {
+        let (episodes, execute, seed) = self.eval_protocol();
+        let s = &self.schedule;
+        match step == s.offline_steps + s.online_steps && s.final_eval_episodes > 0 {
+            true => (s.final_eval_episodes, execute, seed),
+            false => (episodes, execute, seed),
+        }
     }
 
     /// Reads `file` (if any), applies `KEY=VALUE` overrides, deserialises and validates.

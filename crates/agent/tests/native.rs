@@ -33,9 +33,10 @@ fn agent_on(actor: ActorConfig, select_engine: Engine) -> Agent {
     config.critic.network.hidden = vec![256; 3];
     let mut agent = Agent::new(S, A, &config, Device::Cpu).unwrap();
     // A few updates so the weights are not at their initial values (biases, LayerNorm).
-    let tb = mvp_agent::TensorBatch::synthetic(16, 5, S, A, Device::Cpu);
+    let mut b = mvp_replay::ChunkBatch::new(16, 5, S, A);
+    mvp_agent::agent::fill_synthetic(&mut b);
     for _ in 0..3 {
-        agent.update(&tb).unwrap();
+        agent.update(&b).unwrap();
     }
     agent
 }
@@ -148,11 +149,10 @@ fn selection_matches_libtorch(isa: Isa) {
         b.rewards.iter_mut().enumerate().for_each(|(i, r)| *r = -((i % 5) as f32));
         b.masks.iter_mut().enumerate().for_each(|(i, m)| *m = (i % 7 != 0) as i32 as f32);
         b.valid.fill(1.0);
-        let tb = mvp_agent::TensorBatch::from_chunks(&b, Device::Cpu);
         tch::manual_seed(11);
-        let (target_ref, chunk_ref) = reference.td_target(&tb).unwrap();
+        let (target_ref, chunk_ref) = reference.td_target(&b).unwrap();
         tch::manual_seed(11);
-        let (target_native, chunk_native) = native.td_target(&tb).unwrap();
+        let (target_native, chunk_native) = native.td_target(&b).unwrap();
         let (t_ref, t_nat, c_ref, c_nat) =
             (host(&target_ref), host(&target_native), host(&chunk_ref), host(&chunk_native));
         let d = 5 * A;
@@ -214,13 +214,12 @@ fn assert_updates_track(
         b.rewards.iter_mut().enumerate().for_each(|(i, r)| *r = -((i % 3) as f32));
         b.masks.iter_mut().enumerate().for_each(|(i, m)| *m = (i % 7 != 0) as i32 as f32);
         b.valid.iter_mut().enumerate().for_each(|(i, v)| *v = (i % 11 != 0) as i32 as f32);
-        let tb = mvp_agent::TensorBatch::from_chunks(&b, Device::Cpu);
         reference.set_num_samples(num_samples(step));
         native.set_num_samples(num_samples(step));
         tch::manual_seed(7 + step);
-        let m_ref = reference.update(&tb).unwrap();
+        let m_ref = reference.update(&b).unwrap();
         tch::manual_seed(7 + step);
-        let m_nat = native.update(&tb).unwrap();
+        let m_nat = native.update(&b).unwrap();
         for &key in keys {
             let (r, n) = (metric(&m_ref, key), metric(&m_nat, key));
             assert!((r - n).abs() <= tol * (1.0 + r.abs()), "update {step}: {key} {n} (native) vs {r} (libtorch)");
@@ -392,8 +391,7 @@ fn imitation_updates_train_the_actor_only() {
     }
     b.actions.iter_mut().enumerate().for_each(|(i, x)| *x = ((i * 5) % 9) as f32 / 4.5 - 1.0);
     b.valid.fill(1.0);
-    let tb = mvp_agent::TensorBatch::from_chunks(&b, Device::Cpu);
-    let metrics = agent.update(&tb).unwrap();
+    let metrics = agent.update(&b).unwrap();
     assert!(metrics.iter().all(|(name, _)| name.starts_with("actor/")), "{metrics:?}");
     for ((name, x), (_, y)) in before.iter().zip(&snapshot(&agent)) {
         let changed = x != y;
@@ -427,11 +425,10 @@ fn the_acting_actor_is_the_moving_average_of_the_trained_one() {
     b.observations.iter_mut().enumerate().for_each(|(i, x)| *x = (i % 7) as f32 / 7.0);
     b.actions.iter_mut().enumerate().for_each(|(i, x)| *x = ((i * 3) % 5) as f32 / 2.5 - 1.0);
     b.valid.fill(1.0);
-    let tb = mvp_agent::TensorBatch::from_chunks(&b, Device::Cpu);
     let mut expected = named(&agent, "actor/l0.weight");
     assert_eq!(named(&agent, "actor_ema/l0.weight"), expected, "the average starts at the initial weights");
     for _ in 0..3 {
-        agent.update(&tb).unwrap();
+        agent.update(&b).unwrap();
         let trained = named(&agent, "actor/l0.weight");
         expected.iter_mut().zip(&trained).for_each(|(e, t)| *e = 0.9 * *e + 0.1 * t);
         let ema = named(&agent, "actor_ema/l0.weight");

@@ -62,11 +62,14 @@ enum Command {
         /// Number of evaluation episodes (default: the run's or the policy's protocol, 50).
         #[arg(long)]
         episodes: Option<usize>,
-        /// Acting engine: libtorch (the training code; --run only), native-f32 or native-bf16
-        /// (mvp-infer, MVP and flow actors; bf16 needs AMX or AVX512-BF16). Default: libtorch
-        /// for --run, native-f32 for --policy.
+        /// Acting engine: libtorch (the training code; --run only) or native (mvp-infer, MVP
+        /// and flow actors). Default: libtorch for --run, native for --policy.
         #[arg(long, value_enum)]
-        engine: Option<EvalEngine>,
+        engine: Option<mvp_agent::config::Engine>,
+        /// The native engine's number format: f32, or bf16 (bf16 inputs and weights with fp32
+        /// accumulation; CPUs with AVX512-BF16).
+        #[arg(long, default_value = "f32")]
+        precision: mvp_nn::MatmulPrecision,
         /// Also record this many episodes as GIF videos (MuJoCo environments: OGBench,
         /// robomimic), offscreen.
         #[arg(long, default_value_t = 0)]
@@ -201,11 +204,11 @@ fn train(
             if config.is_some() {
                 anyhow::bail!("--resume uses the run's own config.toml; pass changes with --set instead of --config");
             }
-            let trainer = mvp_agent::Trainer::resume_from(&dir, &overrides, resume_step)?;
+            let trainer = mvp_train::Trainer::resume_from(&dir, &overrides, resume_step)?;
             trainer.record_overrides(&overrides)?;
             trainer
         }
-        None => mvp_agent::Trainer::new(mvp_agent::TrainConfig::load(config.as_deref(), &overrides)?)?,
+        None => mvp_train::Trainer::new(mvp_agent::TrainConfig::load(config.as_deref(), &overrides)?)?,
     };
     // Safe stop: the first SIGINT/SIGTERM lets the current update finish, writes a checkpoint
     // and ends the run with the command that resumes it; a second one stops at once.
@@ -295,15 +298,23 @@ fn sweep(file: PathBuf, address: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The engines `mvp eval` can act with.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum EvalEngine {
-    /// The training code (tch).
-    Libtorch,
-    /// mvp-infer in fp32.
-    NativeF32,
-    /// mvp-infer in bf16.
-    NativeBf16,
+/// How `mvp eval` acts: the engine (`None`: the default of --run or --policy) and the native
+/// engine's number format.
+struct Acting {
+    engine: Option<mvp_agent::config::Engine>,
+    precision: mvp_nn::MatmulPrecision,
+}
+
+impl Acting {
+    /// The native engine's format, or `None` for libtorch; `default` where no engine is named.
+    fn native(&self, default: mvp_agent::config::Engine) -> Option<mvp_infer::Precision> {
+        use mvp_agent::config::Engine;
+        match (self.engine.unwrap_or(default), self.precision) {
+            (Engine::Libtorch, _) => None,
+            (_, mvp_nn::MatmulPrecision::F32) => Some(mvp_infer::Precision::F32),
+            (_, mvp_nn::MatmulPrecision::Bf16) => Some(mvp_infer::Precision::Bf16),
+        }
+    }
 }
 
 /// What `mvp eval` is asked for besides the evaluation: videos.
@@ -318,23 +329,19 @@ fn eval(
     step: Option<u64>,
     policy: Option<PathBuf>,
     episodes: Option<usize>,
-    engine: Option<EvalEngine>,
+    acting: Acting,
     video: VideoArgs,
     mut overrides: Vec<String>,
 ) -> anyhow::Result<()> {
-    let precision = |e: EvalEngine| match e {
-        EvalEngine::Libtorch => None,
-        EvalEngine::NativeF32 => Some(mvp_infer::Precision::F32),
-        EvalEngine::NativeBf16 => Some(mvp_infer::Precision::Bf16),
-    };
+    use mvp_agent::config::Engine;
     let (r, videos) = match (run, policy) {
         (Some(run), _) => {
             if let Some(n) = episodes {
                 overrides.push(format!("schedule.eval_episodes={n}"));
             }
-            let mut eval = mvp_agent::RunEvaluation::open(&run, step, &overrides)?;
+            let mut eval = mvp_train::RunEvaluation::open(&run, step, &overrides)?;
             tracing::info!("evaluating the checkpoint of step {}", eval.step());
-            let precision = precision(engine.unwrap_or(EvalEngine::Libtorch));
+            let precision = acting.native(Engine::Libtorch);
             let r = match precision {
                 None => eval.evaluate()?,
                 Some(p) => eval.evaluate_native(p)?,
@@ -348,17 +355,17 @@ fn eval(
         }
         (None, Some(dir)) => {
             let file = mvp_infer::PolicyFile::load(&dir)?;
-            let Some(precision) = precision(engine.unwrap_or(EvalEngine::NativeF32)) else {
-                anyhow::bail!("an exported policy runs on native-f32 or native-bf16, not libtorch");
+            let Some(precision) = acting.native(Engine::Native) else {
+                anyhow::bail!("an exported policy runs on the native engine (--engine native), not libtorch");
             };
             let env = file.spec.metadata.get("env").and_then(|v| v.as_str()).unwrap_or("?").to_string();
             tracing::info!("evaluating the policy in {} on {env}", dir.display());
-            let r = mvp_agent::eval::evaluate_policy(&file, precision, episodes)?;
+            let r = mvp_train::eval::evaluate_policy(&file, precision, episodes)?;
             let videos = match video.episodes {
                 0 => Vec::new(),
                 k => {
                     let out = video.dir.unwrap_or_else(|| dir.join("videos"));
-                    mvp_agent::eval::record_policy(&file, precision, k, video.size, &out)?
+                    mvp_train::eval::record_policy(&file, precision, k, video.size, &out)?
                 }
             };
             (r, videos)
@@ -374,7 +381,7 @@ fn eval(
 }
 
 fn export(run: PathBuf, step: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
-    let file = mvp_agent::eval::export_run(&run, step, &[])?;
+    let file = mvp_train::eval::export_run(&run, step, &[])?;
     file.save(&out)?;
     let s = &file.spec;
     let step = s.metadata.get("step").and_then(|v| v.as_u64()).unwrap_or_default();
@@ -401,12 +408,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train { config, overrides, resume, resume_step, check: false } => {
             train(config, overrides, resume, resume_step)
         }
-        Command::Eval { run, step, policy, episodes, engine, video, video_size, video_dir, overrides } => {
+        Command::Eval { run, step, policy, episodes, engine, precision, video, video_size, video_dir, overrides } => {
             let [w, h] = video_size[..] else {
                 anyhow::bail!("--video-size takes WIDTH,HEIGHT (e.g. 256,256), got {video_size:?}");
             };
             let video = VideoArgs { episodes: video, size: [w, h], dir: video_dir };
-            eval(run, step, policy, episodes, engine, video, overrides)
+            eval(run, step, policy, episodes, Acting { engine, precision }, video, overrides)
         }
         Command::Data(DataCommand::Ogbench { env, episodes, out, workers, seed, episode_length, val_episodes }) => {
             let g = mvp_data::OgbenchGenerate {

@@ -2,7 +2,7 @@
 
 use rand::Rng;
 
-use crate::{check_shape, ChunkBatch, Dataset, ReplayError, Result};
+use crate::{check_shape, ChunkBatch, Dataset, ReplayError, Result, Transition};
 
 /// A fixed-capacity ring of single-step transitions (s, a, r, s', terminal, mask), stored as
 /// contiguous row-major `f32` arrays that grow up to `capacity` rows and are then overwritten
@@ -12,7 +12,7 @@ use crate::{check_shape, ChunkBatch, Dataset, ReplayError, Result};
 /// (a caller that drops an episode without closing it lets windows run on into the next one).
 /// The write head (the boundary between the oldest and the newest data) is treated as one
 /// more episode boundary: no sampled window ever straddles it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ReplayBuffer {
     pub(crate) capacity: usize,
     pub(crate) obs_dim: usize,
@@ -29,6 +29,8 @@ pub struct ReplayBuffer {
     pub(crate) terminals: Vec<f32>,
     /// Bootstrap mask: 0.0 only when s' is a true terminal state.
     pub(crate) masks: Vec<f32>,
+    /// What every stored reward passes through ([`ReplayBuffer::map_rewards`]).
+    pub(crate) reward_map: Option<fn(f32) -> f32>,
 }
 
 impl ReplayBuffer {
@@ -49,7 +51,15 @@ impl ReplayBuffer {
             rewards: Vec::new(),
             terminals: Vec::new(),
             masks: Vec::new(),
+            reward_map: None,
         })
+    }
+
+    /// Passes every reward stored from now on — the dataset's and the online ones alike —
+    /// through `map` (e.g. OGBench's sparse option, `env.sparse`): the one place a run's
+    /// rewards are transformed.
+    pub fn map_rewards(&mut self, map: fn(f32) -> f32) {
+        self.reward_map = Some(map);
     }
 
     /// Number of transitions stored.
@@ -77,26 +87,16 @@ impl ReplayBuffer {
         self.act_dim
     }
 
-    /// Appends one transition, overwriting the oldest when full. `terminal`: the episode ends
-    /// here (success or time limit); `mask`: bootstrap mask in [0, 1], 0 only when `next_obs`
-    /// is a true terminal state (1 at a time-limit truncation). The buffer does not require
+    /// Appends one transition, overwriting the oldest when full. The buffer does not require
     /// `mask = 0` to come with `terminal`; sampling treats the two independently.
-    pub fn push(
-        &mut self,
-        obs: &[f32],
-        action: &[f32],
-        reward: f32,
-        next_obs: &[f32],
-        terminal: bool,
-        mask: f32,
-    ) -> Result<()> {
-        check_shape("obs", obs.len(), &[self.obs_dim])?;
-        check_shape("action", action.len(), &[self.act_dim])?;
-        check_shape("next_obs", next_obs.len(), &[self.obs_dim])?;
-        if !(0.0..=1.0).contains(&mask) {
-            return Err(ReplayError::Invalid(format!("bootstrap mask must lie in [0, 1], got {mask}")));
+    pub fn push(&mut self, t: &Transition) -> Result<()> {
+        check_shape("obs", t.obs.len(), &[self.obs_dim])?;
+        check_shape("action", t.action.len(), &[self.act_dim])?;
+        check_shape("next_obs", t.next_obs.len(), &[self.obs_dim])?;
+        if !(0.0..=1.0).contains(&t.mask) {
+            return Err(ReplayError::Invalid(format!("bootstrap mask must lie in [0, 1], got {}", t.mask)));
         }
-        self.store(obs, action, reward, next_obs, terminal, mask);
+        self.store(&t.obs, &t.action, t.reward, &t.next_obs, t.terminal, t.mask);
         Ok(())
     }
 
@@ -117,6 +117,7 @@ impl ReplayBuffer {
 
     fn store(&mut self, obs: &[f32], action: &[f32], reward: f32, next_obs: &[f32], terminal: bool, mask: f32) {
         let terminal = if terminal { 1.0 } else { 0.0 };
+        let reward = self.reward_map.map_or(reward, |map| map(reward));
         if self.len < self.capacity {
             self.obs.extend_from_slice(obs);
             self.next_obs.extend_from_slice(next_obs);
@@ -144,6 +145,12 @@ impl ReplayBuffer {
             let newest = (self.pos + self.capacity - 1) % self.capacity;
             self.terminals[newest] = 1.0;
         }
+    }
+
+    /// Whether each stored transition ends its episode (success, time limit or a cut), oldest
+    /// first: the same order as the starts of [`ReplayBuffer::chunks_at`]. For audits.
+    pub fn episode_ends(&self) -> Vec<bool> {
+        (0..self.len).map(|i| self.terminals[(self.oldest() + i) % self.capacity] != 0.0).collect()
     }
 
     /// Row of the oldest stored transition (the write head once the ring is full).
@@ -256,7 +263,6 @@ impl ReplayBuffer {
         }
         out.rewards[b] = ret;
         out.masks[b] = mask;
-        out.terminals[b] = if ended { 1.0 } else { 0.0 };
         out.next_observations[b * od..][..od].copy_from_slice(&self.next_obs[j * od..][..od]);
     }
 }
@@ -274,7 +280,7 @@ mod tests {
             let t = *t0 as f32;
             let last = i + 1 == rewards.len();
             let mask = if last && success { 0.0 } else { 1.0 };
-            buf.push(&[t], &[10.0 * t], r, &[t + 0.5], last, mask).unwrap();
+            buf.push(&Transition::new(&[t], &[10.0 * t], r, &[t + 0.5], last, mask)).unwrap();
             *t0 += 1;
         }
     }
@@ -352,7 +358,7 @@ mod tests {
         let c = chunk(&buf, 1, 4, 0.5); // steps 1, 2 (success) | 3, 4 of the next episode
         assert_eq!(c.rewards, vec![-1.0]);
         assert_eq!(c.valid, vec![1.0, 1.0, 0.0, 0.0]);
-        assert_eq!((c.terminals[0], c.masks[0]), (1.0, 0.0));
+        assert_eq!(c.masks[0], 0.0);
         assert_eq!(c.actions, vec![10.0, 20.0, 30.0, 40.0], "invalid actions are still copied");
         assert_eq!(c.next_observations, vec![4.5], "s_{{k+h}} is the next obs of step k+h-1");
         assert_eq!(c.last_valid().collect::<Vec<_>>(), vec![0.0]);
@@ -364,7 +370,7 @@ mod tests {
         push_episode(&mut buf, &mut 0, &[1.0, 2.0, 4.0, 8.0, 0.0], false);
         let c = chunk(&buf, 1, 3, 0.5);
         assert_eq!(c.rewards, vec![2.0 + 0.5 * 4.0 + 0.25 * 8.0]);
-        assert_eq!((c.valid.as_slice(), c.masks[0], c.terminals[0]), (&[1.0; 3][..], 1.0, 0.0));
+        assert_eq!((c.valid.as_slice(), c.masks[0]), (&[1.0; 3][..], 1.0));
         assert_eq!((c.observations[0], c.next_observations[0]), (1.0, 3.5));
     }
 
@@ -375,9 +381,9 @@ mod tests {
         push_episode(&mut buf, &mut t, &[0.0; 3], true); // success at step 2
         push_episode(&mut buf, &mut t, &[0.0; 3], false); // time limit at step 5
         let success = chunk(&buf, 1, 2, 0.9);
-        assert_eq!((success.terminals[0], success.masks[0]), (1.0, 0.0));
+        assert_eq!(success.masks[0], 0.0);
         let truncated = chunk(&buf, 4, 2, 0.9);
-        assert_eq!((truncated.terminals[0], truncated.masks[0]), (1.0, 1.0));
+        assert_eq!(truncated.masks[0], 1.0);
         assert_eq!(truncated.last_valid().collect::<Vec<_>>(), vec![1.0]);
     }
 
@@ -395,7 +401,7 @@ mod tests {
     fn sampling_reuses_and_reshapes_the_batch() {
         let mut buf = ReplayBuffer::new(8, 2, 3).unwrap();
         for t in 0..8 {
-            buf.push(&[t as f32; 2], &[0.0; 3], 0.0, &[0.0; 2], t % 4 == 3, 1.0).unwrap();
+            buf.push(&Transition::new(&[t as f32; 2], &[0.0; 3], 0.0, &[0.0; 2], t % 4 == 3, 1.0)).unwrap();
         }
         let mut out = ChunkBatch::new(4, 2, 2, 3);
         let mut rng = StdRng::seed_from_u64(1);
@@ -406,11 +412,11 @@ mod tests {
     #[test]
     fn push_rejects_bad_shapes_and_masks() {
         let mut buf = ReplayBuffer::new(4, 3, 2).unwrap();
-        let err = buf.push(&[0.0; 3], &[0.0; 3], 0.0, &[0.0; 3], false, 1.0).unwrap_err();
+        let err = buf.push(&Transition::new(&[0.0; 3], &[0.0; 3], 0.0, &[0.0; 3], false, 1.0)).unwrap_err();
         assert_eq!(err.to_string(), "`action`: expected shape [2], got [3]");
-        assert!(buf.push(&[0.0; 2], &[0.0; 2], 0.0, &[0.0; 3], false, 1.0).is_err());
-        assert!(buf.push(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 4], false, 1.0).is_err());
-        assert!(buf.push(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 3], true, 2.0).is_err());
+        assert!(buf.push(&Transition::new(&[0.0; 2], &[0.0; 2], 0.0, &[0.0; 3], false, 1.0)).is_err());
+        assert!(buf.push(&Transition::new(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 4], false, 1.0)).is_err());
+        assert!(buf.push(&Transition::new(&[0.0; 3], &[0.0; 2], 0.0, &[0.0; 3], true, 2.0)).is_err());
         assert!(buf.is_empty());
         assert!(ReplayBuffer::new(0, 3, 2).is_err());
     }
@@ -453,10 +459,10 @@ mod tests {
     fn end_episode_cuts_windows_at_the_newest_transition() {
         let mut buf = ReplayBuffer::new(16, 1, 1).unwrap();
         for i in 0..6 {
-            buf.push(&[i as f32], &[0.0], -1.0, &[i as f32 + 1.0], false, 1.0).unwrap();
+            buf.push(&Transition::new(&[i as f32], &[0.0], -1.0, &[i as f32 + 1.0], false, 1.0)).unwrap();
         }
         buf.end_episode();
-        buf.push(&[100.0], &[0.0], -1.0, &[101.0], false, 1.0).unwrap();
+        buf.push(&Transition::new(&[100.0], &[0.0], -1.0, &[101.0], false, 1.0)).unwrap();
         let mut out = ChunkBatch::new(1, 3, 1, 1);
         buf.chunks_at(&[4], 3, 1.0, &mut out).unwrap();
         assert_eq!(out.valid, vec![1.0, 1.0, 0.0], "the window crossed the cut");

@@ -1,13 +1,14 @@
 //! The batch of action chunks that [`crate::ReplayBuffer::sample_chunks`] fills.
 
 /// A batch of `B` windows of `h` consecutive transitions s_k, a_k..a_{k+h-1}, s_{k+h}, with
-/// the Q-chunking (QC) semantics described on [`crate::ReplayBuffer::sample_chunks`]. Row-major `f32` arrays, reused across
-/// calls: allocate once with [`ChunkBatch::new`] and sample into it.
+/// the Q-chunking (QC) semantics described on [`crate::ReplayBuffer::sample_chunks`].
+/// Row-major `f32` arrays, reused across calls: allocate once with [`ChunkBatch::new`] and
+/// sample into it.
 ///
-/// **`masks` (bootstrap) and `terminals` (episode end) are different things.** `terminals`
-/// says the episode ended inside the window, by success *or* time limit; `masks` says whether
-/// the TD target may bootstrap from `next_observations`, and is 0 only when the window reached
-/// a true terminal state — a time-limit truncation ends the episode but keeps `masks = 1`.
+/// **`masks` (bootstrap) and the stored episode ends are different things.** An episode ends
+/// by success *or* time limit (which `valid` reflects); `masks` says whether the TD target may
+/// bootstrap from `next_observations`, and is 0 only when the window reached a true terminal
+/// state — a time-limit truncation ends the episode but keeps `masks = 1`.
 ///
 /// Validity: once the episode ends at step `i` of a window, steps `i+1..h` belong to another
 /// episode (or nothing) and are invalid. Their rewards and masks are not counted, but their
@@ -37,9 +38,6 @@ pub struct ChunkBatch {
     /// `[B]`: bootstrap mask, the minimum of the stored masks over the valid steps: 0 iff the
     /// window reached a true terminal state, 1 at a truncation. Multiplies γ^h·Q(s_{k+h}, ·).
     pub masks: Vec<f32>,
-    /// `[B]`: 1 iff the episode ended (success or time limit) at some step of the window (the
-    /// running maximum of the stored episode-end flags, taken at the last step).
-    pub terminals: Vec<f32>,
     /// `[B, h]`: valid_0 = 1, valid_i = 1 − (episode ended at one of steps 0..i−1).
     pub valid: Vec<f32>,
     /// `[B, obs_dim]`: the stored next observation of step k+h−1 (= s_{k+h}), the bootstrap
@@ -63,7 +61,6 @@ impl ChunkBatch {
         self.actions.resize(batch * h * act_dim, 0.0);
         self.rewards.resize(batch, 0.0);
         self.masks.resize(batch, 0.0);
-        self.terminals.resize(batch, 0.0);
         self.valid.resize(batch * h, 0.0);
         self.next_observations.resize(batch * obs_dim, 0.0);
     }

@@ -126,6 +126,7 @@ impl ReplayBuffer {
             rewards: take(len),
             terminals: take(len),
             masks: take(len),
+            reward_map: None,
         })
     }
 
@@ -145,7 +146,7 @@ impl ReplayBuffer {
                 ),
             ));
         }
-        *self = loaded;
+        *self = Self { reward_map: self.reward_map, ..loaded };
         Ok(())
     }
 }
@@ -153,6 +154,7 @@ impl ReplayBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Transition;
 
     fn filled(capacity: usize, pushes: usize) -> ReplayBuffer {
         let mut buf = ReplayBuffer::new(capacity, 3, 2).unwrap();
@@ -160,14 +162,14 @@ mod tests {
             let x = t as f32;
             // Values that only survive a bit-exact copy: signed zero, subnormals, NaN payloads.
             let odd = [-0.0, f32::from_bits(1), f32::from_bits(0x7fc0_1234), 1.0 / 3.0];
-            buf.push(
+            buf.push(&Transition::new(
                 &[x, odd[t % 4], -x],
                 &[0.1 * x, odd[(t + 1) % 4]],
                 odd[(t + 2) % 4],
                 &[x, x, x],
                 t % 5 == 4,
                 (t % 2) as f32,
-            )
+            ))
             .unwrap();
         }
         buf
@@ -201,7 +203,7 @@ mod tests {
         a.save(&path).unwrap();
         b.restore(&path).unwrap();
         for buf in [&mut a, &mut b] {
-            buf.push(&[7.0; 3], &[7.0; 2], 7.0, &[7.0; 3], true, 0.0).unwrap();
+            buf.push(&Transition::new(&[7.0; 3], &[7.0; 2], 7.0, &[7.0; 3], true, 0.0)).unwrap();
         }
         assert_eq!(bits(&a), bits(&b));
         assert_eq!(a.pos, b.pos);

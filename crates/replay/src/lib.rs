@@ -6,8 +6,9 @@
 //!   arrays; seeded from a [`Dataset`], then extended with online transitions; saved and
 //!   loaded atomically for resume ([`ReplayBuffer::save`], [`ReplayBuffer::load`]).
 //! - [`ReplayBuffer::sample_chunks`] fills a preallocated [`ChunkBatch`] with windows of `h`
-//!   steps: the batch contract of FQL/QC (`observations, actions, rewards, masks, terminals,
+//!   steps: the batch contract of FQL/QC (`observations, actions, rewards, masks,
 //!   next_observations`, plus `valid`).
+//! - [`Transition`]: one step as the collector hands it to the buffer ([`ReplayBuffer::push`]).
 //!
 //! Two flags per transition, never to be confused: `terminal` marks an **episode end**
 //! (success or time limit), `mask` is the **bootstrap** mask (0 only on a true terminal
@@ -25,6 +26,33 @@ mod io;
 pub use buffer::ReplayBuffer;
 pub use chunk::ChunkBatch;
 pub use dataset::Dataset;
+
+/// One environment step as the replay buffer stores it: (s, a, r, s'), whether the episode
+/// ends here (success or time limit, or a lost episode's last stored step) and the bootstrap
+/// mask. The shape a transition keeps from the collector to the buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// s_t.
+    pub obs: Vec<f32>,
+    /// a_t.
+    pub action: Vec<f32>,
+    /// r_t as the environment gave it.
+    pub reward: f32,
+    /// s_{t+1}.
+    pub next_obs: Vec<f32>,
+    /// The episode ends with this transition.
+    pub terminal: bool,
+    /// Bootstrap mask in [0, 1]: 0 only when s_{t+1} is a true terminal state (1 at a
+    /// time-limit truncation).
+    pub mask: f32,
+}
+
+impl Transition {
+    /// A transition from its parts (copied).
+    pub fn new(obs: &[f32], action: &[f32], reward: f32, next_obs: &[f32], terminal: bool, mask: f32) -> Self {
+        Self { obs: obs.to_vec(), action: action.to_vec(), reward, next_obs: next_obs.to_vec(), terminal, mask }
+    }
+}
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
 //! Property tests of chunked sampling on random episode structures, before and after the
 //! ring wraps: windows never run unmasked past an episode end or across the write head, and
-//! rewards, masks, terminals and bootstrap observations match a hand computation.
+//! rewards, masks, validity and bootstrap observations match a hand computation.
 
-use mvp_replay::{ChunkBatch, Dataset, ReplayBuffer, ReplayError};
+use mvp_replay::{ChunkBatch, Dataset, ReplayBuffer, ReplayError, Transition};
 use proptest::prelude::*;
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -45,7 +45,7 @@ fn fill(capacity: usize, steps: &[Step]) -> ReplayBuffer {
     let mut buf = ReplayBuffer::new(capacity, 2, 2).unwrap();
     for (t, s) in steps.iter().enumerate() {
         let (obs, act, next, mask) = row(t, s);
-        buf.push(&obs, &act, s.reward, &next, s.end, mask).unwrap();
+        buf.push(&Transition::new(&obs, &act, s.reward, &next, s.end, mask)).unwrap();
     }
     buf
 }
@@ -95,7 +95,6 @@ fn check_batch(out: &ChunkBatch, steps: &[Step], first: usize, gamma: f32) -> Re
         prop_assert!((out.rewards[b] - ret).abs() <= tol, "R {} != hand {} at k {}", out.rewards[b], ret, k);
         prop_assert_eq!(out.masks[b] == 0.0, hit_success, "bootstrap mask at k {}", k);
         prop_assert_eq!(out.masks[b], if hit_success { 0.0 } else { 1.0 });
-        prop_assert_eq!(out.terminals[b], if ended { 1.0 } else { 0.0 });
         let last = k + h - 1;
         prop_assert_eq!(&out.next_observations[2 * b..][..2], &[last as f32 + 0.5, steps[last].episode as f32][..]);
     }

@@ -6,29 +6,10 @@ use std::collections::VecDeque;
 
 use anyhow::{bail, Result};
 use mvp_envs::Outcome;
+use mvp_replay::Transition;
 use serde::{Deserialize, Serialize};
 
 use crate::{EnvPool, EpisodeStats, Policy};
-
-/// One stored transition of a [`Collector`]: (s, a, r, s'), whether the episode ends here
-/// (success or time limit, or a lost episode's last stored step) and the bootstrap mask.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Transition {
-    /// Environment that produced it.
-    pub env: usize,
-    /// s_t.
-    pub obs: Vec<f32>,
-    /// a_t.
-    pub action: Vec<f32>,
-    /// r_t as the environment gave it.
-    pub reward: f32,
-    /// s_{t+1}.
-    pub next_obs: Vec<f32>,
-    /// The episode ends with this transition.
-    pub terminal: bool,
-    /// Bootstrap mask: 0 only when s_{t+1} is a true terminal state.
-    pub mask: f32,
-}
 
 /// What one [`Collector::step`] produced.
 #[derive(Debug, Default)]
@@ -211,7 +192,6 @@ impl Collector {
                     lane.ret += step.reward as f64;
                     lane.length += 1;
                     lane.staged.push(Transition {
-                        env: i,
                         obs: std::mem::take(&mut lane.obs),
                         action: actions[i * a_dim..(i + 1) * a_dim].to_vec(),
                         reward: step.reward,
@@ -325,7 +305,6 @@ mod tests {
         // step of the same environment's episode.
         for w in released.windows(2) {
             if !w[0].terminal {
-                assert_eq!(w[0].env, w[1].env);
                 assert_eq!(w[0].next_obs, w[1].obs);
             }
         }

@@ -19,6 +19,7 @@
 //!
 //! Pure Rust, no tensors: the policy is a closure from a batch of observations to a batch of
 //! flattened chunks, so that this crate serves any actor on any device. Depends on `mvp-envs`,
+//! `mvp-replay` (the [`Transition`] it hands to a buffer),
 //! `serde`, `anyhow` and `tracing`.
 //!
 //! Modules (private; every public item is re-exported at the crate root):
@@ -53,8 +54,9 @@ mod record;
 mod testing;
 
 pub use async_collector::AsyncCollector;
-pub use collector::{Collected, Collector, CollectorState, LaneState, Transition};
+pub use collector::{Collected, Collector, CollectorState, LaneState};
 pub use evaluate::{evaluate, EpisodeStats};
 pub use factory::{make_pool, make_ray_pool, make_remote_pool, make_render_pool};
+pub use mvp_replay::Transition;
 pub use pool::{with_history, EnvPool, HistoryPool, LocalPool};
 pub use record::record;

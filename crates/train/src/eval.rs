@@ -15,9 +15,9 @@ use mvp_nn::checkpoint;
 use mvp_rollout::EnvPool;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::Agent;
-use crate::config::TrainConfig;
 use crate::progress::{step_seed, Progress};
+use mvp_agent::Agent;
+use mvp_agent::TrainConfig;
 
 /// Outcome of an evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

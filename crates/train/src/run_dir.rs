@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use mvp_nn::checkpoint;
 
-use crate::config::TrainConfig;
+use mvp_agent::TrainConfig;
 
 /// The resolved config of a run, in its directory.
 pub const CONFIG_FILE: &str = "config.toml";

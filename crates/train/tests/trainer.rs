@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use mvp_agent::{TrainConfig, Trainer};
+use mvp_agent::TrainConfig;
+use mvp_train::Trainer;
 
 /// libtorch's RNG is global: runs in one test process must not interleave.
 static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -97,7 +98,7 @@ fn background_evaluations_equal_foreground_ones_and_survive_a_resume() {
 
     // The checkpoint of step 40 was written while the evaluation of step 40 ran.
     let ckpt = bg.run_dir.join("checkpoints").join("step_0000000040");
-    let meta: mvp_nn::checkpoint::Loaded<mvp_agent::Progress> = mvp_nn::checkpoint::load(&ckpt).unwrap();
+    let meta: mvp_nn::checkpoint::Loaded<mvp_train::Progress> = mvp_nn::checkpoint::load(&ckpt).unwrap();
     assert_eq!(meta.meta.pending_eval, Some(40));
     assert_eq!(meta.meta.eval_history.iter().map(|c| c.0).collect::<Vec<_>>(), [20]);
     // A copy of the run that stopped there resumes with that evaluation first.
@@ -140,7 +141,7 @@ fn asynchronous_collection_repeats_itself_and_resumes_with_new_episodes() {
         .unwrap()
         .run()
         .unwrap();
-    let meta: mvp_nn::checkpoint::Loaded<mvp_agent::Progress> =
+    let meta: mvp_nn::checkpoint::Loaded<mvp_train::Progress> =
         mvp_nn::checkpoint::load(&latest_checkpoint(&part.run_dir)).unwrap();
     assert!(meta.meta.collector.is_none(), "the thread's episodes are not in the checkpoint");
     let resumed = Trainer::resume(&part.run_dir, &["schedule.stop_after=0".into()]).unwrap().run().unwrap();
@@ -363,7 +364,7 @@ fn videos_of_real_ogbench_and_robomimic_episodes_have_a_frame_per_step() {
         let h = 5;
         let mut still = |_: &[f32], k: usize| -> anyhow::Result<Vec<f32>> { Ok(vec![0.0; k * h * action_dim]) };
         let videos =
-            mvp_agent::eval::record_videos(env, 1, [64, 48], (1, h, 7), h, &mut still, dir.path(), "test").unwrap();
+            mvp_train::eval::record_videos(env, 1, [64, 48], (1, h, 7), h, &mut still, dir.path(), "test").unwrap();
         assert_eq!(videos.len(), 1);
         let v = &videos[0];
         assert!(!v.success && v.length == limit, "{env}: {v:?}");
@@ -377,7 +378,7 @@ fn videos_of_real_ogbench_and_robomimic_episodes_have_a_frame_per_step() {
     // A native environment says that it cannot render.
     let mut still = |_: &[f32], k: usize| -> anyhow::Result<Vec<f32>> { Ok(vec![0.0; k * 10]) };
     let dir = tempfile::tempdir().unwrap();
-    let err = mvp_agent::eval::record_videos("branch-reach-v0", 1, [64, 48], (1, 5, 0), 5, &mut still, dir.path(), "x")
+    let err = mvp_train::eval::record_videos("branch-reach-v0", 1, [64, 48], (1, 5, 0), 5, &mut still, dir.path(), "x")
         .unwrap_err()
         .to_string();
     assert!(err.contains("does not render"), "{err}");
@@ -515,10 +516,10 @@ fn assert_no_transition_joins_two_episodes(buffer: &mvp_replay::ReplayBuffer) ->
     let n = buffer.num_starts(1);
     let mut one = mvp_replay::ChunkBatch::new(n, 1, buffer.obs_dim(), buffer.act_dim());
     buffer.chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut one).unwrap();
-    let d = buffer.obs_dim();
+    let (d, episode_ends) = (buffer.obs_dim(), buffer.episode_ends());
     let mut ends = 0;
     for k in 0..n {
-        if one.terminals[k] == 1.0 {
+        if episode_ends[k] {
             ends += 1;
             continue;
         }
@@ -577,7 +578,7 @@ fn offline_to_online_on_ogbench_with_a_generated_dataset_and_clear_errors() {
     let run = trainer.run_dir().to_path_buf();
     drop(trainer);
     std::fs::rename(&data, dir.path().join("moved.npz")).unwrap();
-    let mut eval = mvp_agent::RunEvaluation::open(&run, None, &["schedule.eval_episodes=2".into()]).unwrap();
+    let mut eval = mvp_train::RunEvaluation::open(&run, None, &["schedule.eval_episodes=2".into()]).unwrap();
     assert_eq!(eval.step(), 100);
     assert_eq!(eval.evaluate().unwrap().episodes, 2);
     std::fs::rename(dir.path().join("moved.npz"), &data).unwrap();
