@@ -38,22 +38,20 @@
 //! default) relabels from the qpos of row j+1, and our env worker builds OGBench singletask
 //! environments with `success_timing='post'` (`envs/mvp_envs/make.py`), so both paths agree
 //! (tested in `tests/ogbench_data.rs`).
+//!
+//! The code: `task` ([`OgbenchTask`] and the reward arithmetic), this file (the errors, the
+//! stored arrays [`OgbenchNpz`] and the loader) and `tests`.
+
+mod task;
 
 use std::path::{Path, PathBuf};
 
 use mvp_replay::Dataset;
 use serde::{Deserialize, Serialize};
 
-use mvp_envs::python_module_command;
-
 use crate::npz::{bad, NpzFile};
 
-/// Distance within which a cube (or the drawer, or the window) counts as placed.
-pub const GOAL_TOLERANCE: f64 = 0.04;
-/// Index in qpos of the first object (after the arm's joints).
-const QPOS_OBJ_START: usize = 14;
-/// qpos entries per cube (position 3 + quaternion 4).
-const QPOS_CUBE_LEN: usize = 7;
+pub use task::{OgbenchTask, GOAL_TOLERANCE};
 
 /// Errors of the OGBench dataset reader (one line each).
 #[derive(Debug, thiserror::Error)]
@@ -120,180 +118,6 @@ pub enum RewardTiming {
     Next,
     /// On s_t, exactly as OGBench's loader (`relabel_dataset`) does.
     Current,
-}
-
-/// The goal of one OGBench singletask manipulation environment and its dimensions: what the
-/// relabelling needs. Get it from the environment with [`OgbenchTask::query`]
-/// (`python -m mvp_envs.task_info ENV_ID`); it serialises to the same JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OgbenchTask {
-    /// The id asked for, e.g. `cube-double-play-singletask-task2-v0`.
-    pub env_id: String,
-    /// The Gymnasium id, e.g. `cube-double-singletask-task2-v0`.
-    pub env_name: String,
-    /// The dataset the id names (`cube-double-play-v0`); `None` for an id without the dataset
-    /// word.
-    pub dataset: Option<String>,
-    /// `cube`, `scene` or `puzzle`.
-    pub family: String,
-    /// The task number (the default task resolved).
-    pub task_id: u32,
-    /// Observation width.
-    pub obs_dim: usize,
-    /// Action width.
-    pub action_dim: usize,
-    /// Width of qpos.
-    pub nq: usize,
-    /// Width of qvel.
-    pub nv: usize,
-    /// Time limit of the online environment.
-    pub max_episode_steps: usize,
-    /// Number of cubes.
-    pub num_cubes: usize,
-    /// Number of buttons (scene, puzzle).
-    pub num_buttons: usize,
-    /// Target position of each cube.
-    pub cube_goals: Vec<[f64; 3]>,
-    /// Target state (0/1) of each button.
-    pub button_goals: Vec<i64>,
-    /// Target drawer position (scene).
-    pub drawer_goal: Option<f64>,
-    /// Target window position (scene).
-    pub window_goal: Option<f64>,
-}
-
-impl OgbenchTask {
-    /// The dataset this environment trains on: the one its id names, else the play dataset
-    /// of its family (`cube-double-singletask-task2-v0` → `cube-double-play-v0`).
-    pub fn dataset_name(&self) -> String {
-        self.dataset.clone().unwrap_or_else(|| {
-            let s: Vec<&str> = self.env_name.split('-').collect();
-            let pos = s.iter().position(|w| *w == "singletask").unwrap_or(s.len() - 1);
-            format!("{}-play-{}", s[..pos].join("-"), s[s.len() - 1])
-        })
-    }
-
-    /// Asks the environment for its task (runs `python -m mvp_envs.task_info ENV_ID` in the
-    /// project's venv, about 2 s). Fails with the tool's one-line message for an id that is
-    /// not an OGBench manipulation singletask id.
-    pub fn query(env_id: &str) -> anyhow::Result<Self> {
-        let out = python_module_command("mvp_envs.task_info")?.arg(env_id).output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            let line = stderr
-                .lines()
-                .rev()
-                .find(|l| l.starts_with("error: "))
-                .map(|l| l.trim_start_matches("error: ").to_string());
-            match line {
-                Some(msg) => anyhow::bail!("{msg}"),
-                None => anyhow::bail!("mvp_envs.task_info {env_id} failed ({}):\n{stderr}", out.status),
-            }
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
-        Self::from_json(json).map_err(|e| anyhow::anyhow!("mvp_envs.task_info {env_id}: {e}"))
-    }
-
-    /// Parses the JSON of `mvp_envs.task_info` and checks that it is consistent.
-    pub fn from_json(json: &str) -> anyhow::Result<Self> {
-        let task: Self = serde_json::from_str(json)?;
-        task.check()?;
-        Ok(task)
-    }
-
-    fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            matches!(self.family.as_str(), "cube" | "scene" | "puzzle"),
-            "family `{}` is not cube, scene or puzzle",
-            self.family
-        );
-        anyhow::ensure!(
-            self.cube_goals.len() == self.num_cubes,
-            "{} cube goals for {} cubes",
-            self.cube_goals.len(),
-            self.num_cubes
-        );
-        anyhow::ensure!(
-            self.button_goals.len() == self.num_buttons,
-            "{} button goals for {} buttons",
-            self.button_goals.len(),
-            self.num_buttons
-        );
-        let scene = self.family == "scene";
-        anyhow::ensure!(
-            self.drawer_goal.is_some() == scene && self.window_goal.is_some() == scene,
-            "drawer and window goals must be given for scene only"
-        );
-        anyhow::ensure!(self.qpos_needed() <= self.nq, "qpos of width {} is too short for the objects", self.nq);
-        Ok(())
-    }
-
-    /// qpos entries that the relabelling reads.
-    fn qpos_needed(&self) -> usize {
-        let mut n = QPOS_OBJ_START + QPOS_CUBE_LEN * self.num_cubes;
-        if self.family == "scene" {
-            n += self.num_buttons + 2;
-        }
-        n
-    }
-
-    /// Whether the relabelling needs `button_states` (scene, puzzle).
-    pub fn uses_buttons(&self) -> bool {
-        self.num_buttons > 0
-    }
-
-    /// Number of subgoals (the most negative reward is minus this).
-    pub fn num_subgoals(&self) -> usize {
-        match self.family.as_str() {
-            "scene" => self.num_cubes + self.num_buttons + 2,
-            "puzzle" => self.num_buttons,
-            _ => self.num_cubes,
-        }
-    }
-
-    /// Number of subgoals achieved in one state, given its qpos row (length `nq`) and its
-    /// button states (length `num_buttons`; empty for cube) — OGBench's arithmetic.
-    pub fn achieved(&self, qpos: &[f32], buttons: &[i64]) -> usize {
-        let mut n = 0;
-        if self.family != "puzzle" {
-            for (i, goal) in self.cube_goals.iter().enumerate() {
-                let at = QPOS_OBJ_START + QPOS_CUBE_LEN * i;
-                // numpy: norm(f64 goal − f32 qpos) = sqrt of the sum of squares, in f64.
-                let mut sq = 0.0f64;
-                for (k, g) in goal.iter().enumerate() {
-                    let d = g - f64::from(qpos[at + k]);
-                    sq += d * d;
-                }
-                n += usize::from(sq.sqrt() <= GOAL_TOLERANCE);
-            }
-        }
-        if self.family != "cube" {
-            n += buttons.iter().zip(&self.button_goals).filter(|(b, g)| b == g).count();
-        }
-        if let (Some(drawer), Some(window)) = (self.drawer_goal, self.window_goal) {
-            let d = QPOS_OBJ_START + QPOS_CUBE_LEN * self.num_cubes + self.num_buttons;
-            // numpy 1.x: f32 array − Python float stays f32, and so does the comparison.
-            let tol = GOAL_TOLERANCE as f32;
-            n += usize::from((qpos[d] - drawer as f32).abs() <= tol);
-            n += usize::from((qpos[d + 1] - window as f32).abs() <= tol);
-        }
-        n
-    }
-
-    /// Reward and success of one state: (achieved − subgoals, all achieved).
-    pub fn reward_and_success(&self, qpos: &[f32], buttons: &[i64]) -> (f32, bool) {
-        let total = self.num_subgoals();
-        let got = self.achieved(qpos, buttons);
-        (got as f32 - total as f32, got == total)
-    }
-
-    /// Default place of this task's dataset in `dir`: `<dir>/<dataset>.npz`, as OGBench
-    /// names its files (`~/.ogbench/data/cube-double-play-v0.npz`). `None` when the id has
-    /// no dataset word.
-    pub fn dataset_path(&self, dir: &Path) -> Option<PathBuf> {
-        self.dataset.as_ref().map(|d| dir.join(format!("{d}.npz")))
-    }
 }
 
 /// The arrays of an OGBench `.npz` file as stored (rows = states, episodes back to back).
@@ -462,66 +286,4 @@ pub fn ogbench_val_path(path: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cube_task() -> OgbenchTask {
-        OgbenchTask::from_json(
-            r#"{"env_id": "cube-double-play-singletask-task2-v0", "env_name": "cube-double-singletask-task2-v0",
-            "dataset": "cube-double-play-v0", "family": "cube", "task_id": 2, "obs_dim": 37, "action_dim": 5,
-            "nq": 28, "nv": 26, "max_episode_steps": 500, "num_cubes": 2, "num_buttons": 0,
-            "cube_goals": [[0.35, 0.1, 0.02], [0.5, 0.1, 0.02]], "button_goals": [],
-            "drawer_goal": null, "window_goal": null}"#,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn cube_reward_counts_cubes_within_tolerance() {
-        let task = cube_task();
-        let mut qpos = vec![0.0f32; 28];
-        qpos[14..17].copy_from_slice(&[0.35, 0.1, 0.02]);
-        qpos[21..24].copy_from_slice(&[0.5, 0.1 + 0.05, 0.02]);
-        assert_eq!(task.reward_and_success(&qpos, &[]), (-1.0, false));
-        qpos[22] = 0.1 + 0.039;
-        assert_eq!(task.reward_and_success(&qpos, &[]), (0.0, true));
-        qpos[14] = 0.0;
-        assert_eq!(task.reward_and_success(&qpos, &[]), (-1.0, false));
-    }
-
-    #[test]
-    fn scene_reward_counts_cube_buttons_drawer_and_window() {
-        let task = OgbenchTask::from_json(
-            r#"{"env_id": "scene-play-singletask-task3-v0", "env_name": "scene-singletask-task3-v0",
-            "dataset": "scene-play-v0", "family": "scene", "task_id": 3, "obs_dim": 40, "action_dim": 5,
-            "nq": 25, "nv": 24, "max_episode_steps": 750, "num_cubes": 1, "num_buttons": 2,
-            "cube_goals": [[0.4, 0.15, 0.02]], "button_goals": [1, 1], "drawer_goal": -0.16, "window_goal": 0.0}"#,
-        )
-        .unwrap();
-        assert_eq!(task.num_subgoals(), 5);
-        let mut qpos = vec![0.0f32; 25];
-        qpos[14..17].copy_from_slice(&[0.4, 0.15, 0.02]);
-        qpos[14 + 7 + 2] = -0.13; // drawer within 0.04 of −0.16
-        qpos[14 + 7 + 3] = 0.05; // window too far from 0.0
-        assert_eq!(task.reward_and_success(&qpos, &[1, 0]), (-2.0, false));
-        qpos[24] = 0.0;
-        assert_eq!(task.reward_and_success(&qpos, &[1, 1]), (0.0, true));
-    }
-
-    #[test]
-    fn task_json_must_be_consistent() {
-        let bad = r#"{"env_id": "x", "env_name": "x", "dataset": null, "family": "cube", "task_id": 1,
-            "obs_dim": 28, "action_dim": 5, "nq": 21, "nv": 20, "max_episode_steps": 200, "num_cubes": 2,
-            "num_buttons": 0, "cube_goals": [[0, 0, 0]], "button_goals": [], "drawer_goal": null, "window_goal": null}"#;
-        let err = OgbenchTask::from_json(bad).unwrap_err().to_string();
-        assert_eq!(err, "1 cube goals for 2 cubes");
-    }
-
-    #[test]
-    fn val_path_inserts_val_before_the_extension() {
-        assert_eq!(
-            ogbench_val_path(Path::new("/d/cube-double-play-v0.npz")),
-            PathBuf::from("/d/cube-double-play-v0-val.npz")
-        );
-    }
-}
+mod tests;

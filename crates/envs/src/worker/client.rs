@@ -1,102 +1,20 @@
 //! [`PythonWorker`]: one worker process hosting M environments, driven with batched requests.
+//!
+//! The code follows its jobs: `config` ([`WorkerConfig`], [`auto_spin`]), this file (the process's
+//! life: spawn and handshake, restart, close, requests and their failures), `batch` (resets,
+//! renders and steps) and `tests`.
 
-use std::path::PathBuf;
+mod batch;
+mod config;
+
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::process::{exchange, read_frame, write_frame, Proc};
-use super::protocol::{begin_frame, put_u32, tag, BatchReset, BatchStep, Cursor, WorkerInfo, PROTOCOL_VERSION};
+use super::protocol::{begin_frame, tag, WorkerInfo, PROTOCOL_VERSION};
 use super::WorkerError;
 use crate::{EnvError, EnvSpec};
 
-/// How to start a worker. Build it with [`WorkerConfig::new`] and adjust the public fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerConfig {
-    /// Environment id: an OGBench singletask name (`cube-double-play-singletask-task2-v0`) or
-    /// any registered Gymnasium id (`HalfCheetah-v5`).
-    pub env_id: String,
-    /// Number of environments M hosted by the process.
-    pub num_envs: usize,
-    /// Seeds of the first unseeded reset of each environment (length M), typically
-    /// `seed + i`; `None` leaves unseeded resets to OS entropy.
-    pub seeds: Option<Vec<u64>>,
-    /// Overrides the registered time limit (required for environments without one).
-    pub max_episode_steps: Option<usize>,
-    /// Keyword arguments for the environment constructor, as a JSON object.
-    pub env_kwargs: Option<serde_json::Value>,
-    /// Deadline for each reply after the handshake.
-    pub timeout: Duration,
-    /// Deadline for the handshake (Python start, imports, environment construction).
-    pub startup_timeout: Duration,
-    /// Project root holding `.venv/` and `envs/`; `None`: [`project_root`].
-    pub root: Option<PathBuf>,
-    /// Interpreter; `None`: `$MVP_PYTHON`, else `<root>/.venv/bin/python`.
-    pub python: Option<PathBuf>,
-    /// Copy the worker's stderr to this process's stderr (also when `$MVP_WORKER_STDERR` is
-    /// set); it is always kept for error messages.
-    pub forward_stderr: bool,
-    /// Busy-wait up to this long for each reply before blocking. On virtual machines a process
-    /// blocked while the worker steps wakes about 0.1 ms late, which costs 10–15% of an
-    /// OGBench step; spinning avoids it at the price of a busy core. `None`: 10 ms when this
-    /// worker's processes leave a core free (see [`auto_spin`]), else no spinning.
-    pub spin: Option<Duration>,
-    /// Make the environments render RGB frames of `[width, height]` offscreen
-    /// ([`PythonWorker::render`]); `None`: no renderer (faster to build).
-    pub render: Option<[u32; 2]>,
-    /// A worker already listening at `HOST:PORT` (`python -m mvp_envs.worker --listen
-    /// HOST:PORT`, e.g. on another machine) instead of a child process: the same frames and
-    /// handshake over TCP, connected within `startup_timeout`; a restart reconnects (the
-    /// server builds fresh environments for every connection). `None`: a child process.
-    pub address: Option<String>,
-    /// A worker that may move (placed by Ray, [`crate::RayWorkers`]): its address is entry
-    /// `.1` of this book, read again at every connection attempt; it takes precedence over
-    /// `address`. Not serialised.
-    #[serde(skip)]
-    pub listed: Option<(crate::AddressBook, usize)>,
-}
-
-/// The default busy-wait per reply for `workers` worker processes: 10 ms (longer than one
-/// OGBench or robosuite step) when the machine has more cores than workers, else none (a
-/// spinning reader would take a core from a worker).
-pub fn auto_spin(workers: usize) -> Duration {
-    // `available_parallelism` reads cgroup files on Linux: ask once per process.
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    if workers < cores {
-        Duration::from_millis(10)
-    } else {
-        Duration::ZERO
-    }
-}
-
-impl WorkerConfig {
-    /// Whether the worker is reached over TCP (an address, or a place in an address book).
-    pub fn is_remote(&self) -> bool {
-        self.address.is_some() || self.listed.is_some()
-    }
-
-    /// One environment of `env_id`, default deadlines (60 s per reply, 180 s for the
-    /// handshake), no seeds.
-    pub fn new(env_id: impl Into<String>) -> Self {
-        Self {
-            env_id: env_id.into(),
-            num_envs: 1,
-            seeds: None,
-            max_episode_steps: None,
-            env_kwargs: None,
-            timeout: Duration::from_secs(60),
-            startup_timeout: Duration::from_secs(180),
-            root: None,
-            python: None,
-            forward_stderr: std::env::var_os("MVP_WORKER_STDERR").is_some(),
-            spin: None,
-            render: None,
-            address: None,
-            listed: None,
-        }
-    }
-}
+pub use config::{auto_spin, WorkerConfig};
 
 /// A Python process hosting M environments of one id, driven with batched requests.
 ///
@@ -317,156 +235,6 @@ impl PythonWorker {
         Ok(start.elapsed())
     }
 
-    /// Resets the listed environments, `(index, seed)` each; `None` continues the
-    /// environment's generator (its first reset uses [`WorkerConfig::seeds`] when given).
-    /// Returns observations and success flags in request order.
-    pub fn reset_envs(&mut self, items: &[(usize, Option<u64>)]) -> anyhow::Result<BatchReset> {
-        for &(i, _) in items {
-            self.check_index(i)?;
-        }
-        self.send_buf.clear();
-        begin_frame(&mut self.send_buf, tag::RESET);
-        put_u32(&mut self.send_buf, items.len());
-        for &(i, seed) in items {
-            put_u32(&mut self.send_buf, i);
-            self.send_buf.push(seed.is_some() as u8);
-            self.send_buf.extend_from_slice(&seed.unwrap_or(0).to_le_bytes());
-        }
-        // Whatever the outcome, these environments have no usable episode until it succeeds.
-        for &(i, _) in items {
-            self.running[i] = false;
-        }
-        let k = items.len();
-        let obs_dim = self.info.obs_dim;
-        let body = self.request("reset", tag::RESET_OK)?;
-        let mut r = Cursor::new(body, "RESET_OK");
-        r.count(k)?;
-        let reply = BatchReset { obs: r.f32s(k * obs_dim)?, success: r.bools(k)? };
-        r.finish()?;
-        for &(i, _) in items {
-            self.running[i] = true;
-        }
-        Ok(reply)
-    }
-
-    /// Resets every environment; `seeds` (length M) seeds them, `None` continues their
-    /// generators.
-    pub fn reset_all(&mut self, seeds: Option<&[u64]>) -> anyhow::Result<BatchReset> {
-        let m = self.num_envs();
-        if let Some(s) = seeds {
-            if s.len() != m {
-                return Err(EnvError::Invalid(format!("{} seeds for {m} environments", s.len())).into());
-            }
-        }
-        let items: Vec<(usize, Option<u64>)> = (0..m).map(|i| (i, seeds.map(|s| s[i]))).collect();
-        self.reset_envs(&items)
-    }
-
-    /// An RGB frame of environment `i` as it is now (the worker must have been configured with
-    /// [`WorkerConfig::render`]).
-    pub fn render(&mut self, i: usize) -> anyhow::Result<crate::Frame> {
-        self.check_index(i)?;
-        self.send_buf.clear();
-        begin_frame(&mut self.send_buf, tag::RENDER);
-        put_u32(&mut self.send_buf, i);
-        let body = self.request("render", tag::RENDER_OK)?;
-        let mut r = Cursor::new(body, "RENDER_OK");
-        let (height, width) = (r.u32()?, r.u32()?);
-        let rgb = r.take(height * width * 3)?.to_vec();
-        r.finish()?;
-        Ok(crate::Frame { width, height, rgb })
-    }
-
-    /// Steps the listed environments with `actions` (row-major `[indices.len(), action_dim]`).
-    /// Each listed environment must have a running episode; an environment whose step ends
-    /// the episode must be reset before it steps again. Actions are clipped to the bounds.
-    pub fn step_envs(&mut self, indices: &[usize], actions: &[f32]) -> anyhow::Result<BatchStep> {
-        self.send_step(indices, actions)?;
-        self.receive_step()
-    }
-
-    /// The descriptor the worker's replies arrive on (for waiting on several workers at once
-    /// with `poll`); `None` when no process is running.
-    pub fn reply_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.proc.as_ref().map(Proc::reply_fd)
-    }
-
-    /// The first half of [`step_envs`](Self::step_envs): checks and sends the request and
-    /// returns at once, so that several workers step in parallel; [`receive_step`]
-    /// (Self::receive_step) reads the reply. No other request may come in between.
-    pub fn send_step(&mut self, indices: &[usize], actions: &[f32]) -> anyhow::Result<()> {
-        if self.pending_step.is_some() {
-            return Err(EnvError::Invalid("send_step called twice without receive_step".into()).into());
-        }
-        let a = self.info.action_dim;
-        if actions.len() != indices.len() * a {
-            return Err(EnvError::ActionDim { expected: indices.len() * a, got: actions.len() }.into());
-        }
-        for (j, &i) in indices.iter().enumerate() {
-            self.check_index(i)?;
-            if !self.running[i] {
-                return Err(anyhow::Error::from(EnvError::NoEpisode)
-                    .context(format!("environment {i} of worker `{}`", self.config.env_id)));
-            }
-            if indices[..j].contains(&i) {
-                return Err(EnvError::Invalid(format!("environment {i} listed twice in one step")).into());
-            }
-            let row = &actions[j * a..(j + 1) * a];
-            if row.iter().any(|x| !x.is_finite()) {
-                return Err(EnvError::NonFiniteAction(row.to_vec()).into());
-            }
-        }
-        self.send_buf.clear();
-        begin_frame(&mut self.send_buf, tag::STEP);
-        put_u32(&mut self.send_buf, indices.len());
-        for &i in indices {
-            put_u32(&mut self.send_buf, i);
-        }
-        for (n, &x) in actions.iter().enumerate() {
-            let d = n % a;
-            let x = x.clamp(self.info.action_low[d], self.info.action_high[d]);
-            self.send_buf.extend_from_slice(&x.to_le_bytes());
-        }
-        for &i in indices {
-            self.running[i] = false;
-        }
-        self.send("step")?;
-        self.pending_step = Some(indices.to_vec());
-        Ok(())
-    }
-
-    /// The second half of [`step_envs`](Self::step_envs): the reply to the last
-    /// [`send_step`](Self::send_step), rows in its order.
-    pub fn receive_step(&mut self) -> anyhow::Result<BatchStep> {
-        let Some(indices) = self.pending_step.take() else {
-            return Err(EnvError::Invalid("receive_step without send_step".into()).into());
-        };
-        let k = indices.len();
-        let obs_dim = self.info.obs_dim;
-        let body = self.receive("step", tag::STEP_OK)?;
-        let mut r = Cursor::new(body, "STEP_OK");
-        r.count(k)?;
-        let obs = r.f32s(k * obs_dim)?;
-        let reward = r.f32s(k)?;
-        let terminated = r.bools(k)?;
-        let truncated: Vec<bool> = r.bools(k)?;
-        let success = r.bools(k)?;
-        r.finish()?;
-        // Gymnasium's TimeLimit may set both flags; ours are exclusive (see `Env`).
-        let truncated: Vec<bool> = truncated.iter().zip(&terminated).map(|(&tr, &te)| tr && !te).collect();
-        for (j, &i) in indices.iter().enumerate() {
-            self.running[i] = !(terminated[j] || truncated[j]);
-        }
-        Ok(BatchStep { obs, reward, terminated, truncated, success })
-    }
-
-    /// Steps every environment (each must have a running episode); `actions` is
-    /// `[M, action_dim]`.
-    pub fn step_all(&mut self, actions: &[f32]) -> anyhow::Result<BatchStep> {
-        let indices: Vec<usize> = (0..self.num_envs()).collect();
-        self.step_envs(&indices, actions)
-    }
-
     /// Closes the environments and ends the process. Idempotent.
     pub fn close(&mut self) -> anyhow::Result<()> {
         if self.closed {
@@ -579,45 +347,4 @@ fn expect_reply<'a>(proc: &mut Proc, config: &WorkerConfig, buf: &'a [u8], want:
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_venv_error_says_to_run_make_setup() {
-        let dir = std::env::temp_dir().join(format!("mvp-no-venv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut config = WorkerConfig::new("cube-single-play-singletask-task1-v0");
-        config.root = Some(dir.clone());
-        config.python = None;
-        if std::env::var_os("MVP_PYTHON").is_some() {
-            return; // the interpreter comes from the environment, not from the root
-        }
-        let err = PythonWorker::spawn(config).unwrap_err();
-        let msg = err.to_string();
-        assert_eq!(msg, format!("Python env venv not found at {}; run `make setup`", dir.join(".venv").display()));
-        assert!(matches!(err.downcast_ref::<WorkerError>(), Some(WorkerError::VenvMissing(_))));
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn cursor_reads_little_endian_and_rejects_short_or_long_bodies() {
-        let mut body = Vec::new();
-        put_u32(&mut body, 2);
-        body.extend_from_slice(&1.5f32.to_le_bytes());
-        body.extend_from_slice(&(-2.0f32).to_le_bytes());
-        body.extend_from_slice(&[1, 0]);
-        let mut r = Cursor::new(&body, "test");
-        r.count(2).unwrap();
-        assert_eq!(r.f32s(2).unwrap(), vec![1.5, -2.0]);
-        assert_eq!(r.bools(2).unwrap(), vec![true, false]);
-        r.finish().unwrap();
-
-        let mut r = Cursor::new(&body, "test");
-        assert!(r.count(3).is_err());
-        let mut r = Cursor::new(&body[..6], "test");
-        r.count(2).unwrap();
-        assert!(r.f32s(2).is_err());
-        let r = Cursor::new(&body, "test");
-        assert!(r.finish().is_err());
-    }
-}
+mod tests;
