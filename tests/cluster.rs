@@ -267,8 +267,8 @@ fn training_environments_on_ray_worker_actors_survive_a_killed_actor_and_a_lost_
     buffer.chunks_at(&(0..n).collect::<Vec<_>>(), 1, 0.99, &mut one).unwrap();
     let (d, episode_ends) = (buffer.obs_dim(), buffer.episode_ends());
     let mut ends = 0;
-    for k in 0..n.saturating_sub(1) {
-        if episode_ends[k] {
+    for (k, &end) in episode_ends.iter().enumerate().take(n.saturating_sub(1)) {
+        if end {
             ends += 1;
         } else {
             let (next, following) =

@@ -1,10 +1,11 @@
 //! The workspace's crate graph, read from the Cargo.toml files: it may only change on purpose.
 //!
-//! Rules: nn, replay, envs, infer and logging are leaves; data reads into replay's `Dataset`
-//! with envs' tools; actor and critic build on nn and never on each other or on the native
-//! engine; only agent (export and the native updates), train (native acting and exported
-//! policies) and cli reach infer; the agent never reaches rollouts or logging (envs only in
-//! its tests, for the project's Python); nothing depends on cli.
+//! Rules: spec, replay, envs and logging are leaves; spec holds the types both sides of the
+//! deployment boundary share, so nn and infer build on it alone (actor and critic on nn and spec);
+//! data reads into replay's `Dataset` with envs' tools; actor and critic build on nn and never
+//! on each other or on the native engine; only agent (export and the native updates), train
+//! (native acting and exported policies) and cli reach infer; the agent never reaches rollouts
+//! or logging (envs only in its tests, for the project's Python); nothing depends on cli.
 //! A new edge fails here until `ALLOWED` says it is meant.
 
 use std::collections::BTreeMap;
@@ -12,14 +13,15 @@ use std::path::Path;
 
 /// Each crate's allowed mvp dependencies (normal and dev), by directory under crates/.
 const ALLOWED: &[(&str, &[&str])] = &[
-    ("infer", &[]),
-    ("nn", &[]),
+    ("spec", &[]),
+    ("infer", &["spec"]),
+    ("nn", &["spec"]),
     ("logging", &[]),
     ("replay", &[]),
     ("envs", &[]),
     ("data", &["replay", "envs"]),
-    ("actor", &["nn"]),
-    ("critic", &["nn"]),
+    ("actor", &["nn", "spec"]),
+    ("critic", &["nn", "spec"]),
     ("rollout", &["envs", "replay"]),
     ("agent", &["nn", "infer", "actor", "critic", "replay", "data", "envs"]),
     ("train", &["nn", "infer", "agent", "replay", "envs", "data", "rollout", "logging"]),
@@ -68,4 +70,5 @@ fn the_crate_graph_has_only_the_allowed_edges() {
         assert!(!ok.contains(&"infer") || ["agent", "train", "cli"].contains(krate), "{krate} → infer");
     }
     assert!(!allowed["actor"].contains(&"critic") && !allowed["critic"].contains(&"actor"));
+    assert!(allowed["spec"].is_empty(), "spec is a leaf");
 }

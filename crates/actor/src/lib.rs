@@ -12,7 +12,8 @@
 //! Samples are clipped to [−1, 1]. [`GenerativePolicy::native`] describes a policy for the
 //! libtorch-free engine without depending on it (the agent does the export).
 //!
-//! Depends on `mvp-nn`, tch, `serde`/`serde_json` and `anyhow`.
+//! Depends on `mvp-nn`, `mvp-spec` (the sampler kinds it shares with the native engine), tch,
+//! `serde`/`serde_json` and `anyhow`.
 #![warn(missing_docs)]
 
 mod diffusion;
@@ -127,20 +128,9 @@ pub struct NativeActor<'a> {
     pub sampler: NativeSampler,
 }
 
-/// How a native actor's network is sampled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NativeSampler {
-    /// The mean velocity `u(s, z, r, t)` on `[s, z, t, t − r]` in `steps` jumps (1: one step).
-    MeanVelocity {
-        /// Network evaluations per sample.
-        steps: usize,
-    },
-    /// A flow velocity `v(s, z, t)` on `[s, z, t]`, `steps` Euler steps from t = 1 to 0.
-    Flow {
-        /// Euler steps.
-        steps: usize,
-    },
-}
+// How a native actor's network is sampled: defined in mvp-spec (as `ActorKind`), shared with
+// the native engine.
+pub use mvp_spec::ActorKind as NativeSampler;
 
 /// Which policy to build, with its settings. In TOML: `kind = "mvp" | "flow" | "diffusion"`
 /// next to the kind's own fields.

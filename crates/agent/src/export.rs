@@ -2,18 +2,15 @@
 //! (`mvp-infer`, host f32 copies). The one place where the training crates (nn, actor,
 //! critic) meet the engine; they do not depend on it.
 
-use mvp_actor::{GenerativePolicy, NativeSampler};
-use mvp_critic::{Aggregate, Critic};
+use mvp_actor::GenerativePolicy;
+use mvp_critic::Critic;
 use mvp_infer::{ActorKind, LayerWeights, MlpWeights, PolicyWeights};
-use mvp_nn::{Activation, EnsembleMlp, Layer, Mlp};
+use mvp_nn::{EnsembleMlp, Layer, Mlp};
 use tch::{Device, Kind, Tensor};
 
 /// The weights of `net`.
 pub fn mlp(net: &Mlp) -> MlpWeights {
-    MlpWeights {
-        layers: net.layers().iter().map(|l| layer(l, None)).collect(),
-        activation: activation(net.activation()),
-    }
+    MlpWeights { layers: net.layers().iter().map(|l| layer(l, None)).collect(), activation: net.activation() }
 }
 
 /// The weights of each member of `net`.
@@ -21,7 +18,7 @@ pub fn ensemble(net: &EnsembleMlp) -> Vec<MlpWeights> {
     (0..net.members() as i64)
         .map(|e| MlpWeights {
             layers: net.layers().iter().map(|l| layer(l, Some(e))).collect(),
-            activation: activation(net.activation()),
+            activation: net.activation(),
         })
         .collect()
 }
@@ -29,20 +26,12 @@ pub fn ensemble(net: &EnsembleMlp) -> Vec<MlpWeights> {
 /// The actor's network and sampler, or why it has no native path.
 pub fn actor(policy: &dyn GenerativePolicy) -> Result<(MlpWeights, ActorKind), String> {
     let native = policy.native()?;
-    let kind = match native.sampler {
-        NativeSampler::MeanVelocity { steps } => ActorKind::MeanVelocity { steps },
-        NativeSampler::Flow { steps } => ActorKind::Flow { steps },
-    };
-    Ok((mlp(native.net), kind))
+    Ok((mlp(native.net), native.sampler))
 }
 
 /// The online critic members and their aggregation.
 pub fn critic(critic: &Critic) -> (Vec<MlpWeights>, mvp_infer::Aggregate) {
-    let aggregate = match critic.config().aggregate {
-        Aggregate::Mean => mvp_infer::Aggregate::Mean,
-        Aggregate::Min => mvp_infer::Aggregate::Min,
-    };
-    (ensemble(critic.online()), aggregate)
+    (ensemble(critic.online()), critic.config().aggregate)
 }
 
 /// A whole acting policy: the actor and, for generate-and-select with `num_samples` > 1, the
@@ -75,14 +64,6 @@ fn host(t: &Tensor, member: Option<i64>) -> Vec<f32> {
         None => t.shallow_clone(),
     };
     crate::native::host(&t.detach().to_device(Device::Cpu))
-}
-
-fn activation(a: Activation) -> mvp_infer::Activation {
-    match a {
-        Activation::Gelu => mvp_infer::Activation::Gelu,
-        Activation::Silu => mvp_infer::Activation::Silu,
-        Activation::Relu => mvp_infer::Activation::Relu,
-    }
 }
 
 /// Layer `l` of ensemble member `member` (`None`: a plain MLP).

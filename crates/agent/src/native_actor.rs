@@ -112,7 +112,7 @@ impl NativeActorUpdate {
         let tangent_rows = if mean_flow { rows } else { 0 };
         for i in 0..tangent_rows {
             let (x, eps) = (&b.actions[i * d..(i + 1) * d], &b.eps[i * d..(i + 1) * d]);
-            self.tangent.extend(std::iter::repeat(0.0).take(s));
+            self.tangent.extend(std::iter::repeat_n(0.0, s));
             self.tangent.extend(x.iter().zip(eps).map(|(&x, &e)| e - x));
             self.tangent.extend([1.0, 1.0]);
         }

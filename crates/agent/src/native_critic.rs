@@ -149,7 +149,7 @@ pub fn combine(aggregate: Aggregate, values: impl Iterator<Item = f32>) -> f32 {
 mod tests {
     use super::*;
     use crate::native::{assert_flat_grads_match, host, test_precisions};
-    use mvp_critic::CriticConfig;
+    use mvp_critic::{AggregateExt, CriticConfig};
     use mvp_nn::{AdamConfig, MlpConfig};
     use tch::{Device, Kind, Tensor};
 

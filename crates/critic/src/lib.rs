@@ -4,27 +4,24 @@
 //! `Q_j(s, a_{k..k+h})` estimates the return of executing the chunk open-loop from s. The TD
 //! target is `R + γ^h · m · agg_j Q̄_j(s_{k+h}, a*)`, where `R` is the discounted reward over
 //! the chunk, `m` the bootstrap mask and `a*` a chunk the agent selects (see the agent crate).
-//! Depends on `mvp-nn`, tch, `serde` and `anyhow`.
+//! Depends on `mvp-nn`, `mvp-spec` (the [`Aggregate`] it shares with the native engine), tch,
+//! `serde` and `anyhow`.
 #![warn(missing_docs)]
 
 use mvp_nn::{polyak_update, Activation, EnsembleMlp, MlpConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-/// How ensemble members' values are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Aggregate {
-    /// The mean over members (QC's default).
-    #[default]
-    Mean,
-    /// The minimum over members (pessimistic, as in clipped double Q-learning).
-    Min,
+pub use mvp_spec::Aggregate;
+
+/// [`Aggregate`] on tensors.
+pub trait AggregateExt {
+    /// Combines `q [E, ...]` over the first dimension.
+    fn apply(self, q: &Tensor) -> Tensor;
 }
 
-impl Aggregate {
-    /// Combines `q [E, ...]` over the first dimension.
-    pub fn apply(self, q: &Tensor) -> Tensor {
+impl AggregateExt for Aggregate {
+    fn apply(self, q: &Tensor) -> Tensor {
         match self {
             Aggregate::Mean => q.mean_dim(0, false, q.kind()),
             Aggregate::Min => q.amin(0, false),

@@ -1,6 +1,6 @@
 //! Behaviour tests of the critic ensemble.
 
-use mvp_critic::{Aggregate, Critic, CriticConfig};
+use mvp_critic::{Aggregate, AggregateExt, Critic, CriticConfig};
 use mvp_nn::MlpConfig;
 use tch::{Device, Kind, Tensor};
 

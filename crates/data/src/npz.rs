@@ -121,12 +121,12 @@ impl NpyArray {
         };
         Ok(match (dtype.type_char(), dtype.size_field()) {
             (Float, 4) => floats(read!(f32, |x| float(f64::from(x))))?,
-            (Float, 8) => floats(read!(f64, |x| float(x)))?,
+            (Float, 8) => floats(read!(f64, &float))?,
             (Bool, 1) => read!(bool, |x| int(i64::from(x))),
             (Int, 1) => read!(i8, |x| int(i64::from(x))),
             (Int, 2) => read!(i16, |x| int(i64::from(x))),
             (Int, 4) => read!(i32, |x| int(i64::from(x))),
-            (Int, 8) => read!(i64, |x| int(x)),
+            (Int, 8) => read!(i64, &int),
             (Uint, 1) => read!(u8, |x| int(i64::from(x))),
             (Uint, 2) => read!(u16, |x| int(i64::from(x))),
             (Uint, 4) => read!(u32, |x| int(i64::from(x))),

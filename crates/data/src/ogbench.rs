@@ -80,15 +80,15 @@ pub enum OgbenchDataError {
         /// The file.
         path: PathBuf,
         /// The array.
-        key: String,
+        key: &'static str,
         /// The environment the dataset was loaded for.
         env_id: String,
         /// The dataset that environment uses (e.g. `cube-double-play-v0`).
         dataset: String,
         /// The shape the environment needs (`N` = rows in the file).
-        expected: Vec<usize>,
+        expected: [usize; 2],
         /// The shape in the file.
-        got: Vec<usize>,
+        got: [usize; 2],
     },
     /// The file is not a readable npz/npy or its contents are inconsistent.
     #[error("{}: {reason}", path.display())]
@@ -207,11 +207,11 @@ impl OgbenchNpz {
             if got != want {
                 return Err(OgbenchDataError::Shape {
                     path: self.path.clone(),
-                    key: key.to_string(),
+                    key,
                     env_id: task.env_id.clone(),
                     dataset: task.dataset_name(),
-                    expected: vec![self.rows, want],
-                    got: vec![self.rows, got],
+                    expected: [self.rows, want],
+                    got: [self.rows, got],
                 });
             }
         }

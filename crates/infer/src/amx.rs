@@ -73,7 +73,7 @@ impl TileConfig {
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn matmul_bias(a: &[u16], w: &[u16], bias: &[f32], rows: usize, k: usize, n: usize, out: &mut [f32]) {
     use std::arch::asm;
-    debug_assert!(rows % ROWS == 0 && k % TILE_K == 0 && n % 32 == 0);
+    debug_assert!(rows.is_multiple_of(ROWS) && k.is_multiple_of(TILE_K) && n.is_multiple_of(32));
     debug_assert!(a.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n);
     for row in out[..rows * n].chunks_exact_mut(n) {
         row.copy_from_slice(&bias[..n]);

@@ -271,6 +271,7 @@ impl MlpGrad {
         for r in 0..tangent_rows {
             self.h[0][(rows + r) * s0..(rows + r) * s0 + d0].copy_from_slice(&dx[r * d0..(r + 1) * d0]);
         }
+        #[allow(clippy::needless_range_loop)] // `l` indexes four per-layer arrays
         for l in 0..layers {
             match self.precision {
                 Precision::F32 => self.fwd[l].forward_f32_biased(&self.h[l], all, rows, &mut self.z[l]),

@@ -147,7 +147,7 @@ impl PolicyFile {
         horizon: usize,
         metadata: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, String> {
-        if horizon == 0 || weights.chunk_dim % horizon != 0 {
+        if horizon == 0 || !weights.chunk_dim.is_multiple_of(horizon) {
             return Err(format!("a chunk of width {} is not {horizon} actions", weights.chunk_dim));
         }
         let (kind, steps) = match weights.actor_kind {

@@ -302,7 +302,7 @@ impl PackedLinear {
     pub fn forward_f32_biased(&self, a: &[f32], rows: usize, biased: usize, out: &mut [f32]) {
         assert_eq!(self.precision, Precision::F32);
         self.check(a.len(), rows, out.len());
-        assert!(biased <= rows && biased % MR == 0, "biased rows must be a multiple of {MR} up to rows");
+        assert!(biased <= rows && biased.is_multiple_of(MR), "biased rows must be a multiple of {MR} up to rows");
         self.forward_f32_any(a, rows, (self.k, 1), biased, out);
     }
 
@@ -341,7 +341,7 @@ impl PackedLinear {
         assert!(self.isa.has_bf16(), "the bf16 kernel needs AVX512-BF16 (this layer runs {} kernels)", self.isa);
         self.check(a.len(), rows, out.len());
         #[cfg(target_arch = "x86_64")]
-        if crate::amx::available() && rows % crate::amx::ROWS == 0 {
+        if crate::amx::available() && rows.is_multiple_of(crate::amx::ROWS) {
             // SAFETY: AMX is available and permitted; `check` bounds the three buffers.
             unsafe { crate::amx::matmul_bias(a, &self.bf16_panels, &self.bias, rows, self.k, self.n, out) };
             return;

@@ -20,9 +20,10 @@
 //! A trained policy leaves a run as a folder ([`PolicyFile`]: `policy.safetensors` +
 //! `policy.json`, written by `mvp export`) that this crate loads and acts with.
 //!
-//! A leaf of the workspace: it depends on `rand`/`rand_distr` (the sampling noise), `libc` (the
-//! AMX permission request), `safetensors`/`serde`/`serde_json` (the policy folder) and
-//! `thiserror` — never on libtorch.
+//! Of the workspace it depends only on `mvp-spec` (the types it shares with the training
+//! crates: [`Activation`], [`ActorKind`]); beyond it on `rand`/`rand_distr` (the sampling
+//! noise), `libc` (the AMX permission request), `safetensors`/`serde`/`serde_json` (the policy
+//! folder) and `thiserror` — never on libtorch.
 #![warn(missing_docs)]
 
 mod amx;

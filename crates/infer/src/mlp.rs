@@ -13,16 +13,8 @@ use crate::isa::Isa;
 
 pub(crate) use kernels::{exp, gelu, round_to_bf16, sum};
 
-/// Nonlinearity between layers (the same set as the training crate's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact GELU, `x·Φ(x)`, with Φ from an erf approximation of absolute error ≤ 1.5e-7.
-    Gelu,
-    /// `x·sigmoid(x)`.
-    Silu,
-    /// `max(x, 0)`.
-    Relu,
-}
+// Defined in mvp-spec: shared with the training crates.
+pub use mvp_spec::Activation;
 
 /// The parameters of one affine layer, as the training code holds them.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,46 +10,10 @@ use crate::gemm::Precision;
 use crate::isa::Isa;
 use crate::mlp::{Mlp, MlpWeights};
 
-/// What the actor network computes and how samples are drawn from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActorKind {
-    /// The mean velocity policy `u(s, z, r, t)` on inputs `[s, z, t, t − r]`; `steps` = 1 is
-    /// the one-step policy `a = ε − u(s, ε, 0, 1)`.
-    MeanVelocity {
-        /// Network evaluations per sample.
-        steps: usize,
-    },
-    /// A flow-matching velocity `v(s, z, t)` on inputs `[s, z, t]`, integrated with `steps`
-    /// Euler steps from t = 1 to 0 (QC: 10).
-    Flow {
-        /// Euler steps.
-        steps: usize,
-    },
-}
+// Defined in mvp-spec: shared with the training crates.
+pub use mvp_spec::ActorKind;
 
-impl ActorKind {
-    fn steps(self) -> usize {
-        match self {
-            ActorKind::MeanVelocity { steps } | ActorKind::Flow { steps } => steps.max(1),
-        }
-    }
-
-    fn time_cols(self) -> usize {
-        match self {
-            ActorKind::MeanVelocity { .. } => 2,
-            ActorKind::Flow { .. } => 1,
-        }
-    }
-}
-
-/// How the critic members' values are combined for selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Aggregate {
-    /// Mean over members.
-    Mean,
-    /// Minimum over members.
-    Min,
-}
+pub use mvp_spec::Aggregate;
 
 /// Everything a trained agent contributes to acting.
 #[derive(Debug, Clone, PartialEq)]

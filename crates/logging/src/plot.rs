@@ -199,35 +199,6 @@ fn draw(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn axis_range_is_never_empty() {
-        assert_eq!(axis_range(std::iter::empty()), (0.0, 1.0));
-        let (lo, hi) = axis_range([3.0, 3.0].into_iter());
-        assert!(lo < 3.0 && hi > 3.0);
-        assert_eq!(axis_range([0.0, 10.0].into_iter()), (-0.5, 10.5));
-    }
-
-    #[test]
-    fn tick_labels_are_short() {
-        let got: Vec<String> = [0.0, -0.0, 0.25, 100000.0, -1.5e6, 2e-4, -2.2e-16, 3.1000001]
-            .iter()
-            .map(|&v| tick_label(v, 1.0))
-            .collect();
-        assert_eq!(got, ["0", "0", "0.25", "100000", "-1.5e6", "2.0e-4", "0", "3.1"]);
-        assert_eq!(tick_label(2e-12, 1e-11), "2.0e-12");
-    }
-
-    #[test]
-    fn non_finite_points_split_a_series_into_segments() {
-        let pts = [(0.0, 1.0), (1.0, f64::NAN), (2.0, 2.0), (3.0, 3.0), (f64::INFINITY, 0.0)];
-        assert_eq!(finite_segments(&pts), vec![vec![(0.0, 1.0)], vec![(2.0, 2.0), (3.0, 3.0)]]);
-    }
-}
-
 /// Writes a PNG bar chart with a logarithmic value axis: one group of bars per category,
 /// one bar per series (`(label, values)`, one value per category; non-finite or non-positive
 /// values are left out). For benchmark figures that span orders of magnitude.
@@ -309,4 +280,33 @@ fn draw_bars(
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_range_is_never_empty() {
+        assert_eq!(axis_range(std::iter::empty()), (0.0, 1.0));
+        let (lo, hi) = axis_range([3.0, 3.0].into_iter());
+        assert!(lo < 3.0 && hi > 3.0);
+        assert_eq!(axis_range([0.0, 10.0].into_iter()), (-0.5, 10.5));
+    }
+
+    #[test]
+    fn tick_labels_are_short() {
+        let got: Vec<String> = [0.0, -0.0, 0.25, 100000.0, -1.5e6, 2e-4, -2.2e-16, 3.1000001]
+            .iter()
+            .map(|&v| tick_label(v, 1.0))
+            .collect();
+        assert_eq!(got, ["0", "0", "0.25", "100000", "-1.5e6", "2.0e-4", "0", "3.1"]);
+        assert_eq!(tick_label(2e-12, 1e-11), "2.0e-12");
+    }
+
+    #[test]
+    fn non_finite_points_split_a_series_into_segments() {
+        let pts = [(0.0, 1.0), (1.0, f64::NAN), (2.0, 2.0), (3.0, 3.0), (f64::INFINITY, 0.0)];
+        assert_eq!(finite_segments(&pts), vec![vec![(0.0, 1.0)], vec![(2.0, 2.0), (3.0, 3.0)]]);
+    }
 }

@@ -2,7 +2,7 @@
 
 use tch::{nn, Tensor};
 
-use crate::mlp::{build_layers, Activation, Layer, MlpConfig, LN_EPS};
+use crate::mlp::{build_layers, Activation, ActivationExt, Layer, MlpConfig, LN_EPS};
 use crate::precision::{matmul, MatmulPrecision};
 
 /// E independent MLPs with identical shapes, evaluated together: weights are stacked as

@@ -6,7 +6,8 @@
 //! state can be saved, [`polyak_update`], atomic [`checkpoint`]s, and the [`Runtime`]
 //! settings (device, thread count, [`MatmulPrecision`]).
 //!
-//! A leaf of the workspace: it depends on tch (and torch-sys for the thread settings), `serde`,
+//! Of the workspace it depends only on `mvp-spec` (the types it shares with the native engine:
+//! [`Activation`]); beyond it on tch (and torch-sys for the thread settings), `serde`,
 //! `serde_json`, `anyhow` and `thiserror` — not on the native engine, which the agent exports
 //! into.
 #![warn(missing_docs)]
@@ -23,7 +24,7 @@ mod time;
 pub use adam::{polyak_update, Adam, AdamConfig};
 pub use ensemble::EnsembleMlp;
 pub use jvp::{jvp_autograd, ForwardJvp};
-pub use mlp::{Activation, Layer, Mlp, MlpConfig};
+pub use mlp::{Activation, ActivationExt, Layer, Mlp, MlpConfig};
 pub use precision::MatmulPrecision;
 pub use runtime::{DeviceChoice, Runtime};
 pub use time::TimeFeatures;

@@ -6,22 +6,20 @@ use tch::{nn, Tensor};
 use crate::jvp::ForwardJvp;
 use crate::precision::{matmul, MatmulPrecision};
 
-/// Nonlinearity between layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    /// Exact (erf) GELU, the default of FQL/QC and of the MVP paper.
-    #[default]
-    Gelu,
-    /// SiLU / swish.
-    Silu,
-    /// ReLU.
-    Relu,
+// Defined in mvp-spec: shared with the native engine.
+pub use mvp_spec::Activation;
+
+/// [`Activation`] on tensors (the type lives in `mvp-spec`, which has no libtorch).
+pub trait ActivationExt {
+    /// Applies the activation.
+    fn forward(self, x: &Tensor) -> Tensor;
+
+    /// The derivative σ'(x), elementwise.
+    fn derivative(self, x: &Tensor) -> Tensor;
 }
 
-impl Activation {
-    /// Applies the activation.
-    pub fn forward(self, x: &Tensor) -> Tensor {
+impl ActivationExt for Activation {
+    fn forward(self, x: &Tensor) -> Tensor {
         match self {
             Activation::Gelu => x.gelu("none"),
             Activation::Silu => x.silu(),
@@ -29,8 +27,7 @@ impl Activation {
         }
     }
 
-    /// The derivative σ'(x), elementwise.
-    pub fn derivative(self, x: &Tensor) -> Tensor {
+    fn derivative(self, x: &Tensor) -> Tensor {
         match self {
             Activation::Gelu => {
                 // d/dx x·Φ(x) = Φ(x) + x·φ(x)

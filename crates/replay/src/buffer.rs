@@ -456,6 +456,34 @@ mod tests {
     }
 
     #[test]
+    fn mapped_rewards_apply_to_dataset_and_online_rows_and_survive_a_restore() {
+        let d = Dataset::new(
+            1,
+            1,
+            vec![0.0, 1.0],
+            vec![0.0; 2],
+            vec![-0.5, 0.0],
+            vec![0.0, 1.0],
+            vec![1.0; 2],
+            vec![1.0, 2.0],
+        )
+        .unwrap();
+        let mut buf = ReplayBuffer::new(8, 1, 1).unwrap();
+        buf.map_rewards(|r| if r == 0.0 { 0.0 } else { -1.0 });
+        buf.extend_from_dataset(&d).unwrap();
+        buf.push(&Transition::new(&[2.0], &[0.0], -0.25, &[3.0], false, 1.0)).unwrap();
+        assert_eq!(buf.rewards, vec![-1.0, 0.0, -1.0], "once each, dataset and online alike");
+        let dir = tempfile::tempdir().unwrap();
+        buf.save(dir.path().join("b.bin")).unwrap();
+        let mut back = ReplayBuffer::new(8, 1, 1).unwrap();
+        back.map_rewards(|r| r * 10.0);
+        back.restore(dir.path().join("b.bin")).unwrap();
+        assert_eq!(back.rewards, buf.rewards, "a restored buffer is not mapped again");
+        back.push(&Transition::new(&[3.0], &[0.0], -0.25, &[4.0], false, 1.0)).unwrap();
+        assert_eq!(back.rewards[3], -2.5, "its own map applies to what comes after");
+    }
+
+    #[test]
     fn end_episode_cuts_windows_at_the_newest_transition() {
         let mut buf = ReplayBuffer::new(16, 1, 1).unwrap();
         for i in 0..6 {

@@ -47,7 +47,7 @@ impl AsyncCollector {
     }
 
     /// The next step's transitions (waits for them).
-    pub fn next(&mut self) -> Result<Collected> {
+    pub fn receive(&mut self) -> Result<Collected> {
         match self.items.recv() {
             Ok(item) => item,
             Err(_) => bail!("the collector thread stopped"),

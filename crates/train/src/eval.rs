@@ -371,7 +371,7 @@ fn checkpoint_dims(loaded: &checkpoint::Loaded<Progress>, horizon: usize) -> Res
     let last = (0..).take_while(|i| shape(&format!("actor/l{i}.weight")).is_some()).last();
     let chunk = last.and_then(|i| shape(&format!("actor/l{i}.weight"))).and_then(|s| s.last().copied());
     match (critic_in, chunk) {
-        (Some(c), Some(d)) if d > 0 && c > d && d as usize % horizon == 0 => {
+        (Some(c), Some(d)) if d > 0 && c > d && (d as usize).is_multiple_of(horizon) => {
             Ok(((c - d) as usize, d as usize / horizon))
         }
         _ => anyhow::bail!(

@@ -21,7 +21,7 @@ MVP_CACHE_DIR=$(mktemp -d) $B --log info bench train --hidden 256,256 --batch 64
   --select libtorch,auto --critic libtorch,auto --actor libtorch,auto --iters 30 > $out/train_2x256_auto.md 2> $out/train_2x256_auto.log
 MVP_CACHE_DIR=$(mktemp -d) $B --log info bench train --isa portable --hidden 256,256 --batch 64 --only QC,MVP \
   --select libtorch,auto --critic libtorch,auto --actor libtorch,auto --iters 30 > $out/train_2x256_auto_portable.md 2> $out/train_2x256_auto_portable.log
-$B --log warn bench latency --hidden 256,256 --only QC,MVP --engines libtorch,native-f32 --calls 2000 \
+$B --log warn bench latency --hidden 256,256 --only QC,MVP --engines libtorch,native --precisions f32 --calls 2000 \
   --json $out/latency_2x256.json > $out/latency_2x256.md
 $B --log warn bench train --batch 256 --only QC,MVP --select libtorch,native --critic libtorch,native \
   --actor libtorch,native --iters 10 --json $out/train_paper.json > $out/train_paper.md

@@ -4,6 +4,7 @@
 //! batch's host arrays, libtorch steps its tensors.
 
 use anyhow::Result;
+use mvp_critic::AggregateExt;
 use mvp_replay::ChunkBatch;
 use tch::{Kind, Tensor};
 

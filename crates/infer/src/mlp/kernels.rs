@@ -33,6 +33,7 @@ fn round_to_bf16_portable(src: &[f32], dst: &mut [u16]) {
 /// `e^x` for f32, branch-free so that loops over it vectorise: x = n·ln2 + r, |r| ≤ ln2/2, a
 /// degree-6 Taylor polynomial for e^r (relative error < 4e-7) and 2^n from the exponent bits.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // `clamp` would pass NaN through; max/min map it to -87
 pub(crate) fn exp(x: f32) -> f32 {
     let x = x.max(-87.0).min(88.0);
     const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer in the low bits

@@ -31,15 +31,18 @@ impl Trainer {
     /// as they are now, on the native engine), so that it steps while this thread updates.
     pub(super) fn collect_async(&mut self, online_step: u64) -> Result<Vec<(&'static str, f64)>> {
         let c = online_step / self.num_envs as u64;
-        if self.async_collector.is_none() {
-            let collector = self.collector.take().expect("the collector starts on its thread once");
-            let (first, second) = (self.owned_policy(c)?, self.owned_policy(c + 1)?);
-            self.async_collector = Some(AsyncCollector::start(collector, first, second)?);
-        } else {
-            let policy = self.owned_policy(c + 1)?;
-            self.async_collector.as_mut().expect("started above").send(policy)?;
-        }
-        let got = self.async_collector.as_mut().expect("started above").next()?;
+        let running = match self.async_collector.take() {
+            Some(mut running) => {
+                running.send(self.owned_policy(c + 1)?)?;
+                running
+            }
+            None => {
+                let collector = self.collector.take().expect("the collector starts on its thread once");
+                let (first, second) = (self.owned_policy(c)?, self.owned_policy(c + 1)?);
+                AsyncCollector::start(collector, first, second)?
+            }
+        };
+        let got = self.async_collector.insert(running).receive()?;
         self.store(got)
     }
 

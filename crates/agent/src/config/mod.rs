@@ -11,6 +11,9 @@ use mvp_data::DataConfig;
 use mvp_nn::{AdamConfig, Runtime};
 use serde::{Deserialize, Serialize};
 
+mod overrides;
+use overrides::apply_override;
+
 /// Everything a training run needs. Each section is a TOML table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -478,24 +481,4 @@ impl TrainConfig {
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).context("serialising the resolved config")
     }
-}
-
-/// Sets `a.b.c = value` in a TOML tree; the value is parsed as TOML (numbers, booleans,
-/// strings in quotes, arrays) and taken as a bare string otherwise.
-fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
-    let (key, raw) = assignment.split_once('=').with_context(|| format!("override `{assignment}` is not KEY=VALUE"))?;
-    let key = key.trim();
-    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim()))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
-    let parts: Vec<&str> = key.split('.').collect();
-    let mut node = root;
-    for p in &parts[..parts.len() - 1] {
-        let table = node.as_table_mut().with_context(|| format!("override `{key}`: `{p}` is not a table"))?;
-        node = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-    }
-    let table = node.as_table_mut().with_context(|| format!("override `{key}`: parent is not a table"))?;
-    table.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
 }
