@@ -18,7 +18,7 @@ build: setup
 	$(CARGO) build --release
 
 ## run: the main job: MVP offline-to-online on robomimic lift at a CPU budget (generates 50
-## scripted demonstrations on first use; about 4 minutes after the build on 2 AVX-512 cores, 9 on AVX2), then
+## scripted demonstrations on first use; about 6 minutes after the build on 2 AVX2 cores), then
 ## prints the learning curve
 run: build
 	target/release/mvp train --config configs/cpu/robomimic-lift.toml
