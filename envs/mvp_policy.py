@@ -10,7 +10,8 @@ z ~ N(0, I) of width h*|A|; for i = k-1 .. 0, z <- z - u([obs, z, t, t - r]) / k
 t = (i+1)/k, r = i/k (one network call for MVP; a flow actor's input is [obs, z, t]); clip to
 [-1, 1]; with N > 1 the candidate the critic members score highest (mean or minimum over
 members) is returned. Given the same noise it returns the same chunks as the trained agent, to
-float32 rounding. Needs NumPy only (the safetensors file is read directly).
+float32 rounding. Needs NumPy only (the safetensors file is read directly). The weights file
+is checked against the SHA-256 that policy.json records; a damaged file is refused.
 
 Run as a script it acts on raw float32 files, which is how the Rust tests check it:
 
@@ -18,6 +19,7 @@ Run as a script it acts on raw float32 files, which is how the Rust tests check 
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -25,7 +27,8 @@ import struct
 
 import numpy as np
 
-FORMAT = "mvp-policy/1"
+FORMAT = "mvp-policy/2"
+FORMAT_V1 = "mvp-policy/1"  # the same folder without the weights' checksum
 _ERF = np.vectorize(math.erf, otypes=[np.float64])
 
 
@@ -91,9 +94,19 @@ class Policy:
     def __init__(self, folder, seed=0):
         with open(os.path.join(folder, "policy.json")) as f:
             self.spec = json.load(f)
-        if self.spec.get("format") != FORMAT:
-            raise ValueError(f"{folder}: format {self.spec.get('format')!r}, this module reads {FORMAT!r}")
-        tensors = read_safetensors(os.path.join(folder, "policy.safetensors"))
+        fmt = self.spec.get("format")
+        if fmt not in (FORMAT, FORMAT_V1):
+            raise ValueError(f"{folder}: format {fmt!r}, this module reads {FORMAT!r} and {FORMAT_V1!r}")
+        weights = os.path.join(folder, "policy.safetensors")
+        want = self.spec.get("weights_sha256")
+        if want is None and fmt == FORMAT:
+            raise ValueError(f"{folder}/policy.json: format {FORMAT!r} without weights_sha256")
+        if want is not None:
+            with open(weights, "rb") as f:
+                got = hashlib.sha256(f.read()).hexdigest()
+            if got != want.lower():
+                raise ValueError(f"{weights}: damaged: its SHA-256 is {got}, policy.json records {want}")
+        tensors = read_safetensors(weights)
         s = self.spec
         self.obs_dim, self.horizon, self.action_dim = s["obs_dim"], s["horizon"], s["action_dim"]
         self.chunk_dim = self.horizon * self.action_dim

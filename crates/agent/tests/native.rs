@@ -357,6 +357,25 @@ fn an_exported_policy_acts_like_the_agent_in_rust_and_in_python() {
             );
         }
         assert!(compared >= 2, "too many near-ties to compare");
+
+        // 40 bytes overwritten inside the weights: both loaders refuse the folder, naming the file.
+        let weights = dir.path().join(mvp_infer::WEIGHTS_FILE);
+        let mut blob = std::fs::read(&weights).unwrap();
+        let mid = blob.len() / 2;
+        blob[mid..mid + 40].fill(0x5a);
+        std::fs::write(&weights, &blob).unwrap();
+        let err = mvp_infer::PolicyFile::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("policy.safetensors") && err.contains("damaged"), "{err}");
+        let out = mvp_envs::python_command()
+            .unwrap()
+            .arg(&script)
+            .arg(dir.path())
+            .args(["--obs", obs_file.to_str().unwrap(), "--noise", noise_file.to_str().unwrap()])
+            .args(["--out", out_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("policy.safetensors: damaged"), "{stderr}");
     }
 }
 

@@ -5,9 +5,14 @@
 //!   policy.safetensors   actor.l{i}.weight [in, out], actor.l{i}.bias [out],
 //!                        actor.l{i}.norm_scale / norm_shift [out] (hidden layers with LayerNorm),
 //!                        critic.{m}.l{i}.* the same for critic member m
-//!   policy.json          the spec: shapes, sampler, activation, layers, aggregation, N, the
-//!                        preprocessing, and free-form metadata (where it came from)
+//!   policy.json          the spec: the format version, shapes, sampler, activation, layers,
+//!                        aggregation, N, the preprocessing, the SHA-256 of policy.safetensors,
+//!                        and free-form metadata (where it came from)
 //! ```
+//!
+//! Readers verify the checksum and refuse a weights file that does not match it (a damaged or
+//! swapped file would otherwise load and act differently). Format `mvp-policy/1` folders,
+//! written before the checksum, still load.
 //!
 //! All tensors are little-endian f32. A network is `Linear → activation → [LayerNorm]` per
 //! hidden layer, then a final `Linear` (`y = x·W + b`, W stored `[in, out]`). The actor's input
@@ -32,8 +37,10 @@ use crate::policy::{ActorKind, Aggregate, PolicyWeights};
 pub const WEIGHTS_FILE: &str = "policy.safetensors";
 /// The spec file in a policy folder.
 pub const SPEC_FILE: &str = "policy.json";
-/// The format this crate writes and reads.
-pub const FORMAT: &str = "mvp-policy/1";
+/// The format this crate writes (it also reads [`FORMAT_V1`]).
+pub const FORMAT: &str = "mvp-policy/2";
+/// The first format: the same folder without the weights' checksum.
+pub const FORMAT_V1: &str = "mvp-policy/1";
 
 /// `policy.json`: everything about an exported policy except the weights' values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +61,10 @@ pub struct PolicySpec {
     pub critic: Option<CriticSpec>,
     /// How inputs and outputs relate to the environment's.
     pub preprocessing: Preprocessing,
+    /// SHA-256 of `policy.safetensors`, lowercase hex (set by [`PolicyFile::save`]; absent in
+    /// [`FORMAT_V1`] folders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
     /// Free-form: the environment, the run and step it came from, its evaluation.
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -172,6 +183,7 @@ impl PolicyFile {
             actor: ActorSpec { kind: kind.into(), steps, network: network_spec(&weights.actor) },
             critic,
             preprocessing: Preprocessing { observation: "raw".into(), action_clip: [-1.0, 1.0] },
+            weights_sha256: None,
             metadata,
         };
         Ok(Self { weights, spec })
@@ -205,7 +217,8 @@ impl PolicyFile {
         let blob = safetensors::serialize(views, None)
             .map_err(|e| PolicyFileError::Invalid { path: path.display().to_string(), msg: e.to_string() })?;
         write_atomically(&path, &blob)?;
-        let json = serde_json::to_vec_pretty(&self.spec).expect("a spec serialises");
+        let spec = PolicySpec { weights_sha256: Some(sha256_hex(&blob)), ..self.spec.clone() };
+        let json = serde_json::to_vec_pretty(&spec).expect("a spec serialises");
         write_atomically(&dir.join(SPEC_FILE), &json)
     }
 
@@ -215,11 +228,23 @@ impl PolicyFile {
         let text = std::fs::read(&spec_path).map_err(|e| io(&spec_path, e))?;
         let invalid = |path: &Path, msg: String| PolicyFileError::Invalid { path: path.display().to_string(), msg };
         let spec: PolicySpec = serde_json::from_slice(&text).map_err(|e| invalid(&spec_path, e.to_string()))?;
-        if spec.format != FORMAT {
-            return Err(invalid(&spec_path, format!("format {:?}, this build reads {FORMAT:?}", spec.format)));
+        if spec.format != FORMAT && spec.format != FORMAT_V1 {
+            let msg = format!("format {:?}, this build reads {FORMAT:?} and {FORMAT_V1:?}", spec.format);
+            return Err(invalid(&spec_path, msg));
         }
         let path = dir.join(WEIGHTS_FILE);
         let blob = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        match (&spec.weights_sha256, spec.format.as_str()) {
+            (Some(want), _) => {
+                let got = sha256_hex(&blob);
+                if got != want.to_ascii_lowercase() {
+                    let msg = format!("damaged: its SHA-256 is {got}, {SPEC_FILE} records {want}");
+                    return Err(invalid(&path, msg));
+                }
+            }
+            (None, FORMAT_V1) => {}
+            (None, _) => return Err(invalid(&spec_path, format!("format {FORMAT:?} without `weights_sha256`"))),
+        }
         let st = SafeTensors::deserialize(&blob).map_err(|e| invalid(&path, e.to_string()))?;
         let named: HashMap<String, TensorView<'_>> = st.tensors().into_iter().collect();
         let fetch = |name: &str, shape: &[usize]| -> Result<Vec<f32>, PolicyFileError> {
@@ -309,6 +334,12 @@ fn network_spec(net: &MlpWeights) -> NetworkSpec {
     }
 }
 
+/// SHA-256 of `data` as lowercase hex.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn bytes(x: &[f32]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -373,7 +404,9 @@ mod tests {
         let file = PolicyFile::new(weights(), 3, meta).unwrap();
         file.save(dir.path()).unwrap();
         let back = PolicyFile::load(dir.path()).unwrap();
-        assert_eq!(back, file);
+        let checksum = back.spec.weights_sha256.clone().expect("saved with its checksum");
+        assert_eq!(checksum.len(), 64);
+        assert_eq!(PolicyFile { spec: PolicySpec { weights_sha256: None, ..back.spec.clone() }, ..back.clone() }, file);
         assert_eq!(back.spec.action_dim, 2);
         let obs: Vec<f32> = (0..10).map(|i| i as f32 / 10.0).collect();
         let (mut a, mut b) = (vec![0.0; 12], vec![0.0; 12]);
@@ -388,7 +421,9 @@ mod tests {
         let file = PolicyFile::new(weights(), 3, Default::default()).unwrap();
         file.save(dir.path()).unwrap();
         // A spec that promises another shape than the weights hold.
-        let mut spec = file.spec.clone();
+        let saved =
+            || -> PolicySpec { serde_json::from_slice(&std::fs::read(dir.path().join(SPEC_FILE)).unwrap()).unwrap() };
+        let mut spec = saved();
         spec.obs_dim = 9;
         spec.actor.network.layers[0].in_dim = 17;
         std::fs::write(dir.path().join(SPEC_FILE), serde_json::to_vec(&spec).unwrap()).unwrap();
@@ -401,6 +436,24 @@ mod tests {
         std::fs::write(&path, &blob[..blob.len() / 2]).unwrap();
         let err = PolicyFile::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("policy.safetensors"), "{err}");
+        // 40 bytes overwritten inside the weights: the file still parses, the checksum does not match.
+        file.save(dir.path()).unwrap();
+        let mut blob = std::fs::read(&path).unwrap();
+        let mid = blob.len() / 2;
+        blob[mid..mid + 40].fill(0x5a);
+        std::fs::write(&path, &blob).unwrap();
+        let err = PolicyFile::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("policy.safetensors") && err.contains("damaged"), "{err}");
+        // The same folder with the checksum removed and the first format: loads (older exports).
+        let mut spec = saved();
+        (spec.format, spec.weights_sha256) = (FORMAT_V1.into(), None);
+        std::fs::write(dir.path().join(SPEC_FILE), serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert!(PolicyFile::load(dir.path()).is_ok());
+        // ... but the current format without one is refused.
+        spec.format = FORMAT.into();
+        std::fs::write(dir.path().join(SPEC_FILE), serde_json::to_vec(&spec).unwrap()).unwrap();
+        let err = PolicyFile::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("weights_sha256"), "{err}");
         // No folder at all.
         let err = PolicyFile::load(&dir.path().join("nothing")).unwrap_err().to_string();
         assert!(err.contains("policy.json"), "{err}");
