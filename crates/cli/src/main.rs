@@ -5,6 +5,7 @@
 //! clap, tch and `tracing-subscriber`.
 
 mod bench;
+mod data_check;
 mod report;
 
 use std::path::PathBuf;
@@ -167,6 +168,17 @@ enum DataCommand {
         /// Gaussian action noise of the demonstrator.
         #[arg(long, default_value_t = 0.0)]
         noise: f64,
+    },
+    /// What a dataset file holds, checked as a run would load it: episodes and lengths, the
+    /// action range, non-finite values and bad flags (named by episode and row), and the
+    /// successes per task (OGBench) or per episode.
+    Check {
+        /// The dataset (.npz or .hdf5).
+        file: PathBuf,
+        /// The environment a run would use it for (`env.name`), e.g. robomimic/lift or
+        /// ogbench/cube-double-play-singletask-task2-v0.
+        #[arg(long)]
+        env: String,
     },
     /// Meta-World demonstrations (robomimic's HDF5 layout, observation key `state`) from
     /// Meta-World's scripted policies; only successful episodes are kept.
@@ -444,6 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             mvp_data::run_generator(g.command()?, &out, true)
         }
+        Command::Data(DataCommand::Check { file, env }) => data_check::run(file, env),
         Command::Export { run, step, out } => export(run, step, out),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Report(args) => report::run(args),

@@ -61,12 +61,33 @@ pub struct DataConfig {
     pub demo_episodes: usize,
     /// Action noise of the native demonstrator.
     pub demo_noise: f64,
+    /// Dataset actions outside the environment's action space: `clip` them (counted in a
+    /// warning) or `refuse` the dataset.
+    pub out_of_range_actions: OutOfRangeActions,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { path: PathBuf::new(), generate_episodes: 0, generate_workers: 2, demo_episodes: 200, demo_noise: 0.3 }
+        Self {
+            path: PathBuf::new(),
+            generate_episodes: 0,
+            generate_workers: 2,
+            demo_episodes: 200,
+            demo_noise: 0.3,
+            out_of_range_actions: OutOfRangeActions::Clip,
+        }
     }
+}
+
+/// What [`check_dataset`] does with actions outside the action space (`data.out_of_range_actions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutOfRangeActions {
+    /// Clip them to the bounds and say how many.
+    #[default]
+    Clip,
+    /// Stop with an error naming the first.
+    Refuse,
 }
 
 /// The dataset `config` names for environment `env` (`None`: pure online training), made
@@ -95,8 +116,12 @@ pub fn load(config: &DataConfig, env: &str, seed: u64) -> Result<Option<Dataset>
     Ok(Some(data))
 }
 
-/// A dataset must match the environment's observation and action sizes; the error shows both.
-pub fn check_dataset(data: &Dataset, spec: &mvp_envs::EnvSpec) -> Result<()> {
+/// Checks a dataset before training trusts it: its observation and action sizes must match
+/// the environment's (the error shows both); a non-finite value or a flag outside its domain
+/// stops the run naming the file, the array, the episode and the row ([`Dataset::audit`]);
+/// actions outside the action space are clipped with a counted warning or refused
+/// (`config.out_of_range_actions`); an unclosed last episode ends as a truncation, said so.
+pub fn check_dataset(data: &mut Dataset, spec: &mvp_envs::EnvSpec, config: &DataConfig) -> Result<()> {
     if data.obs_dim != spec.obs_dim || data.act_dim != spec.action_dim {
         bail!(
             "dataset shapes do not match the environment: dataset observations [{}, {}] and actions [{}, {}], \
@@ -109,6 +134,53 @@ pub fn check_dataset(data: &Dataset, spec: &mvp_envs::EnvSpec) -> Result<()> {
             spec.obs_dim,
             spec.action_dim
         );
+    }
+    let source = match config.path.as_os_str().is_empty() {
+        true => "the demonstrator's dataset".to_string(),
+        false => config.path.display().to_string(),
+    };
+    let audit = data.audit();
+    if let Some(f) = audit.flaws.first() {
+        bail!(
+            "{source}: `{}` holds {} {} value(s), the first in episode {}, row {} (column {}); the file is damaged or \
+             was written wrong: regenerate it or fix that row (`mvp data check` lists every problem)",
+            f.key,
+            f.count,
+            f.what,
+            f.first.episode,
+            f.first.row,
+            f.first.column
+        );
+    }
+    if let Some(f) = mvp_replay::Audit::actions_outside(data, &spec.action_low, &spec.action_high) {
+        let (c, at) = (f.first.column, f.first);
+        let where_ = format!(
+            "the first in episode {}, row {} (dimension {c}: {} outside [{}, {}])",
+            at.episode,
+            at.row,
+            data.actions[at.row * data.act_dim + c],
+            spec.action_low[c],
+            spec.action_high[c]
+        );
+        match config.out_of_range_actions {
+            OutOfRangeActions::Refuse => bail!(
+                "{source}: {} action values lie outside the action space, {where_}; data.out_of_range_actions = \"clip\" \
+                 clips them",
+                f.count
+            ),
+            OutOfRangeActions::Clip => {
+                let n = data.clip_actions(&spec.action_low, &spec.action_high);
+                tracing::warn!(
+                    "{source}: clipped {n} action values outside the action space, {where_}; \
+                     data.out_of_range_actions = \"refuse\" stops instead"
+                );
+            }
+        }
+    }
+    if audit.open_tail {
+        let last = data.terminals.len() - 1;
+        data.terminals[last] = 1.0;
+        tracing::warn!("{source}: its last episode has no terminal row; it ends as a truncation at row {last}");
     }
     Ok(())
 }

@@ -9,6 +9,8 @@
 //!   steps: the batch contract of FQL/QC (`observations, actions, rewards, masks,
 //!   next_observations`, plus `valid`).
 //! - [`Transition`]: one step as the collector hands it to the buffer ([`ReplayBuffer::push`]).
+//! - [`Dataset::audit`]: what a dataset holds and what in it a learner must not see
+//!   ([`Audit`]).
 //!
 //! Two flags per transition, never to be confused: `terminal` marks an **episode end**
 //! (success or time limit), `mask` is the **bootstrap** mask (0 only on a true terminal
@@ -18,11 +20,13 @@
 //! only — never on tensors or system libraries, so sampling never needs libtorch.
 #![warn(missing_docs)]
 
+mod audit;
 mod buffer;
 mod chunk;
 mod dataset;
 mod io;
 
+pub use audit::{At, Audit, Flaw};
 pub use buffer::ReplayBuffer;
 pub use chunk::ChunkBatch;
 pub use dataset::Dataset;

@@ -209,11 +209,42 @@ fn config_errors_name_the_key_and_the_allowed_values() {
 
 #[test]
 fn a_dataset_for_another_environment_is_refused_with_both_shapes() {
-    let (data, _) = mvp_data::generate_dataset("branch-reach-v0", 2, 0.1, 0).unwrap();
+    let (mut data, _) = mvp_data::generate_dataset("branch-reach-v0", 2, 0.1, 0).unwrap();
     let mut spec = mvp_envs::make_native("branch-reach-v0").unwrap().spec().clone();
     spec.obs_dim = 37;
-    let err = mvp_data::check_dataset(&data, &spec).unwrap_err().to_string();
+    let err = mvp_data::check_dataset(&mut data, &spec, &Default::default()).unwrap_err().to_string();
     assert!(err.contains(&format!("[{}, 2]", data.len())) && err.contains("[37]"), "{err}");
+}
+
+#[test]
+fn bad_values_in_a_dataset_are_named_with_file_key_episode_and_row() {
+    let (clean, _) = mvp_data::generate_dataset("branch-reach-v0", 3, 0.1, 0).unwrap();
+    let spec = mvp_envs::make_native("branch-reach-v0").unwrap().spec().clone();
+    let config = mvp_data::DataConfig { path: "lift.hdf5".into(), ..Default::default() };
+    let second_episode = clean.terminals.iter().position(|&t| t != 0.0).unwrap() + 1;
+    // One NaN in one observation of the second episode.
+    let mut data = clean.clone();
+    data.observations[(second_episode + 2) * data.obs_dim + 1] = f32::NAN;
+    let err = mvp_data::check_dataset(&mut data, &spec, &config).unwrap_err().to_string();
+    let want =
+        format!("`observations` holds 1 non-finite value(s), the first in episode 1, row {}", second_episode + 2);
+    assert!(err.starts_with("lift.hdf5: ") && err.contains(&want), "{err}");
+    // An action of 50.0: clipped and counted by default, refused on request.
+    let mut data = clean.clone();
+    data.actions[3 * data.act_dim] = 50.0;
+    mvp_data::check_dataset(&mut data, &spec, &config).unwrap();
+    assert_eq!(data.actions[3 * data.act_dim], spec.action_high[0]);
+    let mut data = clean.clone();
+    data.actions[3 * data.act_dim] = 50.0;
+    let refuse = mvp_data::DataConfig { out_of_range_actions: mvp_data::OutOfRangeActions::Refuse, ..config.clone() };
+    let err = mvp_data::check_dataset(&mut data, &spec, &refuse).unwrap_err().to_string();
+    assert!(err.contains("1 action values lie outside the action space") && err.contains("row 3"), "{err}");
+    // A last episode without its terminal row ends as a truncation.
+    let mut data = clean;
+    let last = data.terminals.len() - 1;
+    data.terminals[last] = 0.0;
+    mvp_data::check_dataset(&mut data, &spec, &config).unwrap();
+    assert_eq!(data.terminals[last], 1.0);
 }
 
 #[test]

@@ -23,14 +23,14 @@ use crate::run_dir;
 pub(super) const BUFFER_FILE: &str = "buffer.bin";
 
 /// Loads the offline dataset the config names (see [`mvp_data::load`]), checked against the
-/// environment ([`mvp_data::check_dataset`]). Its rewards are as the file holds them:
+/// environment and for values a learner must not see ([`mvp_data::check_dataset`]). Its rewards are as the file holds them:
 /// `env.sparse` applies where the replay buffer stores them.
 pub fn load_dataset(config: &TrainConfig, spec: &mvp_envs::EnvSpec) -> Result<Option<Dataset>> {
     let Some(data) = mvp_data::load(&config.data, &spec.name, config.run.seed)? else {
         return Ok(None);
     };
-    let data = data.with_history(config.env.obs_history);
-    mvp_data::check_dataset(&data, spec)?;
+    let mut data = data.with_history(config.env.obs_history);
+    mvp_data::check_dataset(&mut data, spec, &config.data)?;
     Ok(Some(data))
 }
 
