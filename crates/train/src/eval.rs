@@ -145,13 +145,24 @@ impl BackgroundEval {
     pub fn start(
         agent: &Agent,
         precision: mvp_infer::Precision,
+        pool: Box<dyn EnvPool>,
+        protocol: (usize, usize, u64),
+        step: u64,
+    ) -> Result<Self> {
+        Self::start_from(agent.policy_weights()?, agent.shape().horizon, precision, pool, protocol, step)
+    }
+
+    /// [`BackgroundEval::start`] from a snapshot of the networks (`weights`, chunks of
+    /// `horizon` actions): a resumed run repeats an evaluation its interrupt cut short.
+    pub fn start_from(
+        weights: mvp_infer::PolicyWeights,
+        horizon: usize,
+        precision: mvp_infer::Precision,
         mut pool: Box<dyn EnvPool>,
         (episodes, execute, seed): (usize, usize, u64),
         step: u64,
     ) -> Result<Self> {
-        let weights = agent.policy_weights()?;
         let native = mvp_infer::NativePolicy::new(&weights, precision, seed)?;
-        let horizon = agent.shape().horizon;
         let handle = std::thread::Builder::new().name(format!("eval-{step}")).spawn(move || {
             let r = run_native(native, horizon, pool.as_mut(), episodes, execute, seed);
             (pool, r)
@@ -162,6 +173,11 @@ impl BackgroundEval {
     /// The training step whose networks it evaluates.
     pub fn step(&self) -> u64 {
         self.step
+    }
+
+    /// The networks it evaluates.
+    pub fn weights(&self) -> &mvp_infer::PolicyWeights {
+        &self.weights
     }
 
     /// Whether it has finished (joining then does not wait).

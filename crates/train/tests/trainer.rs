@@ -64,20 +64,38 @@ fn background_evaluations_equal_foreground_ones_and_survive_a_resume() {
     assert_eq!(meta.meta.pending_eval, Some(40));
     assert_eq!(meta.meta.eval_history.iter().map(|c| c.0).collect::<Vec<_>>(), [20]);
     // A copy of the run that stopped there resumes with that evaluation first.
-    let stopped = dir.path().join("stopped");
-    std::fs::create_dir_all(stopped.join("checkpoints")).unwrap();
-    for f in ["config.toml", "run.json"] {
-        std::fs::copy(bg.run_dir.join(f), stopped.join(f)).unwrap();
-    }
-    let copy = stopped.join("checkpoints").join("step_0000000040");
-    std::fs::create_dir_all(&copy).unwrap();
-    for f in std::fs::read_dir(&ckpt).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
-    }
-    std::fs::write(stopped.join("checkpoints").join("latest"), "step_0000000040").unwrap();
-    let resumed = Trainer::resume(&stopped, &[]).unwrap().run().unwrap();
+    let stopped_at_40 = |name: &str| {
+        let stopped = dir.path().join(name);
+        std::fs::create_dir_all(stopped.join("checkpoints")).unwrap();
+        for f in ["config.toml", "run.json"] {
+            std::fs::copy(bg.run_dir.join(f), stopped.join(f)).unwrap();
+        }
+        let copy = stopped.join("checkpoints").join("step_0000000040");
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in std::fs::read_dir(&ckpt).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(stopped.join("checkpoints").join("latest"), "step_0000000040").unwrap();
+        stopped
+    };
+    let resumed = Trainer::resume(&stopped_at_40("stopped"), &[]).unwrap().run().unwrap();
     assert_eq!(resumed.curve, bg.curve, "the resumed run's learning curve differs");
+
+    // Interrupted one step later, while the repeated evaluation of step 40 still runs: the
+    // checkpoint of step 41 keeps step 40's networks, and the next resume evaluates them.
+    let twice = stopped_at_40("twice");
+    let mut t = Trainer::resume(&twice, &[]).unwrap();
+    t.stop_handle().store(true, std::sync::atomic::Ordering::SeqCst);
+    let cut = t.run().unwrap();
+    assert!(cut.interrupted && cut.steps == 41, "{cut:?}");
+    let ckpt41 = twice.join("checkpoints").join("step_0000000041");
+    let meta: mvp_nn::checkpoint::Loaded<mvp_train::Progress> = mvp_nn::checkpoint::load(&ckpt41).unwrap();
+    assert_eq!(meta.meta.pending_eval, Some(40));
+    assert!(ckpt41.join("pending_eval").join("policy.json").exists());
+    drop(t);
+    let resumed = Trainer::resume(&twice, &[]).unwrap().run().unwrap();
+    assert_eq!(resumed.curve, bg.curve, "an evaluation cut by the interrupt is lost or differs");
 }
 
 /// `env.async_collect`: the collector's thread steps while the learner updates, yet the

@@ -11,6 +11,10 @@ use super::clock::WallClock;
 use super::setup::BUFFER_FILE;
 use super::{Trainer, CHECKPOINTS};
 
+/// The folder in a checkpoint holding the networks of an evaluation an interrupt cut short,
+/// when they are not the checkpoint's own.
+pub(super) const PENDING_POLICY: &str = "pending_eval";
+
 impl Trainer {
     /// Writes a checkpoint of the current step. A background evaluation of an earlier step is
     /// finished first; one of this step is recorded as pending (a resumed run repeats it) unless
@@ -27,19 +31,24 @@ impl Trainer {
     }
 
     /// The checkpoint of a stop by signal: without waiting for a background evaluation (its
-    /// thread ends with the process). One of this step is recorded as pending and repeated by
-    /// the resumed run; one of an earlier step is lost, and said so.
+    /// thread ends with the process). It is recorded as pending and repeated by the resumed
+    /// run: one of this step with the checkpoint's networks, one of an earlier step with its
+    /// own networks, kept in the checkpoint as a policy folder ([`PENDING_POLICY`]).
     pub(super) fn checkpoint_on_interrupt(&mut self, clock: &mut WallClock) -> Result<()> {
         let t = Instant::now();
         self.progress.pending_eval = None;
+        let mut snapshot = None;
         if let Some(b) = self.background_eval.take() {
-            if b.step() == self.progress.step {
-                self.progress.pending_eval = Some(b.step());
-            } else {
-                tracing::warn!("the evaluation of step {} was still running and is lost", b.step());
+            self.progress.pending_eval = Some(b.step());
+            if b.step() != self.progress.step {
+                snapshot = Some(b.weights().clone());
+                tracing::info!("the evaluation of step {} was still running: the resumed run repeats it", b.step());
             }
         }
-        self.write_checkpoint()?;
+        self.pending_snapshot = snapshot;
+        let written = self.write_checkpoint();
+        self.pending_snapshot = None;
+        written?;
         clock.checkpoints += t.elapsed().as_secs_f64();
         tracing::info!("interrupted: checkpoint of step {} written", self.progress.step);
         Ok(())
@@ -61,9 +70,21 @@ impl Trainer {
         let root = self.run_dir.join(CHECKPOINTS);
         let name = checkpoint::step_name(self.progress.step);
         let buffer = self.config.schedule.save_buffer.then_some(&self.buffer);
-        checkpoint::save_with(&root, &name, &tensors, &self.progress, |dir| match buffer {
-            Some(b) => Ok(b.save(dir.join(BUFFER_FILE))?),
-            None => Ok(()),
+        let pending = match &self.pending_snapshot {
+            Some(w) => Some(
+                mvp_infer::PolicyFile::new(w.clone(), self.config.agent.horizon, Default::default())
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
+        checkpoint::save_with(&root, &name, &tensors, &self.progress, |dir| {
+            if let Some(b) = buffer {
+                b.save(dir.join(BUFFER_FILE))?;
+            }
+            if let Some(p) = &pending {
+                p.save(&dir.join(PENDING_POLICY))?;
+            }
+            Ok(())
         })?;
         checkpoint::prune(&root, self.config.schedule.keep_checkpoints)?;
         Ok(())

@@ -54,6 +54,9 @@ pub(super) struct Status {
     last_line: Instant,
     /// The step this invocation started from.
     first: u64,
+    /// The step and time the current phase (offline, online) began in this invocation: the
+    /// estimate of the time left uses this phase's rate.
+    phase: (u64, Instant),
 }
 
 impl Status {
@@ -67,7 +70,12 @@ impl Status {
             .expect("static template"),
         );
         let now = Instant::now();
-        Self { bar, clock: WallClock::default(), started: now, last_line: now, first: step }
+        Self { bar, clock: WallClock::default(), started: now, last_line: now, first: step, phase: (step, now) }
+    }
+
+    /// A new phase begins at `step` (the online phase: slower steps than the offline ones).
+    pub(super) fn new_phase(&mut self, step: u64) {
+        self.phase = (step, Instant::now());
     }
 
     /// Seconds since this invocation started.
@@ -80,11 +88,13 @@ impl Status {
         (step - self.first) as f64 / self.elapsed().max(1e-9)
     }
 
-    /// Without a terminal for the progress bar (a log file, CI): a status line every 30 s.
+    /// Without a terminal for the progress bar (a log file, CI): a status line every 30 s,
+    /// its estimate of the time left from the current phase's rate.
     pub(super) fn report(&mut self, step: u64, end: u64, sps: f64) {
         if self.bar.is_hidden() && self.last_line.elapsed().as_secs() >= 30 {
             self.last_line = Instant::now();
-            let eta = (end - step) as f64 / sps.max(1e-9);
+            let phase_rate = (step - self.phase.0) as f64 / self.phase.1.elapsed().as_secs_f64().max(1e-9);
+            let eta = (end - step) as f64 / phase_rate.max(1e-9);
             tracing::info!("step {step}/{end}: {sps:.1} steps/s, about {:.0} min left", eta / 60.0);
         }
     }

@@ -52,6 +52,20 @@ impl Trainer {
         self.record_evaluation(step, r, seconds, "", weights)
     }
 
+    /// Runs again the evaluation of `step` that the checkpoint records as pending: from the
+    /// snapshot of its networks where the checkpoint kept one, else (an evaluation of the
+    /// checkpoint's own step) as [`Trainer::start_evaluation`] does.
+    pub(super) fn repeat_evaluation(&mut self, step: u64, foreground: bool, clock: &mut WallClock) -> Result<()> {
+        let (Some(weights), Some(precision)) = (self.pending_snapshot.take(), self.agent.select_precision()) else {
+            return self.start_evaluation(step, foreground, clock);
+        };
+        let pool = self.eval_pool.take().expect("no background evaluation runs at the start");
+        let protocol = self.config.eval_protocol_at(step);
+        let horizon = self.config.agent.horizon;
+        self.background_eval = Some(BackgroundEval::start_from(weights, horizon, precision, pool, protocol, step)?);
+        Ok(())
+    }
+
     /// Records `schedule.video_episodes` episodes of the current networks (the evaluation
     /// protocol, on the selection engine) as GIFs in `<run>/videos/` and frame strips in
     /// TensorBoard.

@@ -61,6 +61,9 @@ pub struct Trainer {
     logger: Logger,
     progress: Progress,
     batch: ChunkBatch,
+    /// The networks of the pending evaluation where they are not the current ones (an
+    /// evaluation an interrupt cut short, to be repeated).
+    pending_snapshot: Option<mvp_infer::PolicyWeights>,
     /// Set by a signal handler (`stop_handle`): finish the step, checkpoint, end the run.
     stop: Arc<AtomicBool>,
 }
@@ -96,10 +99,13 @@ impl Trainer {
         let mut status = Status::new(total, self.progress.step);
         if let Some(step) = self.progress.pending_eval.take() {
             // The checkpoint's background evaluation did not finish before the run stopped.
-            self.start_evaluation(step, step == total, &mut status.clock)?;
+            self.repeat_evaluation(step, step == total, &mut status.clock)?;
         }
         while self.progress.step < end {
             let i = self.progress.step;
+            if i == s.offline_steps {
+                status.new_phase(i);
+            }
             tch::manual_seed((step_seed(self.config.run.seed, i) >> 1) as i64);
             let mut rng = StdRng::seed_from_u64(step_seed(self.config.run.seed, i));
             self.agent.set_num_samples(self.config.agent.num_samples_in(i < s.offline_steps));

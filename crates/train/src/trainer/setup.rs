@@ -67,6 +67,10 @@ impl Trainer {
         run_dir::truncate_metrics(run_dir, loaded.meta.step, loaded.meta.pending_eval)?;
         let mut t = Self::assemble(config, run_dir.to_path_buf(), collector, device)?;
         t.agent.load_state(&loaded.tensors, loaded.meta.optimizer_steps)?;
+        let pending = loaded.dir.join(super::checkpoints::PENDING_POLICY);
+        if pending.exists() {
+            t.pending_snapshot = Some(mvp_infer::PolicyFile::load(&pending)?.weights);
+        }
         let buffer_path = loaded.dir.join(BUFFER_FILE);
         if buffer_path.exists() {
             t.buffer.restore(&buffer_path)?;
@@ -171,6 +175,7 @@ impl Trainer {
             logger,
             progress: Progress::default(),
             batch,
+            pending_snapshot: None,
             stop: Arc::new(AtomicBool::new(false)),
         })
     }
