@@ -228,7 +228,7 @@ fn speed_benchmarks_compare_every_method_in_one_run() {
         let names = phases_of(r);
         let has = |n: &str| names.iter().any(|p| p == n);
         assert!(
-            ["batch: sample and copy", "target: value", "critic: adam", "actor: adam", "polyak"].iter().all(|n| has(n))
+            ["batch: sample", "target: value", "critic: adam", "actor: adam", "polyak"].iter().all(|n| has(n))
                 && names.iter().any(|p| p.starts_with("target: generate")),
             "every phase of an update in the JSON: {names:?}"
         );

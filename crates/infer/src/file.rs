@@ -41,6 +41,10 @@ pub const SPEC_FILE: &str = "policy.json";
 pub const FORMAT: &str = "mvp-policy/2";
 /// The first format: the same folder without the weights' checksum.
 pub const FORMAT_V1: &str = "mvp-policy/1";
+/// The most candidates per observation a policy file may ask for (they size the buffers).
+pub const MAX_SAMPLES: usize = 16_384;
+/// The most network calls per sample a policy file may ask for.
+pub const MAX_STEPS: usize = 1_000;
 
 /// `policy.json`: everything about an exported policy except the weights' values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,6 +234,11 @@ impl PolicyFile {
         let spec: PolicySpec = serde_json::from_slice(&text).map_err(|e| invalid(&spec_path, e.to_string()))?;
         if spec.format != FORMAT && spec.format != FORMAT_V1 {
             let msg = format!("format {:?}, this build reads {FORMAT:?} and {FORMAT_V1:?}", spec.format);
+            return Err(invalid(&spec_path, msg));
+        }
+        if spec.num_samples > MAX_SAMPLES || spec.actor.steps > MAX_STEPS {
+            let (n, k) = (spec.num_samples, spec.actor.steps);
+            let msg = format!("num_samples {n} (at most {MAX_SAMPLES}) or actor.steps {k} (at most {MAX_STEPS})");
             return Err(invalid(&spec_path, msg));
         }
         let path = dir.join(WEIGHTS_FILE);
@@ -449,7 +458,14 @@ mod tests {
         (spec.format, spec.weights_sha256) = (FORMAT_V1.into(), None);
         std::fs::write(dir.path().join(SPEC_FILE), serde_json::to_vec(&spec).unwrap()).unwrap();
         assert!(PolicyFile::load(dir.path()).is_ok());
-        // ... but the current format without one is refused.
+        // A spec asking for 4 billion network calls per sample (found by fuzzing: the load
+        // succeeded and acting hung) is refused.
+        let mut wild = saved();
+        wild.actor.steps = u32::MAX as usize;
+        std::fs::write(dir.path().join(SPEC_FILE), serde_json::to_vec(&wild).unwrap()).unwrap();
+        let err = PolicyFile::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("actor.steps 4294967295"), "{err}");
+        // ... and the current format without a checksum is refused.
         spec.format = FORMAT.into();
         std::fs::write(dir.path().join(SPEC_FILE), serde_json::to_vec(&spec).unwrap()).unwrap();
         let err = PolicyFile::load(dir.path()).unwrap_err().to_string();

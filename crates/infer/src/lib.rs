@@ -37,7 +37,7 @@ mod policy;
 pub use backprop::{LayerGrads, LayerParams, MlpGrad};
 pub use file::{
     ActorSpec, CriticSpec, LayerSpec, NetworkSpec, PolicyFile, PolicyFileError, PolicySpec, Preprocessing, FORMAT,
-    FORMAT_V1, SPEC_FILE, WEIGHTS_FILE,
+    FORMAT_V1, MAX_SAMPLES, MAX_STEPS, SPEC_FILE, WEIGHTS_FILE,
 };
 pub use gemm::{from_bf16, has_avx512_bf16, to_bf16, PackedLinear, Precision};
 pub use isa::Isa;

@@ -119,14 +119,18 @@ impl<'a> Cursor<'a> {
     }
 
     pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], WorkerError> {
-        let end = self.pos + n;
-        if end > self.buf.len() {
-            return Err(WorkerError::Protocol(format!(
-                "{} reply too short: {} bytes, needed {end}",
-                self.what,
-                self.buf.len()
-            )));
-        }
+        let end = match self.pos.checked_add(n) {
+            Some(end) if end <= self.buf.len() => end,
+            _ => {
+                return Err(WorkerError::Protocol(format!(
+                    "{} reply too short: {} bytes, needed {} more after byte {}",
+                    self.what,
+                    self.buf.len(),
+                    n,
+                    self.pos
+                )))
+            }
+        };
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -148,7 +152,8 @@ impl<'a> Cursor<'a> {
     }
 
     pub(super) fn f32s(&mut self, n: usize) -> Result<Vec<f32>, WorkerError> {
-        Ok(self.take(4 * n)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        let bytes = n.checked_mul(4).ok_or_else(|| WorkerError::Protocol(format!("{}: {n} floats", self.what)))?;
+        Ok(self.take(bytes)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     }
 
     pub(super) fn bools(&mut self, n: usize) -> Result<Vec<bool>, WorkerError> {

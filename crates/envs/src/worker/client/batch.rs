@@ -4,6 +4,7 @@
 use super::PythonWorker;
 use crate::worker::process::Proc;
 use crate::worker::protocol::{begin_frame, put_u32, tag, BatchReset, BatchStep, Cursor};
+use crate::worker::WorkerError;
 use crate::EnvError;
 
 impl PythonWorker {
@@ -62,7 +63,9 @@ impl PythonWorker {
         let body = self.request("render", tag::RENDER_OK)?;
         let mut r = Cursor::new(body, "RENDER_OK");
         let (height, width) = (r.u32()?, r.u32()?);
-        let rgb = r.take(height * width * 3)?.to_vec();
+        let bytes = height.checked_mul(width).and_then(|p| p.checked_mul(3));
+        let bytes = bytes.ok_or_else(|| WorkerError::Protocol(format!("RENDER_OK: a {height}×{width} frame")))?;
+        let rgb = r.take(bytes)?.to_vec();
         r.finish()?;
         Ok(crate::Frame { width, height, rgb })
     }

@@ -41,3 +41,32 @@ fn cursor_reads_little_endian_and_rejects_short_or_long_bodies() {
     let r = Cursor::new(&body, "test");
     assert!(r.finish().is_err());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 5000, ..Default::default() })]
+
+    /// Replies of any bytes read with any sequence of reads (counts, floats, flags, raw runs,
+    /// lengths up to usize::MAX): each read returns its bytes or an error, never panics.
+    #[test]
+    fn the_reply_cursor_never_panics_on_malformed_bodies(
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        reads in proptest::collection::vec((0u8..5, proptest::prop_oneof![
+            0usize..32,
+            proptest::prelude::Just(usize::MAX),
+            proptest::prelude::Just(usize::MAX / 4 + 1),
+            proptest::prelude::any::<usize>(),
+        ]), 0..8),
+    ) {
+        let mut r = Cursor::new(&body, "fuzz");
+        for (op, n) in reads {
+            let _ = match op {
+                0 => r.count(n).map(|_| 0),
+                1 => r.f32s(n).map(|v| v.len()),
+                2 => r.bools(n).map(|v| v.len()),
+                3 => r.u32(),
+                _ => r.take(n).map(|s| s.len()),
+            };
+        }
+        let _ = r.finish();
+    }
+}
