@@ -61,7 +61,7 @@ impl Trainer {
         }
         let precision = self.agent.select_precision().context(
             "config key `env.async_collect` needs the native engine for acting (MVP or flow actors on a CPU, \
-             agent.select_engine auto or native-*)",
+             agent.select_engine auto or native)",
         )?;
         let mut native = self.agent.native_policy(precision, seed)?;
         Ok(Box::new(move |obs: &[f32], k: usize| {
