@@ -69,7 +69,9 @@ impl NpyArray {
         let data_start = bytes.len() - data.len();
         let npy = npyz::NpyFile::with_header(header.clone(), data);
         let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-        let count: usize = shape.iter().product();
+        // A header's shape is a claim: its product must not overflow (it sizes what follows).
+        let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let count = count.ok_or_else(|| format!("shape {shape:?} has more elements than fit in memory"))?;
         if npy.order() == npyz::Order::Fortran && shape.len() > 1 && count > 0 {
             return Err("Fortran-ordered arrays are not supported".into());
         }
@@ -78,7 +80,7 @@ impl NpyArray {
             other => return Err(format!("unsupported dtype {}", other.descr())),
         };
         let size = dtype.num_bytes().ok_or_else(|| format!("unsupported dtype `{dtype}`"))?;
-        if data.len() != count * size {
+        if count.checked_mul(size) != Some(data.len()) {
             return Err(format!("{} data bytes for shape {shape:?} of `{dtype}`", data.len()));
         }
         Ok(Self { shape, header, dtype, bytes, data_start })
@@ -191,5 +193,46 @@ mod tests {
         let a = NpyArray::parse(npy("<f4", "(1,)", &[0; 4])).unwrap();
         let err = a.to_i64(Path::new("f.npz"), "button_states").unwrap_err().to_string();
         assert_eq!(err, "f.npz: `button_states` holds floats (<f4); expected integers");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 4000, ..Default::default() })]
+
+        /// `.npy` arrays with random shapes, dtypes and bytes, or a valid one with bytes
+        /// overwritten or cut: parsed and converted, or refused; no panic, and no accepted shape
+        /// whose product overflows (found by this test: a `(4294967296, 4294967296)` header with
+        /// no data wrapped to 0 elements and was accepted with 2^32 rows).
+        #[test]
+        fn npy_arrays_of_any_header_and_bytes_are_refused_or_consistent(
+            dims in proptest::collection::vec(proptest::prop_oneof![
+                0usize..5,
+                proptest::prelude::Just(1usize << 32),
+                proptest::prelude::Just(usize::MAX),
+            ], 0..4),
+            descr in proptest::sample::select(vec!["<f4", "<f8", ">f8", "|b1", "<i4", "<i8", "<u2", "|u1", "<c8", "|O"]),
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..4),
+        ) {
+            let shape = match dims.len() {
+                0 => "()".to_string(),
+                1 => format!("({},)", dims[0]),
+                _ => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+            };
+            let mut bytes = npy(descr, &shape, &data);
+            for (at, b) in edits {
+                let n = bytes.len();
+                bytes[at % n] = b;
+            }
+            if let Ok(a) = NpyArray::parse(bytes) {
+                let count = a.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                proptest::prop_assert!(count.is_some(), "accepted a shape {:?} whose size overflows", a.shape);
+                let count = count.unwrap_or(0);
+                let path = Path::new("fuzz.npz");
+                if let Ok(v) = a.to_f32(path, "k") {
+                    proptest::prop_assert_eq!(v.len(), count);
+                }
+                let _ = (a.to_i64(path, "k"), a.to_bool(path, "k"));
+            }
+        }
     }
 }
