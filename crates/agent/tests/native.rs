@@ -324,14 +324,17 @@ fn an_exported_policy_acts_like_the_agent_in_rust_and_in_python() {
         std::fs::write(&obs_file, bytes(host(&obs))).unwrap();
         std::fs::write(&noise_file, bytes(host(&noise))).unwrap();
         let script = mvp_envs::project_root().join("envs/mvp_policy.py");
-        let out = mvp_envs::python_command()
-            .unwrap()
-            .arg(&script)
-            .arg(dir.path())
-            .args(["--obs", obs_file.to_str().unwrap(), "--noise", noise_file.to_str().unwrap()])
-            .args(["--out", out_file.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let run_python = || {
+            mvp_envs::python_command()
+                .unwrap()
+                .arg(&script)
+                .arg(dir.path())
+                .args(["--obs", obs_file.to_str().unwrap(), "--noise", noise_file.to_str().unwrap()])
+                .args(["--out", out_file.to_str().unwrap()])
+                .output()
+                .unwrap()
+        };
+        let out = run_python();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let python: Vec<f32> = std::fs::read(&out_file)
             .unwrap()
@@ -366,14 +369,7 @@ fn an_exported_policy_acts_like_the_agent_in_rust_and_in_python() {
         std::fs::write(&weights, &blob).unwrap();
         let err = mvp_infer::PolicyFile::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("policy.safetensors") && err.contains("damaged"), "{err}");
-        let out = mvp_envs::python_command()
-            .unwrap()
-            .arg(&script)
-            .arg(dir.path())
-            .args(["--obs", obs_file.to_str().unwrap(), "--noise", noise_file.to_str().unwrap()])
-            .args(["--out", out_file.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = run_python();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("policy.safetensors: damaged"), "{stderr}");
     }

@@ -171,8 +171,8 @@ impl Agent {
         };
         let (actions, valid) =
             (actions.as_deref().unwrap_or(&b.host.actions), valid.as_deref().unwrap_or(&b.host.valid));
-        // The draws depend on the chunks' shape only.
-        let like = Tensor::zeros([bs as i64, (h * a) as i64], (Kind::Float, self.device));
+        // The draws depend on the chunks' shape only (no values: nothing to fill or copy).
+        let like = Tensor::empty([bs as i64, (h * a) as i64], (Kind::Float, self.device));
         let draws = self.actor.loss_draws(&like).expect("an actor with a native loss draws its randomness");
         let mask: Vec<f32> = valid.iter().flat_map(|&v| std::iter::repeat_n(v, a)).collect();
         let (eps, t, r) = (host(&draws.eps), host(&draws.t), draws.r.as_ref().map(host));

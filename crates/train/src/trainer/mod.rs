@@ -24,12 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
+use mvp_agent::agent::Metrics;
 use mvp_agent::{Agent, TrainConfig};
 use mvp_logging::Logger;
 use mvp_replay::{ChunkBatch, ReplayBuffer};
 use mvp_rollout::{AsyncCollector, Collector};
 use rand::{rngs::StdRng, SeedableRng};
-use tch::Tensor;
 
 use crate::eval::BackgroundEval;
 use crate::progress::{step_seed, Progress, Summary};
@@ -215,6 +215,3 @@ impl Trainer {
         })
     }
 }
-
-/// Scalars of one update (detached 0-d tensors).
-type Metrics = Vec<(&'static str, Tensor)>;
