@@ -18,7 +18,9 @@ time a worker's address is new:
 
 `generation` counts the placements of that worker (2 and up: it was replaced). The trainer
 reconnects a worker whose connection broke to the address last printed for it (a restart on
-its side, counted like any worker restart). Everything else (Ray's messages, the actors' logs)
+its side, counted like any worker restart). The actors serve only a client holding the shared
+secret that this module reads from `$MVP_WORKER_SECRET` (the trainer makes one per run and
+passes it in its child's environment; see mvp_envs.worker). Everything else (Ray's messages, the actors' logs)
 goes to stderr. The supervisor ends when its stdin closes or on SIGTERM (the trainer is done or
 gone), and its actors end with it. Depends on Ray (pinned in envs/requirements.txt).
 """
@@ -39,7 +41,7 @@ POLL_SECONDS = 0.25
 class EnvWorkerActor:
     """One environment worker: a TCP server on this node, serving on a daemon thread."""
 
-    def __init__(self):
+    def __init__(self, secret):
         import ray
 
         from mvp_envs import worker
@@ -48,7 +50,7 @@ class EnvWorkerActor:
         self.server = socket.create_server((self.host, 0))
         self.port = self.server.getsockname()[1]
         self.node = ray.get_runtime_context().get_node_id()
-        threading.Thread(target=worker.serve_connections, args=(self.server,), daemon=True).start()
+        threading.Thread(target=worker.serve_connections, args=(self.server, secret), daemon=True).start()
         print(f"env worker listening on {self.host}:{self.port}", file=sys.stderr, flush=True)
 
     def where(self):
@@ -81,17 +83,19 @@ def supervise(workers, cpus, address, publish, stop, poll=POLL_SECONDS):
     from ray.exceptions import RayActorError
 
     import mvp_envs
+    from mvp_envs.worker import load_secret
 
     # The actors import mvp_envs: Ray ships the package to every node (the environments'
     # own packages, OGBench and the rest, must be installed there).
     runtime_env = {"py_modules": [mvp_envs]}
+    secret = load_secret()  # before Ray starts: a missing secret fails at once
     _check_reachable(address)
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", runtime_env=runtime_env)
     try:
         actor_class = ray.remote(EnvWorkerActor).options(
             num_cpus=cpus, max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD"
         )
-        actors = [actor_class.remote() for _ in range(workers)]
+        actors = [actor_class.remote(secret) for _ in range(workers)]
         last = [None] * workers
         generation = [0] * workers
         pending = {}
@@ -112,7 +116,7 @@ def supervise(workers, cpus, address, publish, stop, poll=POLL_SECONDS):
                         raise SystemExit(f"env worker {i} cannot start on Ray: {e}") from None
                     # Ray gave up on a worker that served: a new actor takes its place.
                     print(f"env worker {i} lost ({str(e).splitlines()[0]}); placing a new one", file=sys.stderr)
-                    actors[i] = actor_class.remote()
+                    actors[i] = actor_class.remote(secret)
                     last[i] = None
                     continue
                 if where != last[i]:

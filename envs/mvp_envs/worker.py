@@ -13,12 +13,23 @@ and when its parent process disappears (a watchdog thread, for a worker stuck in
 trainer on another machine (WorkerConfig.address on the Rust side): one connection at a time,
 each with its own handshake and fresh environments, closed at CLOSE or when the connection
 drops; then it waits for the next connection (so a trainer's restart is a reconnect). PORT 0
-picks a free port; the first line on stderr says `listening on HOST:PORT`.
+picks a free port; the first line on stderr says `listening on HOST:PORT`. Without an address
+(`--listen`, or `--listen PORT`) it binds the loopback interface only.
+
+A TCP worker serves only clients that hold its shared secret: every connection opens with a
+CHALLENGE of 32 random bytes, and the HELLO must answer it with an HMAC of the secret
+(`protocol.auth_answer`); a client without the secret, with a wrong one, or replaying an old
+HELLO is refused with one line and the refusal is logged here. The secret comes from
+`$MVP_WORKER_SECRET`, else from `--secret-file` (default `~/.config/mvp/worker-secret`, made
+with 32 random bytes and mode 0600 when missing), never from the command line: give the trainer
+the same file (`env.worker_secret_file`) or variable.
 """
 
 import argparse
 import json
+import hmac
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -29,6 +40,13 @@ import traceback
 import numpy as np
 
 from mvp_envs import protocol as P
+
+SECRET_ENV = "MVP_WORKER_SECRET"
+
+# Fault injection for tests and soak runs (`--fail-after-steps N`): the process exits abruptly,
+# as if killed, when it has served N STEP requests.
+_fail_after_steps = None
+_steps_served = 0
 
 
 class Channel:
@@ -218,14 +236,84 @@ def _watch_parent(parent_pid):
             os._exit(0)
 
 
-def serve(channel):
-    """Answers requests until CLOSE or end of input. Returns the process exit status."""
+def default_secret_path():
+    """`$XDG_CONFIG_HOME/mvp/worker-secret`, by default `~/.config/mvp/worker-secret`."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "mvp", "worker-secret")
+
+
+def load_secret(path=None, create=False):
+    """The shared secret of TCP workers and their trainer, as bytes: `$MVP_WORKER_SECRET`, else
+    the stripped text of the file at `path` (default: `default_secret_path()`), which is made
+    (32 random bytes in hex, mode 0600) when it is missing and `create` is set."""
+    text = os.environ.get(SECRET_ENV)
+    source = f"${SECRET_ENV}"
+    if not text:
+        path = path or default_secret_path()
+        source = path
+        if create and not os.path.exists(path):
+            _make_secret_file(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise SystemExit(
+                f"cannot read the worker secret at {path}: {e.strerror} (set {SECRET_ENV}, or copy the "
+                "secret file of the machine that made it; `python -m mvp_envs.worker --listen` makes one)"
+            ) from None
+        if os.stat(path).st_mode & 0o077:
+            print(f"warning: the worker secret {path} can be read by other users (chmod 600 it)", file=sys.stderr)
+    secret = text.strip().encode("utf-8")
+    if len(secret) < 16:
+        raise SystemExit(f"the worker secret from {source} has {len(secret)} bytes; it needs at least 16")
+    return secret
+
+
+def _make_secret_file(path):
+    """Writes a new secret to `path` atomically (a concurrent maker's file wins)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(tmp, path)
+        print(f"made a new worker secret at {path}: the trainer needs the same one", file=sys.stderr, flush=True)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+
+
+def _refusal(body, secret, nonce):
+    """Why the HELLO `body` does not prove the secret for `nonce` (None: it does)."""
+    try:
+        answer = json.loads(bytes(body).decode("utf-8")).get("auth")
+    except (ValueError, AttributeError):
+        return "unreadable HELLO"
+    if not isinstance(answer, str):
+        return "no secret given (the HELLO has no auth)"
+    if not hmac.compare_digest(answer, P.auth_answer(secret, nonce)):
+        return "wrong secret, or a HELLO answering another connection's challenge"
+    return None
+
+
+def serve(channel, auth=None):
+    """Answers requests until CLOSE or end of input. Returns the process exit status, or a
+    string starting with "refused" when `auth` = (secret, nonce) is given (a TCP connection)
+    and the first request is not a HELLO that proves the secret."""
+    global _steps_served
     worker = None
     while True:
         payload = channel.recv()
         if payload is None:
             break
         tag, body = payload[0], memoryview(payload)[1:]
+        if auth is not None and worker is None:
+            reason = "a request before the handshake" if tag != P.HELLO else _refusal(body, *auth)
+            if reason is not None:
+                channel.send_error(P.ERR_USER, f"refused by the env worker: {reason}")
+                return f"refused: {reason}"
         try:
             if tag == P.HELLO:
                 if worker is not None:
@@ -246,6 +334,10 @@ def serve(channel):
                 channel.send(*_flat(worker.reset(body)))
             elif tag == P.STEP:
                 channel.send(*_flat(worker.step(body)))
+                _steps_served += 1
+                if _fail_after_steps is not None and _steps_served >= _fail_after_steps:
+                    print(f"--fail-after-steps: exiting after {_steps_served} steps", file=sys.stderr, flush=True)
+                    os._exit(3)
             elif tag == P.RENDER:
                 channel.send(*_flat(worker.render(body)))
             else:
@@ -267,38 +359,65 @@ def _flat(reply):
     return (tag, *parts)
 
 
-def listen(address):
-    """Serves one TCP connection after another at `address` (HOST:PORT) until killed."""
+def listen(address, secret):
+    """Serves one TCP connection after another at `address` (HOST:PORT, :PORT or PORT; no host:
+    the loopback interface) until killed."""
     host, _, port = address.rpartition(":")
     server = socket.create_server((host or "127.0.0.1", int(port)))
     bound = server.getsockname()
     print(f"listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
-    serve_connections(server)
+    serve_connections(server, secret)
 
 
-def serve_connections(server):
+def serve_connections(server, secret):
     """Serves one connection after another accepted on the listening socket `server`, each
-    with fresh environments, until killed (also the body of a Ray worker actor's thread)."""
+    with fresh environments and only for a client proving `secret` (bytes), until killed
+    (also the body of a Ray worker actor's thread)."""
     while True:
         conn, peer = server.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         fd_in, fd_out = os.dup(conn.fileno()), os.dup(conn.fileno())
         conn.close()
-        print(f"connection from {peer[0]}:{peer[1]}", file=sys.stderr, flush=True)
         channel = Channel(fd_in, fd_out)
         try:
-            status = serve(channel)
+            nonce = secrets.token_bytes(P.NONCE_BYTES)
+            channel.send(P.CHALLENGE, nonce)
+            status = serve(channel, auth=(secret, nonce))
         except OSError as e:  # the connection dropped mid-frame: the next one starts afresh
             status = f"connection lost ({e})"
         finally:
             channel.close()
-        print(f"connection from {peer[0]}:{peer[1]} ended ({status})", file=sys.stderr, flush=True)
+        if isinstance(status, str) and status.startswith("refused"):
+            print(f"refused connection from {peer[0]}:{peer[1]}: {status[len('refused: '):]}", file=sys.stderr, flush=True)
+        else:
+            print(f"connection from {peer[0]}:{peer[1]} served ({status})", file=sys.stderr, flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description="mvp environment worker (see the module doc)")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="serve over TCP instead of stdin/stdout")
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        nargs="?",
+        const="127.0.0.1:0",
+        help="serve over TCP instead of stdin/stdout (no value or no host: the loopback interface)",
+    )
+    parser.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help=f"the shared secret of --listen when ${SECRET_ENV} is not set (default: {default_secret_path()}, "
+        "made when missing)",
+    )
+    parser.add_argument(
+        "--fail-after-steps",
+        type=int,
+        metavar="N",
+        help="fault injection for tests and soak runs: exit abruptly after serving N STEP requests",
+    )
     args = parser.parse_args()
+    global _fail_after_steps
+    _fail_after_steps = args.fail_after_steps
+    secret = load_secret(args.secret_file, create=True) if args.listen is not None else None
     # Ctrl-C in a terminal reaches the whole process group: the trainer handles it (it
     # checkpoints, then closes its workers), so a worker must not die of it first. A listening
     # worker has no trainer above it: Ctrl-C ends it.
@@ -311,7 +430,7 @@ def main():
     sys.stdout = sys.stderr
     if args.listen is not None:
         os.close(proto_out)
-        listen(args.listen)
+        listen(args.listen, secret)
     proto_in = os.dup(0)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)

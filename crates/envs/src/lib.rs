@@ -38,8 +38,8 @@ pub use branch_reach::{BranchReach, BranchReachDemo, Route};
 pub use ray::{AddressBook, RayConfig, RayWorkers};
 pub use vector::{Outcome, VecEnv, VecEnvConfig};
 pub use worker::{
-    auto_spin, project_root, python_command, python_module_command, BatchReset, BatchStep, PythonWorker, WorkerConfig,
-    WorkerEnv, WorkerError, WorkerInfo, PROTOCOL_VERSION,
+    auto_spin, default_secret_path, project_root, python_command, python_module_command, BatchReset, BatchStep,
+    PythonWorker, WorkerConfig, WorkerEnv, WorkerError, WorkerInfo, WorkerSecret, PROTOCOL_VERSION, SECRET_ENV,
 };
 
 use serde::{Deserialize, Serialize};

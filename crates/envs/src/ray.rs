@@ -106,9 +106,9 @@ struct Placement {
 }
 
 impl RayWorkers {
-    /// Places `workers` actors (interpreter and project root as in `template`) and waits until
-    /// each serves, within `template.startup_timeout`. Errors name the cluster and carry the
-    /// supervisor's last messages (Ray not installed, cluster unreachable, not enough CPUs).
+    /// Places `workers` actors (interpreter, project root and shared secret as in `template`)
+    /// and waits until each serves, within `template.startup_timeout`. Errors name the cluster
+    /// and carry the supervisor's last messages (Ray not installed, cluster unreachable, not enough CPUs).
     pub fn start(config: &RayConfig, workers: usize, template: &WorkerConfig) -> anyhow::Result<Self> {
         let mut cmd =
             python_module_command_in("mvp_envs.ray_workers", template.root.as_deref(), template.python.as_deref())?;
@@ -116,6 +116,9 @@ impl RayWorkers {
         if let Some(a) = &config.address {
             cmd.args(["--address", a]);
         }
+        // The actors' secret travels in the supervisor's environment, never on its command line.
+        let secret = template.secret.as_ref().context("Ray env workers need a shared secret (WorkerConfig.secret)")?;
+        cmd.env(crate::SECRET_ENV, secret.expose());
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("cannot start python -m mvp_envs.ray_workers")?;
         let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());

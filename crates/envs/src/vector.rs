@@ -88,7 +88,7 @@ impl std::fmt::Debug for VecEnv {
 impl VecEnv {
     /// Starts the W workers (in parallel: each start imports Python packages and builds M
     /// environments, seconds each).
-    pub fn new(config: VecEnvConfig) -> anyhow::Result<Self> {
+    pub fn new(mut config: VecEnvConfig) -> anyhow::Result<Self> {
         if config.workers == 0 || config.envs_per_worker == 0 {
             return Err(EnvError::Invalid(format!(
                 "a vector env needs at least one worker and one environment per worker (got {} × {})",
@@ -108,7 +108,11 @@ impl VecEnv {
             return Err(EnvError::Invalid("workers either on Ray or at fixed addresses, not both".into()).into());
         }
         let ray = match &config.ray {
-            Some(r) => Some(crate::RayWorkers::start(r, config.workers, &config.worker)?),
+            Some(r) => {
+                // Workers this process places itself serve only it: a secret of this run's own.
+                config.worker.secret.get_or_insert_with(crate::WorkerSecret::generate);
+                Some(crate::RayWorkers::start(r, config.workers, &config.worker)?)
+            }
             None => None,
         };
         let m = config.envs_per_worker;

@@ -34,10 +34,12 @@ pub fn make_pool(
 /// `addresses` (`python -m mvp_envs.worker --listen HOST:PORT`, one worker per address, the
 /// environments spread evenly), connected over TCP; otherwise as [`make_pool`]. A worker whose
 /// connection fails is reconnected (its environments are rebuilt) like a restarted process.
+/// The workers serve only a client holding their shared `secret`.
 pub fn make_remote_pool(
     name: &str,
     num_envs: usize,
     addresses: &[String],
+    secret: mvp_envs::WorkerSecret,
     seed: u64,
     history: usize,
 ) -> Result<Box<dyn EnvPool>> {
@@ -47,6 +49,7 @@ pub fn make_remote_pool(
     let workers = addresses.len().min(num_envs.max(1));
     let mut config = VecEnvConfig::new(name, workers, num_envs.max(1).div_ceil(workers), seed);
     config.addresses = addresses[..workers].to_vec();
+    config.worker.secret = Some(secret);
     Ok(with_history(Box::new(VecEnv::new(config)?), history))
 }
 

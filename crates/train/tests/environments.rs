@@ -157,16 +157,20 @@ fn killed_env_worker_is_restarted_and_no_stored_transition_joins_two_episodes() 
 }
 
 /// A worker listening on TCP (`python -m mvp_envs.worker --listen 127.0.0.1:PORT`; PORT 0: a
-/// free one) and the address it reports.
-fn listening_worker(port: u16) -> (std::process::Child, String) {
+/// free one) for the secret in `secret_file`, with `args`, and the address it reports.
+fn listening_worker(port: u16, secret_file: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut cmd = mvp_envs::python_module_command("mvp_envs.worker").unwrap();
-    cmd.arg("--listen").arg(format!("127.0.0.1:{port}")).stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    cmd.arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--secret-file").arg(secret_file).args(args);
+    let mut child = cmd.env_remove(mvp_envs::SECRET_ENV).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    let address = first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{first}")).to_string();
+    while !first.starts_with("listening on ") {
+        first.clear();
+        assert!(stderr.read_line(&mut first).unwrap() > 0, "the worker ended before it listened");
+        eprint!("[tcp worker] {first}");
+    }
+    let address = first.trim().strip_prefix("listening on ").unwrap().to_string();
     // Keep reading its log lines, so that its writes never meet a closed pipe.
     std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(|l| eprintln!("[tcp worker] {l}")));
     (child, address)
@@ -176,14 +180,21 @@ fn listening_worker(port: u16) -> (std::process::Child, String) {
 fn training_environments_on_a_tcp_worker_survive_its_restart() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
-    let (mut first, address) = listening_worker(0);
+    let secret_file = dir.path().join("worker-secret");
+    std::fs::write(&secret_file, "the-secret-of-this-test-0123456789").unwrap();
+    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The first worker dies abruptly (as if killed) after 1,500 steps: mid-episode, whatever
+    // this machine's speed.
+    let (mut first, address) = listening_worker(0, &secret_file, &["--fail-after-steps", "1500"]);
     let addresses = format!("env.worker_addresses=[\"{address}\"]");
+    let secret_key = format!("env.worker_secret_file={:?}", secret_file.display().to_string());
     let cfg = tiny(
         dir.path(),
         "tcp",
         &[
             "env.name=\"cube-single-play-singletask-task1-v0\"",
             &addresses,
+            &secret_key,
             "data.demo_episodes=0",
             "schedule.offline_steps=0",
             "schedule.online_steps=3000",
@@ -192,13 +203,13 @@ fn training_environments_on_a_tcp_worker_survive_its_restart() {
         ],
     );
     let mut trainer = Trainer::new(cfg).unwrap();
-    // Its machine loses the worker (kill -9) and brings a new one up on the same port.
+    // Its machine brings a new one up on the same port once it is gone.
     let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let file = secret_file.clone();
     let restarter = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(1500));
-        first.kill().unwrap();
-        first.wait().unwrap();
-        listening_worker(port).0
+        let status = first.wait().unwrap();
+        assert_eq!(status.code(), Some(3), "the first worker ends by its injected fault");
+        listening_worker(port, &file, &[]).0
     });
     let summary = trainer.run().unwrap();
     let mut second = restarter.join().unwrap();

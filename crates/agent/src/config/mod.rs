@@ -74,6 +74,11 @@ pub struct EnvConfig {
     /// with `python -m mvp_envs.worker --listen HOST:PORT`, e.g. on other machines) instead
     /// of child processes; `workers` is then their count. Evaluation stays local.
     pub worker_addresses: Vec<String>,
+    /// The file holding the shared secret of the workers at `worker_addresses` (they refuse a
+    /// client without it): empty, `$MVP_WORKER_SECRET` when set, else
+    /// `~/.config/mvp/worker-secret`, which `python -m mvp_envs.worker --listen` makes on its
+    /// machine (copy it here). Ray workers get a secret of the run's own.
+    pub worker_secret_file: String,
     /// Where the training environments' workers run: `local` (child processes, or
     /// `worker_addresses`), or `ray`: `workers` Ray actors, each asking for `ray_cpus` CPUs,
     /// spread over the cluster at `ray_address` and reached over TCP; a worker actor that dies
@@ -109,6 +114,7 @@ impl Default for EnvConfig {
             num_envs: 1,
             workers: 1,
             worker_addresses: Vec::new(),
+            worker_secret_file: String::new(),
             remote: Remote::Local,
             ray_address: String::new(),
             ray_cpus: 1.0,

@@ -79,16 +79,18 @@ struct EnvRow {
     overhead_per_round: Vec<f64>,
 }
 
-/// `w` workers listening on free local ports, and their addresses; killed when dropped.
+/// `w` workers listening on free local ports for clients holding `secret` (given in their
+/// environment), and their addresses; killed when dropped.
 struct Listening(Vec<std::process::Child>);
 
 impl Listening {
-    fn start(w: usize) -> Result<(Self, Vec<String>)> {
+    fn start(w: usize, secret: &mvp_envs::WorkerSecret) -> Result<(Self, Vec<String>)> {
         use std::io::BufRead;
         let (mut children, mut addresses) = (Vec::new(), Vec::new());
         for _ in 0..w {
             let mut cmd = mvp_envs::python_module_command("mvp_envs.worker")?;
-            cmd.args(["--listen", "127.0.0.1:0"]).stderr(std::process::Stdio::piped());
+            cmd.args(["--listen", "127.0.0.1:0"]).env(mvp_envs::SECRET_ENV, secret.expose());
+            cmd.stderr(std::process::Stdio::piped());
             let mut child = cmd.spawn()?;
             let mut stderr = std::io::BufReader::new(child.stderr.take().context("piped stderr")?);
             children.push(child);
@@ -117,8 +119,10 @@ impl Drop for Listening {
 fn bridge(args: &EnvArgs, w: usize, mode: Mode) -> Result<f64> {
     let mut config = VecEnvConfig::new(&args.env, w, args.envs_per_worker, 0);
     let _servers = if mode == Mode::Tcp {
-        let (servers, addresses) = Listening::start(w)?;
+        let secret = mvp_envs::WorkerSecret::generate();
+        let (servers, addresses) = Listening::start(w, &secret)?;
         config.addresses = addresses;
+        config.worker.secret = Some(secret);
         Some(servers)
     } else {
         None

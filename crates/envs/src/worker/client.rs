@@ -9,10 +9,12 @@ mod config;
 
 use std::time::{Duration, Instant};
 
+use super::auth::{NONCE_BYTES, SECRET_ENV};
 use super::process::{exchange, read_frame, write_frame, Proc};
 use super::protocol::{begin_frame, tag, WorkerInfo, PROTOCOL_VERSION};
 use super::WorkerError;
 use crate::{EnvError, EnvSpec};
+use anyhow::bail;
 
 pub use config::{auto_spin, WorkerConfig};
 
@@ -114,6 +116,13 @@ impl PythonWorker {
 
     fn start_once(config: &WorkerConfig) -> anyhow::Result<(Proc, WorkerInfo)> {
         let mut proc = Proc::open(config)?;
+        let auth = match Self::answer_challenge(&mut proc, config) {
+            Ok(auth) => auth,
+            Err(err) => {
+                proc.shutdown(Duration::from_millis(500));
+                return Err(err);
+            }
+        };
         let hello = serde_json::json!({
             "protocol": PROTOCOL_VERSION,
             "env_id": config.env_id,
@@ -122,6 +131,7 @@ impl PythonWorker {
             "max_episode_steps": config.max_episode_steps,
             "env_kwargs": config.env_kwargs,
             "render": config.render,
+            "auth": auth,
         });
         let result = (|| -> Result<WorkerInfo, WorkerError> {
             let mut frame = Vec::new();
@@ -153,6 +163,29 @@ impl PythonWorker {
                 Err(err.into())
             }
         }
+    }
+
+    /// A remote worker's challenge answered with the secret (`None` for a child process).
+    fn answer_challenge(proc: &mut Proc, config: &WorkerConfig) -> anyhow::Result<Option<String>> {
+        if !config.is_remote() {
+            return Ok(None);
+        }
+        let Some(secret) = &config.secret else {
+            bail!(
+                "the env worker at {} needs the shared secret: set env.worker_secret_file (or {SECRET_ENV}) \
+                 to the secret the worker was started with",
+                proc.address().unwrap_or("a TCP address")
+            );
+        };
+        let mut buf = Vec::new();
+        read_frame(proc, config, &mut buf, config.startup_timeout, "the challenge")?;
+        let nonce = expect_reply(proc, config, &buf, tag::CHALLENGE)?;
+        if nonce.len() != NONCE_BYTES {
+            return Err(
+                WorkerError::Protocol(format!("a challenge of {} bytes, not {NONCE_BYTES}", nonce.len())).into()
+            );
+        }
+        Ok(Some(secret.answer(nonce)))
     }
 
     /// The environments' description (`name` is the id as given).

@@ -33,10 +33,16 @@
 //! bounds before they travel; stepping an environment with no running episode is
 //! [`EnvError::NoEpisode`]; `truncated` is reported only when `terminated` is false.
 //!
-//! The code follows those jobs: `protocol` (the wire format, one to one with
+//! # Workers over TCP
+//!
+//! A worker listening on TCP serves only a client that proves the shared secret: its first
+//! frame is `CHALLENGE` (32 random bytes), answered in the `HELLO` (`auth`; [`WorkerSecret`]).
+//!
+//! The code follows those jobs: `auth` (the secret and the answer), `protocol` (the wire format, one to one with
 //! `envs/mvp_envs/protocol.py`), `process` (the venv's interpreter, the child process, its
 //! stderr and reads with deadlines), `client` ([`PythonWorker`]) and `env` ([`WorkerEnv`]).
 
+mod auth;
 mod client;
 mod env;
 mod process;
@@ -44,6 +50,7 @@ mod protocol;
 
 use std::path::PathBuf;
 
+pub use auth::{default_secret_path, WorkerSecret, SECRET_ENV};
 pub use client::{auto_spin, PythonWorker, WorkerConfig};
 pub use env::WorkerEnv;
 pub(crate) use process::{keep_stderr_tail, python_module_command_in, tail_text, StderrTail};

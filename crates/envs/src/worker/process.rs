@@ -120,6 +120,14 @@ pub(super) struct Proc {
 }
 
 impl Proc {
+    /// The address of a remote worker's connection.
+    pub(super) fn address(&self) -> Option<&str> {
+        match &self.link {
+            Link::Tcp { address, .. } => Some(address),
+            Link::Pipes { .. } => None,
+        }
+    }
+
     /// Starts the worker of `config`: connects to `config.address`, or spawns a process.
     pub(super) fn open(config: &WorkerConfig) -> anyhow::Result<Proc> {
         match (&config.listed, &config.address) {

@@ -7,7 +7,7 @@ use super::WorkerError;
 use crate::{Info, Step};
 
 /// Version of the wire protocol; the worker refuses a handshake with another version.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts (a guard against reading garbage as a length).
 pub(super) const MAX_FRAME: usize = 1 << 30;
@@ -26,6 +26,7 @@ pub(super) mod tag {
     pub const PONG: u8 = 0x84;
     pub const CLOSED: u8 = 0x85;
     pub const RENDER_OK: u8 = 0x86;
+    pub const CHALLENGE: u8 = 0x87;
     pub const ERROR: u8 = 0xFF;
     /// Error kinds carried by an `ERROR` reply.
     pub const ERR_USER: u8 = 0;

@@ -230,7 +230,11 @@ fn make_collector(config: &TrainConfig, progress: Option<&Progress>) -> Result<(
         Remote::Local if e.worker_addresses.is_empty() => {
             mvp_rollout::make_pool(&e.name, e.num_envs, e.workers, seed, e.obs_history)?
         }
-        Remote::Local => mvp_rollout::make_remote_pool(&e.name, e.num_envs, &e.worker_addresses, seed, e.obs_history)?,
+        Remote::Local => {
+            let file = (!e.worker_secret_file.is_empty()).then(|| Path::new(&e.worker_secret_file));
+            let secret = mvp_envs::WorkerSecret::resolve(file)?;
+            mvp_rollout::make_remote_pool(&e.name, e.num_envs, &e.worker_addresses, secret, seed, e.obs_history)?
+        }
     };
     match progress {
         Some(Progress { collector: Some(state), .. }) => Collector::resume(pool, h, seed, state),

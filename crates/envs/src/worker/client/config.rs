@@ -50,6 +50,10 @@ pub struct WorkerConfig {
     /// `address`. Not serialised.
     #[serde(skip)]
     pub listed: Option<(crate::AddressBook, usize)>,
+    /// The shared secret that a worker reached over TCP asks for in its handshake (required
+    /// then; a child process needs none). Never serialised.
+    #[serde(skip)]
+    pub secret: Option<crate::WorkerSecret>,
 }
 
 /// The default busy-wait per reply for `workers` worker processes: 10 ms (longer than one
@@ -90,6 +94,7 @@ impl WorkerConfig {
             render: None,
             address: None,
             listed: None,
+            secret: None,
         }
     }
 }
