@@ -4,6 +4,7 @@
 //! directly (`data` for `mvp data`, `infer` for the benchmarks, `logging` for reports), plus
 //! clap, tch and `tracing-subscriber`.
 
+mod audit;
 mod bench;
 mod data_check;
 mod report;
@@ -105,6 +106,15 @@ enum Command {
         /// Output folder (created; files in it are replaced).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Check a run directory: its checkpoint verifies, its replay buffer holds every online
+    /// step once and joins no two episodes, its metrics repeat and miss nothing.
+    Audit {
+        /// Run directory.
+        run: PathBuf,
+        /// The checkpoint of this step (default: the latest).
+        #[arg(long)]
+        step: Option<u64>,
     },
     /// A results table and learning curves (PNG) from a folder of runs.
     Report(report::ReportArgs),
@@ -460,6 +470,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { run, step, out } => export(run, step, out),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Report(args) => report::run(args),
+        Command::Audit { run, step } => {
+            if !audit::run(&run, step)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Sweep { file, address } => sweep(file, address),
         Command::Info => {
             println!("mvp {}", env!("CARGO_PKG_VERSION"));

@@ -153,6 +153,25 @@ impl ReplayBuffer {
         (0..self.len).map(|i| self.terminals[(self.oldest() + i) % self.capacity] != 0.0).collect()
     }
 
+    /// Transitions (oldest first, as in [`ReplayBuffer::episode_ends`]) that do not end their
+    /// episode and yet are not followed by that episode's next step: the next stored
+    /// observation differs from their next observation. A sound buffer has none; one would
+    /// mean two episodes joined (an episode cut without a closing transition) or a lost row.
+    pub fn joins(&self) -> Vec<usize> {
+        let (d, first) = (self.obs_dim, self.oldest());
+        let row = |i: usize| (first + i) % self.capacity;
+        (0..self.len.saturating_sub(1))
+            .filter(|&i| {
+                let (a, b) = (row(i), row(i + 1));
+                self.terminals[a] == 0.0
+                    && self.next_obs[a * d..(a + 1) * d]
+                        .iter()
+                        .zip(&self.obs[b * d..(b + 1) * d])
+                        .any(|(x, y)| x.to_bits() != y.to_bits())
+            })
+            .collect()
+    }
+
     /// Row of the oldest stored transition (the write head once the ring is full).
     fn oldest(&self) -> usize {
         (self.pos + self.capacity - self.len) % self.capacity
@@ -289,6 +308,20 @@ mod tests {
         let mut out = ChunkBatch::new(1, h, 1, 1);
         buf.chunks_at(&[start], h, gamma, &mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn joins_name_the_transitions_whose_episode_does_not_go_on_in_the_next_row() {
+        let step = |o: f32, next: f32, end: bool| Transition::new(&[o], &[0.0], 0.0, &[next], end, 1.0);
+        let mut buf = ReplayBuffer::new(4, 1, 1).unwrap();
+        for t in [step(0.0, 1.0, false), step(1.0, 2.0, true), step(5.0, 6.0, false), step(6.0, 7.0, false)] {
+            buf.push(&t).unwrap();
+        }
+        assert!(buf.joins().is_empty(), "an end, then an episode that goes on");
+        // The ring wraps: the oldest row is now 1.0 → 2.0 (an end), then 5, 6, and 9 does not
+        // continue 6 → 7 without an end between them.
+        buf.push(&step(9.0, 10.0, false)).unwrap();
+        assert_eq!(buf.joins(), vec![2], "the row that should have ended its episode, oldest first");
     }
 
     #[test]
