@@ -17,6 +17,12 @@ PROTOCOL_VERSION = 3
 
 # A frame longer than this is refused (protects against reading garbage as a length).
 MAX_FRAME = 1 << 30
+# The longest frame a TCP worker reads before the handshake has proven the secret.
+MAX_HELLO = 1 << 20
+
+
+class FrameError(Exception):
+    """A frame whose length field is out of bounds: the stream cannot be trusted any more."""
 
 # Parent -> worker.
 HELLO = 0x01  # JSON: {"protocol", "env_id", "num_envs", "seeds", "max_episode_steps", "env_kwargs", "render", "auth"}

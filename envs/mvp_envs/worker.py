@@ -57,24 +57,24 @@ class Channel:
         self._fd_out = fd_out
 
     def _read_exact(self, n):
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self._in.readinto(view[got:])
-            if not k:
+        # Grown as the bytes arrive, so a length field alone never allocates: a peer that
+        # announces a large frame has to send it.
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self._in.read(min(n - len(buf), 1 << 20))
+            if not chunk:
                 return None
-            got += k
+            buf += chunk
         return buf
 
-    def recv(self):
-        """The next payload, or None at end of input."""
+    def recv(self, limit=P.MAX_FRAME):
+        """The next payload, or None at end of input; a frame longer than `limit` is refused."""
         head = self._read_exact(4)
         if head is None:
             return None
         (n,) = P.U32.unpack(head)
-        if n == 0 or n > P.MAX_FRAME:
-            raise RuntimeError(f"bad frame length {n} from the parent")
+        if n == 0 or n > limit:
+            raise P.FrameError(f"bad frame length {n} (at most {limit} here)")
         return self._read_exact(n)
 
     def send(self, tag, *parts):
@@ -161,7 +161,7 @@ class Worker:
         return i
 
     def reset(self, body):
-        (k,) = P.U32.unpack_from(body, 0)
+        k = _count(body, P.RESET_ITEM.size)
         obs = np.empty((k, self.obs_dim), dtype="<f4")
         success = np.zeros(k, dtype=np.uint8)
         off = 4
@@ -182,7 +182,7 @@ class Worker:
         return P.RESET_OK, (P.U32.pack(k), obs.tobytes(), success.tobytes())
 
     def step(self, body):
-        (k,) = P.U32.unpack_from(body, 0)
+        k = _count(body, 4 + 4 * self.action_dim)
         idx = np.frombuffer(body, dtype="<u4", count=k, offset=4)
         actions = np.frombuffer(body, dtype="<f4", count=k * self.action_dim, offset=4 + 4 * k)
         # A writable copy: some environments modify the action they are given.
@@ -210,6 +210,8 @@ class Worker:
         )
 
     def render(self, body):
+        if len(body) != 4:
+            raise P.UserError(f"RENDER carries one u32, not {len(body)} bytes")
         (i,) = P.U32.unpack_from(body, 0)
         frame = self.envs[self._index(i)].render()
         if frame is None:
@@ -226,6 +228,17 @@ class Worker:
             except Exception:
                 traceback.print_exc(file=sys.stderr)
         self.envs = []
+
+
+def _count(body, item_size):
+    """The u32 count K at the start of a request body whose K items take `item_size` bytes each,
+    checked against the body's length before anything is allocated for them."""
+    if len(body) < 4:
+        raise P.UserError(f"a request body of {len(body)} bytes has no count")
+    (k,) = P.U32.unpack_from(body, 0)
+    if len(body) != 4 + k * item_size:
+        raise P.UserError(f"a request for {k} environments carries {len(body) - 4} bytes, not {k * item_size}")
+    return k
 
 
 def _watch_parent(parent_pid):
@@ -305,7 +318,13 @@ def serve(channel, auth=None):
     global _steps_served
     worker = None
     while True:
-        payload = channel.recv()
+        try:
+            # Before an authenticated handshake a TCP peer gets no more than a HELLO needs.
+            payload = channel.recv(P.MAX_HELLO if auth is not None and worker is None else P.MAX_FRAME)
+        except P.FrameError as e:
+            if auth is not None and worker is None:
+                return f"refused: {e}"
+            raise
         if payload is None:
             break
         tag, body = payload[0], memoryview(payload)[1:]
