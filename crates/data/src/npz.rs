@@ -65,7 +65,14 @@ impl NpyArray {
     /// Parses the header of an `.npy` array (versions 1–3) and checks the data length.
     fn parse(bytes: Vec<u8>) -> Result<Self, String> {
         let mut data = &bytes[..];
-        let header = npyz::NpyHeader::from_reader(&mut data).map_err(|e| format!("not an .npy array: {e}"))?;
+        // npyz 0.9 multiplies the header's dimensions unchecked: a shape whose product
+        // overflows panics where overflow checks are on (tests, debug builds), so a panic of its
+        // header parser is a malformed header here (the checked count below refuses it in
+        // release builds, where the product wraps).
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| npyz::NpyHeader::from_reader(&mut data)));
+        let header = parsed
+            .map_err(|_| "not an .npy array: its header's shape overflows".to_string())?
+            .map_err(|e| format!("not an .npy array: {e}"))?;
         let data_start = bytes.len() - data.len();
         let npy = npyz::NpyFile::with_header(header.clone(), data);
         let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
@@ -193,6 +200,68 @@ mod tests {
         let a = NpyArray::parse(npy("<f4", "(1,)", &[0; 4])).unwrap();
         let err = a.to_i64(Path::new("f.npz"), "button_states").unwrap_err().to_string();
         assert_eq!(err, "f.npz: `button_states` holds floats (<f4); expected integers");
+    }
+
+    /// A valid `.npz` of two arrays, one stored and one deflated (as `savez_compressed` does).
+    fn npz_bytes() -> Vec<u8> {
+        use std::io::Write;
+        let floats: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, method, body) in [
+            ("observations.npy", zip::CompressionMethod::Stored, npy("<f4", "(4, 3)", &floats)),
+            ("terminals.npy", zip::CompressionMethod::Deflated, npy("|b1", "(4,)", &[0, 0, 0, 1])),
+        ] {
+            zip.start_file(name, zip::write::FileOptions::default().compression_method(method)).unwrap();
+            zip.write_all(&body).unwrap();
+        }
+        zip.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn a_valid_npz_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ok.npz");
+        std::fs::write(&path, npz_bytes()).unwrap();
+        let mut f = NpzFile::open(&path).unwrap();
+        assert!(f.has("observations") && f.has("terminals"));
+        assert_eq!(f.array("observations").unwrap().to_f32(&path, "observations").unwrap()[11], 11.0);
+        assert_eq!(f.array("terminals").unwrap().to_bool(&path, "terminals").unwrap(), vec![false, false, false, true]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        /// The zip layer: a valid `.npz` with bytes overwritten, cut short or grown by garbage
+        /// is read or refused with an error naming the file; no panic, no hang.
+        #[test]
+        fn npz_files_with_damaged_bytes_are_read_or_refused(
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..8),
+            cut in proptest::option::of(proptest::prelude::any::<usize>()),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3),
+        ) {
+            let mut bytes = npz_bytes();
+            for (at, b) in edits {
+                let n = bytes.len();
+                bytes[at % n] = b;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c % (bytes.len() + 1));
+            }
+            bytes.extend(tail);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("fuzz.npz");
+            std::fs::write(&path, &bytes).unwrap();
+            match NpzFile::open(&path) {
+                Err(e) => proptest::prop_assert!(e.to_string().contains("fuzz.npz"), "{}", e),
+                Ok(mut f) => {
+                    for key in ["observations", "terminals", "absent"] {
+                        if let Ok(a) = f.array(key) {
+                            let _ = (a.to_f32(&path, key), a.to_bool(&path, key));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     proptest::proptest! {

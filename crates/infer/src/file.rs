@@ -314,9 +314,12 @@ impl PolicyFile {
             }
             None => (Vec::new(), Aggregate::Mean),
         };
+        let chunk_dim = spec.action_dim.checked_mul(spec.horizon).ok_or_else(|| {
+            invalid(&spec_path, format!("action_dim {} × horizon {} overflows", spec.action_dim, spec.horizon))
+        })?;
         let weights = PolicyWeights {
             obs_dim: spec.obs_dim,
-            chunk_dim: spec.action_dim * spec.horizon,
+            chunk_dim,
             num_samples: spec.num_samples,
             actor: read_net("actor", &spec.actor.network)?,
             actor_kind,

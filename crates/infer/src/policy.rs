@@ -70,7 +70,9 @@ impl NativePolicy {
         if precision == Precision::Bf16 && !Isa::active().has_bf16() {
             return Err(InferError::NoBf16);
         }
-        let actor_in = w.obs_dim + w.chunk_dim + w.actor_kind.time_cols();
+        // Saturating: the dimensions come from a file, and a wild one must be refused, not wrap.
+        let critic_in = w.obs_dim.saturating_add(w.chunk_dim);
+        let actor_in = critic_in.saturating_add(w.actor_kind.time_cols());
         if w.actor.in_dim() != actor_in || w.actor.out_dim() != w.chunk_dim {
             return Err(InferError::Shape(format!(
                 "actor is {} → {}, expected {actor_in} → {}",
@@ -80,12 +82,12 @@ impl NativePolicy {
             )));
         }
         for c in &w.critics {
-            if c.in_dim() != w.obs_dim + w.chunk_dim || c.out_dim() != 1 {
+            if c.in_dim() != critic_in || c.out_dim() != 1 {
                 return Err(InferError::Shape(format!(
                     "critic is {} → {}, expected {} → 1",
                     c.in_dim(),
                     c.out_dim(),
-                    w.obs_dim + w.chunk_dim
+                    critic_in
                 )));
             }
         }
