@@ -64,7 +64,9 @@ pub fn run(run_dir: &Path, step: Option<u64>) -> Result<bool> {
                 dataset_rows == n.min(s.buffer_capacity as u64),
                 format!("{} rows in the buffer: the dataset's {n} and the online ones", buffer.len()),
             ),
-            Some(_) => println!("  ---- the buffer is full: older rows were replaced, the dataset count is not checked"),
+            Some(_) => {
+                println!("  ---- the buffer is full: older rows were replaced, the dataset count is not checked")
+            }
             None => println!("  ---- no dataset file to count ({})", config.data.path.display()),
         }
         let joins = buffer.joins();
@@ -83,7 +85,10 @@ pub fn run(run_dir: &Path, step: Option<u64>) -> Result<bool> {
     let warmup = s.offline_steps + 1..=s.offline_steps + s.warmup_steps;
     let (twice, mut missing, rows) = metrics_gaps(&run_dir.join("metrics.jsonl"), s.log_interval, at)?;
     missing.retain(|step| !warmup.contains(step));
-    check(twice.is_empty(), format!("{rows} metric rows: {} values logged twice at one step{}", twice.len(), first(&twice)));
+    check(
+        twice.is_empty(),
+        format!("{rows} metric rows: {} values logged twice at one step{}", twice.len(), first(&twice)),
+    );
     check(
         missing.is_empty(),
         format!(

@@ -2,7 +2,8 @@
 //!
 //! - [`MetricSink`] is the small trait every destination implements; [`JsonlSink`]
 //!   (`metrics.jsonl`), [`CsvSink`] (`metrics.csv`, long format) and [`TensorBoardSink`]
-//!   (event files under `tb/`, written by the `tensorboard-rs` crate) are the sinks.
+//!   (event files under `tb/`, written by our own TFRecord writer, which returns every I/O
+//!   error) are the sinks.
 //! - [`Logger`] fans one `log(step, &[(name, value)])` call out to several sinks and keeps
 //!   the latest value of every metric. Names are namespaced: `critic/q_mean`,
 //!   `actor/mf_loss`, `eval/success`, `time/sps`.
@@ -13,7 +14,7 @@
 //! - [`write_gif`] writes episode videos as animated GIFs; [`frame_strip`] makes the image of
 //!   an episode that [`Logger::log_image`] sends to TensorBoard.
 //!
-//! What this crate may depend on: `anyhow`, `serde`/`serde_json`, `tensorboard-rs`,
+//! What this crate may depend on: `anyhow`, `serde`/`serde_json`, `png` (images in events),
 //! `plotters` (bitmap backend, `ab_glyph` text), `dejavu` (the chart font) and `gif`. No tensor library: values arrive as
 //! `f64`, images as RGB bytes.
 //!
@@ -24,6 +25,7 @@
 mod plot;
 mod sinks;
 mod tb_reader;
+mod tb_writer;
 mod video;
 
 pub use plot::{

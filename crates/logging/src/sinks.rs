@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::tb_writer::EventWriter;
 use anyhow::{bail, ensure, Context, Result};
-use tensorboard_rs::summary_writer::SummaryWriter;
 
 /// File name of the JSONL metrics file inside a run directory.
 pub const JSONL_FILE_NAME: &str = "metrics.jsonl";
@@ -233,37 +233,22 @@ impl MetricSink for CsvSink {
     }
 }
 
-/// TensorBoard event files written by `tensorboard-rs`'s `SummaryWriter::add_scalar`.
-///
-/// Facts about the writer this sink wraps (tensorboard-rs 0.5.9):
-/// - values are stored as `f32` (`simple_value`); steps as `i64`;
-/// - `wall_time` is taken by the library when the scalar is added, not by us;
-/// - the file is `events.out.tfevents.{unix_secs:010}.{hostname}.{pid}.0`, created with
-///   truncation: a second writer for the same directory in the same second and process
-///   would overwrite the first, so [`TensorBoardSink::new`] waits for the next second
-///   when such a file exists;
-/// - records go through a background thread: [`MetricSink::flush`] only queues a flush
-///   request; [`MetricSink::close`] (or drop) joins the thread, after which the file is
-///   complete;
-/// - the library panics (instead of returning errors) when it cannot create the directory
-///   or file, so `new` checks that the directory is writable first.
+/// TensorBoard event files (`tb_writer`: values stored as `f32` `simple_value`, steps as
+/// `i64`, `wall_time` taken when the value is logged). Every open gets a file of its own, so a
+/// resumed run adds a file to the same directory and TensorBoard reads them all. Write errors
+/// (a full disk) are returned, never a panic.
 pub struct TensorBoardSink {
     log_dir: PathBuf,
-    writer: Option<SummaryWriter>,
+    writer: Option<EventWriter>,
 }
 
 impl TensorBoardSink {
     /// Starts a new event file in `log_dir` (created if missing), e.g. `<run>/tb`.
-    /// A resumed run gets a new file in the same directory; TensorBoard reads them all.
     pub fn new(log_dir: impl Into<PathBuf>) -> Result<Self> {
         let log_dir = log_dir.into();
         fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating TensorBoard directory {}", log_dir.display()))?;
-        let probe = log_dir.join(format!(".mvp-write-probe.{}", std::process::id()));
-        File::create(&probe).with_context(|| format!("TensorBoard directory {} is not writable", log_dir.display()))?;
-        fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))?;
-        wait_for_unused_event_file_name(&log_dir)?;
-        let writer = SummaryWriter::new(&log_dir);
+        let writer = EventWriter::create(&log_dir)?;
         Ok(Self { log_dir, writer: Some(writer) })
     }
 
@@ -276,72 +261,54 @@ impl TensorBoardSink {
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
     }
-}
 
-/// Sleeps until no event file of this process carries the current second in its name
-/// (tensorboard-rs names files by second and pid, and truncates on create).
-fn wait_for_unused_event_file_name(dir: &Path) -> Result<()> {
-    let suffix = format!(".{}.0", std::process::id());
-    loop {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let prefix = format!("events.out.tfevents.{:010}.", now.as_secs());
-        let mut taken = false;
-        for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-            let name = entry?.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(&prefix) && name.ends_with(&suffix) {
-                taken = true;
-                break;
-            }
+    fn writer(&mut self) -> Result<&mut EventWriter> {
+        match self.writer.as_mut() {
+            Some(w) => Ok(w),
+            None => bail!("TensorBoard sink for {} is closed", self.log_dir.display()),
         }
-        if !taken {
-            return Ok(());
-        }
-        let to_next_second = Duration::from_secs(1) - Duration::from_nanos(now.subsec_nanos().into());
-        std::thread::sleep(to_next_second + Duration::from_millis(5));
     }
 }
 
 impl MetricSink for TensorBoardSink {
     fn log_scalars(&mut self, step: u64, scalars: &[(&str, f64)]) -> Result<()> {
         check_scalars(scalars)?;
-        let Some(writer) = self.writer.as_mut() else {
-            bail!("TensorBoard sink for {} is closed", self.log_dir.display());
-        };
-        let step = usize::try_from(step).context("step does not fit in usize")?;
-        for (name, value) in scalars {
-            writer.add_scalar(name, *value as f32, step);
-        }
-        Ok(())
+        let step = i64::try_from(step).context("step does not fit in i64")?;
+        let values: Vec<(&str, f32)> = scalars.iter().map(|(n, v)| (*n, *v as f32)).collect();
+        self.writer()?.scalars(step, &values)
     }
 
     fn log_image(&mut self, tag: &str, step: u64, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
         check_metric_name(tag)?;
         ensure!(rgb.len() == width * height * 3, "image {tag}: {} bytes for {width} × {height} RGB", rgb.len());
-        let Some(writer) = self.writer.as_mut() else {
-            bail!("TensorBoard sink for {} is closed", self.log_dir.display());
-        };
-        let step = usize::try_from(step).context("step does not fit in usize")?;
-        // tensorboard-rs takes interleaved RGB rows with dims [3, width, height] (it builds the
-        // PNG as an image `dims[1]` wide); TensorBoard shows the PNG.
-        writer.add_image(tag, rgb, &[3, width, height], step);
-        Ok(())
+        let step = i64::try_from(step).context("step does not fit in i64")?;
+        let png = encode_png(width, height, rgb).with_context(|| format!("encoding image {tag} as PNG"))?;
+        self.writer()?.image(step, tag, width, height, &png)
     }
 
     fn flush(&mut self) -> Result<()> {
-        if let Some(writer) = self.writer.as_mut() {
-            writer.flush();
+        match self.writer.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn close(&mut self) -> Result<()> {
-        // Dropping the writer sends Stop to its thread and joins it; the file is complete.
-        if let Some(mut writer) = self.writer.take() {
-            writer.flush();
+        match self.writer.take() {
+            Some(mut w) => w.flush(),
+            None => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// An RGB image (rows top first, 3 bytes a pixel) as PNG bytes.
+fn encode_png(width: usize, height: usize, rgb: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, u32::try_from(width)?, u32::try_from(height)?);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(rgb)?;
+    Ok(out)
 }
 
 /// Fans each `log` call out to several sinks and remembers the latest value of each metric.

@@ -5,13 +5,13 @@
 //! `u64 length (LE) | u32 masked_crc32c(length bytes) | data | u32 masked_crc32c(data)`.
 //!
 //! Protobuf fields read (tensorflow/core/util/event.proto and framework/summary.proto;
-//! the same numbers are in `tensorboard-proto`, which tensorboard-rs writes with):
+//! the same numbers are in `tensorboard-proto`):
 //! - `Event`: `wall_time = 1` (double), `step = 2` (int64), `summary = 5` (Summary);
 //! - `Summary`: `value = 1` (repeated Value);
 //! - `Summary.Value`: `tag = 1` (string), `simple_value = 2` (float).
 //!
 //! Scalars written the TF2 way (as a `tensor`, field 8, instead of `simple_value`) are
-//! skipped; tensorboard-rs and PyTorch's `add_scalar` both write `simple_value`.
+//! skipped; our writer and PyTorch's `add_scalar` both write `simple_value`.
 
 use std::fmt;
 use std::fs;

@@ -1,4 +1,4 @@
-//! TensorBoardSink (tensorboard-rs) read back with our own event-file reader.
+//! TensorBoardSink (our own event-file writer) read back with our own event-file reader.
 
 use std::fs;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,8 +47,9 @@ fn tensorboard_event_file_is_read_back_with_crcs_checked() {
     for e in &events {
         assert!(e.wall_time > now - 600.0 && e.wall_time <= now + 1.0, "{e:?}");
     }
-    // The file starts with the `brain.Event:2` file_version record, which has no scalars.
-    assert_eq!(read_records(&files[0]).unwrap().len(), 1 + expected.len());
+    // The file starts with the `brain.Event:2` file_version record, which has no scalars;
+    // then one event per logged step, holding that step's scalars.
+    assert_eq!(read_records(&files[0]).unwrap().len(), 1 + 4);
     assert_eq!(read_scalars_in_dir(dir.path()).unwrap(), events);
 }
 
@@ -77,7 +78,7 @@ fn corrupted_byte_in_event_file_makes_reader_fail_with_crc_error() {
 fn reopening_tensorboard_sink_in_same_dir_keeps_both_event_files() {
     let dir = tempfile::tempdir().unwrap();
     for step in [1u64, 2] {
-        // tensorboard-rs names files by second and pid and truncates on create.
+        // Two sinks of one process in the same second: each gets a file of its own.
         let mut sink = TensorBoardSink::new(dir.path()).unwrap();
         sink.log_scalars(step, &[("time/sps", step as f64)]).unwrap();
         sink.close().unwrap();
@@ -85,6 +86,24 @@ fn reopening_tensorboard_sink_in_same_dir_keeps_both_event_files() {
     assert_eq!(find_event_files(dir.path()).unwrap().len(), 2);
     let steps: Vec<i64> = read_scalars_in_dir(dir.path()).unwrap().iter().map(|e| e.step).collect();
     assert_eq!(steps, [1, 2]);
+}
+
+#[test]
+fn images_are_stored_as_png_events_beside_the_scalars() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = TensorBoardSink::new(dir.path()).unwrap();
+    let rgb: Vec<u8> = (0..4 * 2 * 3).map(|i| (i * 10) as u8).collect();
+    sink.log_image("video/episode_0", 5, 4, 2, &rgb).unwrap();
+    sink.log_scalars(5, &[("eval/success", 1.0)]).unwrap();
+    assert!(sink.log_image("video/bad", 5, 4, 2, &rgb[1..]).is_err(), "a short image is refused");
+    sink.close().unwrap();
+    let file = find_event_files(dir.path()).unwrap().remove(0);
+    let records = read_records(&file).unwrap();
+    assert_eq!(records.len(), 3, "version, image, scalar");
+    let image = &records[1];
+    let png_at = image.windows(4).position(|w| w == b"\x89PNG").expect("a PNG inside the image event");
+    assert!(image[..png_at].windows(15).any(|w| w == b"video/episode_0"));
+    assert_eq!(read_scalars(&file).unwrap().len(), 1);
 }
 
 #[test]
