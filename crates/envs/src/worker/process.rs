@@ -430,6 +430,6 @@ pub(super) fn died(proc: &mut Proc, config: &WorkerConfig, what: &'static str, d
         pid: proc.pid,
         request: what,
         status,
-        stderr: proc.stderr_text(),
+        stderr: Some(proc.stderr_text()).filter(|t| !t.trim().is_empty()).unwrap_or_else(|| "  (none)".into()),
     }
 }
