@@ -67,7 +67,10 @@ pub fn run(run_dir: &Path, step: Option<u64>) -> Result<bool> {
             Some(_) => {
                 println!("  ---- the buffer is full: older rows were replaced, the dataset count is not checked")
             }
-            None => println!("  ---- no dataset file to count ({})", config.data.path.display()),
+            None if config.data.path.as_os_str().is_empty() => {
+                println!("  ---- the dataset was made in memory, not read from a file: its rows are not counted")
+            }
+            None => println!("  ---- the dataset file {} is gone: its rows are not counted", config.data.path.display()),
         }
         let joins = buffer.joins();
         let ends = buffer.episode_ends().iter().filter(|&&e| e).count();
