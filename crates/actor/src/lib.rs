@@ -1,10 +1,12 @@
 //! Conditional generative policies over flattened action chunks.
 //!
-//! Three implementations of one interface, [`GenerativePolicy`]:
+//! Four implementations of one interface, [`GenerativePolicy`]:
 //! - [`MeanVelocityPolicy`] (MVP): one-step generation from a mean-velocity network trained with
 //!   the MeanFlow identity plus the instantaneous velocity constraint (IVC);
 //! - [`FlowPolicy`]: flow matching with K Euler steps (QC and BFN use K = 10);
-//! - [`DiffusionPolicy`]: DDPM ε-prediction with K denoising steps.
+//! - [`DiffusionPolicy`]: DDPM ε-prediction with K denoising steps;
+//! - [`FqlPolicy`]: FQL / QC-FQL, a one-step policy distilled from a cloned flow while it
+//!   climbs the critic (the only one trained through the critic: [`GenerativePolicy::q_term`]).
 //!
 //! All share one conditional network shape ([`CondNet`]: an MLP on `[s, z, time features]`,
 //! `s` encoded by DP3's point-cloud encoder first where observations are point clouds) and
@@ -19,12 +21,14 @@
 mod diffusion;
 pub mod expressiveness;
 mod flow;
+mod fql;
 mod mvp;
 mod net;
 mod pointnet;
 
 pub use diffusion::{DiffusionConfig, DiffusionPolicy};
 pub use flow::{FlowConfig, FlowPolicy};
+pub use fql::{FqlConfig, FqlPolicy};
 pub use mvp::{dispersive_loss, MeanVelocityPolicy, MvpConfig};
 pub use net::{check_point_cloud, CondNet};
 pub use pointnet::{PointCloudConfig, PointEncoder};
@@ -63,6 +67,15 @@ pub trait GenerativePolicy {
     /// Generates one chunk per row of `obs [B, S]` from the starting noise `noise [B, h·A]`,
     /// clipped to [−1, 1]. Runs without building an autograd graph.
     fn sample(&self, obs: &Tensor, noise: &Tensor) -> Tensor;
+
+    /// The part of the loss that is trained through the critic, for policies that have one
+    /// (FQL): given `q`, which values chunks `[B, h·A]` at `obs` with the critic (the mean over
+    /// its members, `[B]`, with a graph), the term to add to [`GenerativePolicy::loss`] and its
+    /// metrics. `None` (the default): the policy learns from its generative loss alone.
+    fn q_term(&self, obs: &Tensor, q: &dyn Fn(&Tensor) -> Tensor) -> Option<(Tensor, Metrics)> {
+        let _ = (obs, q);
+        None
+    }
 
     /// Network evaluations per generated chunk.
     fn network_calls(&self) -> usize;
@@ -132,7 +145,7 @@ pub struct NativeActor<'a> {
 // the native engine.
 pub use mvp_spec::ActorKind as NativeSampler;
 
-/// Which policy to build, with its settings. In TOML: `kind = "mvp" | "flow" | "diffusion"`
+/// Which policy to build, with its settings. In TOML: `kind = "mvp" | "flow" | "diffusion" | "fql"`
 /// next to the kind's own fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -143,6 +156,8 @@ pub enum ActorConfig {
     Flow(FlowConfig),
     /// DDPM diffusion, K steps.
     Diffusion(DiffusionConfig),
+    /// FQL: a one-step policy distilled from a cloned flow, trained through the critic.
+    Fql(FqlConfig),
 }
 
 impl Default for ActorConfig {
@@ -158,6 +173,7 @@ impl ActorConfig {
             ActorConfig::Mvp(c) => Box::new(MeanVelocityPolicy::new(path, obs_dim, shape, c.clone())),
             ActorConfig::Flow(c) => Box::new(FlowPolicy::new(path, obs_dim, shape, c.clone())),
             ActorConfig::Diffusion(c) => Box::new(DiffusionPolicy::new(path, obs_dim, shape, c.clone())),
+            ActorConfig::Fql(c) => Box::new(FqlPolicy::new(path, obs_dim, shape, c.clone())),
         }
     }
 
@@ -167,6 +183,7 @@ impl ActorConfig {
             ActorConfig::Mvp(c) => c.point_cloud,
             ActorConfig::Flow(c) => c.point_cloud,
             ActorConfig::Diffusion(c) => c.point_cloud,
+            ActorConfig::Fql(c) => c.point_cloud,
         }
     }
 
@@ -177,6 +194,7 @@ impl ActorConfig {
             ActorConfig::Mvp(c) => format!("mvp(λ={}, K={})", c.ivc_weight, c.sampling_steps),
             ActorConfig::Flow(c) => format!("flow(K={})", c.steps),
             ActorConfig::Diffusion(c) => format!("diffusion(K={})", c.steps),
+            ActorConfig::Fql(c) => format!("fql(α={})", c.alpha),
         }
     }
 }

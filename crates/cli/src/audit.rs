@@ -70,7 +70,9 @@ pub fn run(run_dir: &Path, step: Option<u64>) -> Result<bool> {
             None if config.data.path.as_os_str().is_empty() => {
                 println!("  ---- the dataset was made in memory, not read from a file: its rows are not counted")
             }
-            None => println!("  ---- the dataset file {} is gone: its rows are not counted", config.data.path.display()),
+            None => {
+                println!("  ---- the dataset file {} is gone: its rows are not counted", config.data.path.display())
+            }
         }
         let joins = buffer.joins();
         let ends = buffer.episode_ends().iter().filter(|&&e| e).count();

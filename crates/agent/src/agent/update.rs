@@ -86,10 +86,33 @@ impl Agent {
     /// generate-and-select picks at the batch state (a full chunk, so all its steps count).
     /// Either way the target is data for a behaviour-cloning loss: no gradient of the critic
     /// reaches the actor.
+    ///
+    /// A policy trained through the critic (FQL) adds its Q term (metric `actor/q_policy`),
+    /// valued by the online critic (the mean over its members). Its gradient reaches the
+    /// critic's parameters too; the update discards it there after the actor's backward pass.
     pub fn actor_loss(&self, b: &ChunkBatch) -> (Tensor, Metrics) {
         let b = Batch::new(b, self.device);
         let (actions, valid) = self.actor_tensors(&b, self.actor_data(&b));
-        self.actor.loss(&b.t().observations, &actions, Some(&valid))
+        let (loss, metrics, _) = self.actor_loss_of(&b.t().observations, &actions, &valid);
+        (loss, metrics)
+    }
+
+    /// The actor's loss and metrics, and whether it holds a Q term.
+    fn actor_loss_of(&self, obs: &Tensor, actions: &Tensor, valid: &Tensor) -> (Tensor, Metrics, bool) {
+        let (loss, mut metrics) = self.actor.loss(obs, actions, Some(valid));
+        let critic = &self.critic;
+        let q = |chunks: &Tensor| critic.q(obs, chunks).mean_dim(0, false, Kind::Float);
+        // Imitation trains no critic: nothing to climb.
+        let term = if self.imitation { None } else { self.actor.q_term(obs, &q) };
+        match term {
+            None => (loss, metrics, false),
+            Some((term, extra)) => {
+                let total = loss + term;
+                metrics.extend(extra);
+                metrics.push(("actor/loss", total.detach()));
+                (total, metrics, true)
+            }
+        }
     }
 
     /// The chunk selected at each next state of the batch `[B, h·A]` (on the engine of
@@ -147,12 +170,16 @@ impl Agent {
             return self.actor_update_native(b, data);
         }
         let (actions, valid) = self.actor_tensors(b, data);
-        let (loss, metrics) = self.actor.loss(&b.t().observations, &actions, Some(&valid));
+        let (loss, metrics, through_critic) = self.actor_loss_of(&b.t().observations, &actions, &valid);
         self.mark("actor: loss");
         let al = loss.double_value(&[]);
         anyhow::ensure!(al.is_finite(), "non-finite actor loss {al}; stopping, the last checkpoint is kept");
         self.actor_opt.zero_grad();
         loss.backward();
+        if through_critic {
+            // The Q term's gradient also reached the critic: it is not the critic's to use.
+            self.critic_opt.zero_grad();
+        }
         self.mark("actor: backward");
         self.actor_opt.step();
         self.update_ema();

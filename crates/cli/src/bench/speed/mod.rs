@@ -138,6 +138,7 @@ fn act_flops(c: &Common, m: &Method) -> f64 {
         ActorConfig::Mvp(x) => (x.sampling_steps.max(1), 2),
         ActorConfig::Flow(x) => (x.steps.max(1), 1),
         ActorConfig::Diffusion(x) => (x.steps.max(1), 1),
+        ActorConfig::Fql(_) => (1, 0),
     };
     let n = a.num_samples as f64;
     let actor = mlp_flops(c.obs_dim + d + times, &c.hidden, d) * calls as f64 * n;

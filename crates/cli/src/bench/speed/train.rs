@@ -89,6 +89,7 @@ fn phase_gflop(c: &Common, config: &AgentConfig, batch: usize) -> Vec<(&'static 
         ActorConfig::Mvp(x) => (x.sampling_steps.max(1), 2),
         ActorConfig::Flow(x) => (x.steps.max(1), 1),
         ActorConfig::Diffusion(x) => (x.steps.max(1), 1),
+        ActorConfig::Fql(_) => (1, 0),
     };
     let n = config.num_samples as f64;
     let b = batch as f64;
@@ -97,6 +98,9 @@ fn phase_gflop(c: &Common, config: &AgentConfig, batch: usize) -> Vec<(&'static 
     // The actor loss: MVP = forward with JVP (2 forwards) + IVC forward; flow/diffusion: 1.
     let actor_loss = match &config.actor {
         ActorConfig::Mvp(x) => actor * if x.ivc_weight > 0.0 { 3.0 } else { 2.0 },
+        // FQL: the flow's loss, its K-step sample (the distillation target) and μ, twice
+        // (distillation and Q term); the critic's pass of the Q term is not counted.
+        ActorConfig::Fql(x) => actor * (1 + x.flow_steps.max(1) + 2) as f64,
         _ => actor,
     };
     let actor_backward = match &config.actor {
