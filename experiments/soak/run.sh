@@ -102,7 +102,6 @@ cp -r "$DIS" runs/soak/disturbed
 cargo build --release -p mvp-cli >/dev/null
 for run in reference disturbed; do
     target/release/mvp audit runs/soak/$run >"$OUT/audit-$run.txt" 2>&1 && log "audit $run: sound" || log "audit $run: FAILED"
-    cp runs/soak/$run/metrics.csv "$OUT/metrics-$run.csv"
 done
 target/release/mvp report --runs runs/soak --out "$OUT" --title "soak: reference vs disturbed" >"$OUT/report.txt" 2>&1 || true
 log "done"

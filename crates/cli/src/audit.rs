@@ -24,11 +24,12 @@ pub fn run(run_dir: &Path, step: Option<u64>) -> Result<bool> {
     let meta = &ckpt.meta;
     let number = |key: &str| meta[key].as_u64().with_context(|| format!("checkpoint {name} has no {key}"));
     let (at, online_rows) = (number("step")?, number("online_rows")?);
+    let restarts = number("env_restarts").unwrap_or(0);
     println!(
         "{}: checkpoint {name} verified (step {at}; {} episodes online, {} worker restarts)",
         run_dir.display(),
         number("episodes").unwrap_or(0),
-        number("env_restarts").unwrap_or(0)
+        restarts
     );
     let mut sound = true;
     let mut check = |ok: bool, line: String| {
@@ -44,9 +45,14 @@ pub fn run(run_dir: &Path, step: Option<u64>) -> Result<bool> {
     } else {
         let buffer = ReplayBuffer::load(&buffer_file)?;
         if config.env.num_envs == 1 {
+            // A step whose worker died has no next observation, so no transition: the run
+            // counts it as a restart (`env/restarts`) and ends the episode before it.
             check(
-                online_rows == online_steps,
-                format!("{online_rows} online transitions stored for {online_steps} online steps"),
+                online_rows + restarts == online_steps,
+                format!(
+                    "{online_rows} online transitions stored for {online_steps} online steps ({restarts} cut by a \
+                     worker's death, which leaves no transition)"
+                ),
             );
         } else {
             check(
