@@ -487,3 +487,25 @@ for gpus in (None, 0.5):
     let lines: Vec<_> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
     assert_eq!(lines, ["[0.0, 1.0]", "[0.5, 0.5]"]);
 }
+
+#[test]
+fn audit_says_a_run_directory_is_sound_and_names_a_duplicated_metric() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tiny_native_run(runs.path(), "audited", &["schedule.log_interval=5", "schedule.save_buffer=true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = runs.path().join("audited");
+    let audit = mvp(&["audit", run.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert!(audit.status.success(), "{text}{}", String::from_utf8_lossy(&audit.stderr));
+    assert!(text.contains("ok   20 online transitions stored for 20 online steps"), "{text}");
+    assert!(text.contains("0 transitions that join two episodes"), "{text}");
+    // A metrics row written twice (as a resume that forgot to truncate would) is named.
+    let metrics = run.join("metrics.jsonl");
+    let rows = std::fs::read_to_string(&metrics).unwrap();
+    let first = rows.lines().next().unwrap().to_string();
+    std::fs::write(&metrics, format!("{rows}{first}\n")).unwrap();
+    let audit = mvp(&["audit", run.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert_eq!(audit.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL") && text.contains("logged twice"), "{text}");
+}
