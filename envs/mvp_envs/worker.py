@@ -402,7 +402,7 @@ def serve_connections(server, secret):
             nonce = secrets.token_bytes(P.NONCE_BYTES)
             channel.send(P.CHALLENGE, nonce)
             status = serve(channel, auth=(secret, nonce))
-        except OSError as e:  # the connection dropped mid-frame: the next one starts afresh
+        except (OSError, P.FrameError) as e:  # dropped or garbled mid-stream: the next one starts afresh
             status = f"connection lost ({e})"
         finally:
             channel.close()

@@ -182,3 +182,22 @@ fn a_listening_worker_without_a_secret_makes_one_that_only_its_user_reads() {
     again.wait_lines("listening on", 1);
     assert_eq!(std::fs::read(&file).unwrap(), before);
 }
+
+#[test]
+fn a_garbled_frame_after_the_handshake_ends_that_connection_not_the_worker() {
+    let home = tempfile::tempdir().unwrap();
+    let secret_file = home.path().join("secret");
+    std::fs::write(&secret_file, "a-secret-of-the-test-0123456789\n").unwrap();
+    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let worker = Listener::start(&["--secret-file", secret_file.to_str().unwrap()], home.path());
+    let secret = WorkerSecret::from_file(&secret_file).unwrap();
+    let (mut raw, nonce) = challenge(&worker.address);
+    send(&mut raw, HELLO, &hello(Some(secret.answer(&nonce))));
+    assert_eq!(recv(&mut raw).0, READY);
+    raw.write_all(&u32::MAX.to_le_bytes()).unwrap(); // a length no frame may have
+    let mut rest = Vec::new();
+    assert_eq!(raw.read_to_end(&mut rest).unwrap_or(0), 0, "that connection is closed");
+    worker.wait_lines("connection lost (bad frame length", 1);
+    let mut client = PythonWorker::spawn(worker.config(Some(secret))).unwrap_or_else(|e| panic!("{e:#}"));
+    client.close().unwrap();
+}
