@@ -13,7 +13,9 @@
 //! ```
 //!
 //! as in the official code (seohongpark/fql `agents/fql.py`, ColinQiyangLi/qc
-//! `agents/acfql.py`): the flow loss masked by the chunk's valid steps (QC-FQL), the
+//! `agents/acfql.py`) with one difference: there the Q term values μ at the distillation's own
+//! ε, here at a fresh ε (the agent asks for the Q term separately, [`GenerativePolicy::q_term`],
+//! so μ runs twice per update). The same: the flow loss masked by the chunk's valid steps (QC-FQL), the
 //! distillation target the flow's clipped sample from the same ε and μ unclipped in it, the
 //! Q term always the members' mean whatever the critic's target aggregation. Their defaults
 //! differ from ours in network size (4 × 512) and batch (256) only; α is the knob: QC-FQL's

@@ -113,15 +113,20 @@ fn refusal(reply: (u8, Vec<u8>)) -> String {
     String::from_utf8_lossy(&reply.1[1..]).into_owned()
 }
 
+/// A worker on the loopback whose secret is a file in `home` (mode 0600), and that secret.
+fn worker_with_secret_file(home: &Path) -> (Listener, WorkerSecret) {
+    let secret_file = home.join("secret");
+    std::fs::write(&secret_file, "a-secret-of-the-test-0123456789\n").unwrap();
+    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let worker = Listener::start(&["--secret-file", secret_file.to_str().unwrap()], home);
+    (worker, WorkerSecret::from_file(&secret_file).unwrap())
+}
+
 #[test]
 fn a_listening_worker_serves_its_secret_and_refuses_a_missing_wrong_or_replayed_one() {
     let home = tempfile::tempdir().unwrap();
-    let secret_file = home.path().join("secret");
-    std::fs::write(&secret_file, "a-secret-of-the-test-0123456789\n").unwrap();
-    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let worker = Listener::start(&["--secret-file", secret_file.to_str().unwrap()], home.path());
+    let (worker, secret) = worker_with_secret_file(home.path());
     assert!(worker.address.starts_with("127.0.0.1:"), "--listen alone binds the loopback: {}", worker.address);
-    let secret = WorkerSecret::from_file(&secret_file).unwrap();
 
     // The right secret: served, and served again on a new connection.
     for _ in 0..2 {
@@ -186,11 +191,7 @@ fn a_listening_worker_without_a_secret_makes_one_that_only_its_user_reads() {
 #[test]
 fn a_garbled_frame_after_the_handshake_ends_that_connection_not_the_worker() {
     let home = tempfile::tempdir().unwrap();
-    let secret_file = home.path().join("secret");
-    std::fs::write(&secret_file, "a-secret-of-the-test-0123456789\n").unwrap();
-    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let worker = Listener::start(&["--secret-file", secret_file.to_str().unwrap()], home.path());
-    let secret = WorkerSecret::from_file(&secret_file).unwrap();
+    let (worker, secret) = worker_with_secret_file(home.path());
     let (mut raw, nonce) = challenge(&worker.address);
     send(&mut raw, HELLO, &hello(Some(secret.answer(&nonce))));
     assert_eq!(recv(&mut raw).0, READY);
